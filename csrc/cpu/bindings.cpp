@@ -1,0 +1,86 @@
+// flashuq._C: thin nanobind bindings of the CPU kernels. Validation lives in Python
+// (python/flashuq/ops); these checks only keep a misuse of the private API from crashing.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "token_stats.h"
+
+namespace nb = nanobind;
+using namespace flashuq::cpu;
+
+namespace flashuq { namespace cpu { const char* isa(); } }
+
+using Arr = nb::ndarray<nb::device::cpu>;
+
+static DType dtype_of(const Arr& x) {
+  const nb::dlpack::dtype dt = x.dtype();
+  if (dt == nb::dtype<float>()) return DType::F32;
+  if (dt == nb::dtype<double>()) return DType::F64;
+  if (dt.code == uint8_t(nb::dlpack::dtype_code::Float) && dt.bits == 16) return DType::F16;
+  if (dt.code == uint8_t(nb::dlpack::dtype_code::Bfloat) && dt.bits == 16) return DType::BF16;
+  throw nb::type_error("logits: expected float32, float64, float16 or bfloat16");
+}
+
+static void* out_ptr(Arr& x, int64_t n, bool f64, const char* name) {
+  const bool ok = f64 ? x.dtype() == nb::dtype<double>() : x.dtype() == nb::dtype<float>();
+  if (!ok || int64_t(x.size()) != n) throw std::invalid_argument(std::string(name) + ": wrong dtype or size");
+  return x.data();
+}
+
+static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int64_t s0, int64_t s1,
+                           std::optional<Arr> tokens, double inv_temp, int k, Arr lse, Arr max_logprob,
+                           Arr logprob, Arr entropy, Arr margin, Arr collision, Arr kurtosis,
+                           Arr self_certainty, Arr argmax, Arr topk_logprobs, Arr topk_ids, int num_threads) {
+  TokenStatsArgs a{};
+  a.dtype = dtype_of(logits);
+  if (V < 1 || rows < 0 || n1 < 1 || k < 0 || k > kMaxTopK || k > V)
+    throw std::invalid_argument("token_stats: bad sizes");
+  const bool f64 = a.dtype == DType::F64;
+  a.logits = logits.data();
+  a.rows = rows; a.V = V; a.n1 = n1; a.s0 = s0; a.s1 = s1;
+  a.tokens = nullptr;
+  if (tokens) {
+    if (tokens->dtype() != nb::dtype<int64_t>() || int64_t(tokens->size()) != rows)
+      throw std::invalid_argument("tokens: expected int64 [rows]");
+    a.tokens = static_cast<const int64_t*>(tokens->data());
+  }
+  a.inv_temp = inv_temp;
+  a.k = k;
+  a.lse = out_ptr(lse, rows, f64, "lse");
+  a.max_logprob = out_ptr(max_logprob, rows, f64, "max_logprob");
+  a.logprob = out_ptr(logprob, rows, f64, "logprob");
+  a.entropy = out_ptr(entropy, rows, f64, "entropy");
+  a.margin = out_ptr(margin, rows, f64, "margin");
+  a.collision = out_ptr(collision, rows, f64, "collision");
+  a.kurtosis = out_ptr(kurtosis, rows, f64, "kurtosis");
+  a.self_certainty = out_ptr(self_certainty, rows, f64, "self_certainty");
+  a.topk_logprobs = out_ptr(topk_logprobs, rows * k, f64, "topk_logprobs");
+  if (argmax.dtype() != nb::dtype<int64_t>() || int64_t(argmax.size()) != rows ||
+      topk_ids.dtype() != nb::dtype<int64_t>() || int64_t(topk_ids.size()) != rows * k)
+    throw std::invalid_argument("argmax/topk_ids: expected int64");
+  a.argmax = static_cast<int64_t*>(argmax.data());
+  a.topk_ids = static_cast<int64_t*>(topk_ids.data());
+  a.num_threads = num_threads;
+  nb::gil_scoped_release release;
+  token_stats(a);
+}
+
+NB_MODULE(_C, m) {
+  m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
+  m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
+        nb::arg("n1"), nb::arg("s0"), nb::arg("s1"), nb::arg("tokens").noconvert().none(),
+        nb::arg("inv_temp"), nb::arg("k"), nb::arg("lse").noconvert(), nb::arg("max_logprob").noconvert(),
+        nb::arg("logprob").noconvert(), nb::arg("entropy").noconvert(), nb::arg("margin").noconvert(),
+        nb::arg("collision").noconvert(), nb::arg("kurtosis").noconvert(),
+        nb::arg("self_certainty").noconvert(), nb::arg("argmax").noconvert(),
+        nb::arg("topk_logprobs").noconvert(), nb::arg("topk_ids").noconvert(), nb::arg("num_threads"),
+        "Token statistics of rows of logits into preallocated outputs (see flashuq.token_stats).");
+  m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
+  m.attr("MAX_TOPK") = kMaxTopK;
+  m.attr("CHUNK") = kChunk;
+}

@@ -1,0 +1,253 @@
+// CPU token-statistics kernel, included once per instruction set (FUQ_ISA names the namespace).
+//
+// A row is cut into fixed chunks of kChunk columns and each chunk into blocks of kBlock. A block
+// is loaded (converted, scaled by 1/temperature) into a small buffer that stays in L1, reduced
+// to a partial with vectorised loops, and merged into the chunk's partial; chunk partials merge
+// into the row's in column order. Rows are spread over threads; when there are fewer rows than
+// threads, (row, chunk) pairs are, with the chunk partials merged afterwards in the same order,
+// so both schedules give bitwise the same result.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include <omp.h>
+
+#include "flashuq/accumulator.h"
+#include "flashuq/cpu_math.h"
+#include "token_stats.h"
+
+namespace flashuq {
+namespace cpu {
+namespace FUQ_ISA {
+namespace {
+
+constexpr int kBlock = 1024;
+
+struct Bf16 { uint16_t v; };
+struct Half { uint16_t v; };
+
+template <typename In, typename A> inline A load(const In* p, int64_t i);
+template <> inline float load<float, float>(const float* p, int64_t i) { return p[i]; }
+template <> inline double load<double, double>(const double* p, int64_t i) { return p[i]; }
+template <> inline float load<Bf16, float>(const Bf16* p, int64_t i) { return bf16_to_float(p[i].v); }
+template <> inline float load<Half, float>(const Half* p, int64_t i) { return half_to_float(p[i].v); }
+
+template <typename A> struct Math;
+template <> struct Math<float> {
+  static float exp(float x) { return exp_f32(x); }
+  static float log1p(float x) { return std::log1p(x); }
+  static float log(float x) { return std::log(x); }
+};
+template <> struct Math<double> {
+  static double exp(double x) { return std::exp(x); }
+  static double log1p(double x) { return std::log1p(x); }
+  static double log(double x) { return std::log(x); }
+};
+
+template <typename A>
+struct TopK {
+  A v[kMaxTopK];
+  int64_t i[kMaxTopK];
+  int cnt = 0;
+};
+
+template <typename A>
+inline Acc<A> merge_acc(const Acc<A>& a, const Acc<A>& b) {
+  return merge(a, b, [](A x) { return Math<A>::exp(x); });
+}
+
+// Partial of columns [base, base + len) of one row; buf holds kBlock scratch values.
+template <typename In, typename A>
+Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, TopK<A>* tk, int k) {
+  const A ninf = neg_inf<A>();
+  const A pinf = -ninf;
+  A bm = ninf;
+  int nbad = 0;
+#pragma omp simd reduction(max : bm) reduction(+ : nbad)
+  for (int i = 0; i < len; ++i) {
+    A x = load<In, A>(row, base + i) * inv_temp;
+    const bool b = !(x == x) || x == pinf;  // NaN or +inf: the row has no distribution
+    x = b ? ninf : x;
+    buf[i] = x;
+    bm = x > bm ? x : bm;
+    nbad += b ? 1 : 0;
+  }
+  if (k > 0 && (tk->cnt < k || bm > tk->v[k - 1])) {
+    for (int i = 0; i < len; ++i) {
+      if (tk->cnt == k && !(buf[i] > tk->v[k - 1])) continue;
+      topk_insert(tk->v, tk->i, &tk->cnt, k, buf[i], base + i);
+    }
+  }
+  Acc<A> a = acc_empty<A>();
+  a.bad = nbad > 0;
+  a.n = A(len);
+  if (!(bm > ninf)) return a;  // no finite entry: only the column count matters
+
+  int bidx = 0;
+  while (buf[bidx] != bm) ++bidx;
+  A m2a = ninf, m2b = ninf;
+#pragma omp simd reduction(max : m2a)
+  for (int i = 0; i < bidx; ++i) m2a = buf[i] > m2a ? buf[i] : m2a;
+#pragma omp simd reduction(max : m2b)
+  for (int i = bidx + 1; i < len; ++i) m2b = buf[i] > m2b ? buf[i] : m2b;
+
+  // The maximum itself is left out of R and Q2 (its e^0 = 1 is implicit) and contributes
+  // d = 0 to T and sd.
+  buf[bidx] = ninf;
+  A R = 0, T = 0, Q2 = 0, sd = 0, nf = 0;
+#pragma omp simd reduction(+ : R, T, Q2, sd, nf)
+  for (int i = 0; i < len; ++i) {
+    const A x = buf[i];
+    const bool fin = x > ninf;
+    const A d = fin ? x - bm : A(0);
+    A e = Math<A>::exp(d);
+    e = fin ? e : A(0);
+    R += e;
+    T += e * d;
+    Q2 += e * e;
+    sd += d;
+    nf += fin ? A(1) : A(0);
+    buf[i] = e;
+  }
+  buf[bidx] = A(1);
+  const A mean = (A(1) + R) / A(len);
+  A M2 = 0, M3 = 0, M4 = 0;
+#pragma omp simd reduction(+ : M2, M3, M4)
+  for (int i = 0; i < len; ++i) {
+    const A c = buf[i] - mean;
+    const A c2 = c * c;
+    M2 += c2;
+    M3 += c2 * c;
+    M4 += c2 * c2;
+  }
+  a.m = bm;
+  a.m2 = m2a > m2b ? m2a : m2b;
+  a.idx = base + bidx;
+  a.R = R;
+  a.T = T;
+  a.Q2 = Q2;
+  a.sd = sd;
+  a.nf = nf + A(1);
+  a.mean = mean;
+  a.M2 = M2;
+  a.M3 = M3;
+  a.M4 = M4;
+  return a;
+}
+
+template <typename In, typename A>
+Acc<A> chunk_partial(const In* row, int64_t lo, int64_t hi, A inv_temp, TopK<A>* tk, int k) {
+  A buf[kBlock];
+  Acc<A> acc = acc_empty<A>();
+  for (int64_t b = lo; b < hi; b += kBlock) {
+    const int len = int(std::min<int64_t>(kBlock, hi - b));
+    acc = merge_acc(acc, block_partial<In, A>(row, b, len, inv_temp, buf, tk, k));
+  }
+  return acc;
+}
+
+template <typename A>
+void merge_topk_into(TopK<A>* dst, const TopK<A>& src, int k) {
+  TopK<A> out;
+  out.cnt = topk_merge(dst->v, dst->i, dst->cnt, src.v, src.i, src.cnt, k, out.v, out.i);
+  *dst = out;
+}
+
+template <typename In, typename A>
+void write_row(const TokenStatsArgs& a, int64_t r, const In* row, const Acc<A>& acc, const TopK<A>& tk,
+               A inv_temp) {
+  const RowStats<A> s = finalize(
+      acc, [](A x) { return Math<A>::exp(x); }, [](A x) { return Math<A>::log1p(x); },
+      [](A x) { return Math<A>::log(x); });
+  A lp = s.max_logprob;
+  if (a.tokens) {
+    const int64_t t = a.tokens[r];
+    if (s.valid && t >= 0 && t < a.V) {
+      const A xt = load<In, A>(row, t) * inv_temp;
+      lp = (xt - acc.m) - s.log1p_R;  // subtract the max first; never xt - lse
+    } else {
+      lp = quiet_nan<A>();
+    }
+  }
+  static_cast<A*>(a.lse)[r] = s.lse;
+  static_cast<A*>(a.max_logprob)[r] = s.max_logprob;
+  static_cast<A*>(a.logprob)[r] = lp;
+  static_cast<A*>(a.entropy)[r] = s.entropy;
+  static_cast<A*>(a.margin)[r] = s.margin;
+  static_cast<A*>(a.collision)[r] = s.collision;
+  static_cast<A*>(a.kurtosis)[r] = s.kurtosis;
+  static_cast<A*>(a.self_certainty)[r] = s.self_certainty;
+  a.argmax[r] = s.argmax;
+  A* tv = static_cast<A*>(a.topk_logprobs) + r * a.k;
+  int64_t* ti = a.topk_ids + r * a.k;
+  for (int j = 0; j < a.k; ++j) {
+    const bool ok = s.valid && j < tk.cnt;
+    tv[j] = ok ? (tk.v[j] - acc.m) - s.log1p_R : quiet_nan<A>();
+    ti[j] = ok ? tk.i[j] : -1;
+  }
+}
+
+template <typename In, typename A>
+void run(const TokenStatsArgs& a) {
+  const In* base = static_cast<const In*>(a.logits);
+  const A inv_temp = A(a.inv_temp);
+  const int k = a.k;
+  const int64_t rows = a.rows, V = a.V;
+  const int64_t nchunks = (V + kChunk - 1) / kChunk;
+  const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
+  auto row_ptr = [&](int64_t r) { return base + (r / a.n1) * a.s0 + (r % a.n1) * a.s1; };
+
+  if (rows >= nt || nchunks == 1) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < rows; ++r) {
+      const In* row = row_ptr(r);
+      Acc<A> acc = acc_empty<A>();
+      TopK<A> tk, tc;
+      for (int64_t c = 0; c < nchunks; ++c) {
+        tc.cnt = 0;
+        const int64_t lo = c * kChunk;
+        acc = merge_acc(acc, chunk_partial<In, A>(row, lo, std::min(V, lo + kChunk), inv_temp, &tc, k));
+        if (k > 0) merge_topk_into(&tk, tc, k);
+      }
+      write_row<In, A>(a, r, row, acc, tk, inv_temp);
+    }
+    return;
+  }
+
+  // Few rows: split each row into its chunks, then fold the partials in column order.
+  const int64_t np = rows * nchunks;
+  std::vector<Acc<A>> parts(np);
+  std::vector<TopK<A>> tks(k > 0 ? np : 0);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t p = 0; p < np; ++p) {
+    const int64_t r = p / nchunks, c = p % nchunks, lo = c * kChunk;
+    TopK<A> local;
+    parts[p] = chunk_partial<In, A>(row_ptr(r), lo, std::min(V, lo + kChunk), inv_temp, &local, k);
+    if (k > 0) tks[p] = local;
+  }
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t r = 0; r < rows; ++r) {
+    Acc<A> acc = acc_empty<A>();
+    TopK<A> tk;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      acc = merge_acc(acc, parts[r * nchunks + c]);
+      if (k > 0) merge_topk_into(&tk, tks[r * nchunks + c], k);
+    }
+    write_row<In, A>(a, r, row_ptr(r), acc, tk, inv_temp);
+  }
+}
+
+}  // namespace
+
+void token_stats(const TokenStatsArgs& a) {
+  switch (a.dtype) {
+    case DType::F32: run<float, float>(a); break;
+    case DType::F64: run<double, double>(a); break;
+    case DType::F16: run<Half, float>(a); break;
+    case DType::BF16: run<Bf16, float>(a); break;
+  }
+}
+
+}  // namespace FUQ_ISA
+}  // namespace cpu
+}  // namespace flashuq

@@ -1,0 +1,75 @@
+// flashuq._cuda: thin nanobind bindings of the CUDA C++ kernels. Python validates; the stream
+// comes in as an integer (torch.cuda.current_stream().cuda_stream), so launches are graph safe.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "token_stats.cuh"
+
+namespace nb = nanobind;
+using namespace flashuq::cuda;
+using Arr = nb::ndarray<nb::device::cuda>;
+
+static DType dtype_of(const Arr& x) {
+  const nb::dlpack::dtype dt = x.dtype();
+  if (dt == nb::dtype<float>()) return DType::F32;
+  if (dt == nb::dtype<double>()) return DType::F64;
+  if (dt.code == uint8_t(nb::dlpack::dtype_code::Float) && dt.bits == 16) return DType::F16;
+  if (dt.code == uint8_t(nb::dlpack::dtype_code::Bfloat) && dt.bits == 16) return DType::BF16;
+  throw nb::type_error("logits: expected float32, float64, float16 or bfloat16");
+}
+
+static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int64_t s0, int64_t s1,
+                           std::optional<Arr> tokens, double inv_temp, Arr lse, Arr max_logprob, Arr logprob,
+                           Arr entropy, Arr margin, Arr collision, Arr kurtosis, Arr self_certainty, Arr argmax,
+                           uintptr_t stream) {
+  TokenStatsArgs a{};
+  a.dtype = dtype_of(logits);
+  if (V < 1 || rows < 0 || n1 < 1) throw std::invalid_argument("token_stats: bad sizes");
+  const auto want = a.dtype == DType::F64 ? nb::dtype<double>() : nb::dtype<float>();
+  Arr* outs[8] = {&lse, &max_logprob, &logprob, &entropy, &margin, &collision, &kurtosis, &self_certainty};
+  for (int j = 0; j < 8; ++j) {
+    if (outs[j]->dtype() != want || int64_t(outs[j]->size()) != rows)
+      throw std::invalid_argument("token_stats: output of wrong dtype or size");
+    a.out[j] = outs[j]->data();
+  }
+  if (argmax.dtype() != nb::dtype<int64_t>() || int64_t(argmax.size()) != rows)
+    throw std::invalid_argument("argmax: expected int64 [rows]");
+  a.argmax = static_cast<int64_t*>(argmax.data());
+  a.tokens = nullptr;
+  if (tokens) {
+    if (tokens->dtype() != nb::dtype<int64_t>() || int64_t(tokens->size()) != rows)
+      throw std::invalid_argument("tokens: expected int64 [rows]");
+    a.tokens = static_cast<const int64_t*>(tokens->data());
+  }
+  a.logits = logits.data();
+  a.rows = rows; a.V = V; a.n1 = n1; a.s0 = s0; a.s1 = s1;
+  a.inv_temp = inv_temp;
+  int err;
+  {
+    nb::gil_scoped_release release;
+    err = token_stats(a, stream);
+  }
+  if (err != 0) throw std::runtime_error(std::string("flashuq._cuda.token_stats: ") +
+                                         cudaGetErrorString(cudaError_t(err)));
+}
+
+NB_MODULE(_cuda, m) {
+  m.doc() = "flashuq CUDA C++ kernels (cudart linked statically)";
+  m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
+        nb::arg("n1"), nb::arg("s0"), nb::arg("s1"), nb::arg("tokens").noconvert().none(),
+        nb::arg("inv_temp"), nb::arg("lse").noconvert(), nb::arg("max_logprob").noconvert(),
+        nb::arg("logprob").noconvert(), nb::arg("entropy").noconvert(), nb::arg("margin").noconvert(),
+        nb::arg("collision").noconvert(), nb::arg("kurtosis").noconvert(),
+        nb::arg("self_certainty").noconvert(), nb::arg("argmax").noconvert(), nb::arg("stream"),
+        "Token statistics (no top-k) of rows of CUDA logits on the given stream.");
+  m.def("device_count", []() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+  }, "CUDA devices visible to the statically linked runtime (0 without a driver).");
+}

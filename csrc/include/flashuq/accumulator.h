@@ -1,0 +1,184 @@
+// The mergeable one-pass accumulator for token statistics (KERNELS.md §2-3, METHODS.md §2).
+//
+// One header, compiled into the CPU module and the CUDA module alike, so every backend combines
+// partials with the same arithmetic. A partial describes a contiguous range of one row of
+// x = logits / temperature, shifted by its own maximum m (d = x - m <= 0):
+//
+//   R  = sum_{i != argmax} e^d      (S = 1 + R; the max is excluded so R never meets 1 + tiny)
+//   T  = sum e^d * d                (<= 0, every term the same sign: no cancellation)
+//   Q2 = sum_{i != argmax} e^{2d}   (collision probability)
+//   sd, nf = sum d and count over the finite entries (self-certainty)
+//   n, mean, M2, M3, M4 = centred moments of e^d over every column, -inf ones included
+//                         (kurtosis is scale invariant, so moments of e^d give those of p)
+//
+// merge() is associative up to rounding; callers fold partials in a fixed order, so results are
+// deterministic (no atomics anywhere).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__CUDACC__)
+#define FUQ_HD __host__ __device__ __forceinline__
+#else
+#define FUQ_HD inline
+#endif
+
+namespace flashuq {
+
+template <typename A>
+FUQ_HD A neg_inf() { return -std::numeric_limits<A>::infinity(); }
+
+template <typename A>
+FUQ_HD A quiet_nan() { return std::numeric_limits<A>::quiet_NaN(); }
+
+template <typename A>
+struct Acc {
+  A m;          // maximum (-inf when the range holds no finite entry)
+  A m2;         // second largest value (equal to m on an exact tie)
+  int64_t idx;  // first index of the maximum (-1 when empty)
+  A R, T, Q2;
+  A sd, nf;
+  A n, mean, M2, M3, M4;
+  bool bad;     // a NaN or +inf was seen: the row has no distribution
+};
+
+template <typename A>
+FUQ_HD Acc<A> acc_empty() {
+  Acc<A> a;
+  a.m = neg_inf<A>();
+  a.m2 = neg_inf<A>();
+  a.idx = -1;
+  a.R = a.T = a.Q2 = a.sd = a.nf = A(0);
+  a.n = a.mean = a.M2 = a.M3 = a.M4 = A(0);
+  a.bad = false;
+  return a;
+}
+
+// Pairwise update of centred moments (Chan et al. 1979; Pebay 2008): (n, mean, M2..M4) += B.
+template <typename A>
+FUQ_HD void moments_merge(Acc<A>& a, A nb, A meanb, A M2b, A M3b, A M4b) {
+  if (nb == A(0)) return;
+  if (a.n == A(0)) {
+    a.n = nb; a.mean = meanb; a.M2 = M2b; a.M3 = M3b; a.M4 = M4b;
+    return;
+  }
+  const A na = a.n, n = na + nb;
+  const A delta = meanb - a.mean;
+  const A dn = delta / n;
+  const A dn2 = dn * dn;
+  const A t1 = delta * dn * na * nb;  // delta^2 na nb / n
+  const A M4 = a.M4 + M4b + t1 * dn2 * (na * na - na * nb + nb * nb) +
+               A(6) * dn2 * (na * na * M2b + nb * nb * a.M2) + A(4) * dn * (na * M3b - nb * a.M3);
+  const A M3 = a.M3 + M3b + t1 * dn * (na - nb) + A(3) * dn * (na * M2b - nb * a.M2);
+  a.M2 = a.M2 + M2b + t1;
+  a.M3 = M3;
+  a.M4 = M4;
+  a.mean = a.mean + dn * nb;
+  a.n = n;
+}
+
+// Merge two partials of the same row. `a` must cover columns before `b` only for the tie rule
+// to read naturally; the index comparison makes it hold in any order.
+template <typename A, typename ExpFn>
+FUQ_HD Acc<A> merge(const Acc<A>& a, const Acc<A>& b, ExpFn expf_) {
+  const bool a_top = (a.m > b.m) || (a.m == b.m && (b.idx < 0 || (a.idx >= 0 && a.idx <= b.idx)));
+  const Acc<A>& X = a_top ? a : b;
+  const Acc<A>& Y = a_top ? b : a;
+  Acc<A> r = X;
+  r.bad = a.bad || b.bad;
+  if (!(Y.m > neg_inf<A>())) {
+    // Y carries no probability mass: only its column count joins the moments (x = 0 there).
+    moments_merge(r, Y.n, A(0), A(0), A(0), A(0));
+    return r;
+  }
+  // Here X.m >= Y.m > -inf.
+  const A delta = Y.m - X.m;
+  const A c = expf_(delta);
+  const A c2 = c * c;
+  const A SY = A(1) + Y.R;
+  r.R = X.R + c * SY;
+  r.T = X.T + c * (Y.T + delta * SY);
+  r.Q2 = X.Q2 + c2 * (A(1) + Y.Q2);
+  r.sd = X.sd + Y.sd + Y.nf * delta;
+  r.nf = X.nf + Y.nf;
+  r.m2 = X.m2 > Y.m ? X.m2 : Y.m;
+  moments_merge(r, Y.n, Y.mean * c, Y.M2 * c2, Y.M3 * c2 * c, Y.M4 * c2 * c2);
+  return r;
+}
+
+// The statistics of TokenStats (API.md), from a whole row's accumulator.
+template <typename A>
+struct RowStats {
+  A lse, max_logprob, entropy, margin, collision, kurtosis, self_certainty;
+  A log1p_R;  // log(S): log p_v = (x_v - m) - log1p_R
+  int64_t argmax;
+  bool valid;
+};
+
+template <typename A, typename ExpFn, typename Log1pFn, typename LogFn>
+FUQ_HD RowStats<A> finalize(const Acc<A>& a, ExpFn expf_, Log1pFn log1pf_, LogFn logf_) {
+  RowStats<A> s;
+  s.valid = !a.bad && (a.m > neg_inf<A>());
+  if (!s.valid) {
+    const A nan = quiet_nan<A>();
+    s.lse = s.max_logprob = s.entropy = s.margin = s.collision = s.kurtosis = s.self_certainty = nan;
+    s.log1p_R = nan;
+    s.argmax = -1;
+    return s;
+  }
+  const A S = A(1) + a.R;
+  const A l1p = log1pf_(a.R);
+  s.log1p_R = l1p;
+  s.lse = a.m + l1p;
+  s.max_logprob = -l1p;
+  s.argmax = a.idx;
+  s.entropy = l1p - a.T / S;                                   // both terms >= 0
+  s.margin = (A(1) - expf_(a.m2 - a.m)) / S;                   // p(1) - p(2)
+  s.collision = (A(1) + a.Q2) / (S * S);                       // sum p^2
+  s.kurtosis = a.n * a.M4 / (a.M2 * a.M2) - A(3);              // Fisher, biased (scipy default)
+  s.self_certainty = l1p - a.sd / a.nf - logf_(a.nf);          // KL(U || p) over finite entries
+  return s;
+}
+
+// ---- top-k lists: sorted best-first; ties go to the smaller index -------------------------
+template <typename A>
+FUQ_HD bool topk_better(A va, int64_t ia, A vb, int64_t ib) {
+  return va > vb || (va == vb && ia < ib);
+}
+
+// Insert (v, i) into a sorted list of capacity k holding *cnt entries.
+template <typename A>
+FUQ_HD void topk_insert(A* vals, int64_t* ids, int* cnt, int k, A v, int64_t i) {
+  int c = *cnt;
+  if (c == k) {
+    if (!topk_better(v, i, vals[k - 1], ids[k - 1])) return;
+    c = k - 1;
+  }
+  int p = c;
+  while (p > 0 && topk_better(v, i, vals[p - 1], ids[p - 1])) {
+    vals[p] = vals[p - 1];
+    ids[p] = ids[p - 1];
+    --p;
+  }
+  vals[p] = v;
+  ids[p] = i;
+  *cnt = c + 1;
+}
+
+// out = the best k of two sorted lists (out must not alias the inputs).
+template <typename A>
+FUQ_HD int topk_merge(const A* va, const int64_t* ia, int ca, const A* vb, const int64_t* ib, int cb,
+                      int k, A* vo, int64_t* io) {
+  int p = 0, q = 0, o = 0;
+  while (o < k && (p < ca || q < cb)) {
+    const bool take_a = q >= cb || (p < ca && topk_better(va[p], ia[p], vb[q], ib[q]));
+    if (take_a) { vo[o] = va[p]; io[o] = ia[p]; ++p; }
+    else        { vo[o] = vb[q]; io[o] = ib[q]; ++q; }
+    ++o;
+  }
+  return o;
+}
+
+}  // namespace flashuq

@@ -1,0 +1,337 @@
+"""Triton kernels for ``flashuq.token_stats``: every statistic from one read of the logits.
+
+Numerics follow KERNELS.md §2-3 and mirror ``csrc/include/flashuq/accumulator.h``: each block of
+``BLOCK`` columns becomes a partial (max, argmax, second max, R, T, Q2, Σd, n_finite and the
+centred moments of e^d), partials fold into a chunk's partial, and chunk partials fold into the
+row's in column order. A row is cut into chunks of ``CHUNK`` columns whatever the launch shape,
+so the one-program-per-row path and the split-vocabulary path (stage 1 writes chunk partials to
+a workspace, stage 2 folds them in order) perform the same arithmetic: results are deterministic
+and do not depend on the batch a row came in. No atomics, no autotuning (the kernels also run
+under ``TRITON_INTERPRET=1``), no libdevice calls (log1p is Kahan's formulation).
+"""
+
+import triton
+import triton.language as tl
+
+# workspace layout of one chunk partial (float fields; the argmax goes to a separate int64 array)
+_WS_FIELDS = 16
+_BIG = 2**62  # index sentinel: worse than any real column on ties
+
+
+@triton.jit
+def _log1p(r):
+    # Kahan: exact to a few ulp over the whole range, without libdevice (KERNELS.md §2.5)
+    u = 1.0 + r
+    um1 = tl.where(u == 1.0, 1.0, u - 1.0)
+    return tl.where(u == 1.0, r, tl.log(u) * (r / um1))
+
+
+@triton.jit
+def _moments_merge(n, mean, M2, M3, M4, nb, meanb, M2b, M3b, M4b):
+    # Pairwise centred-moment update (Chan et al.; Pébay). Exact for n == 0 or nb == 0 too.
+    N = n + nb
+    delta = meanb - mean
+    dn = delta / tl.where(N > 0, N, 1.0)
+    dn2 = dn * dn
+    t1 = delta * dn * n * nb
+    M4n = M4 + M4b + t1 * dn2 * (n * n - n * nb + nb * nb) + 6.0 * dn2 * (n * n * M2b + nb * nb * M2) \
+        + 4.0 * dn * (n * M3b - nb * M3)
+    M3n = M3 + M3b + t1 * dn * (n - nb) + 3.0 * dn * (n * M2b - nb * M2)
+    M2n = M2 + M2b + t1
+    return N, mean + dn * nb, M2n, M3n, M4n
+
+
+@triton.jit
+def _merge(am, am2, aidx, aR, aT, aQ2, asd, anf, an, amean, aM2, aM3, aM4, abad,
+           bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad):
+    # Merge two partials of one row (KERNELS.md §3.2); ties of the max keep the smaller index.
+    a_top = (am > bm) | ((am == bm) & ((bidx < 0) | ((aidx >= 0) & (aidx <= bidx))))
+    Xm = tl.where(a_top, am, bm)
+    Xm2 = tl.where(a_top, am2, bm2)
+    Xidx = tl.where(a_top, aidx, bidx)
+    XR = tl.where(a_top, aR, bR)
+    XT = tl.where(a_top, aT, bT)
+    XQ2 = tl.where(a_top, aQ2, bQ2)
+    Xsd = tl.where(a_top, asd, bsd)
+    Xnf = tl.where(a_top, anf, bnf)
+    Xn = tl.where(a_top, an, bn)
+    Xmean = tl.where(a_top, amean, bmean)
+    XM2 = tl.where(a_top, aM2, bM2)
+    XM3 = tl.where(a_top, aM3, bM3)
+    XM4 = tl.where(a_top, aM4, bM4)
+    Ym = tl.where(a_top, bm, am)
+    YR = tl.where(a_top, bR, aR)
+    YT = tl.where(a_top, bT, aT)
+    YQ2 = tl.where(a_top, bQ2, aQ2)
+    Ysd = tl.where(a_top, bsd, asd)
+    Ynf = tl.where(a_top, bnf, anf)
+    Yn = tl.where(a_top, bn, an)
+    Ymean = tl.where(a_top, bmean, amean)
+    YM2 = tl.where(a_top, bM2, aM2)
+    YM3 = tl.where(a_top, bM3, aM3)
+    YM4 = tl.where(a_top, bM4, aM4)
+
+    y_has = Ym > float("-inf")  # then Xm >= Ym is finite
+    delta = tl.where(y_has, Ym - Xm, 0.0)
+    c = tl.where(y_has, tl.exp(delta), 0.0)
+    c2 = c * c
+    SY = tl.where(y_has, 1.0 + YR, 0.0)
+    R = XR + c * SY
+    T = XT + c * (YT + delta * SY)
+    Q2 = XQ2 + c2 * tl.where(y_has, 1.0 + YQ2, 0.0)
+    sd = Xsd + Ysd + Ynf * delta
+    nf = Xnf + Ynf
+    m2 = tl.maximum(Xm2, Ym)
+    n, mean, M2, M3, M4 = _moments_merge(Xn, Xmean, XM2, XM3, XM4, Yn, Ymean * c, YM2 * c2, YM3 * c2 * c,
+                                         YM4 * c2 * c2)
+    return Xm, m2, Xidx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, abad + bbad
+
+
+@triton.jit
+def _topk_worst(tv, ti, slots, K: tl.constexpr):
+    # The entry a better candidate replaces: the smallest value, and of those the largest index.
+    ok = slots < K
+    wv = tl.min(tl.where(ok, tv, float("inf")))
+    wi = tl.max(tl.where(ok & (tv == wv), ti, -1))
+    ws = tl.min(tl.where(ok & (tv == wv) & (ti == wi), slots, K))
+    return wv, wi, ws
+
+
+@triton.jit
+def _topk_absorb(tv, ti, cv, ci, cmask, K: tl.constexpr, KP: tl.constexpr):
+    # Insert the candidates (cv, ci) where cmask into the unsorted top-K set (tv, ti).
+    slots = tl.arange(0, KP)
+    wv, wi, ws = _topk_worst(tv, ti, slots, K)
+    cand = cmask & ((cv > wv) | ((cv == wv) & (ci < wi)))
+    while tl.max(cand.to(tl.int32)) > 0:
+        v = tl.max(tl.where(cand, cv, float("-inf")))
+        i = tl.min(tl.where(cand & (cv == v), ci, _BIG))
+        tv = tl.where(slots == ws, v, tv)
+        ti = tl.where(slots == ws, i, ti)
+        wv, wi, ws = _topk_worst(tv, ti, slots, K)
+        cand = cand & (ci != i) & ((cv > wv) | ((cv == wv) & (ci < wi)))
+    return tv, ti
+
+
+@triton.jit
+def _block_partial(row_ptr, cols, hi, inv_temp, ACC: tl.constexpr):
+    inb = cols < hi
+    x = tl.load(row_ptr + cols, mask=inb, other=float("-inf")).to(ACC) * inv_temp
+    bad = inb & ((x != x) | (x == float("inf")))
+    x = tl.where(bad, float("-inf"), x)
+    bm = tl.max(x)
+    has = bm > float("-inf")
+    bidx = tl.min(tl.where(x == bm, cols, _BIG))
+    is_max = cols == bidx
+    fin = x > float("-inf")
+    d = tl.where(fin, x - bm, 0.0)
+    e = tl.where(fin, tl.exp(d), 0.0)
+    e_rest = tl.where(is_max, 0.0, e)  # the max is implicit (e^0 = 1): R never forms 1 + tiny
+    R = tl.sum(e_rest)
+    T = tl.sum(e * d)
+    Q2 = tl.sum(e_rest * e_rest)
+    sd = tl.sum(d)
+    nf = tl.sum(fin.to(ACC))
+    m2 = tl.max(tl.where(is_max, float("-inf"), x))
+    n = tl.sum(inb.to(ACC))
+    mean = tl.where(has, (1.0 + R) / n, 0.0)
+    cc = tl.where(inb, e - mean, 0.0)
+    cc2 = cc * cc
+    M2 = tl.sum(cc2)
+    M3 = tl.sum(cc2 * cc)
+    M4 = tl.sum(cc2 * cc2)
+    idx = tl.where(has, bidx, -1)
+    return x, bm, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, tl.sum(bad.to(tl.int32))
+
+
+@triton.jit
+def _chunk_partial(row_ptr, lo, hi, inv_temp, tv, ti,
+                   BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr):
+    m = tl.full([], float("-inf"), ACC)
+    m2 = tl.full([], float("-inf"), ACC)
+    idx = tl.full([], -1, tl.int64)
+    R = tl.zeros([], ACC)
+    T = tl.zeros([], ACC)
+    Q2 = tl.zeros([], ACC)
+    sd = tl.zeros([], ACC)
+    nf = tl.zeros([], ACC)
+    n = tl.zeros([], ACC)
+    mean = tl.zeros([], ACC)
+    M2 = tl.zeros([], ACC)
+    M3 = tl.zeros([], ACC)
+    M4 = tl.zeros([], ACC)
+    bad = tl.zeros([], tl.int32)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK).to(tl.int64)
+        x, bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad = _block_partial(
+            row_ptr, cols, hi, inv_temp, ACC)
+        m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _merge(
+            m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
+            bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad)
+        if K > 0:
+            tv, ti = _topk_absorb(tv, ti, x, cols, cols < hi, K, KP)
+    return m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad, tv, ti
+
+
+@triton.jit
+def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, inv_temp, V,
+              lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
+              tkv_ptr, tki_ptr, HAS_TOKENS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+              ACC: tl.constexpr):
+    valid = (bad == 0) & (m > float("-inf"))
+    nan = float("nan")
+    S = 1.0 + R
+    l1p = _log1p(R)
+    mx = tl.where(valid, m, 0.0)
+    max_lp = tl.where(valid, -l1p, nan)
+    lp = max_lp
+    if HAS_TOKENS:
+        tok = tl.load(tok_ptr + row)
+        tok_ok = (tok >= 0) & (tok < V)
+        xt = tl.load(row_ptr + tl.where(tok_ok, tok, 0)).to(ACC) * inv_temp
+        lp = tl.where(valid & tok_ok, (xt - mx) - l1p, nan)
+    tl.store(lse_ptr + row, tl.where(valid, m + l1p, nan))
+    tl.store(maxlp_ptr + row, max_lp)
+    tl.store(lp_ptr + row, lp)
+    tl.store(ent_ptr + row, tl.where(valid, l1p - T / S, nan))
+    tl.store(margin_ptr + row, tl.where(valid, (1.0 - tl.exp(m2 - mx)) / S, nan))
+    tl.store(coll_ptr + row, tl.where(valid, (1.0 + Q2) / (S * S), nan))
+    tl.store(kurt_ptr + row, tl.where(valid, n * M4 / (M2 * M2) - 3.0, nan))
+    nfs = tl.where(nf > 0, nf, 1.0)
+    tl.store(sc_ptr + row, tl.where(valid, l1p - sd / nfs - tl.log(nfs), nan))
+    tl.store(argmax_ptr + row, tl.where(valid, idx, -1))
+    if K > 0:
+        # rank of each entry among the K (value descending, index ascending), then scatter
+        slots = tl.arange(0, KP)
+        ok = slots < K
+        better = ((tv[None, :] > tv[:, None]) | ((tv[None, :] == tv[:, None]) & (ti[None, :] < ti[:, None]))) \
+            & ok[None, :]
+        rank = tl.sum(better.to(tl.int32), axis=1)
+        real = ti < _BIG
+        base = row.to(tl.int64) * K
+        tl.store(tkv_ptr + base + rank, tl.where(valid & real, (tv - mx) - l1p, nan), mask=ok)
+        tl.store(tki_ptr + base + rank, tl.where(valid & real, ti, -1), mask=ok)
+
+
+@triton.jit
+def _row_ptr(x_ptr, row, n1, s0, s1):
+    r = row.to(tl.int64)
+    return x_ptr + (r // n1) * s0 + (r % n1) * s1
+
+
+@triton.jit
+def token_stats_rows_kernel(
+    x_ptr, n1, s0, s1, V, tok_ptr, inv_temp,
+    lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr, tkv_ptr, tki_ptr,
+    CHUNK, BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """One program per row: fold the row's chunks in order, then write every statistic."""
+    row = tl.program_id(0)
+    row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
+    m = tl.full([], float("-inf"), ACC)
+    m2 = tl.full([], float("-inf"), ACC)
+    idx = tl.full([], -1, tl.int64)
+    R = tl.zeros([], ACC)
+    T = tl.zeros([], ACC)
+    Q2 = tl.zeros([], ACC)
+    sd = tl.zeros([], ACC)
+    nf = tl.zeros([], ACC)
+    n = tl.zeros([], ACC)
+    mean = tl.zeros([], ACC)
+    M2 = tl.zeros([], ACC)
+    M3 = tl.zeros([], ACC)
+    M4 = tl.zeros([], ACC)
+    bad = tl.zeros([], tl.int32)
+    tv = tl.full([KP], float("-inf"), ACC)
+    ti = tl.full([KP], _BIG, tl.int64)
+    for lo in range(0, V, CHUNK):
+        hi = tl.minimum(lo + CHUNK, V)
+        cm, cm2, cidx, cR, cT, cQ2, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad, tv, ti = _chunk_partial(
+            row_ptr, lo, hi, inv_temp, tv, ti, BLOCK, K, KP, ACC)
+        m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _merge(
+            m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
+            cm, cm2, cidx, cR, cT, cQ2, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad)
+    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, inv_temp, V,
+              lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
+              tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC)
+
+
+@triton.jit
+def token_stats_split_kernel(
+    x_ptr, n1, s0, s1, V, inv_temp, ws_f_ptr, ws_i_ptr, ws_tv_ptr, ws_ti_ptr, n_chunks,
+    CHUNK, BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
+):
+    """Stage 1 of the split path: program (row, chunk) writes the chunk's partial."""
+    row = tl.program_id(0)
+    c = tl.program_id(1)
+    row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
+    lo = c.to(tl.int64) * CHUNK
+    hi = tl.minimum(lo + CHUNK, V)
+    tv = tl.full([KP], float("-inf"), ACC)
+    ti = tl.full([KP], _BIG, tl.int64)
+    m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad, tv, ti = _chunk_partial(
+        row_ptr, lo, hi, inv_temp, tv, ti, BLOCK, K, KP, ACC)
+    p = row.to(tl.int64) * n_chunks + c
+    w = ws_f_ptr + p * _WS_FIELDS
+    tl.store(w + 0, m)
+    tl.store(w + 1, m2)
+    tl.store(w + 2, R)
+    tl.store(w + 3, T)
+    tl.store(w + 4, Q2)
+    tl.store(w + 5, sd)
+    tl.store(w + 6, nf)
+    tl.store(w + 7, n)
+    tl.store(w + 8, mean)
+    tl.store(w + 9, M2)
+    tl.store(w + 10, M3)
+    tl.store(w + 11, M4)
+    tl.store(w + 12, bad.to(ACC))
+    tl.store(ws_i_ptr + p, idx)
+    if K > 0:
+        slots = tl.arange(0, KP)
+        tl.store(ws_tv_ptr + p * KP + slots, tv)
+        tl.store(ws_ti_ptr + p * KP + slots, ti)
+
+
+@triton.jit
+def token_stats_merge_kernel(
+    x_ptr, n1, s0, s1, V, tok_ptr, inv_temp, ws_f_ptr, ws_i_ptr, ws_tv_ptr, ws_ti_ptr, n_chunks,
+    lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr, tkv_ptr, tki_ptr,
+    K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr, ACC: tl.constexpr,
+):
+    """Stage 2 of the split path: fold the row's chunk partials in column order and finalize."""
+    row = tl.program_id(0)
+    row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
+    m = tl.full([], float("-inf"), ACC)
+    m2 = tl.full([], float("-inf"), ACC)
+    idx = tl.full([], -1, tl.int64)
+    R = tl.zeros([], ACC)
+    T = tl.zeros([], ACC)
+    Q2 = tl.zeros([], ACC)
+    sd = tl.zeros([], ACC)
+    nf = tl.zeros([], ACC)
+    n = tl.zeros([], ACC)
+    mean = tl.zeros([], ACC)
+    M2 = tl.zeros([], ACC)
+    M3 = tl.zeros([], ACC)
+    M4 = tl.zeros([], ACC)
+    bad = tl.zeros([], tl.int32)
+    slots = tl.arange(0, KP)
+    tv = tl.full([KP], float("-inf"), ACC)
+    ti = tl.full([KP], _BIG, tl.int64)
+    for c in range(0, n_chunks):
+        p = row.to(tl.int64) * n_chunks + c
+        w = ws_f_ptr + p * _WS_FIELDS
+        m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _merge(
+            m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
+            tl.load(w + 0), tl.load(w + 1), tl.load(ws_i_ptr + p), tl.load(w + 2), tl.load(w + 3),
+            tl.load(w + 4), tl.load(w + 5), tl.load(w + 6), tl.load(w + 7), tl.load(w + 8), tl.load(w + 9),
+            tl.load(w + 10), tl.load(w + 11), tl.load(w + 12).to(tl.int32))
+        if K > 0:
+            cv = tl.load(ws_tv_ptr + p * KP + slots)
+            ci = tl.load(ws_ti_ptr + p * KP + slots)
+            tv, ti = _topk_absorb(tv, ti, cv, ci, (slots < K) & (ci < _BIG), K, KP)
+    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, inv_temp, V,
+              lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
+              tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC)

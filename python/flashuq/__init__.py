@@ -1,0 +1,12 @@
+"""flashuq: fused, exact uncertainty quantification for language models.
+
+``import flashuq as fuq``; ``fuq.token_stats(logits, tokens)`` gives every per-token statistic
+from one read of the logits. See README.md and the docstrings of each op.
+"""
+
+from . import _ext, reference
+from .ops.token_stats import TokenStats, token_stats
+
+__version__ = "0.1.0"
+
+__all__ = ["TokenStats", "token_stats", "reference", "__version__"]

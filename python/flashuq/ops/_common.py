@@ -1,0 +1,86 @@
+"""Validation and layout helpers shared by the ops."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def as_tensor(x, name: str) -> torch.Tensor:
+    """A torch tensor from a tensor or a numpy array (numpy inputs live on the CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+
+
+def check_logits(logits, name: str = "logits") -> torch.Tensor:
+    logits = as_tensor(logits, name)
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {logits.dtype}")
+    if logits.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension [..., V], got a 0-d tensor")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"{name} has an empty vocabulary (last dimension is 0)")
+    if logits.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"{name} must be on the CPU or a CUDA device, got {logits.device}")
+    if logits.shape[-1] > 1 and logits.stride(-1) != 1:
+        raise ValueError(
+            f"{name} must have stride 1 along the vocabulary (last) axis, got stride {logits.stride(-1)}; "
+            "call .contiguous() first")
+    return logits
+
+
+def check_positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (value > 0.0) or value == float("inf"):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def check_int(value, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def is_tracing() -> bool:
+    """True under torch.compile / export tracing, where tensor values cannot be inspected."""
+    return torch.compiler.is_compiling()
+
+
+def capturing_cuda_graph(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def row_layout(x: torch.Tensor):
+    """Describe the rows of ``x [..., V]`` with at most two leading dimensions.
+
+    Returns ``(n1, s0, s1)`` so that row ``r`` starts at element offset
+    ``(r // n1) * s0 + (r % n1) * s1`` of ``x``'s data pointer, or None when the leading
+    dimensions cannot be coalesced into two (the caller then copies).
+    """
+    dims = [(n, s) for n, s in zip(x.shape[:-1], x.stride()[:-1]) if n != 1]
+    merged: list[list[int]] = []
+    for n, s in dims:
+        if merged and merged[-1][1] == n * s:
+            merged[-1] = [merged[-1][0] * n, s]
+        else:
+            merged.append([n, s])
+    if not merged:
+        return 1, 0, 0
+    if len(merged) == 1:
+        return merged[0][0], 0, merged[0][1]
+    if len(merged) == 2:
+        return merged[1][0], merged[0][1], merged[1][1]
+    return None

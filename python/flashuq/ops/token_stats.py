@@ -1,0 +1,242 @@
+"""``flashuq.token_stats``: every per-token statistic from one read of the logits.
+
+CPU tensors run the C++ kernel of ``flashuq._C`` (OpenMP); CUDA tensors run the Triton kernels of
+``flashuq.kernels.token_stats``. Both use the shifted one-pass accumulator of KERNELS.md §2-3, so
+confident rows keep their digits (an entropy of 1e-20 keeps ~1e-7 relative error), and both are
+deterministic: a row's result does not depend on the thread count, the batch it came in, or
+whether its vocabulary was split across workers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ._common import (as_tensor, capturing_cuda_graph, check_int, check_logits, check_positive_float,
+                      is_tracing, row_layout)
+
+MAX_TOPK = 64
+
+
+class TokenStats(NamedTuple):
+    """Statistics of ``p = softmax(logits / temperature)``, each with the leading shape ``[...]``.
+
+    All in nats, natural orientation (METHODS.md §1.1). Rows with a NaN or +inf logit, or with
+    only -inf logits, hold NaN in every float field and -1 in ``argmax``/``topk_ids``.
+    """
+
+    lse: Tensor             #: ``logsumexp(logits / T)``
+    max_logprob: Tensor     #: ``log max_v p_v``
+    argmax: Tensor          #: int64, first index of the maximum
+    logprob: Tensor         #: ``log p[tokens]`` (``max_logprob`` when tokens is None)
+    entropy: Tensor         #: ``-Σ p log p``
+    margin: Tensor          #: ``p(1) - p(2)`` (0 on an exact tie; 1 when V = 1)
+    collision: Tensor       #: ``Σ p²``; Rényi-2 entropy is ``-log collision``
+    kurtosis: Tensor        #: excess (Fisher) kurtosis of the V probabilities, biased moments
+    self_certainty: Tensor  #: ``-mean_v log p_v - log V_finite`` over finite entries, KL(U‖p)
+    topk_logprobs: Tensor   #: ``[..., topk]`` largest log-probabilities, descending
+    topk_ids: Tensor        #: ``[..., topk]`` their ids (ties: smaller id first)
+
+
+def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0) -> TokenStats:
+    """Per-token statistics of the next-token distributions in ``logits [..., V]``, in one pass.
+
+    Args:
+        logits: ``[..., V]`` float32/float16/bfloat16 (accumulated in fp32, returned in fp32) or
+            float64 (computed and returned in fp64). Any leading shape and strides; the vocabulary
+            axis must have stride 1. ``-inf`` entries are masked vocabulary. A numpy array is
+            accepted (CPU) and the result comes back as torch tensors.
+        tokens: optional ``[...]`` integer ids of the emitted tokens, for ``logprob``.
+        temperature: scores ``softmax(logits / temperature)``; finite and > 0.
+        topk: number of top log-probabilities and ids to return, 0..64 (and at most V).
+
+    Returns:
+        :class:`TokenStats`. See ``flashuq.reference.token_stats`` for the float64 definition of
+        every field, and METHODS.md §2 for the formulas and the papers that use them.
+
+    Differentiable (``register_autograd``) in ``lse``, ``max_logprob``, ``logprob`` and ``entropy``
+    with respect to ``logits``; the other fields are marked non-differentiable.
+    """
+    logits, tokens, temperature, topk = _validate(logits, tokens, temperature, topk)
+    return TokenStats(*torch.ops.flashuq.token_stats(logits, tokens, temperature, topk))
+
+
+def _validate(logits, tokens, temperature, topk):
+    logits = check_logits(logits)
+    V = logits.shape[-1]
+    temperature = check_positive_float(temperature, "temperature")
+    topk = check_int(topk, "topk", 0, MAX_TOPK)
+    if topk > V:
+        raise ValueError(f"topk must be at most the vocabulary size V={V}, got {topk}")
+    if tokens is not None:
+        tokens = as_tensor(tokens, "tokens")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be an integer tensor, got {tokens.dtype}")
+        if tokens.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"tokens must have the leading shape of logits {tuple(logits.shape[:-1])}, got {tuple(tokens.shape)}")
+        if tokens.device != logits.device:
+            raise ValueError(f"tokens is on {tokens.device} but logits is on {logits.device}")
+        if tokens.dtype != torch.int64:
+            tokens = tokens.to(torch.int64)
+        if tokens.numel() and not is_tracing() and not capturing_cuda_graph(tokens) and tokens.device.type != "meta":
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= V:
+                raise ValueError(f"tokens must be in [0, V={V}), got values in [{lo}, {hi}]")
+    return logits, tokens, temperature, topk
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered op
+# ---------------------------------------------------------------------------------------------
+
+_Out = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _alloc(logits: Tensor, topk: int) -> _Out:
+    lead = logits.shape[:-1]
+    fdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dev = logits.device
+
+    def f():
+        return torch.empty(lead, dtype=fdt, device=dev)
+
+    return (f(), f(), torch.empty(lead, dtype=torch.int64, device=dev), f(), f(), f(), f(), f(), f(),
+            torch.empty((*lead, topk), dtype=fdt, device=dev),
+            torch.empty((*lead, topk), dtype=torch.int64, device=dev))
+
+
+@torch.library.custom_op("flashuq::token_stats", mutates_args=())
+def _token_stats_op(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: int) -> _Out:
+    backend = "cpu" if logits.device.type == "cpu" else "triton"
+    return compute(logits, tokens, temperature, topk, backend=backend)
+
+
+@_token_stats_op.register_fake
+def _(logits, tokens, temperature, topk):
+    return _alloc(logits, topk)
+
+
+def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: int, *, backend: str,
+            **launch) -> _Out:
+    """Run one backend on validated inputs: ``"cpu"`` (C++), ``"triton"`` or ``"cuda"`` (CUDA C++,
+    no top-k). ``launch`` passes tuning knobs to the Triton launcher (tests use them to force the
+    split or the one-program-per-row path)."""
+    out = _alloc(logits, topk)
+    V = logits.shape[-1]
+    rows = logits.numel() // V if V else 0
+    if rows == 0:
+        return out
+    layout = row_layout(logits)
+    if layout is None:  # leading dims that no two (size, stride) pairs describe: copy once
+        logits = logits.contiguous()
+        layout = row_layout(logits)
+    n1, s0, s1 = layout
+    tok = None if tokens is None else tokens.reshape(-1).to(torch.int64).contiguous()
+    inv_temp = 1.0 / temperature
+    if backend == "cpu":
+        _ext._C.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk,
+                            *out[:2], *out[3:9], out[2], out[9], out[10], torch.get_num_threads())
+    elif backend == "triton":
+        _launch_triton(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk, out, **launch)
+    elif backend == "cuda":
+        if _ext._cuda is None:
+            raise RuntimeError("flashuq was built without its CUDA module (no nvcc at build time)")
+        if topk:
+            raise ValueError("the CUDA C++ backend has no top-k; use the Triton backend")
+        stream = torch.cuda.current_stream(logits.device).cuda_stream
+        _ext._cuda.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, out[0], out[1], out[3],
+                               out[4], out[5], out[6], out[7], out[8], out[2], stream)
+    else:
+        raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda', got {backend!r}")
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=None, chunk=None, split=None,
+                   num_warps=None):
+    """Launch the Triton kernels. The chunk size is fixed per device type (not per call) so a row's
+    result never depends on the batch it arrived in."""
+    import triton
+
+    k = _ext.kernels().token_stats
+    import triton.language as tl
+
+    on_gpu = x.is_cuda
+    block = block or (4096 if on_gpu else 65536)
+    chunk = chunk or (8192 if on_gpu else 65536)
+    if chunk % block:
+        raise ValueError(f"chunk ({chunk}) must be a multiple of block ({block})")
+    n_chunks = triton.cdiv(V, chunk)
+    if split is None:
+        sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) if on_gpu else 4
+        split = n_chunks > 1 and rows < 2 * sms
+    num_warps = num_warps or (8 if on_gpu else 1)
+    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+    kp = triton.next_power_of_2(max(topk, 1))
+    has_tok = tok is not None
+    tok_arg = tok if has_tok else out[2]
+    lse, maxlp, argmax, lp, ent, margin, coll, kurt, sc, tkv, tki = out
+    tkv_arg = tkv if topk else lse
+    tki_arg = tki if topk else argmax
+    if not split:
+        k.token_stats_rows_kernel[(rows,)](
+            x, n1, s0, s1, V, tok_arg, inv_temp,
+            lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg,
+            chunk, BLOCK=block, K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, num_warps=num_warps)
+        return
+    fdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ws_f = torch.empty((rows, n_chunks, k._WS_FIELDS), dtype=fdt, device=x.device)
+    ws_i = torch.empty((rows, n_chunks), dtype=torch.int64, device=x.device)
+    ws_tv = torch.empty((rows, n_chunks, kp) if topk else (1,), dtype=fdt, device=x.device)
+    ws_ti = torch.empty((rows, n_chunks, kp) if topk else (1,), dtype=torch.int64, device=x.device)
+    k.token_stats_split_kernel[(rows, n_chunks)](
+        x, n1, s0, s1, V, inv_temp, ws_f, ws_i, ws_tv, ws_ti, n_chunks,
+        chunk, BLOCK=block, K=topk, KP=kp, ACC=acc, num_warps=num_warps)
+    k.token_stats_merge_kernel[(rows,)](
+        x, n1, s0, s1, V, tok_arg, inv_temp, ws_f, ws_i, ws_tv, ws_ti, n_chunks,
+        lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg,
+        K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, num_warps=1 if not on_gpu else 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: lse, max_logprob, logprob and entropy
+# ---------------------------------------------------------------------------------------------
+
+def _setup_context(ctx, inputs, output):
+    logits, tokens, temperature, topk = inputs
+    ctx.save_for_backward(logits, tokens, output[2])
+    ctx.temperature = temperature
+    ctx.mark_non_differentiable(*(output[i] for i in (2, 5, 6, 7, 8, 9, 10)))
+
+
+def _backward(ctx, g_lse, g_maxlp, _g_argmax, g_lp, g_ent, *_rest):
+    logits, tokens, argmax = ctx.saved_tensors
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    x = logits.to(acc) / ctx.temperature
+    lp = torch.log_softmax(x, dim=-1)
+    p = lp.exp()
+    live = p > 0  # 0·log 0 = 0: never let a -inf logit turn the gradient into NaN
+    g = torch.zeros_like(x)
+    if g_lse is not None:
+        g = g + g_lse.unsqueeze(-1).to(acc) * p
+    if g_ent is not None:
+        plp = torch.where(live, p * lp, 0.0)
+        H = -plp.sum(-1, keepdim=True)
+        g = g + g_ent.unsqueeze(-1).to(acc) * torch.where(live, -(plp + p * H), 0.0)  # dH/dx = -p (log p + H)
+    for gout, idx in ((g_maxlp, argmax), (g_lp, argmax if tokens is None else tokens)):
+        if gout is not None:  # d log p_y / dx = onehot(y) - p
+            gout = gout.unsqueeze(-1).to(acc)
+            g = (g - gout * p).scatter_add(-1, idx.clamp(min=0).unsqueeze(-1), gout)
+    return (g / ctx.temperature).to(logits.dtype), None, None, None
+
+
+torch.library.register_autograd("flashuq::token_stats", _backward, setup_context=_setup_context)
