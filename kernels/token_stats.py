@@ -27,6 +27,15 @@ def _log1p(r):
 
 
 @triton.jit
+def _expm1(x):
+    # Kahan's expm1 from exp and log: exact near 0, no libdevice
+    u = tl.exp(x)
+    um1 = u - 1.0
+    lu = tl.where((u == 1.0) | (um1 == -1.0), 1.0, tl.log(u))
+    return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * (x / lu)))
+
+
+@triton.jit
 def _moments_merge(n, mean, M2, M3, M4, nb, meanb, M2b, M3b, M4b):
     # Pairwise centred-moment update (Chan et al.; Pébay). Exact for n == 0 or nb == 0 too.
     N = n + nb
@@ -194,11 +203,14 @@ def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti
     tl.store(maxlp_ptr + row, max_lp)
     tl.store(lp_ptr + row, lp)
     tl.store(ent_ptr + row, tl.where(valid, l1p - T / S, nan))
-    tl.store(margin_ptr + row, tl.where(valid, (1.0 - tl.exp(m2 - mx)) / S, nan))
+    gap = tl.where(m2 > float("-inf"), m2 - mx, -1.0)
+    margin = tl.where(m2 > float("-inf"), -_expm1(gap), 1.0) / S  # p(1) - p(2), exact near ties
+    tl.store(margin_ptr + row, tl.where(valid, margin, nan))
     tl.store(coll_ptr + row, tl.where(valid, (1.0 + Q2) / (S * S), nan))
     tl.store(kurt_ptr + row, tl.where(valid, n * M4 / (M2 * M2) - 3.0, nan))
     nfs = tl.where(nf > 0, nf, 1.0)
-    tl.store(sc_ptr + row, tl.where(valid, l1p - sd / nfs - tl.log(nfs), nan))
+    # KL(U || p) over finite entries as log(S / nf) - sd / nf: terms of the row's scale, not log V
+    tl.store(sc_ptr + row, tl.where(valid, tl.log(S / nfs) - sd / nfs, nan))
     tl.store(argmax_ptr + row, tl.where(valid, idx, -1))
     if K > 0:
         # rank of each entry among the K (value descending, index ascending), then scatter

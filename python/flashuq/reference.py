@@ -46,7 +46,7 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0)
         logprob = max_logprob
     else:
         logprob = lp.gather(-1, torch.as_tensor(tokens).long().unsqueeze(-1)).squeeze(-1)
-    entropy = -torch.special.xlogy(p, p).sum(-1)                        # 0 log 0 = 0
+    entropy = -torch.where(p > 0, p * lp, 0.0).sum(-1)                  # 0 log 0 = 0; log p from lp, not log(p)
     top2 = p.topk(min(2, V), dim=-1).values
     second = top2[..., 1] if V > 1 else torch.zeros_like(top2[..., 0])
     margin = top2[..., 0] - second

@@ -117,6 +117,16 @@ struct RowStats {
   bool valid;
 };
 
+// expm1 from exp and log (Kahan): accurate for small |x| without a libm expm1 on every backend.
+template <typename A, typename ExpFn, typename LogFn>
+FUQ_HD A expm1_kahan(A x, ExpFn expf_, LogFn logf_) {
+  const A u = expf_(x);
+  if (u == A(1)) return x;
+  const A um1 = u - A(1);
+  if (um1 == A(-1)) return A(-1);
+  return um1 * x / logf_(u);
+}
+
 template <typename A, typename ExpFn, typename Log1pFn, typename LogFn>
 FUQ_HD RowStats<A> finalize(const Acc<A>& a, ExpFn expf_, Log1pFn log1pf_, LogFn logf_) {
   RowStats<A> s;
@@ -135,10 +145,13 @@ FUQ_HD RowStats<A> finalize(const Acc<A>& a, ExpFn expf_, Log1pFn log1pf_, LogFn
   s.max_logprob = -l1p;
   s.argmax = a.idx;
   s.entropy = l1p - a.T / S;                                   // both terms >= 0
-  s.margin = (A(1) - expf_(a.m2 - a.m)) / S;                   // p(1) - p(2)
+  // p(1) - p(2) = (1 - e^{m2-m}) / S; expm1 keeps near-ties exact
+  s.margin = a.m2 > neg_inf<A>() ? -expm1_kahan(a.m2 - a.m, expf_, logf_) / S : A(1) / S;
   s.collision = (A(1) + a.Q2) / (S * S);                       // sum p^2
   s.kurtosis = a.n * a.M4 / (a.M2 * a.M2) - A(3);              // Fisher, biased (scipy default)
-  s.self_certainty = l1p - a.sd / a.nf - logf_(a.nf);          // KL(U || p) over finite entries
+  // KL(U || p) over the finite entries = log(S / nf) - sd / nf: two terms of the row's scale,
+  // not of log V, so near-uniform rows (KL ~ 0) keep their digits
+  s.self_certainty = logf_(S / a.nf) - a.sd / a.nf;
   return s;
 }
 
