@@ -22,6 +22,7 @@ namespace FUQ_ISA {
 namespace {
 
 constexpr int kBlock = 1024;
+constexpr int kTopkRun = 32;
 
 struct Bf16 { uint16_t v; };
 struct Half { uint16_t v; };
@@ -73,9 +74,20 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
     nbad += b ? 1 : 0;
   }
   if (k > 0 && (tk->cnt < k || bm > tk->v[k - 1])) {
-    for (int i = 0; i < len; ++i) {
-      if (tk->cnt == k && !(buf[i] > tk->v[k - 1])) continue;
-      topk_insert(tk->v, tk->i, &tk->cnt, k, buf[i], base + i);
+    // Scan in short runs and skip a run whose max cannot enter the list: most runs are skipped
+    // with one vectorised max. Columns arrive in increasing order, so an equal value never wins.
+    for (int s = 0; s < len; s += kTopkRun) {
+      const int e = std::min(len, s + kTopkRun);
+      if (tk->cnt == k) {
+        A rm = ninf;
+#pragma omp simd reduction(max : rm)
+        for (int i = s; i < e; ++i) rm = buf[i] > rm ? buf[i] : rm;
+        if (!(rm > tk->v[k - 1])) continue;
+      }
+      for (int i = s; i < e; ++i) {
+        if (tk->cnt == k && !(buf[i] > tk->v[k - 1])) continue;
+        topk_insert(tk->v, tk->i, &tk->cnt, k, buf[i], base + i);
+      }
     }
   }
   Acc<A> a = acc_empty<A>();

@@ -51,7 +51,7 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0)
     second = top2[..., 1] if V > 1 else torch.zeros_like(top2[..., 0])
     margin = top2[..., 0] - second
     collision = (p * p).sum(-1)
-    mu = 1.0 / V                                                         # the mean of p, exactly
+    mu = p.mean(-1, keepdim=True)  # = 1/V up to rounding; the sample mean, like scipy (a constant row gives NaN)
     m2 = ((p - mu) ** 2).mean(-1)
     m4 = ((p - mu) ** 4).mean(-1)
     kurtosis = m4 / m2**2 - 3.0                                          # scipy.stats.kurtosis defaults

@@ -1,0 +1,284 @@
+"""flashuq.token_stats on the CPU (C++ kernel) and the public API around it."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flashuq as fuq
+from flashuq.ops import token_stats as ts_mod
+from stats_cases import FLOAT_FIELDS, ROW_KINDS, assert_close_stats, make_logits, reference
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ROW_KINDS)
+@pytest.mark.parametrize("V", [7, 1025, 40000])
+def test_matches_reference(kind, dtype, V):
+    x = make_logits(kind, 6, V, dtype=dtype, seed=V)
+    tokens = torch.randint(0, V, (6,), generator=torch.Generator().manual_seed(1))
+    topk = min(5, V)
+    got = fuq.token_stats(x, tokens, topk=topk)
+    assert_close_stats(got, reference(x, tokens, topk=topk))
+
+
+def test_float64_in_float64_out():
+    x = make_logits("normal", 4, 3000, dtype=torch.float64)
+    got = fuq.token_stats(x, topk=3)
+    assert got.entropy.dtype == torch.float64 and got.topk_logprobs.dtype == torch.float64
+    assert_close_stats(got, reference(x, topk=3), rtol=1e-12)
+
+
+@pytest.mark.parametrize("gap", [50.0, 60.0, 75.0])
+@pytest.mark.parametrize("V", [1000, 32000, 128256])
+def test_confident_rows_keep_their_digits(gap, V):
+    # entropy ~1e-20 and below: the textbook lse - Σ p z loses everything here
+    x = torch.zeros(2, V)
+    x[0, 3] = gap
+    x[1, V - 1] = gap
+    R = (V - 1) * math.exp(-gap)
+    H = math.log1p(R) + gap * R / (1 + R)
+    got = fuq.token_stats(x)
+    for h in got.entropy.tolist():
+        assert abs(h - H) <= 1e-3 * H
+    assert torch.allclose(got.max_logprob.double(), torch.tensor(-math.log1p(R), dtype=torch.float64), rtol=1e-3, atol=0)
+
+
+def test_ties_first_index_and_zero_margin():
+    x = torch.tensor([[1.0, 3.0, 3.0, 2.0], [5.0, 5.0, 5.0, 5.0]])
+    got = fuq.token_stats(x, topk=3)
+    assert got.argmax.tolist() == [1, 0]
+    assert got.margin.tolist() == [0.0, 0.0]
+    assert got.topk_ids.tolist() == [[1, 2, 3], [0, 1, 2]]
+    assert math.isnan(got.kurtosis[1].item())  # uniform row: m2 = 0, NaN like scipy
+    assert got.entropy[1].item() == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_invalid_rows_are_nan_and_only_those():
+    V = 9
+    x = torch.randn(5, V)
+    x[1] = -math.inf            # fully masked row
+    x[2, 4] = math.nan          # NaN row
+    x[3, 0] = math.inf          # +inf: no distribution either
+    x[4, :5] = -math.inf        # partly masked: fine
+    got = fuq.token_stats(x, torch.tensor([0, 0, 0, 0, 1]), topk=3)
+    for f in FLOAT_FIELDS:
+        v = getattr(got, f)
+        assert torch.isnan(v[1:4]).all(), f
+        assert not torch.isnan(v[0]), f
+    assert got.argmax[1:4].tolist() == [-1, -1, -1]
+    assert (got.topk_ids[1:4] == -1).all() and torch.isnan(got.topk_logprobs[1:4]).all()
+    assert got.logprob[4].item() == -math.inf  # emitted token at a masked entry
+    assert_close_stats(got, reference(x, torch.tensor([0, 0, 0, 0, 1]), topk=3))
+
+
+def test_topk_fills_with_masked_entries_in_id_order():
+    x = torch.full((1, 10), -math.inf)
+    x[0, 7] = 1.0
+    x[0, 2] = 0.5
+    got = fuq.token_stats(x, topk=4)
+    assert got.topk_ids.tolist() == [[7, 2, 0, 1]]
+    assert got.topk_logprobs[0, 2:].tolist() == [-math.inf, -math.inf]
+    assert_close_stats(got, reference(x, topk=4))
+
+
+def test_vocab_of_one_and_two():
+    one = fuq.token_stats(torch.tensor([[2.0], [-7.0]]), topk=1)
+    assert one.entropy.tolist() == [0.0, 0.0] and one.margin.tolist() == [1.0, 1.0]
+    assert one.max_logprob.tolist() == [0.0, 0.0] and one.lse.tolist() == [2.0, -7.0]
+    assert torch.isnan(one.kurtosis).all()
+    x = torch.tensor([[0.0, 1.0], [3.0, -2.0]])
+    got = fuq.token_stats(x, torch.tensor([0, 1]), topk=2)
+    assert_close_stats(got, reference(x, torch.tensor([0, 1]), topk=2))
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.7])
+def test_temperature(temperature):
+    x = make_logits("normal", 5, 5000)
+    t = torch.randint(0, 5000, (5,))
+    got = fuq.token_stats(x, t, temperature=temperature, topk=8)
+    assert_close_stats(got, reference(x, t, temperature=temperature, topk=8))
+
+
+def test_leading_shapes_and_strides():
+    base = make_logits("normal", 24, 300).reshape(2, 3, 4, 300)
+    views = [base, base[:, 1:], base.transpose(0, 2), base[::2, :, 1:3], base[1, 2, 3], base.permute(2, 0, 1, 3)[1:]]
+    for x in views:
+        t = torch.randint(0, 300, x.shape[:-1])
+        got = fuq.token_stats(x, t, topk=3)
+        assert got.entropy.shape == x.shape[:-1] and got.topk_ids.shape == (*x.shape[:-1], 3)
+        assert_close_stats(got, reference(x.contiguous(), t, topk=3))
+
+
+def test_empty_leading_dims():
+    got = fuq.token_stats(torch.randn(0, 3, 11), topk=2)
+    assert got.entropy.shape == (0, 3) and got.topk_ids.shape == (0, 3, 2)
+
+
+def test_numpy_input_returns_tensors():
+    x = np.random.default_rng(0).normal(size=(3, 50)).astype(np.float32)
+    got = fuq.token_stats(x, np.array([1, 2, 3]))
+    assert isinstance(got.entropy, torch.Tensor)
+    assert_close_stats(got, reference(torch.from_numpy(x), torch.tensor([1, 2, 3])))
+
+
+def test_row_result_does_not_depend_on_batch_or_threads():
+    # a lone row takes the split path (fewer rows than threads), a batch the row path: bitwise equal
+    x = make_logits("normal", 16, 100_000)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        alone = fuq.token_stats(x[5:6], topk=7)
+        torch.set_num_threads(1)
+        batch = fuq.token_stats(x, topk=7)
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(alone, batch):
+        assert torch.equal(a[0], b[5]) or (torch.isnan(a[0]).all() and torch.isnan(b[5]).all())
+
+
+def test_deterministic():
+    x = make_logits("masked", 8, 70000, dtype=torch.bfloat16)
+    a, b = fuq.token_stats(x, topk=4), fuq.token_stats(x, topk=4)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+def test_64bit_offsets():
+    # rows more than 2^31 elements apart; only the touched pages of the huge buffer are committed
+    V = 1000
+    stride = 2**30 + 7
+    storage = torch.empty(2 * stride + V, dtype=torch.bfloat16)
+    x = torch.as_strided(storage, (3, V), (stride, 1))
+    x.copy_(make_logits("normal", 3, V, dtype=torch.bfloat16))
+    t = torch.tensor([1, 2, 999])
+    got = fuq.token_stats(x, t, topk=2)
+    assert_close_stats(got, reference(x.clone(), t, topk=2))
+
+
+# ---- invariants (verl issue #2656 shows why: fused kernels gave log-probs of +123) -----------
+
+def test_invariants():
+    x = make_logits("normal", 64, 4096, seed=3) + torch.linspace(-100, 100, 64)[:, None]
+    got = fuq.token_stats(x, torch.randint(0, 4096, (64,)))
+    assert (got.logprob <= 0).all() and (got.max_logprob <= 0).all()
+    assert (got.entropy >= 0).all() and (got.entropy <= math.log(4096) + 1e-5).all()
+    assert ((got.collision > 0) & (got.collision <= 1)).all()
+    assert ((got.margin >= 0) & (got.margin <= 1)).all()
+    assert (got.self_certainty >= -1e-6).all()
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "call, exc, name",
+    [
+        (lambda: fuq.token_stats(torch.ones(3, 5, dtype=torch.int64)), TypeError, "logits"),
+        (lambda: fuq.token_stats(torch.tensor(1.0)), ValueError, "logits"),
+        (lambda: fuq.token_stats(torch.ones(3, 0)), ValueError, "logits"),
+        (lambda: fuq.token_stats([[1.0, 2.0]]), TypeError, "logits"),
+        (lambda: fuq.token_stats(torch.ones(5, 3).t()), ValueError, "logits"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), torch.tensor([0, 1, 5])), ValueError, "tokens"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), torch.tensor([0, -1, 2])), ValueError, "tokens"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), torch.tensor([0, 1])), ValueError, "tokens"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), torch.tensor([0.0, 1.0, 2.0])), TypeError, "tokens"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), torch.zeros(3, dtype=torch.int64, device="meta")), ValueError,
+         "tokens"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), temperature=0.0), ValueError, "temperature"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), temperature=-1.0), ValueError, "temperature"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), temperature=float("nan")), ValueError, "temperature"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), temperature=float("inf")), ValueError, "temperature"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), temperature="hot"), TypeError, "temperature"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), topk=-1), ValueError, "topk"),
+        (lambda: fuq.token_stats(torch.ones(3, 100), topk=65), ValueError, "topk"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), topk=6), ValueError, "topk"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), topk=2.0), TypeError, "topk"),
+    ],
+)
+def test_bad_input_raises_naming_the_argument(call, exc, name):
+    with pytest.raises(exc, match=name):
+        call()
+
+
+# ---- torch.library: opcheck, compile, autograd ----------------------------------------------
+
+def test_opcheck():
+    x = torch.randn(3, 4, 50, requires_grad=True)
+    t = torch.randint(0, 50, (3, 4))
+    torch.library.opcheck(torch.ops.flashuq.token_stats.default, (x, t, 0.8, 3))
+    torch.library.opcheck(torch.ops.flashuq.token_stats.default, (x.detach().bfloat16(), None, 1.0, 0))
+
+
+def test_torch_compile_fullgraph():
+    def f(logits, tokens):
+        s = fuq.token_stats(logits, tokens, topk=2)
+        return s.entropy.mean(-1) + s.logprob.sum(-1), s.topk_ids
+
+    x = make_logits("normal", 6, 257).reshape(2, 3, 257)
+    t = torch.randint(0, 257, (2, 3))
+    compiled = torch.compile(f, fullgraph=True)
+    got, ids = compiled(x, t)
+    want, want_ids = f(x, t)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(ids, want_ids)
+
+
+def test_gradcheck_fp64():
+    x = torch.randn(3, 2, 7, dtype=torch.float64)
+    x[0, 1, 5] = -math.inf  # p = 0 there (not an emitted token): the gradient must be 0, not NaN
+    x.requires_grad_(True)
+    t = torch.tensor([[1, 2], [3, 4], [5, 6]])
+
+    def f(z):
+        s = fuq.token_stats(z, t, temperature=0.7)
+        return s.entropy, s.logprob, s.lse, s.max_logprob
+
+    torch.autograd.gradcheck(f, (x,))
+    g = torch.autograd.grad(fuq.token_stats(x).entropy.sum(), x)[0]
+    assert torch.isfinite(g).all() and g[0, 1, 5] == 0
+
+
+def test_entropy_gradient_matches_torch():
+    x = torch.randn(4, 33, requires_grad=True)
+    fuq.token_stats(x).entropy.sum().backward()
+    y = x.detach().clone().requires_grad_(True)
+    torch.distributions.Categorical(logits=y).entropy().sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_non_differentiable_fields_refuse_backward():
+    x = torch.randn(2, 9, requires_grad=True)
+    s = fuq.token_stats(x)
+    assert not s.kurtosis.requires_grad and not s.collision.requires_grad and s.entropy.requires_grad
+
+
+# ---- property test over shapes, strides and dtypes ------------------------------------------
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lead=st.lists(st.integers(0, 4), min_size=0, max_size=3),
+    V=st.integers(1, 300),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64]),
+    step=st.integers(1, 2),
+    transpose=st.booleans(),
+    topk=st.integers(0, 6),
+    scale=st.sampled_from([0.1, 3.0, 30.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_shapes_strides_dtypes(lead, V, dtype, step, transpose, topk, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    full = [n * step for n in lead]
+    x = (torch.randn(*full, V, generator=g, dtype=torch.float64) * scale).to(dtype)
+    if lead:
+        x = x[(slice(None, None, step),) * len(lead)]
+    if transpose and len(lead) >= 2:
+        x = x.transpose(0, 1)
+    topk = min(topk, V)
+    t = torch.randint(0, V, x.shape[:-1], generator=g)
+    got = fuq.token_stats(x, t, topk=topk)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert_close_stats(got, reference(x, t, topk=topk), rtol=rtol)
