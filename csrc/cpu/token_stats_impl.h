@@ -22,6 +22,7 @@ namespace FUQ_ISA {
 namespace {
 
 constexpr int kBlock = 1024;
+constexpr int kSub = 128;
 constexpr int kTopkRun = 32;
 
 struct Bf16 { uint16_t v; };
@@ -52,9 +53,23 @@ struct TopK {
   int cnt = 0;
 };
 
+// Blocks are reduced in the input's compute type (fp32 for fp32/fp16/bf16: vectorised), and their
+// partials are merged and finalised in fp64: hundreds of sequential merges per row then cost no
+// digits, and the CPU results sit within a few fp32 ulps of the float64 reference.
+using M = double;
+
 template <typename A>
-inline Acc<A> merge_acc(const Acc<A>& a, const Acc<A>& b) {
-  return merge(a, b, [](A x) { return Math<A>::exp(x); });
+inline Acc<M> widen(const Acc<A>& b) {
+  Acc<M> a;
+  a.m = b.m; a.m2 = b.m2; a.idx = b.idx;
+  a.R = b.R; a.T = b.T; a.Q2 = b.Q2; a.sd = b.sd; a.nf = b.nf;
+  a.n = b.n; a.mean = b.mean; a.M2 = b.M2; a.M3 = b.M3; a.M4 = b.M4;
+  a.bad = b.bad;
+  return a;
+}
+
+inline Acc<M> merge_acc(const Acc<M>& a, const Acc<M>& b) {
+  return merge(a, b, [](M x) { return std::exp(x); });
 }
 
 // Partial of columns [base, base + len) of one row; buf holds kBlock scratch values.
@@ -104,33 +119,44 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   for (int i = bidx + 1; i < len; ++i) m2b = buf[i] > m2b ? buf[i] : m2b;
 
   // The maximum itself is left out of R and Q2 (its e^0 = 1 is implicit) and contributes
-  // d = 0 to T and sd.
+  // d = 0 to T and sd. Sums run over sub-blocks of kSub columns, then add up: even a build that
+  // does not vectorise (sanitizers, other compilers) never chains more than kSub fp32 additions.
   buf[bidx] = ninf;
   A R = 0, T = 0, Q2 = 0, sd = 0, nf = 0;
-#pragma omp simd reduction(+ : R, T, Q2, sd, nf)
-  for (int i = 0; i < len; ++i) {
-    const A x = buf[i];
-    const bool fin = x > ninf;
-    const A d = fin ? x - bm : A(0);
-    A e = Math<A>::exp(d);
-    e = fin ? e : A(0);
-    R += e;
-    T += e * d;
-    Q2 += e * e;
-    sd += d;
-    nf += fin ? A(1) : A(0);
-    buf[i] = e;
+  for (int s0 = 0; s0 < len; s0 += kSub) {
+    const int s1 = std::min(len, s0 + kSub);
+    A r = 0, t = 0, q = 0, dd = 0, f = 0;
+#pragma omp simd reduction(+ : r, t, q, dd, f)
+    for (int i = s0; i < s1; ++i) {
+      const A x = buf[i];
+      const bool fin = x > ninf;
+      const A d = fin ? x - bm : A(0);
+      A e = Math<A>::exp(d);
+      e = fin ? e : A(0);
+      r += e;
+      t += e * d;
+      q += e * e;
+      dd += d;
+      f += fin ? A(1) : A(0);
+      buf[i] = e;
+    }
+    R += r; T += t; Q2 += q; sd += dd; nf += f;
   }
   buf[bidx] = A(1);
   const A mean = (A(1) + R) / A(len);
   A M2 = 0, M3 = 0, M4 = 0;
-#pragma omp simd reduction(+ : M2, M3, M4)
-  for (int i = 0; i < len; ++i) {
-    const A c = buf[i] - mean;
-    const A c2 = c * c;
-    M2 += c2;
-    M3 += c2 * c;
-    M4 += c2 * c2;
+  for (int s0 = 0; s0 < len; s0 += kSub) {
+    const int s1 = std::min(len, s0 + kSub);
+    A m2 = 0, m3 = 0, m4 = 0;
+#pragma omp simd reduction(+ : m2, m3, m4)
+    for (int i = s0; i < s1; ++i) {
+      const A c = buf[i] - mean;
+      const A c2 = c * c;
+      m2 += c2;
+      m3 += c2 * c;
+      m4 += c2 * c2;
+    }
+    M2 += m2; M3 += m3; M4 += m4;
   }
   a.m = bm;
   a.m2 = m2a > m2b ? m2a : m2b;
@@ -148,12 +174,12 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
 }
 
 template <typename In, typename A>
-Acc<A> chunk_partial(const In* row, int64_t lo, int64_t hi, A inv_temp, TopK<A>* tk, int k) {
+Acc<M> chunk_partial(const In* row, int64_t lo, int64_t hi, A inv_temp, TopK<A>* tk, int k) {
   A buf[kBlock];
-  Acc<A> acc = acc_empty<A>();
+  Acc<M> acc = acc_empty<M>();
   for (int64_t b = lo; b < hi; b += kBlock) {
     const int len = int(std::min<int64_t>(kBlock, hi - b));
-    acc = merge_acc(acc, block_partial<In, A>(row, b, len, inv_temp, buf, tk, k));
+    acc = merge_acc(acc, widen(block_partial<In, A>(row, b, len, inv_temp, buf, tk, k)));
   }
   return acc;
 }
@@ -166,19 +192,18 @@ void merge_topk_into(TopK<A>* dst, const TopK<A>& src, int k) {
 }
 
 template <typename In, typename A>
-void write_row(const TokenStatsArgs& a, int64_t r, const In* row, const Acc<A>& acc, const TopK<A>& tk,
+void write_row(const TokenStatsArgs& a, int64_t r, const In* row, const Acc<M>& acc, const TopK<A>& tk,
                A inv_temp) {
-  const RowStats<A> s = finalize(
-      acc, [](A x) { return Math<A>::exp(x); }, [](A x) { return Math<A>::log1p(x); },
-      [](A x) { return Math<A>::log(x); });
-  A lp = s.max_logprob;
+  const RowStats<M> s = finalize(
+      acc, [](M x) { return std::exp(x); }, [](M x) { return std::log1p(x); }, [](M x) { return std::log(x); });
+  M lp = s.max_logprob;
   if (a.tokens) {
     const int64_t t = a.tokens[r];
     if (s.valid && t >= 0 && t < a.V) {
-      const A xt = load<In, A>(row, t) * inv_temp;
-      lp = (xt - acc.m) - s.log1p_R;  // subtract the max first; never xt - lse
+      const A xt = load<In, A>(row, t) * inv_temp;  // scaled exactly as the kernel scaled it
+      lp = (M(xt) - acc.m) - s.log1p_R;             // subtract the max first; never xt - lse
     } else {
-      lp = quiet_nan<A>();
+      lp = quiet_nan<M>();
     }
   }
   static_cast<A*>(a.lse)[r] = s.lse;
@@ -194,7 +219,7 @@ void write_row(const TokenStatsArgs& a, int64_t r, const In* row, const Acc<A>& 
   int64_t* ti = a.topk_ids + r * a.k;
   for (int j = 0; j < a.k; ++j) {
     const bool ok = s.valid && j < tk.cnt;
-    tv[j] = ok ? (tk.v[j] - acc.m) - s.log1p_R : quiet_nan<A>();
+    tv[j] = ok ? A((M(tk.v[j]) - acc.m) - s.log1p_R) : quiet_nan<A>();
     ti[j] = ok ? tk.i[j] : -1;
   }
 }
@@ -213,7 +238,7 @@ void run(const TokenStatsArgs& a) {
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t r = 0; r < rows; ++r) {
       const In* row = row_ptr(r);
-      Acc<A> acc = acc_empty<A>();
+      Acc<M> acc = acc_empty<M>();
       TopK<A> tk, tc;
       for (int64_t c = 0; c < nchunks; ++c) {
         tc.cnt = 0;
@@ -228,7 +253,7 @@ void run(const TokenStatsArgs& a) {
 
   // Few rows: split each row into its chunks, then fold the partials in column order.
   const int64_t np = rows * nchunks;
-  std::vector<Acc<A>> parts(np);
+  std::vector<Acc<M>> parts(np);
   std::vector<TopK<A>> tks(k > 0 ? np : 0);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t p = 0; p < np; ++p) {
@@ -239,7 +264,7 @@ void run(const TokenStatsArgs& a) {
   }
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t r = 0; r < rows; ++r) {
-    Acc<A> acc = acc_empty<A>();
+    Acc<M> acc = acc_empty<M>();
     TopK<A> tk;
     for (int64_t c = 0; c < nchunks; ++c) {
       acc = merge_acc(acc, parts[r * nchunks + c]);

@@ -1,0 +1,99 @@
+"""token_stats on a real CUDA device: the Triton kernels at production launch settings, the CUDA C++
+kernel, CUDA graphs and torch.compile. Skipped on machines without a GPU (CI runs the same Triton
+kernels through the interpreter in tests/kernels)."""
+
+import math
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+import flashuq as fuq  # noqa: E402
+from flashuq.ops import token_stats as ts_mod  # noqa: E402
+from stats_cases import assert_close_stats, make_logits, reference  # noqa: E402
+
+
+def _both_paths(x, t, topk):
+    rows = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, topk, backend="triton", split=False))
+    split = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, topk, backend="triton", split=True))
+    return rows, split
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", ["normal", "peaked", "offset_minus80", "masked", "ties", "near_uniform"])
+def test_triton_matches_reference(kind, dtype):
+    V = 128256
+    x = make_logits(kind, 16, V, dtype=dtype, seed=3).cuda()
+    t = torch.randint(0, V, (16,), device="cuda")
+    rows, split = _both_paths(x, t, 20)
+    ref = reference(x, t, topk=20)
+    assert_close_stats(rows, ref)
+    assert_close_stats(split, ref)
+    for f, a, b in zip(rows._fields, rows, split):
+        assert torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)), f"{f}: split and row paths differ"
+
+
+def test_public_op_on_cuda_and_batch_invariance():
+    x = make_logits("normal", 300, 32000, dtype=torch.bfloat16).cuda()
+    full = fuq.token_stats(x, topk=5)           # row path (300 rows)
+    one = fuq.token_stats(x[7:8], topk=5)       # split path (1 row)
+    for f, a, b in zip(full._fields, full, one):
+        assert torch.equal(a[7:8], b), f
+    assert_close_stats(full, reference(x, topk=5))
+
+
+def test_cuda_cpp_backend_matches_reference():
+    assert fuq._ext._cuda is not None and fuq._ext._cuda.device_count() >= 1
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        x = make_logits("masked", 8, 50000, dtype=dtype).cuda()
+        t = torch.randint(0, 50000, (8,), device="cuda")
+        got = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, 0, backend="cuda"))
+        assert_close_stats(got, reference(x, t), rtol=1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def test_large_batch_invariants_and_determinism():
+    x = (torch.randn(4096, 128256, device="cuda") * 3).bfloat16()
+    t = torch.randint(0, 128256, (4096,), device="cuda")
+    a = fuq.token_stats(x, t)
+    b = fuq.token_stats(x, t)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    assert (a.logprob <= 0).all() and (a.entropy >= 0).all() and (a.entropy <= math.log(128256) + 1e-4).all()
+    idx = torch.arange(0, 4096, 257)
+    assert_close_stats(fuq.TokenStats(*(f[idx] for f in a)), reference(x[idx], t[idx]))
+
+
+def test_cuda_graph_capture():
+    x = make_logits("normal", 8, 128256).cuda()
+    t = torch.randint(0, 128256, (8,), device="cuda")
+    fuq.token_stats(x, t, topk=4)  # compile the kernels outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fuq.token_stats(x, t, topk=4)
+    x.copy_(make_logits("peaked", 8, 128256, seed=5).cuda())
+    g.replay()
+    torch.cuda.synchronize()
+    assert_close_stats(out, reference(x, t, topk=4))
+
+
+def test_torch_compile_cuda():
+    x = make_logits("normal", 4, 32000, dtype=torch.bfloat16).cuda()
+
+    @torch.compile(fullgraph=True)
+    def f(z):
+        s = fuq.token_stats(z)
+        return s.entropy * 2 + s.max_logprob
+
+    want = fuq.token_stats(x)
+    torch.testing.assert_close(f(x), want.entropy * 2 + want.max_logprob)
+
+
+def test_64bit_offsets_cuda():
+    V = 128256
+    rows = 2**31 // V + 2                       # more than 2^31 elements in all
+    x = torch.empty(rows, V, dtype=torch.bfloat16, device="cuda")
+    x.normal_()
+    idx = torch.tensor([0, rows // 2, rows - 1])
+    got = fuq.token_stats(x, topk=3)
+    assert_close_stats(fuq.TokenStats(*(f[idx.cuda()] for f in got)), reference(x[idx.cuda()], topk=3))

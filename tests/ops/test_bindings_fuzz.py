@@ -1,0 +1,40 @@
+"""Fuzz the nanobind binding flashuq._C.token_stats directly: any combination of sizes, strides,
+dtypes and output buffers either works or raises ValueError/TypeError; it never crashes or reads
+outside the array (the sanitizer build in scripts/sanitize.sh runs this file too)."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flashuq import _ext
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.tuples(st.integers(0, 5), st.integers(1, 40)),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32]),
+    rows=st.integers(-2, 12),
+    V=st.integers(-1, 60),
+    n1=st.integers(-1, 6),
+    s0=st.integers(-3, 200),
+    s1=st.integers(-3, 60),
+    k=st.integers(-1, 70),
+    out_rows=st.integers(0, 12),
+    with_tokens=st.booleans(),
+    out_dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_binding_never_crashes(shape, dtype, rows, V, n1, s0, s1, k, out_rows, with_tokens, out_dtype):
+    x = torch.randn(shape).to(dtype)
+    f = lambda n: torch.empty(n, dtype=out_dtype)  # noqa: E731
+    kk = max(k, 0)
+    tokens = torch.zeros(out_rows, dtype=torch.int64) if with_tokens else None
+    try:
+        _ext._C.token_stats(x, rows, V, n1, s0, s1, tokens, 1.0, k, f(out_rows), f(out_rows), f(out_rows),
+                            f(out_rows), f(out_rows), f(out_rows), f(out_rows), f(out_rows),
+                            torch.empty(out_rows, dtype=torch.int64), f(out_rows * kk),
+                            torch.empty(out_rows * kk, dtype=torch.int64), 1)
+    except (ValueError, TypeError):
+        return
+    # accepted: then it must have been a consistent request
+    assert 0 <= rows == out_rows and V >= 1 and n1 >= 1 and 0 <= k <= min(V, 64)
+    assert dtype != torch.int32 and (out_dtype == torch.float64) == (dtype == torch.float64)
