@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv (if missing), install the dev requirements and build + install flashuq into it.
+# Sourced by scripts/test.sh and scripts/main.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .
+python -c "import flashuq, flashuq._ext as e; print('flashuq', flashuq.__version__, '| CPU kernel:', e._C.isa(), '| CUDA module:', 'built' if e._cuda else 'not built')"
