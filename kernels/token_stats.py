@@ -12,27 +12,46 @@ under ``TRITON_INTERPRET=1``), no libdevice calls (log1p is Kahan's formulation)
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 # workspace layout of one chunk partial (float fields; the argmax goes to a separate int64 array)
-_WS_FIELDS = 16
-_BIG = 2**62  # index sentinel: worse than any real column on ties
+WS_FIELDS = 16
+_WS_FIELDS = tl.constexpr(WS_FIELDS)
+_BIG = tl.constexpr(2**62)  # index sentinel: worse than any real column on ties
+
+
+# The once-per-row functions. On a GPU (PRECISE) they come from libdevice; the interpreter has no
+# libdevice (KERNELS.md §7.2), so there Kahan's formulations over tl.log are used (KERNELS.md §2.5).
+@triton.jit
+def _log1p(r, PRECISE: tl.constexpr):
+    if PRECISE:
+        out = libdevice.log1p(r)
+    else:
+        u = 1.0 + r
+        um1 = tl.where(u == 1.0, 1.0, u - 1.0)
+        out = tl.where(u == 1.0, r, tl.log(u) * (r / um1))
+    return out
 
 
 @triton.jit
-def _log1p(r):
-    # Kahan: exact to a few ulp over the whole range, without libdevice (KERNELS.md §2.5)
-    u = 1.0 + r
-    um1 = tl.where(u == 1.0, 1.0, u - 1.0)
-    return tl.where(u == 1.0, r, tl.log(u) * (r / um1))
+def _log(x, PRECISE: tl.constexpr):
+    if PRECISE:
+        out = libdevice.log(x)
+    else:
+        out = tl.log(x)
+    return out
 
 
 @triton.jit
-def _expm1(x):
-    # Kahan's expm1 from exp and log: exact near 0, no libdevice
-    u = tl.exp(x)
-    um1 = u - 1.0
-    lu = tl.where((u == 1.0) | (um1 == -1.0), 1.0, tl.log(u))
-    return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * (x / lu)))
+def _expm1(x, PRECISE: tl.constexpr):
+    if PRECISE:
+        out = libdevice.expm1(x)
+    else:
+        u = tl.exp(x)
+        um1 = u - 1.0
+        lu = tl.where((u == 1.0) | (um1 == -1.0), 1.0, tl.log(u))
+        out = tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * (x / lu)))
+    return out
 
 
 @triton.jit
@@ -186,11 +205,11 @@ def _chunk_partial(row_ptr, lo, hi, inv_temp, tv, ti,
 def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, inv_temp, V,
               lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
               tkv_ptr, tki_ptr, HAS_TOKENS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-              ACC: tl.constexpr):
+              ACC: tl.constexpr, PRECISE: tl.constexpr):
     valid = (bad == 0) & (m > float("-inf"))
     nan = float("nan")
     S = 1.0 + R
-    l1p = _log1p(R)
+    l1p = _log1p(R, PRECISE)
     mx = tl.where(valid, m, 0.0)
     max_lp = tl.where(valid, -l1p, nan)
     lp = max_lp
@@ -204,13 +223,13 @@ def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti
     tl.store(lp_ptr + row, lp)
     tl.store(ent_ptr + row, tl.where(valid, l1p - T / S, nan))
     gap = tl.where(m2 > float("-inf"), m2 - mx, -1.0)
-    margin = tl.where(m2 > float("-inf"), -_expm1(gap), 1.0) / S  # p(1) - p(2), exact near ties
+    margin = tl.where(m2 > float("-inf"), -_expm1(gap, PRECISE), 1.0) / S  # p(1) - p(2), exact near ties
     tl.store(margin_ptr + row, tl.where(valid, margin, nan))
     tl.store(coll_ptr + row, tl.where(valid, (1.0 + Q2) / (S * S), nan))
     tl.store(kurt_ptr + row, tl.where(valid, n * M4 / (M2 * M2) - 3.0, nan))
     nfs = tl.where(nf > 0, nf, 1.0)
     # KL(U || p) over finite entries as log(S / nf) - sd / nf: terms of the row's scale, not log V
-    tl.store(sc_ptr + row, tl.where(valid, tl.log(S / nfs) - sd / nfs, nan))
+    tl.store(sc_ptr + row, tl.where(valid, _log(S / nfs, PRECISE) - sd / nfs, nan))
     tl.store(argmax_ptr + row, tl.where(valid, idx, -1))
     if K > 0:
         # rank of each entry among the K (value descending, index ascending), then scatter
@@ -236,7 +255,7 @@ def token_stats_rows_kernel(
     x_ptr, n1, s0, s1, V, tok_ptr, inv_temp,
     lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr, tkv_ptr, tki_ptr,
     CHUNK, BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, PRECISE: tl.constexpr,
 ):
     """One program per row: fold the row's chunks in order, then write every statistic."""
     row = tl.program_id(0)
@@ -266,7 +285,7 @@ def token_stats_rows_kernel(
             cm, cm2, cidx, cR, cT, cQ2, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad)
     _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, inv_temp, V,
               lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
-              tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC)
+              tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC, PRECISE)
 
 
 @triton.jit
@@ -310,7 +329,7 @@ def token_stats_split_kernel(
 def token_stats_merge_kernel(
     x_ptr, n1, s0, s1, V, tok_ptr, inv_temp, ws_f_ptr, ws_i_ptr, ws_tv_ptr, ws_ti_ptr, n_chunks,
     lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr, tkv_ptr, tki_ptr,
-    K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr, ACC: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr, ACC: tl.constexpr, PRECISE: tl.constexpr,
 ):
     """Stage 2 of the split path: fold the row's chunk partials in column order and finalize."""
     row = tl.program_id(0)
@@ -346,4 +365,4 @@ def token_stats_merge_kernel(
             tv, ti = _topk_absorb(tv, ti, cv, ci, (slots < K) & (ci < _BIG), K, KP)
     _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, inv_temp, V,
               lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
-              tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC)
+              tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC, PRECISE)

@@ -282,3 +282,26 @@ def test_property_shapes_strides_dtypes(lead, V, dtype, step, transpose, topk, s
     got = fuq.token_stats(x, t, topk=topk)
     rtol = 1e-12 if dtype == torch.float64 else 1e-5
     assert_close_stats(got, reference(x, t, topk=topk), rtol=rtol)
+
+
+def test_topk_64_and_vocab_2_pow_20():
+    x = make_logits("normal", 2, 2**20, seed=11)
+    t = torch.tensor([5, 2**20 - 1])
+    got = fuq.token_stats(x, t, topk=64)
+    assert got.topk_ids.shape == (2, 64)
+    assert_close_stats(got, reference(x, t, topk=64))
+
+
+def test_import_and_cpu_op_without_triton():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # any import of triton now fails
+        "import torch, flashuq as fuq\n"
+        "s = fuq.token_stats(torch.randn(3, 10), topk=2)\n"
+        "assert s.entropy.shape == (3,) and 'triton' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "assert not fuq._ext.triton_available()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -191,10 +191,10 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
         k.token_stats_rows_kernel[(rows,)](
             x, n1, s0, s1, V, tok_arg, inv_temp,
             lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg,
-            chunk, BLOCK=block, K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, num_warps=num_warps)
+            chunk, BLOCK=block, K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, PRECISE=on_gpu, num_warps=num_warps)
         return
     fdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    ws_f = torch.empty((rows, n_chunks, k._WS_FIELDS), dtype=fdt, device=x.device)
+    ws_f = torch.empty((rows, n_chunks, k.WS_FIELDS), dtype=fdt, device=x.device)
     ws_i = torch.empty((rows, n_chunks), dtype=torch.int64, device=x.device)
     ws_tv = torch.empty((rows, n_chunks, kp) if topk else (1,), dtype=fdt, device=x.device)
     ws_ti = torch.empty((rows, n_chunks, kp) if topk else (1,), dtype=torch.int64, device=x.device)
@@ -204,7 +204,7 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
     k.token_stats_merge_kernel[(rows,)](
         x, n1, s0, s1, V, tok_arg, inv_temp, ws_f, ws_i, ws_tv, ws_ti, n_chunks,
         lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg,
-        K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, num_warps=1 if not on_gpu else 4)
+        K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, PRECISE=on_gpu, num_warps=1 if not on_gpu else 4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Compile the Triton kernels for a Hopper GPU (sm_90) without one: catches what the interpreter
+cannot (constexpr globals, loop-carried types, while loops in compiled mode, libdevice calls) and
+checks the PTX for atomics, which the determinism contract forbids."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = textwrap.dedent(
+    """
+    import re, json
+    import triton, triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import flashuq.kernels.token_stats as k
+
+    outs = ["lse_ptr", "maxlp_ptr", "lp_ptr", "ent_ptr", "margin_ptr", "coll_ptr", "kurt_ptr", "sc_ptr"]
+    def rows_sig(x, f):
+        return {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "tok_ptr": "*i64", "inv_temp": "fp32",
+                **{n: f for n in outs}, "argmax_ptr": "*i64", "tkv_ptr": f, "tki_ptr": "*i64", "CHUNK": "i32"}
+    def ws(f):
+        return {"ws_f_ptr": f, "ws_i_ptr": "*i64", "ws_tv_ptr": f, "ws_ti_ptr": "*i64", "n_chunks": "i32"}
+    cases = []
+    for x, f, acc, K, tok in [("*bf16", "*fp32", tl.float32, 8, True), ("*fp32", "*fp32", tl.float32, 0, False),
+                              ("*fp64", "*fp64", tl.float64, 3, True)]:
+        c = {"K": K, "KP": triton.next_power_of_2(max(K, 1)), "ACC": acc}
+        sig = {**rows_sig(x, f), "BLOCK": "constexpr", "K": "constexpr", "KP": "constexpr",
+               "HAS_TOKENS": "constexpr", "ACC": "constexpr", "PRECISE": "constexpr"}
+        cases.append((k.token_stats_rows_kernel, sig, {**c, "BLOCK": 4096, "HAS_TOKENS": tok, "PRECISE": True}))
+        sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "inv_temp": "fp32", **ws(f),
+               "CHUNK": "i32", "BLOCK": "constexpr", "K": "constexpr", "KP": "constexpr", "ACC": "constexpr"}
+        cases.append((k.token_stats_split_kernel, sig, {**c, "BLOCK": 4096}))
+        sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "tok_ptr": "*i64", "inv_temp": "fp32",
+               **ws(f), **{n: f for n in outs}, "argmax_ptr": "*i64", "tkv_ptr": f, "tki_ptr": "*i64",
+               "K": "constexpr", "KP": "constexpr", "HAS_TOKENS": "constexpr", "ACC": "constexpr",
+               "PRECISE": "constexpr"}
+        cases.append((k.token_stats_merge_kernel, sig, {**c, "HAS_TOKENS": tok, "PRECISE": True}))
+    report = []
+    for fn, sig, const in cases:
+        out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
+                             options={"num_warps": 8})
+        ptx = out.asm["ptx"]
+        report.append({"kernel": fn.__name__, "atomics": len(re.findall(r"\\batom\\.|\\bred\\.", ptx)),
+                       "bytes": len(ptx)})
+    print("REPORT" + json.dumps(report))
+    """
+)
+
+
+def test_kernels_compile_for_sm90_without_atomics():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+
+    report = json.loads(proc.stdout.split("REPORT", 1)[1])
+    assert len(report) == 9
+    for r in report:
+        assert r["atomics"] == 0, r
+        assert r["bytes"] > 1000, r
