@@ -142,7 +142,17 @@ def _topk_absorb(tv, ti, cv, ci, cmask, K: tl.constexpr, KP: tl.constexpr):
 
 
 @triton.jit
-def _block_partial(row_ptr, cols, hi, inv_temp, ACC: tl.constexpr):
+def _acc_empty(ACC: tl.constexpr):
+    # the identity of _merge: no column seen (m = -inf, argmax -1, every sum 0)
+    zero = tl.zeros([], ACC)
+    ninf = tl.full([], float("-inf"), ACC)
+    return ninf, ninf, tl.full([], -1, tl.int64), zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, \
+        tl.zeros([], tl.int32)
+
+
+@triton.jit
+def _block_partial(row_ptr, cols0, hi, inv_temp, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    cols = cols0 + tl.arange(0, BLOCK).to(tl.int64)
     inb = cols < hi
     x = tl.load(row_ptr + cols, mask=inb, other=float("-inf")).to(ACC) * inv_temp
     bad = inb & ((x != x) | (x == float("inf")))
@@ -161,7 +171,7 @@ def _block_partial(row_ptr, cols, hi, inv_temp, ACC: tl.constexpr):
     sd = tl.sum(d)
     nf = tl.sum(fin.to(ACC))
     m2 = tl.max(tl.where(is_max, float("-inf"), x))
-    n = tl.sum(inb.to(ACC))
+    n = tl.minimum(hi - cols0, BLOCK).to(ACC)  # columns of this block inside [lo, hi)
     mean = tl.where(has, (1.0 + R) / n, 0.0)
     cc = tl.where(inb, e - mean, 0.0)
     cc2 = cc * cc
@@ -175,24 +185,11 @@ def _block_partial(row_ptr, cols, hi, inv_temp, ACC: tl.constexpr):
 @triton.jit
 def _chunk_partial(row_ptr, lo, hi, inv_temp, tv, ti,
                    BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr):
-    m = tl.full([], float("-inf"), ACC)
-    m2 = tl.full([], float("-inf"), ACC)
-    idx = tl.full([], -1, tl.int64)
-    R = tl.zeros([], ACC)
-    T = tl.zeros([], ACC)
-    Q2 = tl.zeros([], ACC)
-    sd = tl.zeros([], ACC)
-    nf = tl.zeros([], ACC)
-    n = tl.zeros([], ACC)
-    mean = tl.zeros([], ACC)
-    M2 = tl.zeros([], ACC)
-    M3 = tl.zeros([], ACC)
-    M4 = tl.zeros([], ACC)
-    bad = tl.zeros([], tl.int32)
+    m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
     for start in range(lo, hi, BLOCK):
-        cols = start + tl.arange(0, BLOCK).to(tl.int64)
         x, bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad = _block_partial(
-            row_ptr, cols, hi, inv_temp, ACC)
+            row_ptr, start, hi, inv_temp, BLOCK, ACC)
+        cols = start + tl.arange(0, BLOCK).to(tl.int64)
         m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _merge(
             m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
             bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad)
@@ -260,20 +257,7 @@ def token_stats_rows_kernel(
     """One program per row: fold the row's chunks in order, then write every statistic."""
     row = tl.program_id(0)
     row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
-    m = tl.full([], float("-inf"), ACC)
-    m2 = tl.full([], float("-inf"), ACC)
-    idx = tl.full([], -1, tl.int64)
-    R = tl.zeros([], ACC)
-    T = tl.zeros([], ACC)
-    Q2 = tl.zeros([], ACC)
-    sd = tl.zeros([], ACC)
-    nf = tl.zeros([], ACC)
-    n = tl.zeros([], ACC)
-    mean = tl.zeros([], ACC)
-    M2 = tl.zeros([], ACC)
-    M3 = tl.zeros([], ACC)
-    M4 = tl.zeros([], ACC)
-    bad = tl.zeros([], tl.int32)
+    m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
     tv = tl.full([KP], float("-inf"), ACC)
     ti = tl.full([KP], _BIG, tl.int64)
     for lo in range(0, V, CHUNK):
@@ -334,20 +318,7 @@ def token_stats_merge_kernel(
     """Stage 2 of the split path: fold the row's chunk partials in column order and finalize."""
     row = tl.program_id(0)
     row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
-    m = tl.full([], float("-inf"), ACC)
-    m2 = tl.full([], float("-inf"), ACC)
-    idx = tl.full([], -1, tl.int64)
-    R = tl.zeros([], ACC)
-    T = tl.zeros([], ACC)
-    Q2 = tl.zeros([], ACC)
-    sd = tl.zeros([], ACC)
-    nf = tl.zeros([], ACC)
-    n = tl.zeros([], ACC)
-    mean = tl.zeros([], ACC)
-    M2 = tl.zeros([], ACC)
-    M3 = tl.zeros([], ACC)
-    M4 = tl.zeros([], ACC)
-    bad = tl.zeros([], tl.int32)
+    m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
     slots = tl.arange(0, KP)
     tv = tl.full([KP], float("-inf"), ACC)
     ti = tl.full([KP], _BIG, tl.int64)
