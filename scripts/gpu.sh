@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Everything a GPU check needs, in one command (for the device machine, which has torch, triton,
+# nanobind and scikit-build-core but no network): build with the CUDA module, run tests/gpu and
+# the Triton tests on the device, benchmark token_stats; logs and JSON go to $OUT.
+#   bash scripts/gpu.sh            (OUT defaults to bench/results)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu-info.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu-info.txt"
+FLASHUQ_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -q --no-build-isolation --no-deps \
+  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 . 2>&1 | tail -5
+python3 bench/gpu.py --out "$OUT" 2>&1 | tee "$OUT/gpu-log.txt"
