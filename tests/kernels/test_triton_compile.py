@@ -31,10 +31,10 @@ SCRIPT = textwrap.dedent(
         c = {"K": K, "KP": triton.next_power_of_2(max(K, 1)), "ACC": acc}
         sig = {**rows_sig(x, f), "BLOCK": "constexpr", "K": "constexpr", "KP": "constexpr",
                "HAS_TOKENS": "constexpr", "ACC": "constexpr", "PRECISE": "constexpr"}
-        cases.append((k.token_stats_rows_kernel, sig, {**c, "BLOCK": 4096, "HAS_TOKENS": tok, "PRECISE": True}))
+        cases.append((k.token_stats_rows_kernel, sig, {**c, "BLOCK": 2048, "HAS_TOKENS": tok, "PRECISE": True}))
         sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "inv_temp": "fp32", **ws(f),
                "CHUNK": "i32", "BLOCK": "constexpr", "K": "constexpr", "KP": "constexpr", "ACC": "constexpr"}
-        cases.append((k.token_stats_split_kernel, sig, {**c, "BLOCK": 4096}))
+        cases.append((k.token_stats_split_kernel, sig, {**c, "BLOCK": 2048}))
         sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "tok_ptr": "*i64", "inv_temp": "fp32",
                **ws(f), **{n: f for n in outs}, "argmax_ptr": "*i64", "tkv_ptr": f, "tki_ptr": "*i64",
                "K": "constexpr", "KP": "constexpr", "HAS_TOKENS": "constexpr", "ACC": "constexpr",
