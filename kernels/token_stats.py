@@ -71,7 +71,7 @@ def _moments_merge(n, mean, M2, M3, M4, nb, meanb, M2b, M3b, M4b):
 
 @triton.jit
 def _merge(am, am2, aidx, aR, aT, aQ2, asd, anf, an, amean, aM2, aM3, aM4, abad,
-           bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad):
+           bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad, scale):
     # Merge two partials of one row (KERNELS.md §3.2); ties of the max keep the smaller index.
     a_top = (am > bm) | ((am == bm) & ((bidx < 0) | ((aidx >= 0) & (aidx <= bidx))))
     Xm = tl.where(a_top, am, bm)
@@ -99,13 +99,13 @@ def _merge(am, am2, aidx, aR, aT, aQ2, asd, anf, an, amean, aM2, aM3, aM4, abad,
     YM3 = tl.where(a_top, bM3, aM3)
     YM4 = tl.where(a_top, bM4, aM4)
 
-    y_has = Ym > float("-inf")  # then Xm >= Ym is finite
-    delta = tl.where(y_has, Ym - Xm, 0.0)
+    y_has = Ym > float("-inf")  # then Xm >= Ym is finite; maxima are raw logits, scale = 1/T
+    delta = tl.where(y_has, (Ym - Xm) * scale, 0.0)
     c = tl.where(y_has, tl.exp(delta), 0.0)
     c2 = c * c
     SY = tl.where(y_has, 1.0 + YR, 0.0)
     R = XR + c * SY
-    T = XT + c * (YT + delta * SY)
+    T = tl.where(c > 0.0, XT + c * (YT + delta * SY), XT)  # delta = -inf only when c = 0
     Q2 = XQ2 + c2 * tl.where(y_has, 1.0 + YQ2, 0.0)
     sd = Xsd + Ysd + Ynf * delta
     nf = Xnf + Ynf
@@ -151,10 +151,10 @@ def _acc_empty(ACC: tl.constexpr):
 
 
 @triton.jit
-def _block_partial(row_ptr, cols0, hi, inv_temp, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _block_partial(row_ptr, cols0, hi, scale, BLOCK: tl.constexpr, ACC: tl.constexpr):
     cols = cols0 + tl.arange(0, BLOCK).to(tl.int64)
     inb = cols < hi
-    x = tl.load(row_ptr + cols, mask=inb, other=float("-inf")).to(ACC) * inv_temp
+    x = tl.load(row_ptr + cols, mask=inb, other=float("-inf")).to(ACC)  # raw: 1/T scales differences
     bad = inb & ((x != x) | (x == float("inf")))
     x = tl.where(bad, float("-inf"), x)
     bm = tl.max(x)
@@ -162,11 +162,11 @@ def _block_partial(row_ptr, cols0, hi, inv_temp, BLOCK: tl.constexpr, ACC: tl.co
     bidx = tl.min(tl.where(x == bm, cols, _BIG))
     is_max = cols == bidx
     fin = x > float("-inf")
-    d = tl.where(fin, x - bm, 0.0)
+    d = tl.where(fin, (x - bm) * scale, 0.0)
     e = tl.where(fin, tl.exp(d), 0.0)
     e_rest = tl.where(is_max, 0.0, e)  # the max is implicit (e^0 = 1): R never forms 1 + tiny
     R = tl.sum(e_rest)
-    T = tl.sum(e * d)
+    T = tl.sum(tl.where(e > 0.0, e * d, 0.0))  # d is -inf if the row spans beyond the float range
     Q2 = tl.sum(e_rest * e_rest)
     sd = tl.sum(d)
     nf = tl.sum(fin.to(ACC))
@@ -183,23 +183,23 @@ def _block_partial(row_ptr, cols0, hi, inv_temp, BLOCK: tl.constexpr, ACC: tl.co
 
 
 @triton.jit
-def _chunk_partial(row_ptr, lo, hi, inv_temp, tv, ti,
+def _chunk_partial(row_ptr, lo, hi, scale, tv, ti,
                    BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr):
     m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
     for start in range(lo, hi, BLOCK):
         x, bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad = _block_partial(
-            row_ptr, start, hi, inv_temp, BLOCK, ACC)
+            row_ptr, start, hi, scale, BLOCK, ACC)
         cols = start + tl.arange(0, BLOCK).to(tl.int64)
         m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _merge(
             m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
-            bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad)
+            bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad, scale)
         if K > 0:
             tv, ti = _topk_absorb(tv, ti, x, cols, cols < hi, K, KP)
     return m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad, tv, ti
 
 
 @triton.jit
-def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, inv_temp, V,
+def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, scale, V,
               lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
               tkv_ptr, tki_ptr, HAS_TOKENS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
               ACC: tl.constexpr, PRECISE: tl.constexpr):
@@ -213,13 +213,13 @@ def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti
     if HAS_TOKENS:
         tok = tl.load(tok_ptr + row)
         tok_ok = (tok >= 0) & (tok < V)
-        xt = tl.load(row_ptr + tl.where(tok_ok, tok, 0)).to(ACC) * inv_temp
-        lp = tl.where(valid & tok_ok, (xt - mx) - l1p, nan)
-    tl.store(lse_ptr + row, tl.where(valid, m + l1p, nan))
+        xt = tl.load(row_ptr + tl.where(tok_ok, tok, 0)).to(ACC)
+        lp = tl.where(valid & tok_ok, (xt - mx) * scale - l1p, nan)
+    tl.store(lse_ptr + row, tl.where(valid, m * scale + l1p, nan))
     tl.store(maxlp_ptr + row, max_lp)
     tl.store(lp_ptr + row, lp)
     tl.store(ent_ptr + row, tl.where(valid, l1p - T / S, nan))
-    gap = tl.where(m2 > float("-inf"), m2 - mx, -1.0)
+    gap = tl.where(m2 > float("-inf"), (m2 - mx) * scale, -1.0)
     margin = tl.where(m2 > float("-inf"), -_expm1(gap, PRECISE), 1.0) / S  # p(1) - p(2), exact near ties
     tl.store(margin_ptr + row, tl.where(valid, margin, nan))
     tl.store(coll_ptr + row, tl.where(valid, (1.0 + Q2) / (S * S), nan))
@@ -237,7 +237,7 @@ def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti
         rank = tl.sum(better.to(tl.int32), axis=1)
         real = ti < _BIG
         base = row.to(tl.int64) * K
-        tl.store(tkv_ptr + base + rank, tl.where(valid & real, (tv - mx) - l1p, nan), mask=ok)
+        tl.store(tkv_ptr + base + rank, tl.where(valid & real, (tv - mx) * scale - l1p, nan), mask=ok)
         tl.store(tki_ptr + base + rank, tl.where(valid & real, ti, -1), mask=ok)
 
 
@@ -249,7 +249,7 @@ def _row_ptr(x_ptr, row, n1, s0, s1):
 
 @triton.jit
 def token_stats_rows_kernel(
-    x_ptr, n1, s0, s1, V, tok_ptr, inv_temp,
+    x_ptr, n1, s0, s1, V, tok_ptr, inv_temp_hi, inv_temp_lo,
     lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr, tkv_ptr, tki_ptr,
     CHUNK, BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr,
     ACC: tl.constexpr, PRECISE: tl.constexpr,
@@ -257,36 +257,38 @@ def token_stats_rows_kernel(
     """One program per row: fold the row's chunks in order, then write every statistic."""
     row = tl.program_id(0)
     row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
+    scale = (tl.zeros([], ACC) + inv_temp_hi) + inv_temp_lo  # 1/T as two fp32 halves: exact for fp64 rows
     m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
     tv = tl.full([KP], float("-inf"), ACC)
     ti = tl.full([KP], _BIG, tl.int64)
     for lo in range(0, V, CHUNK):
         hi = tl.minimum(lo + CHUNK, V)
         cm, cm2, cidx, cR, cT, cQ2, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad, tv, ti = _chunk_partial(
-            row_ptr, lo, hi, inv_temp, tv, ti, BLOCK, K, KP, ACC)
+            row_ptr, lo, hi, scale, tv, ti, BLOCK, K, KP, ACC)
         m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _merge(
             m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
-            cm, cm2, cidx, cR, cT, cQ2, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad)
-    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, inv_temp, V,
+            cm, cm2, cidx, cR, cT, cQ2, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad, scale)
+    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, scale, V,
               lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
               tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC, PRECISE)
 
 
 @triton.jit
 def token_stats_split_kernel(
-    x_ptr, n1, s0, s1, V, inv_temp, ws_f_ptr, ws_i_ptr, ws_tv_ptr, ws_ti_ptr, n_chunks,
+    x_ptr, n1, s0, s1, V, inv_temp_hi, inv_temp_lo, ws_f_ptr, ws_i_ptr, ws_tv_ptr, ws_ti_ptr, n_chunks,
     CHUNK, BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
 ):
     """Stage 1 of the split path: program (row, chunk) writes the chunk's partial."""
     row = tl.program_id(0)
     c = tl.program_id(1)
     row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
+    scale = (tl.zeros([], ACC) + inv_temp_hi) + inv_temp_lo  # 1/T as two fp32 halves: exact for fp64 rows
     lo = c.to(tl.int64) * CHUNK
     hi = tl.minimum(lo + CHUNK, V)
     tv = tl.full([KP], float("-inf"), ACC)
     ti = tl.full([KP], _BIG, tl.int64)
     m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad, tv, ti = _chunk_partial(
-        row_ptr, lo, hi, inv_temp, tv, ti, BLOCK, K, KP, ACC)
+        row_ptr, lo, hi, scale, tv, ti, BLOCK, K, KP, ACC)
     p = row.to(tl.int64) * n_chunks + c
     w = ws_f_ptr + p * _WS_FIELDS
     tl.store(w + 0, m)
@@ -311,13 +313,14 @@ def token_stats_split_kernel(
 
 @triton.jit
 def token_stats_merge_kernel(
-    x_ptr, n1, s0, s1, V, tok_ptr, inv_temp, ws_f_ptr, ws_i_ptr, ws_tv_ptr, ws_ti_ptr, n_chunks,
+    x_ptr, n1, s0, s1, V, tok_ptr, inv_temp_hi, inv_temp_lo, ws_f_ptr, ws_i_ptr, ws_tv_ptr, ws_ti_ptr, n_chunks,
     lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr, tkv_ptr, tki_ptr,
     K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr, ACC: tl.constexpr, PRECISE: tl.constexpr,
 ):
     """Stage 2 of the split path: fold the row's chunk partials in column order and finalize."""
     row = tl.program_id(0)
     row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
+    scale = (tl.zeros([], ACC) + inv_temp_hi) + inv_temp_lo  # 1/T as two fp32 halves: exact for fp64 rows
     m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
     slots = tl.arange(0, KP)
     tv = tl.full([KP], float("-inf"), ACC)
@@ -329,11 +332,11 @@ def token_stats_merge_kernel(
             m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
             tl.load(w + 0), tl.load(w + 1), tl.load(ws_i_ptr + p), tl.load(w + 2), tl.load(w + 3),
             tl.load(w + 4), tl.load(w + 5), tl.load(w + 6), tl.load(w + 7), tl.load(w + 8), tl.load(w + 9),
-            tl.load(w + 10), tl.load(w + 11), tl.load(w + 12).to(tl.int32))
+            tl.load(w + 10), tl.load(w + 11), tl.load(w + 12).to(tl.int32), scale)
         if K > 0:
             cv = tl.load(ws_tv_ptr + p * KP + slots)
             ci = tl.load(ws_ti_ptr + p * KP + slots)
             tv, ti = _topk_absorb(tv, ti, cv, ci, (slots < K) & (ci < _BIG), K, KP)
-    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, inv_temp, V,
+    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, scale, V,
               lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
               tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC, PRECISE)

@@ -57,6 +57,8 @@ def assert_close_stats(got, ref, *, rtol=1e-5, skip=(), topk_rtol=1e-5):
         ok = ~torch.isnan(r) & ~inf
         err = (g[ok] - r[ok]).abs()
         tol = RTOL.get(f, rtol) * r[ok].abs() + ATOL.get(f, 0.0)
+        if getattr(got, f).dtype == torch.float32:  # below fp32's normal range nothing is representable
+            tol = tol + torch.finfo(torch.float32).tiny
         worst = (err - tol).max() if err.numel() else torch.tensor(-1.0)
         assert worst <= 0, f"{f}: max abs err {float(err.max()):.3g} (values ~{float(r[ok].abs().max()):.3g})"
     assert torch.equal(got.argmax.cpu(), ref.argmax.cpu()), "argmax"

@@ -68,8 +68,8 @@ inline Acc<M> widen(const Acc<A>& b) {
   return a;
 }
 
-inline Acc<M> merge_acc(const Acc<M>& a, const Acc<M>& b) {
-  return merge(a, b, [](M x) { return std::exp(x); });
+inline Acc<M> merge_acc(const Acc<M>& a, const Acc<M>& b, M inv_temp) {
+  return merge(a, b, inv_temp, [](M x) { return std::exp(x); });
 }
 
 // Partial of columns [base, base + len) of one row; buf holds kBlock scratch values.
@@ -81,7 +81,7 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   int nbad = 0;
 #pragma omp simd reduction(max : bm) reduction(+ : nbad)
   for (int i = 0; i < len; ++i) {
-    A x = load<In, A>(row, base + i) * inv_temp;
+    A x = load<In, A>(row, base + i);       // raw logits; 1/T scales differences below
     const bool b = !(x == x) || x == pinf;  // NaN or +inf: the row has no distribution
     x = b ? ninf : x;
     buf[i] = x;
@@ -130,11 +130,11 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
     for (int i = s0; i < s1; ++i) {
       const A x = buf[i];
       const bool fin = x > ninf;
-      const A d = fin ? x - bm : A(0);
+      const A d = fin ? (x - bm) * inv_temp : A(0);
       A e = Math<A>::exp(d);
       e = fin ? e : A(0);
       r += e;
-      t += e * d;
+      t += e > A(0) ? e * d : A(0);  // d may be -inf when the row spans more than the float range
       q += e * e;
       dd += d;
       f += fin ? A(1) : A(0);
@@ -174,12 +174,12 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
 }
 
 template <typename In, typename A>
-Acc<M> chunk_partial(const In* row, int64_t lo, int64_t hi, A inv_temp, TopK<A>* tk, int k) {
+Acc<M> chunk_partial(const In* row, int64_t lo, int64_t hi, A inv_temp, M inv_temp_m, TopK<A>* tk, int k) {
   A buf[kBlock];
   Acc<M> acc = acc_empty<M>();
   for (int64_t b = lo; b < hi; b += kBlock) {
     const int len = int(std::min<int64_t>(kBlock, hi - b));
-    acc = merge_acc(acc, widen(block_partial<In, A>(row, b, len, inv_temp, buf, tk, k)));
+    acc = merge_acc(acc, widen(block_partial<In, A>(row, b, len, inv_temp, buf, tk, k)), inv_temp_m);
   }
   return acc;
 }
@@ -192,16 +192,17 @@ void merge_topk_into(TopK<A>* dst, const TopK<A>& src, int k) {
 }
 
 template <typename In, typename A>
-void write_row(const TokenStatsArgs& a, int64_t r, const In* row, const Acc<M>& acc, const TopK<A>& tk,
-               A inv_temp) {
+void write_row(const TokenStatsArgs& a, int64_t r, const In* row, const Acc<M>& acc, const TopK<A>& tk) {
+  const M inv_temp = a.inv_temp;
   const RowStats<M> s = finalize(
-      acc, [](M x) { return std::exp(x); }, [](M x) { return std::log1p(x); }, [](M x) { return std::log(x); });
+      acc, inv_temp, [](M x) { return std::exp(x); }, [](M x) { return std::log1p(x); },
+      [](M x) { return std::log(x); });
   M lp = s.max_logprob;
   if (a.tokens) {
     const int64_t t = a.tokens[r];
     if (s.valid && t >= 0 && t < a.V) {
-      const A xt = load<In, A>(row, t) * inv_temp;  // scaled exactly as the kernel scaled it
-      lp = (M(xt) - acc.m) - s.log1p_R;             // subtract the max first; never xt - lse
+      const M zt = load<In, A>(row, t);
+      lp = (zt - acc.m) * inv_temp - s.log1p_R;  // subtract the max first; never z/T - lse
     } else {
       lp = quiet_nan<M>();
     }
@@ -219,7 +220,7 @@ void write_row(const TokenStatsArgs& a, int64_t r, const In* row, const Acc<M>& 
   int64_t* ti = a.topk_ids + r * a.k;
   for (int j = 0; j < a.k; ++j) {
     const bool ok = s.valid && j < tk.cnt;
-    tv[j] = ok ? A((M(tk.v[j]) - acc.m) - s.log1p_R) : quiet_nan<A>();
+    tv[j] = ok ? A((M(tk.v[j]) - acc.m) * inv_temp - s.log1p_R) : quiet_nan<A>();
     ti[j] = ok ? tk.i[j] : -1;
   }
 }
@@ -228,6 +229,7 @@ template <typename In, typename A>
 void run(const TokenStatsArgs& a) {
   const In* base = static_cast<const In*>(a.logits);
   const A inv_temp = A(a.inv_temp);
+  const M inv_temp_m = a.inv_temp;
   const int k = a.k;
   const int64_t rows = a.rows, V = a.V;
   const int64_t nchunks = (V + kChunk - 1) / kChunk;
@@ -243,10 +245,11 @@ void run(const TokenStatsArgs& a) {
       for (int64_t c = 0; c < nchunks; ++c) {
         tc.cnt = 0;
         const int64_t lo = c * kChunk;
-        acc = merge_acc(acc, chunk_partial<In, A>(row, lo, std::min(V, lo + kChunk), inv_temp, &tc, k));
+        acc = merge_acc(acc, chunk_partial<In, A>(row, lo, std::min(V, lo + kChunk), inv_temp, inv_temp_m, &tc, k),
+                        inv_temp_m);
         if (k > 0) merge_topk_into(&tk, tc, k);
       }
-      write_row<In, A>(a, r, row, acc, tk, inv_temp);
+      write_row<In, A>(a, r, row, acc, tk);
     }
     return;
   }
@@ -259,7 +262,7 @@ void run(const TokenStatsArgs& a) {
   for (int64_t p = 0; p < np; ++p) {
     const int64_t r = p / nchunks, c = p % nchunks, lo = c * kChunk;
     TopK<A> local;
-    parts[p] = chunk_partial<In, A>(row_ptr(r), lo, std::min(V, lo + kChunk), inv_temp, &local, k);
+    parts[p] = chunk_partial<In, A>(row_ptr(r), lo, std::min(V, lo + kChunk), inv_temp, inv_temp_m, &local, k);
     if (k > 0) tks[p] = local;
   }
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -267,10 +270,10 @@ void run(const TokenStatsArgs& a) {
     Acc<M> acc = acc_empty<M>();
     TopK<A> tk;
     for (int64_t c = 0; c < nchunks; ++c) {
-      acc = merge_acc(acc, parts[r * nchunks + c]);
+      acc = merge_acc(acc, parts[r * nchunks + c], inv_temp_m);
       if (k > 0) merge_topk_into(&tk, tks[r * nchunks + c], k);
     }
-    write_row<In, A>(a, r, row_ptr(r), acc, tk, inv_temp);
+    write_row<In, A>(a, r, row_ptr(r), acc, tk);
   }
 }
 

@@ -46,7 +46,7 @@ __device__ Acc<A> group_partial(const In* row, int64_t base, int len, A inv_temp
   int bidx = -1;
 #pragma unroll
   for (int i = 0; i < kGroup; ++i) {
-    A v = i < len ? load<In, A>(row, base + i) * inv_temp : ninf;
+    A v = i < len ? load<In, A>(row, base + i) : ninf;  // raw logits; 1/T scales differences
     const bool b = i < len && (!(v == v) || v == -ninf);
     bad |= b;
     v = b ? ninf : v;
@@ -61,7 +61,7 @@ __device__ Acc<A> group_partial(const In* row, int64_t base, int len, A inv_temp
 #pragma unroll
   for (int i = 0; i < kGroup; ++i) {
     const bool fin = x[i] > ninf;
-    const A d = fin ? x[i] - bm : A(0);
+    const A d = fin ? (x[i] - bm) * inv_temp : A(0);
     const A ei = fin ? Math<A>()(d) : A(0);
     e[i] = i == bidx ? A(1) : ei;
     if (i != bidx) {
@@ -69,7 +69,7 @@ __device__ Acc<A> group_partial(const In* row, int64_t base, int len, A inv_temp
       R += ei;
       Q2 += ei * ei;
     }
-    T += ei * d;
+    T += ei > A(0) ? ei * d : A(0);
     sd += d;
     nf += fin ? A(1) : A(0);
   }
@@ -95,21 +95,21 @@ __global__ void __launch_bounds__(kThreads) token_stats_kernel(TokenStatsArgs a)
   Acc<A> acc = acc_empty<A>();
   for (int64_t g = int64_t(threadIdx.x) * kGroup; g < a.V; g += int64_t(kThreads) * kGroup) {
     const int len = int(a.V - g < kGroup ? a.V - g : kGroup);
-    acc = merge(acc, group_partial<In, A>(row, g, len, inv_temp), Math<A>());
+    acc = merge(acc, group_partial<In, A>(row, g, len, inv_temp), inv_temp, Math<A>());
   }
   sh[threadIdx.x] = acc;
   __syncthreads();
   for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] = merge(sh[threadIdx.x], sh[threadIdx.x + s], Math<A>());
+    if (threadIdx.x < s) sh[threadIdx.x] = merge(sh[threadIdx.x], sh[threadIdx.x + s], inv_temp, Math<A>());
     __syncthreads();
   }
   if (threadIdx.x != 0) return;
   const Acc<A> t = sh[0];
-  const RowStats<A> s = finalize(t, Math<A>(), Log1p<A>(), Log<A>());
+  const RowStats<A> s = finalize(t, inv_temp, Math<A>(), Log1p<A>(), Log<A>());
   A lp = s.max_logprob;
   if (a.tokens) {
     const int64_t tok = a.tokens[r];
-    lp = (s.valid && tok >= 0 && tok < a.V) ? (load<In, A>(row, tok) * inv_temp - t.m) - s.log1p_R
+    lp = (s.valid && tok >= 0 && tok < a.V) ? (load<In, A>(row, tok) - t.m) * inv_temp - s.log1p_R
                                               : quiet_nan<A>();
   }
   const A vals[8] = {s.lse, s.max_logprob, lp, s.entropy, s.margin, s.collision, s.kurtosis, s.self_certainty};

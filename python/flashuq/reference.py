@@ -54,7 +54,10 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0)
     mu = p.mean(-1, keepdim=True)  # = 1/V up to rounding; the sample mean, like scipy (a constant row gives NaN)
     m2 = ((p - mu) ** 2).mean(-1)
     m4 = ((p - mu) ** 4).mean(-1)
-    kurtosis = m4 / m2**2 - 3.0                                          # scipy.stats.kurtosis defaults
+    # scipy.stats.kurtosis defaults; like scipy, a numerically constant row (m2 within rounding of
+    # 0) gives NaN rather than a number made of rounding errors
+    zero = m2 <= (torch.finfo(torch.float64).eps * mu.squeeze(-1)) ** 2
+    kurtosis = torch.where(zero, math.nan, m4 / m2**2 - 3.0)
     finite = torch.isfinite(lp)
     n_fin = finite.sum(-1).double()
     mean_lp = torch.where(finite, lp, 0.0).sum(-1) / n_fin

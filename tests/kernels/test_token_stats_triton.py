@@ -103,12 +103,26 @@ def test_invalid_rows_ties_and_masked_topk():
                                    rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
-@pytest.mark.parametrize("temperature", [0.5, 2.0])
-def test_temperature(temperature):
-    x = make_logits("normal", 3, 3000)
+@pytest.mark.parametrize("kind", ["normal", "huge"])
+@pytest.mark.parametrize("temperature", [0.5, 0.7])
+def test_temperature(kind, temperature):
+    x = make_logits(kind, 3, 3000)
     t = torch.randint(0, 3000, (3,))
     got = run(x, t, topk=6, temperature=temperature, **SMALL)
     assert_close_stats(got, reference(x, t, temperature=temperature, topk=6))
+
+
+def test_float64_with_temperature():
+    x = make_logits("huge", 2, 3000, dtype=torch.float64)
+    got = run(x, topk=2, temperature=0.7, **SMALL)
+    assert_close_stats(got, reference(x, temperature=0.7, topk=2), rtol=1e-10)  # the reference rounds z/T (|z/T| ~ 1e4)
+
+
+def test_logits_spanning_beyond_the_float_range():
+    x = torch.tensor([[2e38, -2e38, 0.0, 2e38 - 1e32]])
+    got = run(x, torch.tensor([1]), **SMALL)
+    assert got.argmax.item() == 0 and got.logprob.item() == -math.inf
+    assert got.entropy.item() == 0.0 and got.margin.item() == 1.0
 
 
 def test_leading_strides():

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
 
     outs = ["lse_ptr", "maxlp_ptr", "lp_ptr", "ent_ptr", "margin_ptr", "coll_ptr", "kurt_ptr", "sc_ptr"]
     def rows_sig(x, f):
-        return {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "tok_ptr": "*i64", "inv_temp": "fp32",
+        return {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "tok_ptr": "*i64", "inv_temp_hi": "fp32", "inv_temp_lo": "fp32",
                 **{n: f for n in outs}, "argmax_ptr": "*i64", "tkv_ptr": f, "tki_ptr": "*i64", "CHUNK": "i32"}
     def ws(f):
         return {"ws_f_ptr": f, "ws_i_ptr": "*i64", "ws_tv_ptr": f, "ws_ti_ptr": "*i64", "n_chunks": "i32"}
@@ -32,10 +32,10 @@ SCRIPT = textwrap.dedent(
         sig = {**rows_sig(x, f), "BLOCK": "constexpr", "K": "constexpr", "KP": "constexpr",
                "HAS_TOKENS": "constexpr", "ACC": "constexpr", "PRECISE": "constexpr"}
         cases.append((k.token_stats_rows_kernel, sig, {**c, "BLOCK": 2048, "HAS_TOKENS": tok, "PRECISE": True}))
-        sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "inv_temp": "fp32", **ws(f),
+        sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "inv_temp_hi": "fp32", "inv_temp_lo": "fp32", **ws(f),
                "CHUNK": "i32", "BLOCK": "constexpr", "K": "constexpr", "KP": "constexpr", "ACC": "constexpr"}
         cases.append((k.token_stats_split_kernel, sig, {**c, "BLOCK": 2048}))
-        sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "tok_ptr": "*i64", "inv_temp": "fp32",
+        sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "tok_ptr": "*i64", "inv_temp_hi": "fp32", "inv_temp_lo": "fp32",
                **ws(f), **{n: f for n in outs}, "argmax_ptr": "*i64", "tkv_ptr": f, "tki_ptr": "*i64",
                "K": "constexpr", "KP": "constexpr", "HAS_TOKENS": "constexpr", "ACC": "constexpr",
                "PRECISE": "constexpr"}

@@ -96,12 +96,30 @@ def test_vocab_of_one_and_two():
     assert_close_stats(got, reference(x, torch.tensor([0, 1]), topk=2))
 
 
-@pytest.mark.parametrize("temperature", [0.3, 1.7])
-def test_temperature(temperature):
-    x = make_logits("normal", 5, 5000)
+@pytest.mark.parametrize("kind", ["normal", "huge", "offset_plus30", "masked"])
+@pytest.mark.parametrize("temperature", [0.3, 0.7, 1.7])
+def test_temperature(kind, temperature):
+    # 0.7 is no power of two: 1/T scales the exact difference z - max, not each (rounded) logit
+    x = make_logits(kind, 5, 5000)
     t = torch.randint(0, 5000, (5,))
     got = fuq.token_stats(x, t, temperature=temperature, topk=8)
     assert_close_stats(got, reference(x, t, temperature=temperature, topk=8))
+
+
+def test_float64_with_temperature():
+    x = make_logits("huge", 3, 2000, dtype=torch.float64)
+    got = fuq.token_stats(x, temperature=0.7, topk=3)
+    assert_close_stats(got, reference(x, temperature=0.7, topk=3), rtol=1e-10)  # the reference rounds z/T (|z/T| ~ 1e4)
+
+
+def test_logits_spanning_beyond_the_float_range():
+    # z - max overflows fp32 for the smallest entry: its probability is 0, not a NaN in the sums
+    x = torch.tensor([[2e38, -2e38, 0.0, 2e38 - 1e32]])
+    got = fuq.token_stats(x, torch.tensor([1]))
+    assert got.argmax.item() == 0 and got.max_logprob.item() == 0.0 and got.logprob.item() == -math.inf
+    for f in ("lse", "entropy", "margin", "collision"):
+        assert math.isfinite(getattr(got, f).item()), f
+    assert got.entropy.item() == 0.0 and got.margin.item() == 1.0
 
 
 def test_leading_shapes_and_strides():
@@ -193,6 +211,7 @@ def test_invariants():
         (lambda: fuq.token_stats(torch.ones(3, 5), temperature=float("nan")), ValueError, "temperature"),
         (lambda: fuq.token_stats(torch.ones(3, 5), temperature=float("inf")), ValueError, "temperature"),
         (lambda: fuq.token_stats(torch.ones(3, 5), temperature="hot"), TypeError, "temperature"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), temperature=1e-40), ValueError, "temperature"),
         (lambda: fuq.token_stats(torch.ones(3, 5), topk=-1), ValueError, "topk"),
         (lambda: fuq.token_stats(torch.ones(3, 100), topk=65), ValueError, "topk"),
         (lambda: fuq.token_stats(torch.ones(3, 5), topk=6), ValueError, "topk"),

@@ -1,8 +1,10 @@
 // The mergeable one-pass accumulator for token statistics (KERNELS.md §2-3, METHODS.md §2).
 //
 // One header, compiled into the CPU module and the CUDA module alike, so every backend combines
-// partials with the same arithmetic. A partial describes a contiguous range of one row of
-// x = logits / temperature, shifted by its own maximum m (d = x - m <= 0):
+// partials with the same arithmetic. A partial describes a contiguous range of one row of logits
+// z with its own maximum m, kept in raw logit units; the statistics are of softmax(z / T), with
+// d = (z - m) / T <= 0 (scaling the exact difference, not each logit, keeps temperatures other
+// than 1 from costing digits on large logits):
 //
 //   R  = sum_{i != argmax} e^d      (S = 1 + R; the max is excluded so R never meets 1 + tiny)
 //   T  = sum e^d * d                (<= 0, every term the same sign: no cancellation)
@@ -82,7 +84,7 @@ FUQ_HD void moments_merge(Acc<A>& a, A nb, A meanb, A M2b, A M3b, A M4b) {
 // Merge two partials of the same row. `a` must cover columns before `b` only for the tie rule
 // to read naturally; the index comparison makes it hold in any order.
 template <typename A, typename ExpFn>
-FUQ_HD Acc<A> merge(const Acc<A>& a, const Acc<A>& b, ExpFn expf_) {
+FUQ_HD Acc<A> merge(const Acc<A>& a, const Acc<A>& b, A inv_temp, ExpFn expf_) {
   const bool a_top = (a.m > b.m) || (a.m == b.m && (b.idx < 0 || (a.idx >= 0 && a.idx <= b.idx)));
   const Acc<A>& X = a_top ? a : b;
   const Acc<A>& Y = a_top ? b : a;
@@ -93,13 +95,14 @@ FUQ_HD Acc<A> merge(const Acc<A>& a, const Acc<A>& b, ExpFn expf_) {
     moments_merge(r, Y.n, A(0), A(0), A(0), A(0));
     return r;
   }
-  // Here X.m >= Y.m > -inf.
-  const A delta = Y.m - X.m;
+  // Here X.m >= Y.m > -inf. (A span beyond the float range makes delta -inf and c 0: Y's mass
+  // vanishes, as it should, and the c > 0 guards keep 0 * -inf out of T.)
+  const A delta = (Y.m - X.m) * inv_temp;
   const A c = expf_(delta);
   const A c2 = c * c;
   const A SY = A(1) + Y.R;
   r.R = X.R + c * SY;
-  r.T = X.T + c * (Y.T + delta * SY);
+  r.T = c > A(0) ? X.T + c * (Y.T + delta * SY) : X.T;
   r.Q2 = X.Q2 + c2 * (A(1) + Y.Q2);
   r.sd = X.sd + Y.sd + Y.nf * delta;
   r.nf = X.nf + Y.nf;
@@ -128,7 +131,7 @@ FUQ_HD A expm1_kahan(A x, ExpFn expf_, LogFn logf_) {
 }
 
 template <typename A, typename ExpFn, typename Log1pFn, typename LogFn>
-FUQ_HD RowStats<A> finalize(const Acc<A>& a, ExpFn expf_, Log1pFn log1pf_, LogFn logf_) {
+FUQ_HD RowStats<A> finalize(const Acc<A>& a, A inv_temp, ExpFn expf_, Log1pFn log1pf_, LogFn logf_) {
   RowStats<A> s;
   s.valid = !a.bad && (a.m > neg_inf<A>());
   if (!s.valid) {
@@ -141,12 +144,12 @@ FUQ_HD RowStats<A> finalize(const Acc<A>& a, ExpFn expf_, Log1pFn log1pf_, LogFn
   const A S = A(1) + a.R;
   const A l1p = log1pf_(a.R);
   s.log1p_R = l1p;
-  s.lse = a.m + l1p;
+  s.lse = a.m * inv_temp + l1p;
   s.max_logprob = -l1p;
   s.argmax = a.idx;
   s.entropy = l1p - a.T / S;                                   // both terms >= 0
   // p(1) - p(2) = (1 - e^{m2-m}) / S; expm1 keeps near-ties exact
-  s.margin = a.m2 > neg_inf<A>() ? -expm1_kahan(a.m2 - a.m, expf_, logf_) / S : A(1) / S;
+  s.margin = a.m2 > neg_inf<A>() ? -expm1_kahan((a.m2 - a.m) * inv_temp, expf_, logf_) / S : A(1) / S;
   s.collision = (A(1) + a.Q2) / (S * S);                       // sum p^2
   s.kurtosis = a.n * a.M4 / (a.M2 * a.M2) - A(3);              // Fisher, biased (scipy default)
   // KL(U || p) over the finite entries = log(S / nf) - sd / nf: two terms of the row's scale,

@@ -9,9 +9,11 @@ whether its vocabulary was split across workers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,6 +22,7 @@ from ._common import (as_tensor, capturing_cuda_graph, check_int, check_logits, 
                       is_tracing, row_layout)
 
 MAX_TOPK = 64
+MIN_TEMPERATURE = 1e-30
 
 
 class TokenStats(NamedTuple):
@@ -51,7 +54,8 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0)
             axis must have stride 1. ``-inf`` entries are masked vocabulary. A numpy array is
             accepted (CPU) and the result comes back as torch tensors.
         tokens: optional ``[...]`` integer ids of the emitted tokens, for ``logprob``.
-        temperature: scores ``softmax(logits / temperature)``; finite and > 0.
+        temperature: scores ``softmax(logits / temperature)``; finite and at least 1e-30. Applied to
+            differences from the row maximum, ``(z - max) / T``, so large logits keep their digits.
         topk: number of top log-probabilities and ids to return, 0..64 (and at most V).
 
     Returns:
@@ -69,6 +73,8 @@ def _validate(logits, tokens, temperature, topk):
     logits = check_logits(logits)
     V = logits.shape[-1]
     temperature = check_positive_float(temperature, "temperature")
+    if temperature < MIN_TEMPERATURE:  # 1/T must be a finite fp32 number
+        raise ValueError(f"temperature must be at least {MIN_TEMPERATURE:g}, got {temperature:g}")
     topk = check_int(topk, "topk", 0, MAX_TOPK)
     if topk > V:
         raise ValueError(f"topk must be at most the vocabulary size V={V}, got {topk}")
@@ -142,18 +148,24 @@ def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: 
         _ext._C.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk,
                             *out[:2], *out[3:9], out[2], out[9], out[10], torch.get_num_threads())
     elif backend == "triton":
-        _launch_triton(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk, out, **launch)
+        with _device_of(logits):  # Triton launches on the current device
+            _launch_triton(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk, out, **launch)
     elif backend == "cuda":
         if _ext._cuda is None:
             raise RuntimeError("flashuq was built without its CUDA module (no nvcc at build time)")
         if topk:
             raise ValueError("the CUDA C++ backend has no top-k; use the Triton backend")
-        stream = torch.cuda.current_stream(logits.device).cuda_stream
-        _ext._cuda.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, out[0], out[1], out[3],
-                               out[4], out[5], out[6], out[7], out[8], out[2], stream)
+        with _device_of(logits):
+            stream = torch.cuda.current_stream(logits.device).cuda_stream
+            _ext._cuda.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, out[0], out[1], out[3],
+                                   out[4], out[5], out[6], out[7], out[8], out[2], stream)
     else:
         raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda', got {backend!r}")
     return out
+
+
+def _device_of(t: Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,13 +198,16 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
     acc = tl.float64 if x.dtype == torch.float64 else tl.float32
     kp = triton.next_power_of_2(max(topk, 1))
     has_tok = tok is not None
+    # Triton passes Python floats as fp32: send 1/T as hi + lo so fp64 rows get it to ~1e-14
+    inv_hi = float(np.float32(inv_temp))
+    inv_lo = inv_temp - inv_hi
     tok_arg = tok if has_tok else out[2]
     lse, maxlp, argmax, lp, ent, margin, coll, kurt, sc, tkv, tki = out
     tkv_arg = tkv if topk else lse
     tki_arg = tki if topk else argmax
     if not split:
         k.token_stats_rows_kernel[(rows,)](
-            x, n1, s0, s1, V, tok_arg, inv_temp,
+            x, n1, s0, s1, V, tok_arg, inv_hi, inv_lo,
             lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg,
             chunk, BLOCK=block, K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, PRECISE=on_gpu, num_warps=num_warps)
         return
@@ -202,10 +217,10 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
     ws_tv = torch.empty((rows, n_chunks, kp) if topk else (1,), dtype=fdt, device=x.device)
     ws_ti = torch.empty((rows, n_chunks, kp) if topk else (1,), dtype=torch.int64, device=x.device)
     k.token_stats_split_kernel[(rows, n_chunks)](
-        x, n1, s0, s1, V, inv_temp, ws_f, ws_i, ws_tv, ws_ti, n_chunks,
+        x, n1, s0, s1, V, inv_hi, inv_lo, ws_f, ws_i, ws_tv, ws_ti, n_chunks,
         chunk, BLOCK=block, K=topk, KP=kp, ACC=acc, num_warps=num_warps)
     k.token_stats_merge_kernel[(rows,)](
-        x, n1, s0, s1, V, tok_arg, inv_temp, ws_f, ws_i, ws_tv, ws_ti, n_chunks,
+        x, n1, s0, s1, V, tok_arg, inv_hi, inv_lo, ws_f, ws_i, ws_tv, ws_ti, n_chunks,
         lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg,
         K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, PRECISE=on_gpu, num_warps=1 if not on_gpu else 4)
 
