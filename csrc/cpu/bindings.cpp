@@ -5,10 +5,10 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
-#include <algorithm>
 #include <stdexcept>
 #include <string>
 
+#include "flashuq/ndarray_checks.h"
 #include "token_stats.h"
 
 namespace nb = nanobind;
@@ -39,22 +39,9 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
                            Arr self_certainty, Arr argmax, Arr topk_logprobs, Arr topk_ids, int num_threads) {
   TokenStatsArgs a{};
   a.dtype = dtype_of(logits);
-  if (V < 1 || rows < 0 || n1 < 1 || k < 0 || k > kMaxTopK || k > V)
-    throw std::invalid_argument("token_stats: bad sizes");
+  flashuq::check_rows_inside(logits, rows, V, n1, s0, s1);
+  if (k < 0 || k > kMaxTopK || k > V) throw std::invalid_argument("token_stats: bad top-k size");
   const bool f64 = a.dtype == DType::F64;
-  // The rows must lie inside the array nanobind handed over (strides are in elements, >= 0).
-  int64_t extent = 1;
-  for (size_t d = 0; d < logits.ndim(); ++d) {
-    if (logits.shape(d) == 0) { extent = 0; break; }
-    if (logits.stride(d) < 0) throw std::invalid_argument("logits: negative strides are not supported");
-    extent += (int64_t(logits.shape(d)) - 1) * int64_t(logits.stride(d));
-  }
-  if (s0 < 0 || s1 < 0) throw std::invalid_argument("token_stats: negative row strides");
-  if (rows > 0) {
-    const int64_t n0 = (rows + n1 - 1) / n1;
-    const int64_t last = (n0 - 1) * s0 + (std::min(rows, n1) - 1) * s1 + V;  // one past the furthest element
-    if (last > extent) throw std::invalid_argument("token_stats: rows exceed the logits array");
-  }
   a.logits = logits.data();
   a.rows = rows; a.V = V; a.n1 = n1; a.s0 = s0; a.s1 = s1;
   a.tokens = nullptr;

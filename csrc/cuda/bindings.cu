@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "flashuq/ndarray_checks.h"
 #include "token_stats.cuh"
 
 namespace nb = nanobind;
@@ -30,20 +31,22 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
                            uintptr_t stream) {
   TokenStatsArgs a{};
   a.dtype = dtype_of(logits);
-  if (V < 1 || rows < 0 || n1 < 1) throw std::invalid_argument("token_stats: bad sizes");
+  flashuq::check_rows_inside(logits, rows, V, n1, s0, s1);
   const auto want = a.dtype == DType::F64 ? nb::dtype<double>() : nb::dtype<float>();
   Arr* outs[8] = {&lse, &max_logprob, &logprob, &entropy, &margin, &collision, &kurtosis, &self_certainty};
   for (int j = 0; j < 8; ++j) {
-    if (outs[j]->dtype() != want || int64_t(outs[j]->size()) != rows)
+    if (outs[j]->dtype() != want || int64_t(outs[j]->size()) != rows || outs[j]->device_id() != logits.device_id())
       throw std::invalid_argument("token_stats: output of wrong dtype or size");
     a.out[j] = outs[j]->data();
   }
-  if (argmax.dtype() != nb::dtype<int64_t>() || int64_t(argmax.size()) != rows)
+  if (argmax.dtype() != nb::dtype<int64_t>() || int64_t(argmax.size()) != rows ||
+      argmax.device_id() != logits.device_id())
     throw std::invalid_argument("argmax: expected int64 [rows]");
   a.argmax = static_cast<int64_t*>(argmax.data());
   a.tokens = nullptr;
   if (tokens) {
-    if (tokens->dtype() != nb::dtype<int64_t>() || int64_t(tokens->size()) != rows)
+    if (tokens->dtype() != nb::dtype<int64_t>() || int64_t(tokens->size()) != rows ||
+        tokens->device_id() != logits.device_id())
       throw std::invalid_argument("tokens: expected int64 [rows]");
     a.tokens = static_cast<const int64_t*>(tokens->data());
   }
