@@ -9,6 +9,7 @@
 #include <string>
 
 #include "flashuq/ndarray_checks.h"
+#include "masked_reduce.h"
 #include "token_stats.h"
 
 namespace nb = nanobind;
@@ -71,6 +72,56 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
   token_stats(a);
 }
 
+
+static void masked_reduce_py(Arr values, std::optional<Arr> mask, std::optional<Arr> weights,
+                             std::optional<Arr> cu_seqlens, int64_t B, int64_t T, int op, Arr out, int num_threads) {
+  if (op < 0 || op > 4) throw std::invalid_argument("masked_reduce: bad op");
+  const bool f64 = values.dtype() == nb::dtype<double>();
+  if (!f64 && values.dtype() != nb::dtype<float>()) throw nb::type_error("values: expected float32 or float64");
+  if (B < 0 || T < 0) throw std::invalid_argument("masked_reduce: bad sizes");
+  auto contiguous_1d = [](const Arr& a) {
+    int64_t expect = 1;
+    for (size_t d = a.ndim(); d-- > 0;) {
+      if (a.shape(d) != 1 && a.stride(d) != expect) return false;
+      expect *= int64_t(a.shape(d));
+    }
+    return true;
+  };
+  if (!contiguous_1d(values) || out.dtype() != values.dtype() || int64_t(out.size()) != B || !contiguous_1d(out))
+    throw std::invalid_argument("masked_reduce: values/out must be contiguous and out of size B");
+  const int64_t* cu = nullptr;
+  int64_t n = B * T;
+  if (cu_seqlens) {
+    if (cu_seqlens->dtype() != nb::dtype<int64_t>() || int64_t(cu_seqlens->size()) != B + 1 || !contiguous_1d(*cu_seqlens))
+      throw std::invalid_argument("cu_seqlens: expected int64 [B+1]");
+    cu = static_cast<const int64_t*>(cu_seqlens->data());
+    n = int64_t(values.size());
+    for (int64_t b = 0; b < B; ++b)
+      if (cu[b] < 0 || cu[b] > cu[b + 1] || cu[b + 1] > n) throw std::invalid_argument("cu_seqlens: out of range");
+  } else if (int64_t(values.size()) != n) {
+    throw std::invalid_argument("values: expected B * T elements");
+  }
+  const uint8_t* m = nullptr;
+  if (mask) {
+    if (mask->dtype() != nb::dtype<uint8_t>() || int64_t(mask->size()) != n || !contiguous_1d(*mask))
+      throw std::invalid_argument("mask: expected uint8 of the values' size");
+    m = static_cast<const uint8_t*>(mask->data());
+  }
+  const void* w = nullptr;
+  if (weights) {
+    if (weights->dtype() != values.dtype() || int64_t(weights->size()) != n || !contiguous_1d(*weights))
+      throw std::invalid_argument("weights: expected the values' dtype and size");
+    w = weights->data();
+  }
+  nb::gil_scoped_release release;
+  if (f64)
+    masked_reduce<double>(static_cast<const double*>(values.data()), m, static_cast<const double*>(w), cu, B, T,
+                          ReduceOp(op), static_cast<double*>(out.data()), num_threads);
+  else
+    masked_reduce<float>(static_cast<const float*>(values.data()), m, static_cast<const float*>(w), cu, B, T,
+                         ReduceOp(op), static_cast<float*>(out.data()), num_threads);
+}
+
 NB_MODULE(_C, m) {
   m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
@@ -81,6 +132,10 @@ NB_MODULE(_C, m) {
         nb::arg("self_certainty").noconvert(), nb::arg("argmax").noconvert(),
         nb::arg("topk_logprobs").noconvert(), nb::arg("topk_ids").noconvert(), nb::arg("num_threads"),
         "Token statistics of rows of logits into preallocated outputs (see flashuq.token_stats).");
+  m.def("masked_reduce", &masked_reduce_py, nb::arg("values").noconvert(), nb::arg("mask").noconvert().none(),
+        nb::arg("weights").noconvert().none(), nb::arg("cu_seqlens").noconvert().none(), nb::arg("B"), nb::arg("T"),
+        nb::arg("op"), nb::arg("out").noconvert(), nb::arg("num_threads"),
+        "Masked / ragged reduction of sequences into a preallocated out (see flashuq.masked_reduce).");
   m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;

@@ -73,3 +73,47 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0)
 
     return TokenStats(v(lse), v(max_logprob), argmax, v(logprob), v(entropy), v(margin), v(collision),
                       v(kurtosis), v(self_certainty), topk_logprobs, topk_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence level: masked and ragged reductions (METHODS.md §3.1)
+# ---------------------------------------------------------------------------------------------
+
+def _rows(values, mask=None, cu_seqlens=None):
+    """The valid values of each sequence, as a list of float64 1-d tensors."""
+    v = torch.as_tensor(values).double()
+    if cu_seqlens is not None:
+        cu = torch.as_tensor(cu_seqlens).long().tolist()
+        return [v[cu[b]:cu[b + 1]] for b in range(len(cu) - 1)]
+    v2 = v.reshape(-1, v.shape[-1])
+    m2 = torch.ones_like(v2, dtype=torch.bool) if mask is None else torch.as_tensor(mask).reshape(v2.shape) != 0
+    return [v2[b][m2[b]] for b in range(v2.shape[0])]
+
+
+def masked_reduce(values, mask=None, *, op="mean", weights=None, cu_seqlens=None):
+    """float64 reference of :func:`flashuq.masked_reduce`: ``op`` over each sequence's real tokens.
+
+    sum: Σ w·v (0 for an empty sequence); mean: Σ w·v / Σ w; max, min; logsumexp: log Σ w·e^v.
+    Every op but sum gives NaN for an empty sequence; a NaN among the real tokens gives NaN.
+    """
+    rows = _rows(values, mask, cu_seqlens)
+    wrows = None if weights is None else _rows(weights, mask, cu_seqlens)
+    out = []
+    for b, r in enumerate(rows):
+        w = torch.ones_like(r) if wrows is None else wrows[b]
+        if r.numel() == 0:
+            out.append(0.0 if op == "sum" else math.nan)
+        elif op == "sum":
+            out.append(float((w * r).sum()))
+        elif op == "mean":
+            out.append(float((w * r).sum() / w.sum()))
+        elif op == "max":
+            out.append(math.nan if torch.isnan(r).any() else float(r.max()))
+        elif op == "min":
+            out.append(math.nan if torch.isnan(r).any() else float(r.min()))
+        elif op == "logsumexp":
+            out.append(float(torch.logsumexp(r + torch.log(w), 0)))
+        else:
+            raise ValueError(op)
+    shape = (len(rows),) if cu_seqlens is not None else torch.as_tensor(values).shape[:-1]
+    return torch.tensor(out, dtype=torch.float64).reshape(shape)

@@ -40,6 +40,15 @@ SCRIPT = textwrap.dedent(
                "K": "constexpr", "KP": "constexpr", "HAS_TOKENS": "constexpr", "ACC": "constexpr",
                "PRECISE": "constexpr"}
         cases.append((k.token_stats_merge_kernel, sig, {**c, "HAS_TOKENS": tok, "PRECISE": True}))
+    import flashuq.kernels.masked_reduce as mr
+    msig = {"v_ptr": "*fp32", "mask_ptr": "*u8", "w_ptr": "*fp32", "cu_ptr": "*i64", "out_ptr": "*fp32", "T": "i32",
+            "OP": "constexpr", "HAS_MASK": "constexpr", "HAS_W": "constexpr", "HAS_CU": "constexpr",
+            "BLOCK": "constexpr", "ACC": "constexpr"}
+    for op in range(5):
+        cases.append((mr.masked_reduce_kernel, msig, {"OP": op, "HAS_MASK": True, "HAS_W": op != 2 and op != 3,
+                                                        "HAS_CU": False, "BLOCK": 1024, "ACC": tl.float32}))
+    cases.append((mr.masked_reduce_kernel, msig, {"OP": 4, "HAS_MASK": False, "HAS_W": False, "HAS_CU": True,
+                                                    "BLOCK": 1024, "ACC": tl.float64}))
     report = []
     for fn, sig, const in cases:
         out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
@@ -53,6 +62,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_kernels_compile_for_sm90_without_atomics():
+    # token_stats (rows, split, merge) x 3 dtype/top-k settings, masked_reduce x 6
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
@@ -60,7 +70,7 @@ def test_kernels_compile_for_sm90_without_atomics():
     import json
 
     report = json.loads(proc.stdout.split("REPORT", 1)[1])
-    assert len(report) == 9
+    assert len(report) == 15
     for r in report:
         assert r["atomics"] == 0, r
         assert r["bytes"] > 1000, r

@@ -1,0 +1,119 @@
+"""flashuq.masked_reduce on the CPU (C++): against numpy and the float64 reference."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import flashuq as fuq
+from reduce_cases import OPS, numpy_reduce, ragged
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_padded_and_packed_match_numpy(op, dtype):
+    values, mask, packed, cu, lengths = ragged(dtype=dtype)
+    rows = [values[b, : lengths[b]].double().numpy() for b in range(len(lengths))]
+    want = numpy_reduce(rows, op)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    for got in (fuq.masked_reduce(values, mask, op=op), fuq.masked_reduce(packed, op=op, cu_seqlens=cu)):
+        assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        np.testing.assert_allclose(got.double().numpy(), want, rtol=rtol, atol=1e-7)
+    torch.testing.assert_close(fuq.masked_reduce(values, mask, op=op).double(),
+                               fuq.reference.masked_reduce(values, mask, op=op), rtol=rtol, atol=1e-7, equal_nan=True)
+
+
+def test_empty_sequence_sum_is_zero_others_nan():
+    values, mask, *_ = ragged(empty=(0, 3))
+    for op in OPS:
+        got = fuq.masked_reduce(values, mask, op=op)
+        if op == "sum":
+            assert got[0].item() == 0.0 and got[3].item() == 0.0
+        else:
+            assert math.isnan(got[0].item()) and math.isnan(got[3].item())
+        assert not torch.isnan(got[1]).item()
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_padding_never_changes_a_result(op):
+    values, mask, _, _, lengths = ragged(seed=3)
+    base = fuq.masked_reduce(values, mask, op=op)
+    junk = values.clone()
+    junk[~mask] = float("nan")
+    assert torch.equal(fuq.masked_reduce(junk, mask, op=op).nan_to_num(7.0), base.nan_to_num(7.0))
+    junk[~mask] = 1e30
+    assert torch.equal(fuq.masked_reduce(junk, mask, op=op).nan_to_num(7.0), base.nan_to_num(7.0))
+    # left padding: the same tokens at the end of each row
+    T = values.shape[1]
+    left = torch.full_like(values, -5.0)
+    lmask = torch.zeros_like(mask)
+    for b, n in enumerate(lengths.tolist()):
+        left[b, T - n:] = values[b, :n]
+        lmask[b, T - n:] = True
+    assert torch.equal(fuq.masked_reduce(left, lmask, op=op).nan_to_num(7.0), base.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "logsumexp"])
+def test_weights(op):
+    values, mask, packed, cu, lengths = ragged(seed=5)
+    w = torch.rand(values.shape, generator=torch.Generator().manual_seed(9))
+    wrows = [w[b, : lengths[b]].numpy() for b in range(len(lengths))]
+    rows = [values[b, : lengths[b]].numpy() for b in range(len(lengths))]
+    want = numpy_reduce(rows, op, wrows)
+    np.testing.assert_allclose(fuq.masked_reduce(values, mask, op=op, weights=w).numpy(), want, rtol=1e-6)
+    wp = torch.cat([w[b, : lengths[b]] for b in range(len(lengths))])
+    np.testing.assert_allclose(fuq.masked_reduce(packed, op=op, weights=wp, cu_seqlens=cu).numpy(), want, rtol=1e-6)
+
+
+def test_nan_and_infinities():
+    v = torch.tensor([[1.0, float("nan"), 2.0], [float("-inf"), float("-inf"), 0.0], [3.0, float("inf"), 1.0]])
+    m = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    for op in OPS:
+        got = fuq.masked_reduce(v, m, op=op)
+        ref = fuq.reference.masked_reduce(v, m, op=op)
+        assert math.isnan(got[0].item()), op
+        torch.testing.assert_close(got[1:].double(), ref[1:], equal_nan=True)
+    assert fuq.masked_reduce(v, m, op="logsumexp")[1].item() == float("-inf")
+
+
+def test_no_mask_reduces_the_last_axis_of_any_leading_shape():
+    v = torch.randn(2, 3, 17)
+    torch.testing.assert_close(fuq.masked_reduce(v, op="mean"), v.mean(-1))
+    torch.testing.assert_close(fuq.masked_reduce(v, op="logsumexp"), torch.logsumexp(v, -1))
+
+
+@pytest.mark.parametrize(
+    "kw, exc, name",
+    [
+        (dict(values=torch.ones(2, 3, dtype=torch.int64)), TypeError, "values"),
+        (dict(values=torch.ones(2, 3), op="median"), ValueError, "op"),
+        (dict(values=torch.ones(2, 3), mask=torch.ones(2, 4)), ValueError, "mask"),
+        (dict(values=torch.ones(5), cu_seqlens=torch.tensor([0, 2, 4])), ValueError, "cu_seqlens"),
+        (dict(values=torch.ones(5), cu_seqlens=torch.tensor([1, 2, 5])), ValueError, "cu_seqlens"),
+        (dict(values=torch.ones(5), cu_seqlens=torch.tensor([0, 3, 2, 5])), ValueError, "cu_seqlens"),
+        (dict(values=torch.ones(5), cu_seqlens=torch.tensor([0.0, 5.0])), TypeError, "cu_seqlens"),
+        (dict(values=torch.ones(2, 3), cu_seqlens=torch.tensor([0, 6])), ValueError, "values"),
+        (dict(values=torch.ones(6), mask=torch.ones(6), cu_seqlens=torch.tensor([0, 6])), ValueError, "cu_seqlens"),
+        (dict(values=torch.ones(2, 3), op="max", weights=torch.ones(2, 3)), ValueError, "weights"),
+        (dict(values=torch.ones(2, 3), weights=-torch.ones(2, 3)), ValueError, "weights"),
+        (dict(values=torch.ones(2, 3), weights=torch.ones(3, 2)), ValueError, "weights"),
+        (dict(values=torch.tensor(1.0)), ValueError, "values"),
+        (dict(values=[1.0, 2.0]), TypeError, "values"),
+    ],
+)
+def test_bad_input(kw, exc, name):
+    with pytest.raises(exc, match=name):
+        fuq.masked_reduce(**kw)
+
+
+def test_opcheck_and_compile():
+    values, mask, packed, cu, _ = ragged(empty=())  # opcheck compares outputs with NaN != NaN
+    torch.library.opcheck(torch.ops.flashuq.masked_reduce.default, (values, mask.to(torch.uint8), None, None, 1))
+    torch.library.opcheck(torch.ops.flashuq.masked_reduce.default, (packed, None, None, cu.long(), 4))
+
+    @torch.compile(fullgraph=True)
+    def f(v, m):
+        return fuq.masked_reduce(v, m, op="mean") * 2
+
+    torch.testing.assert_close(f(values, mask), fuq.masked_reduce(values, mask, op="mean") * 2, equal_nan=True)
