@@ -73,9 +73,24 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
 }
 
 
+// op 0..4: masked_reduce (see ReduceOp); op kQuantileOp: masked_quantile at the float64 levels q.
+constexpr int kQuantileOp = 5;
+
 static void masked_reduce_py(Arr values, std::optional<Arr> mask, std::optional<Arr> weights,
-                             std::optional<Arr> cu_seqlens, int64_t B, int64_t T, int op, Arr out, int num_threads) {
-  if (op < 0 || op > 4) throw std::invalid_argument("masked_reduce: bad op");
+                             std::optional<Arr> cu_seqlens, int64_t B, int64_t T, int op, Arr out, int num_threads,
+                             std::optional<Arr> q) {
+  if (op < 0 || op > kQuantileOp) throw std::invalid_argument("masked_reduce: bad op");
+  const double* qs = nullptr;
+  int64_t nq = 1;
+  if (op == kQuantileOp) {
+    if (!q || q->dtype() != nb::dtype<double>() || q->ndim() != 1 || q->stride(0) != 1)
+      throw std::invalid_argument("q: expected contiguous float64 [nq]");
+    qs = static_cast<const double*>(q->data());
+    nq = int64_t(q->size());
+    for (int64_t j = 0; j < nq; ++j)
+      if (!(qs[j] >= 0.0 && qs[j] <= 1.0)) throw std::invalid_argument("q: levels must be in [0, 1]");
+    if (weights) throw std::invalid_argument("weights: not defined for quantiles");
+  }
   const bool f64 = values.dtype() == nb::dtype<double>();
   if (!f64 && values.dtype() != nb::dtype<float>()) throw nb::type_error("values: expected float32 or float64");
   if (B < 0 || T < 0) throw std::invalid_argument("masked_reduce: bad sizes");
@@ -87,8 +102,8 @@ static void masked_reduce_py(Arr values, std::optional<Arr> mask, std::optional<
     }
     return true;
   };
-  if (!contiguous_1d(values) || out.dtype() != values.dtype() || int64_t(out.size()) != B || !contiguous_1d(out))
-    throw std::invalid_argument("masked_reduce: values/out must be contiguous and out of size B");
+  if (!contiguous_1d(values) || out.dtype() != values.dtype() || int64_t(out.size()) != B * nq || !contiguous_1d(out))
+    throw std::invalid_argument("masked_reduce: values/out must be contiguous and out of size B * nq");
   const int64_t* cu = nullptr;
   int64_t n = B * T;
   if (cu_seqlens) {
@@ -114,6 +129,15 @@ static void masked_reduce_py(Arr values, std::optional<Arr> mask, std::optional<
     w = weights->data();
   }
   nb::gil_scoped_release release;
+  if (op == kQuantileOp) {
+    if (f64)
+      masked_quantile<double>(static_cast<const double*>(values.data()), m, cu, B, T, qs, nq,
+                              static_cast<double*>(out.data()), num_threads);
+    else
+      masked_quantile<float>(static_cast<const float*>(values.data()), m, cu, B, T, qs, nq,
+                             static_cast<float*>(out.data()), num_threads);
+    return;
+  }
   if (f64)
     masked_reduce<double>(static_cast<const double*>(values.data()), m, static_cast<const double*>(w), cu, B, T,
                           ReduceOp(op), static_cast<double*>(out.data()), num_threads);
@@ -134,8 +158,9 @@ NB_MODULE(_C, m) {
         "Token statistics of rows of logits into preallocated outputs (see flashuq.token_stats).");
   m.def("masked_reduce", &masked_reduce_py, nb::arg("values").noconvert(), nb::arg("mask").noconvert().none(),
         nb::arg("weights").noconvert().none(), nb::arg("cu_seqlens").noconvert().none(), nb::arg("B"), nb::arg("T"),
-        nb::arg("op"), nb::arg("out").noconvert(), nb::arg("num_threads"),
-        "Masked / ragged reduction of sequences into a preallocated out (see flashuq.masked_reduce).");
+        nb::arg("op"), nb::arg("out").noconvert(), nb::arg("num_threads"), nb::arg("q").noconvert().none() = nb::none(),
+        "Masked / ragged reduction (op 0-4) or quantiles (op 5, levels q) of sequences into a preallocated "
+        "out (see flashuq.masked_reduce, flashuq.masked_quantile).");
   m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;

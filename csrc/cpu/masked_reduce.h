@@ -14,5 +14,10 @@ template <typename F>
 void masked_reduce(const F* values, const uint8_t* mask, const F* weights, const int64_t* cu, int64_t B, int64_t T,
                    ReduceOp op, F* out, int num_threads);
 
+// Per-sequence quantiles with numpy's "linear" method (its lerp included), out [B, nq].
+template <typename F>
+void masked_quantile(const F* values, const uint8_t* mask, const int64_t* cu, int64_t B, int64_t T, const double* q,
+                     int64_t nq, F* out, int num_threads);
+
 }  // namespace cpu
 }  // namespace flashuq

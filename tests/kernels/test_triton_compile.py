@@ -49,6 +49,13 @@ SCRIPT = textwrap.dedent(
                                                         "HAS_CU": False, "BLOCK": 1024, "ACC": tl.float32}))
     cases.append((mr.masked_reduce_kernel, msig, {"OP": 4, "HAS_MASK": False, "HAS_W": False, "HAS_CU": True,
                                                     "BLOCK": 1024, "ACC": tl.float64}))
+    import flashuq.kernels.masked_quantile as mq
+    qsig = {"v_ptr": "*fp32", "mask_ptr": "*u8", "cu_ptr": "*i64", "q_ptr": "*fp64", "out_ptr": "*fp32", "T": "i32",
+            "NQ": "i32", "HAS_MASK": "constexpr", "HAS_CU": "constexpr", "BLOCK": "constexpr", "ACC": "constexpr"}
+    cases.append((mq.masked_quantile_kernel, qsig, {"HAS_MASK": True, "HAS_CU": False, "BLOCK": 1024,
+                                                     "ACC": tl.float32}))
+    cases.append((mq.masked_quantile_kernel, {**qsig, "v_ptr": "*fp64", "out_ptr": "*fp64"},
+                  {"HAS_MASK": False, "HAS_CU": True, "BLOCK": 4096, "ACC": tl.float64}))
     report = []
     for fn, sig, const in cases:
         out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
@@ -62,7 +69,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_kernels_compile_for_sm90_without_atomics():
-    # token_stats (rows, split, merge) x 3 dtype/top-k settings, masked_reduce x 6
+    # token_stats (rows, split, merge) x 3 dtype/top-k settings, masked_reduce x 6, masked_quantile x 2
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
@@ -70,7 +77,7 @@ def test_kernels_compile_for_sm90_without_atomics():
     import json
 
     report = json.loads(proc.stdout.split("REPORT", 1)[1])
-    assert len(report) == 15
+    assert len(report) == 17
     for r in report:
         assert r["atomics"] == 0, r
         assert r["bytes"] > 1000, r
