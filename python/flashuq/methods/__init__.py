@@ -1,0 +1,60 @@
+"""Named uncertainty estimators (METHODS.md). Every one returns an uncertainty: higher = less
+trustworthy. ``REGISTRY`` maps each name to its function, the inputs it needs and its paper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..ops.token_stats import token_stats
+from .token import (arithmetic_mean_prob, chow_avg, chow_quantile, chow_sum, cpmi, geometric_mean_prob, gnll,
+                    max_token_entropy, mean_kurtosis, mean_token_entropy, msp, perplexity, pmi, self_certainty,
+                    token_sar)
+
+
+@dataclass(frozen=True)
+class Method:
+    fn: Callable
+    inputs: Tuple[str, ...]  # what the function takes besides `mask`
+    paper: str
+
+
+_STATS = ("stats",)
+REGISTRY: Dict[str, Method] = {
+    "msp": Method(msp, _STATS, "LM-Polygraph MaximumSequenceProbability (Fadeeva et al. 2023)"),
+    "gnll": Method(gnll, _STATS, "Aichberger, Schweighofer, Hochreiter, arXiv 2412.15176"),
+    "perplexity": Method(perplexity, _STATS, "LM-Polygraph Perplexity (Fomicheva et al. 2020)"),
+    "mean_token_entropy": Method(mean_token_entropy, _STATS, "LM-Polygraph MeanTokenEntropy (Fomicheva et al. 2020)"),
+    "max_token_entropy": Method(max_token_entropy, _STATS, "METHODS.md §3.2"),
+    "geometric_mean_prob": Method(geometric_mean_prob, _STATS, "Park et al., arXiv 2501.17187"),
+    "arithmetic_mean_prob": Method(arithmetic_mean_prob, _STATS, "Park et al., arXiv 2501.17187"),
+    "mean_kurtosis": Method(mean_kurtosis, _STATS, "Park et al., arXiv 2501.17187"),
+    "chow_sum": Method(chow_sum, _STATS, "Gupta et al., ICLR 2024, arXiv 2404.10136"),
+    "chow_avg": Method(chow_avg, _STATS, "Gupta et al., ICLR 2024, arXiv 2404.10136"),
+    "chow_quantile": Method(chow_quantile, _STATS, "Gupta et al., ICLR 2024, arXiv 2404.10136"),
+    "self_certainty": Method(self_certainty, _STATS, "Kang et al. 2025; LM-Polygraph SelfCertainty"),
+    "token_sar": Method(token_sar, ("stats", "relevance"), "Duan et al., SAR (ACL 2024); LM-Polygraph TokenSAR"),
+    "pmi": Method(pmi, ("stats", "lm_logprobs"), "LM-Polygraph PointwiseMutualInformation (Takayama & Arase 2019)"),
+    "cpmi": Method(cpmi, ("stats", "lm_logprobs"), "van der Poel et al. 2022; LM-Polygraph CPMI"),
+}
+
+#: methods that need nothing but the token statistics (what from_logits computes)
+STATS_ONLY = tuple(n for n, m in REGISTRY.items() if m.inputs == _STATS)
+
+
+def from_logits(logits, tokens=None, mask=None, *, methods: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+    """Every (or the named) token-statistics method for ``logits [B, T, V]``, from one pass over the logits.
+
+    ``tokens [B, T]`` are the generated tokens (None: the argmax, i.e. greedy decoding).
+    """
+    names = STATS_ONLY if methods is None else tuple(methods)
+    for n in names:
+        if n not in STATS_ONLY:
+            raise ValueError(f"methods: {n!r} is not a token-statistics method; choose from {STATS_ONLY}")
+    stats = token_stats(logits, tokens)
+    return {n: REGISTRY[n].fn(stats, mask) for n in names}
+
+
+__all__ = ["REGISTRY", "STATS_ONLY", "Method", "from_logits", *REGISTRY]

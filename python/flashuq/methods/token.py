@@ -1,0 +1,140 @@
+"""Sequence-level estimators built from per-token statistics (METHODS.md §2-3).
+
+Every function takes the :class:`~flashuq.TokenStats` of ``[B, T]`` rows (``fuq.token_stats`` of
+the logits that produced each generated token, with the generated ``tokens``) and an optional
+``mask [B, T]`` (1 = generated token, 0 = padding), and returns an **uncertainty** ``[B]``:
+higher means less trustworthy (the LM-Polygraph convention). Where the natural quantity is a
+confidence, the function returns its negation and says so. Padding never enters a reduction; an
+empty sequence gives NaN. Reductions run in flashuq's own kernels (``masked_reduce``,
+``masked_quantile``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..ops.masked_quantile import masked_quantile
+from ..ops.masked_reduce import masked_reduce
+from ..ops.token_stats import TokenStats
+
+
+def _empty_nan(x: Tensor, mask) -> Tensor:
+    """NaN where a sequence has no token (masked_reduce's sum gives 0 there)."""
+    if mask is None:
+        return x if x.shape[-1:] != (0,) else torch.full_like(x, float("nan"))
+    n = masked_reduce(torch.ones_like(mask, dtype=x.dtype), mask, op="sum")
+    return torch.where(n > 0, x, float("nan"))
+
+
+def _sum(values: Tensor, mask) -> Tensor:
+    return _empty_nan(masked_reduce(values, mask, op="sum"), mask)
+
+
+def msp(stats: TokenStats, mask=None) -> Tensor:
+    """Maximum Sequence Probability: ``-Σ_t log p(y_t)``. LM-Polygraph ``MaximumSequenceProbability``."""
+    return -_sum(stats.logprob, mask)
+
+
+def gnll(stats: TokenStats, mask=None) -> Tensor:
+    """G-NLL: ``-Σ_t log max_v p_t(v)``, the NLL of the greedy sequence (Aichberger et al., arXiv 2412.15176).
+
+    A sum, not a mean; it equals ``msp`` when decoding was greedy.
+    """
+    return -_sum(stats.max_logprob, mask)
+
+
+def perplexity(stats: TokenStats, mask=None) -> Tensor:
+    """Log-perplexity ``-mean_t log p(y_t)`` (no exp), as LM-Polygraph ``Perplexity``."""
+    return -masked_reduce(stats.logprob, mask, op="mean")
+
+
+def mean_token_entropy(stats: TokenStats, mask=None) -> Tensor:
+    """``mean_t H_t``, the full-vocabulary entropy of each step. LM-Polygraph ``MeanTokenEntropy``."""
+    return masked_reduce(stats.entropy, mask, op="mean")
+
+
+def max_token_entropy(stats: TokenStats, mask=None) -> Tensor:
+    """``max_t H_t`` (METHODS.md §3.2)."""
+    return masked_reduce(stats.entropy, mask, op="max")
+
+
+def geometric_mean_prob(stats: TokenStats, mask=None) -> Tensor:
+    """``-exp(mean_t log p(y_t))``: the geometric-mean token probability, **negated** (a confidence).
+
+    Park et al., arXiv 2501.17187; uqlm ``sequence_probability`` with ``length_normalize=True``.
+    """
+    return -torch.exp(masked_reduce(stats.logprob, mask, op="mean"))
+
+
+def arithmetic_mean_prob(stats: TokenStats, mask=None) -> Tensor:
+    """``-mean_t p(y_t)``: the arithmetic-mean token probability, **negated** (Park et al.)."""
+    return -masked_reduce(torch.exp(stats.logprob), mask, op="mean")
+
+
+def mean_kurtosis(stats: TokenStats, mask=None) -> Tensor:
+    """``-mean_t kurt(p_t)``: mean excess kurtosis of the next-token distributions, **negated**
+    (a peaked distribution is a confident one). Park et al.; the definition is unverified (METHODS.md §2.3.6).
+    """
+    return -masked_reduce(stats.kurtosis, mask, op="mean")
+
+
+def chow_sum(stats: TokenStats, mask=None) -> Tensor:
+    """Chow-Sum ``Σ_t log p(y_t)``, **negated** (= msp). Gupta et al., ICLR 2024."""
+    return -_sum(stats.logprob, mask)
+
+
+def chow_avg(stats: TokenStats, mask=None) -> Tensor:
+    """Chow-Average ``mean_t log p(y_t)``, **negated** (= perplexity). Gupta et al., ICLR 2024."""
+    return -masked_reduce(stats.logprob, mask, op="mean")
+
+
+def chow_quantile(stats: TokenStats, mask=None, *, alpha: float = 0.0) -> Tensor:
+    """Chow-Quantile-α ``quantile_α({log p(y_t)})`` with numpy's linear interpolation, **negated**.
+
+    α = 0 is the least likely token. Gupta et al., ICLR 2024.
+    """
+    return -masked_quantile(stats.logprob, float(alpha), mask)
+
+
+def self_certainty(stats: TokenStats, mask=None) -> Tensor:
+    """``-mean_t KL(U ‖ p_t)``: LM-Polygraph ``SelfCertainty`` (already an uncertainty; a uniform
+    distribution gives 0, confident ones are very negative)."""
+    return -masked_reduce(stats.self_certainty, mask, op="mean")
+
+
+def token_sar(stats: TokenStats, relevance, mask=None) -> Tensor:
+    """TokenSAR: ``Σ_t -log p(y_t)·R_t / Σ_t R_t`` with ``R = 1 - leave-one-token-out similarity``.
+
+    Duan et al. (SAR), LM-Polygraph ``TokenSAR``. ``relevance [B, T]`` comes from an external
+    cross-encoder; ``Σ R = 0`` gives NaN. Uncertainty.
+    """
+    relevance = torch.as_tensor(relevance)
+    return masked_reduce(-stats.logprob, mask, op="mean", weights=relevance.to(stats.logprob.dtype))
+
+
+def _first_token(mask, like: Tensor) -> Tensor:
+    """True at each sequence's first real token (works for left and right padding)."""
+    real = torch.ones_like(like, dtype=torch.bool) if mask is None else torch.as_tensor(mask) != 0
+    return real & (torch.cumsum(real.to(torch.int32), -1) == 1)
+
+
+def pmi(stats: TokenStats, lm_logprobs, mask=None) -> Tensor:
+    """Pointwise mutual information: ``-mean_t s_t`` with ``s_t = log p(y_t|x,y<t) - log p(y_t|y<t)``
+    (the prompt-free term is 0 at the first token). ``lm_logprobs [B, T]`` are the log-probs of the
+    same tokens from a pass without the prompt. LM-Polygraph ``PointwiseMutualInformation``.
+    """
+    lm = torch.as_tensor(lm_logprobs).to(stats.logprob.dtype)
+    s = stats.logprob - torch.where(_first_token(mask, lm), 0.0, lm)
+    return -masked_reduce(s, mask, op="mean")
+
+
+def cpmi(stats: TokenStats, lm_logprobs, mask=None, *, tau: float = 0.0656, lam: float = 3.599) -> Tensor:
+    """Conditional PMI: ``-mean_t s_t``, ``s_t = log p(y_t|x,y<t) - λ·log p(y_t|y<t)`` where ``H_t ≥ τ``
+    and the step is not the first, else ``log p(y_t|x,y<t)``. LM-Polygraph
+    ``ConditionalPointwiseMutualInformation`` (τ = 0.0656, λ = 3.599).
+    """
+    lm = torch.as_tensor(lm_logprobs).to(stats.logprob.dtype)
+    use = ~_first_token(mask, lm) & (stats.entropy >= tau)
+    s = stats.logprob - torch.where(use, lam * lm, 0.0)
+    return -masked_reduce(s, mask, op="mean")

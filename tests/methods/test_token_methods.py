@@ -1,0 +1,128 @@
+"""flashuq.methods from token statistics: METHODS.md §10 golden values, numpy transcriptions on
+ragged batches, padding invariance."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import flashuq as fuq
+from flashuq import methods as M
+
+
+def stats_from_logprobs(lp):
+    lp = torch.as_tensor(lp, dtype=torch.float64)
+    return fuq.TokenStats(*([lp] * 11))
+
+
+def test_golden_values_methods_md():
+    # METHODS.md §10, greedy token probabilities [.9, .5, .99, .7]; estimators return the negation of
+    # the natural confidence where §1.1 says so
+    s = stats_from_logprobs(np.log([[0.9, 0.5, 0.99, 0.7]]))
+    assert M.gnll(s).item() == pytest.approx(1.1652329760100053, rel=1e-14)
+    assert M.msp(s).item() == pytest.approx(1.1652329760100053, rel=1e-14)
+    assert M.chow_sum(s).item() == pytest.approx(1.1652329760100053, rel=1e-14)
+    assert M.chow_avg(s).item() == pytest.approx(0.2913082440025013, rel=1e-14)
+    assert M.chow_quantile(s).item() == pytest.approx(0.6931471805599453, rel=1e-14)
+    assert M.chow_quantile(s, alpha=0.5).item() == pytest.approx(0.23101772979827936, rel=1e-14)
+    assert M.geometric_mean_prob(s).item() == pytest.approx(-0.7472852963022815, rel=1e-14)
+    assert M.arithmetic_mean_prob(s).item() == pytest.approx(-0.7725, rel=1e-14)
+
+
+def ragged_batch(seed=0, B=5, T=12, V=50, left=False):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g, dtype=torch.float64) * 2
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[1] = 0
+    pos = torch.arange(T)[None, :]
+    mask = (pos >= T - lengths[:, None]) if left else (pos < lengths[:, None])
+    return logits, tokens, mask, lengths
+
+
+def numpy_method(name, lp, ent, kurt, sc, maxlp):
+    """Direct transcriptions of METHODS.md §3.2 / §2.3.2 for one sequence (natural log)."""
+    if lp.size == 0:
+        return math.nan
+    return {
+        "msp": -lp.sum(), "gnll": -maxlp.sum(), "perplexity": -lp.mean(), "mean_token_entropy": ent.mean(),
+        "max_token_entropy": ent.max(), "geometric_mean_prob": -np.exp(lp.mean()),
+        "arithmetic_mean_prob": -np.exp(lp).mean(), "mean_kurtosis": -kurt.mean(), "chow_sum": -lp.sum(),
+        "chow_avg": -lp.mean(), "chow_quantile": -np.quantile(lp, 0.0), "self_certainty": -sc.mean(),
+    }[name]
+
+
+@pytest.mark.parametrize("name", M.STATS_ONLY)
+def test_each_method_against_numpy(name):
+    logits, tokens, mask, lengths = ragged_batch()
+    got = M.from_logits(logits, tokens, mask, methods=[name])[name]
+    ref = fuq.reference.token_stats(logits, tokens)
+    for b in range(len(lengths)):
+        m = mask[b].numpy()
+        pick = lambda t: t[b].numpy()[m]  # noqa: E731
+        want = numpy_method(name, pick(ref.logprob), pick(ref.entropy), pick(ref.kurtosis), pick(ref.self_certainty),
+                            pick(ref.max_logprob))
+        if math.isnan(want):
+            assert math.isnan(got[b].item())
+        else:
+            assert got[b].item() == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+def test_padding_side_and_padded_values_never_change_results():
+    logits, tokens, mask, lengths = ragged_batch(seed=2)
+    right = M.from_logits(logits, tokens, mask)
+    B, T, V = logits.shape
+    ll, lt, lm = torch.full_like(logits, float("nan")), torch.zeros_like(tokens), torch.zeros_like(mask)
+    for b, n in enumerate(lengths.tolist()):
+        ll[b, T - n:], lt[b, T - n:], lm[b, T - n:] = logits[b, :n], tokens[b, :n], True
+    left = M.from_logits(ll, lt, lm)  # padded rows are NaN logits: they must not leak
+    for name in right:
+        assert torch.equal(right[name].nan_to_num(7.0), left[name].nan_to_num(7.0)), name
+        assert math.isnan(right[name][1].item()), name  # the empty sequence
+
+
+def test_token_sar():
+    logits, tokens, mask, lengths = ragged_batch(seed=4)
+    stats = fuq.token_stats(logits, tokens)
+    rel = torch.rand(mask.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = M.token_sar(stats, rel, mask)
+    for b in range(len(lengths)):
+        m = mask[b]
+        if not m.any():
+            assert math.isnan(got[b].item())
+            continue
+        nll, r = -stats.logprob[b][m].numpy(), rel[b][m].numpy()
+        assert got[b].item() == pytest.approx(float((nll * r / r.sum()).sum()), rel=1e-12)
+    assert math.isnan(M.token_sar(stats, torch.zeros_like(rel), mask)[0].item())  # Σ R = 0
+
+
+def test_pmi_and_cpmi_first_token_rule_with_left_padding():
+    logits, tokens, mask, lengths = ragged_batch(seed=5, left=True)
+    stats = fuq.token_stats(logits, tokens)
+    lm = -torch.rand(mask.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    got_pmi, got_cpmi = M.pmi(stats, lm, mask), M.cpmi(stats, lm, mask)
+    for b in range(len(lengths)):
+        m = mask[b]
+        if not m.any():
+            assert math.isnan(got_pmi[b].item()) and math.isnan(got_cpmi[b].item())
+            continue
+        ll, l0, H = stats.logprob[b][m].numpy(), lm[b][m].numpy(), stats.entropy[b][m].numpy()
+        s = ll - np.where(np.arange(ll.size) > 0, l0, 0.0)
+        assert got_pmi[b].item() == pytest.approx(-s.mean(), rel=1e-12)
+        use = (np.arange(ll.size) > 0) & (H >= 0.0656)
+        s = np.where(use, ll - 3.599 * l0, ll)
+        assert got_cpmi[b].item() == pytest.approx(-s.mean(), rel=1e-12)
+
+
+def test_registry_and_from_logits():
+    assert set(M.STATS_ONLY) <= set(M.REGISTRY)
+    for name, m in M.REGISTRY.items():
+        assert callable(m.fn) and m.paper and m.inputs[0] == "stats" and m.fn.__doc__, name
+    logits, tokens, mask, _ = ragged_batch(seed=3)
+    stats = fuq.token_stats(logits, tokens)
+    all_ = M.from_logits(logits, tokens, mask)
+    for name in M.STATS_ONLY:
+        assert torch.equal(all_[name].nan_to_num(7.0), M.REGISTRY[name].fn(stats, mask).nan_to_num(7.0))
+    with pytest.raises(ValueError, match="methods"):
+        M.from_logits(logits, tokens, mask, methods=["token_sar"])
