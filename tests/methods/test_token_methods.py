@@ -126,3 +126,47 @@ def test_registry_and_from_logits():
         assert torch.equal(all_[name].nan_to_num(7.0), M.REGISTRY[name].fn(stats, mask).nan_to_num(7.0))
     with pytest.raises(ValueError, match="methods"):
         M.from_logits(logits, tokens, mask, methods=["token_sar"])
+
+
+def lbyl_numpy(values, seg, reduce):
+    """Transcription of LBYL's per-sentence reduce, then the mean over sentences (one sequence)."""
+    if values.size == 0:
+        return math.nan
+    sentences, start = [], 0
+    for i in range(1, values.size + 1):
+        if i == values.size or seg[i] != seg[i - 1]:
+            sentences.append(reduce(values[start:i]))
+            start = i
+    return float(np.mean(sentences))
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_sentence_level_scores(left):
+    logits, tokens, mask, lengths = ragged_batch(seed=6, T=20, left=left)
+    stats = fuq.token_stats(logits, tokens)
+    g = torch.Generator().manual_seed(3)
+    seg = torch.cumsum((torch.rand(mask.shape, generator=g) < 0.25).long(), -1)  # sentence ids, runs
+    cases = {
+        "sentence_level_max_nll": (lambda s: -s.logprob, np.max),
+        "sentence_level_avg_nll": (lambda s: -s.logprob, np.mean),
+        "sentence_level_max_entropy": (lambda s: s.entropy, np.max),
+        "sentence_level_avg_entropy": (lambda s: s.entropy, np.mean),
+    }
+    for name, (field, red) in cases.items():
+        got = M.REGISTRY[name].fn(stats, seg, mask)
+        for b in range(len(lengths)):
+            m = mask[b]
+            want = lbyl_numpy(field(stats)[b][m].numpy(), seg[b][m].numpy(), red)
+            if math.isnan(want):
+                assert math.isnan(got[b].item()), name
+            else:
+                assert got[b].item() == pytest.approx(want, rel=1e-12), name
+
+
+def test_segment_reduce_bad_input():
+    with pytest.raises(ValueError, match="seg_ids"):
+        fuq.segment_reduce(torch.ones(2, 3), torch.ones(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="op"):
+        fuq.segment_reduce(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.long), op="logsumexp")
+    with pytest.raises(TypeError, match="values"):
+        fuq.segment_reduce(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))

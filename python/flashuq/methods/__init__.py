@@ -11,7 +11,8 @@ import torch
 from ..ops.token_stats import token_stats
 from .token import (arithmetic_mean_prob, chow_avg, chow_quantile, chow_sum, cpmi, geometric_mean_prob, gnll,
                     max_token_entropy, mean_kurtosis, mean_token_entropy, msp, perplexity, pmi, self_certainty,
-                    token_sar)
+                    sentence_level_avg_entropy, sentence_level_avg_nll, sentence_level_max_entropy,
+                    sentence_level_max_nll, token_sar)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ REGISTRY: Dict[str, Method] = {
     "token_sar": Method(token_sar, ("stats", "relevance"), "Duan et al., SAR (ACL 2024); LM-Polygraph TokenSAR"),
     "pmi": Method(pmi, ("stats", "lm_logprobs"), "LM-Polygraph PointwiseMutualInformation (Takayama & Arase 2019)"),
     "cpmi": Method(cpmi, ("stats", "lm_logprobs"), "van der Poel et al. 2022; LM-Polygraph CPMI"),
+    **{name: Method(fn, ("stats", "seg_ids"), "Huang et al., Look Before You Leap, arXiv 2307.10236")
+       for name, fn in (("sentence_level_max_nll", sentence_level_max_nll),
+                        ("sentence_level_avg_nll", sentence_level_avg_nll),
+                        ("sentence_level_max_entropy", sentence_level_max_entropy),
+                        ("sentence_level_avg_entropy", sentence_level_avg_entropy))},
 }
 
 #: methods that need nothing but the token statistics (what from_logits computes)

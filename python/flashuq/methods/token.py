@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..ops.masked_quantile import masked_quantile
 from ..ops.masked_reduce import masked_reduce
+from ..ops.segment_reduce import segment_reduce
 from ..ops.token_stats import TokenStats
 
 
@@ -138,3 +139,27 @@ def cpmi(stats: TokenStats, lm_logprobs, mask=None, *, tau: float = 0.0656, lam:
     use = ~_first_token(mask, lm) & (stats.entropy >= tau)
     s = stats.logprob - torch.where(use, lam * lm, 0.0)
     return -masked_reduce(s, mask, op="mean")
+
+
+# ---- Look Before You Leap: sentence-level scores (Huang et al., arXiv 2307.10236, METHODS.md §3.4) ----
+# seg_ids [B, T] marks the sentence of each token (from the caller's sentencizer); every score is
+# the mean over sentences of a per-sentence max or mean. Uncertainties.
+
+def sentence_level_max_nll(stats: TokenStats, seg_ids, mask=None) -> Tensor:
+    """``mean_sentences max_{t in s} -log p(y_t)`` (LBYL "Max Prob")."""
+    return segment_reduce(-stats.logprob, seg_ids, mask, op="max")
+
+
+def sentence_level_avg_nll(stats: TokenStats, seg_ids, mask=None) -> Tensor:
+    """``mean_sentences mean_{t in s} -log p(y_t)`` (LBYL "Avg Prob")."""
+    return segment_reduce(-stats.logprob, seg_ids, mask, op="mean")
+
+
+def sentence_level_max_entropy(stats: TokenStats, seg_ids, mask=None) -> Tensor:
+    """``mean_sentences max_{t in s} H_t`` (LBYL "Max Ent")."""
+    return segment_reduce(stats.entropy, seg_ids, mask, op="max")
+
+
+def sentence_level_avg_entropy(stats: TokenStats, seg_ids, mask=None) -> Tensor:
+    """``mean_sentences mean_{t in s} H_t`` (LBYL "Avg Ent")."""
+    return segment_reduce(stats.entropy, seg_ids, mask, op="mean")
