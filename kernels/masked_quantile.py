@@ -5,17 +5,14 @@ including its lerp (interpolate from the upper neighbour when the fraction is â‰
 import triton
 import triton.language as tl
 
+from ._sequences import seq_bounds
+
 
 @triton.jit
 def masked_quantile_kernel(v_ptr, mask_ptr, cu_ptr, q_ptr, out_ptr, T, NQ,
                            HAS_MASK: tl.constexpr, HAS_CU: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    if HAS_CU:
-        lo = tl.load(cu_ptr + b)
-        hi = tl.load(cu_ptr + b + 1)
-    else:
-        lo = b * T
-        hi = lo + T
+    lo, hi = seq_bounds(cu_ptr, b, T, HAS_CU)
     pos = tl.arange(0, BLOCK)
     idx = lo + pos.to(tl.int64)
     real = idx < hi

@@ -8,18 +8,15 @@ OP: 0 sum, 1 mean, 2 max, 3 min, 4 logsumexp (online max + rescaled sum).
 import triton
 import triton.language as tl
 
+from ._sequences import seq_bounds
+
 
 @triton.jit
 def masked_reduce_kernel(v_ptr, mask_ptr, w_ptr, cu_ptr, out_ptr, T,
                          OP: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, HAS_CU: tl.constexpr,
                          BLOCK: tl.constexpr, ACC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    if HAS_CU:
-        lo = tl.load(cu_ptr + b)
-        hi = tl.load(cu_ptr + b + 1)
-    else:
-        lo = b * T
-        hi = lo + T
+    lo, hi = seq_bounds(cu_ptr, b, T, HAS_CU)
     s = tl.zeros([], ACC)             # Σ w v, or the logsumexp sum
     sw = tl.zeros([], ACC)            # Σ w
     n = tl.zeros([], tl.int64)        # real tokens
