@@ -118,7 +118,7 @@ def test_pmi_and_cpmi_first_token_rule_with_left_padding():
 def test_registry_and_from_logits():
     assert set(M.STATS_ONLY) <= set(M.REGISTRY)
     for name, m in M.REGISTRY.items():
-        assert callable(m.fn) and m.paper and m.inputs[0] == "stats" and m.fn.__doc__, name
+        assert callable(m.fn) and m.paper and m.inputs[0] in ("stats", "logits") and m.fn.__doc__, name
     logits, tokens, mask, _ = ragged_batch(seed=3)
     stats = fuq.token_stats(logits, tokens)
     all_ = M.from_logits(logits, tokens, mask)
@@ -170,3 +170,26 @@ def test_segment_reduce_bad_input():
         fuq.segment_reduce(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.long), op="logsumexp")
     with pytest.raises(TypeError, match="values"):
         fuq.segment_reduce(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))
+
+
+def test_maqa_golden_values_and_mean_over_answers():
+    # METHODS.md §10, MAQA: logits [3, 2, .5, .1, -1], k = 3
+    row = torch.tensor([3.0, 2.0, 0.5, 0.1, -1.0], dtype=torch.float64)
+    logits = torch.zeros(2, 4, 5, dtype=torch.float64)
+    logits[0, 1] = row
+    logits[0, 3] = row
+    logits[1, 2] = row
+    pos = torch.tensor([[1, 3], [2, 0]])
+    pos_mask = torch.tensor([[1, 1], [1, 0]])
+    t = M.topk_stats_at_positions(logits, pos, pos_mask, k=3)
+    assert t.max_prob[0, 0].item() == pytest.approx(0.6564680853949656, rel=1e-14)
+    assert t.margin[0, 0].item() == pytest.approx(0.41496697299297897, rel=1e-13)
+    assert t.topk_neg_entropy[0, 0].item() == pytest.approx(-0.7768346012413029, rel=1e-13)
+    assert t.greedy_entropy[0, 0].item() == pytest.approx(0.2762950753331332, rel=1e-13)
+    assert math.isnan(t.max_prob[1, 1].item())
+    for fn, want in ((M.maqa_max_prob, -0.6564680853949656), (M.maqa_margin, -0.41496697299297897),
+                     (M.maqa_entropy, 0.7768346012413029), (M.maqa_greedy_entropy, 0.2762950753331332)):
+        got = fn(logits, pos, pos_mask, k=3)
+        assert got.tolist() == pytest.approx([want, want], rel=1e-13), fn.__name__
+    with pytest.raises(ValueError, match="pos"):
+        M.topk_stats_at_positions(logits, torch.tensor([[1, 9], [0, 0]]), k=3)

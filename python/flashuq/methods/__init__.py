@@ -9,6 +9,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from ..ops.token_stats import token_stats
+from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_margin, maqa_max_prob,
+                   topk_stats_at_positions)
 from .token import (arithmetic_mean_prob, chow_avg, chow_quantile, chow_sum, cpmi, geometric_mean_prob, gnll,
                     max_token_entropy, mean_kurtosis, mean_token_entropy, msp, perplexity, pmi, self_certainty,
                     sentence_level_avg_entropy, sentence_level_avg_nll, sentence_level_max_entropy,
@@ -44,6 +46,9 @@ REGISTRY: Dict[str, Method] = {
                         ("sentence_level_avg_nll", sentence_level_avg_nll),
                         ("sentence_level_max_entropy", sentence_level_max_entropy),
                         ("sentence_level_avg_entropy", sentence_level_avg_entropy))},
+    **{name: Method(fn, ("logits", "pos"), "Yang, Yoo, Lee (MAQA), NAACL Findings 2025, arXiv 2408.06816")
+       for name, fn in (("maqa_max_prob", maqa_max_prob), ("maqa_margin", maqa_margin),
+                        ("maqa_entropy", maqa_entropy), ("maqa_greedy_entropy", maqa_greedy_entropy))},
 }
 
 #: methods that need nothing but the token statistics (what from_logits computes)
@@ -63,4 +68,5 @@ def from_logits(logits, tokens=None, mask=None, *, methods: Optional[Sequence[st
     return {n: REGISTRY[n].fn(stats, mask) for n in names}
 
 
-__all__ = ["REGISTRY", "STATS_ONLY", "Method", "from_logits", *REGISTRY]
+__all__ = ["REGISTRY", "STATS_ONLY", "Method", "TopKAtPositions", "from_logits", "topk_stats_at_positions",
+           *REGISTRY]
