@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashuq as fuq
-from flashuq.ops import token_stats as ts_mod
 from stats_cases import FLOAT_FIELDS, ROW_KINDS, assert_close_stats, make_logits, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -84,3 +85,9 @@ def row_layout(x: torch.Tensor):
     if len(merged) == 2:
         return merged[1][0], merged[0][1], merged[1][1]
     return None
+
+
+def device_guard(t: torch.Tensor):
+    """Make t's CUDA device current for a launch (Triton and the CUDA module launch on the current
+    device); a no-op for CPU tensors."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

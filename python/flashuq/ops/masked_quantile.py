@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import as_tensor
+from ._common import as_tensor, device_guard
 from .masked_reduce import _validate as _validate_layout
 
 _QUANTILE_OP = 5  # the op code of the shared CPU binding
@@ -107,7 +107,7 @@ def _launch_cuda(v, m, cu, q, out, B, T, *, block=None):
     block = block or triton.next_power_of_2(max(longest, 16))
     qt = torch.tensor(q, dtype=torch.float64, device=v.device)
     dummy = out
-    with torch.cuda.device(v.device) if v.is_cuda else _null():
+    with device_guard(v):
         k.masked_quantile_kernel[(B,)](
             v, m if m is not None else dummy, cu if cu is not None else dummy, qt, out, T, len(q),
             HAS_MASK=m is not None, HAS_CU=cu is not None, BLOCK=block,
@@ -141,8 +141,3 @@ def _quantile_torch(v, m, cu, q, B, T):
     r = torch.where(g >= 0.5, c - d * (1.0 - g), a + d * g)
     return torch.where((n[:, None] > 0) & ~has_nan[:, None], r, float("nan"))
 
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()

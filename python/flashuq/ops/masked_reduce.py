@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import as_tensor, capturing_cuda_graph, is_tracing
+from ._common import as_tensor, capturing_cuda_graph, device_guard, is_tracing
 
 OPS = {"sum": 0, "mean": 1, "max": 2, "min": 3, "logsumexp": 4}
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -129,14 +129,8 @@ def _launch_triton(v, m, w, cu, out, B, T, op, *, block=None):
     k = _ext.kernels().masked_reduce
     block = block or (1024 if v.is_cuda else 4096)
     dummy = out
-    with torch.cuda.device(v.device) if v.is_cuda else _null():
+    with device_guard(v):
         k.masked_reduce_kernel[(B,)](
             v, m if m is not None else dummy, w if w is not None else dummy, cu if cu is not None else dummy, out,
             T, OP=op, HAS_MASK=m is not None, HAS_W=w is not None, HAS_CU=cu is not None, BLOCK=block,
             ACC=tl.float64 if v.dtype == torch.float64 else tl.float32)
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -9,7 +9,6 @@ whether its vocabulary was split across workers.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import NamedTuple, Optional, Tuple
 
@@ -19,7 +18,7 @@ from torch import Tensor
 
 from .. import _ext
 from ._common import (as_tensor, capturing_cuda_graph, check_int, check_logits, check_positive_float,
-                      is_tracing, row_layout)
+                      device_guard, is_tracing, row_layout)
 
 MAX_TOPK = 64
 MIN_TEMPERATURE = 1e-30
@@ -148,24 +147,20 @@ def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: 
         _ext._C.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk,
                             *out[:2], *out[3:9], out[2], out[9], out[10], torch.get_num_threads())
     elif backend == "triton":
-        with _device_of(logits):  # Triton launches on the current device
+        with device_guard(logits):  # Triton launches on the current device
             _launch_triton(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk, out, **launch)
     elif backend == "cuda":
         if _ext._cuda is None:
             raise RuntimeError("flashuq was built without its CUDA module (no nvcc at build time)")
         if topk:
             raise ValueError("the CUDA C++ backend has no top-k; use the Triton backend")
-        with _device_of(logits):
+        with device_guard(logits):
             stream = torch.cuda.current_stream(logits.device).cuda_stream
             _ext._cuda.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, out[0], out[1], out[3],
                                    out[4], out[5], out[6], out[7], out[8], out[2], stream)
     else:
         raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda', got {backend!r}")
     return out
-
-
-def _device_of(t: Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,9 +173,9 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
     """Launch the Triton kernels. The chunk size is fixed per device type (not per call) so a row's
     result never depends on the batch it arrived in."""
     import triton
+    import triton.language as tl
 
     k = _ext.kernels().token_stats
-    import triton.language as tl
 
     on_gpu = x.is_cuda
     # GPU: 2048-column blocks over 8 warps give each thread 8 contiguous columns (one 16-byte bf16
