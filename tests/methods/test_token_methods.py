@@ -193,3 +193,27 @@ def test_maqa_golden_values_and_mean_over_answers():
         assert got.tolist() == pytest.approx([want, want], rel=1e-13), fn.__name__
     with pytest.raises(ValueError, match="pos"):
         M.topk_stats_at_positions(logits, torch.tensor([[1, 9], [0, 0]]), k=3)
+
+
+def test_bad_method_arguments():
+    logits, tokens, mask, _ = ragged_batch(seed=7)
+    stats = fuq.token_stats(logits, tokens)
+    B, T = mask.shape
+    cases = [
+        (lambda: M.chow_quantile(stats, mask, alpha=1.5), ValueError, "alpha"),
+        (lambda: M.chow_quantile(stats, mask, alpha="low"), ValueError, "alpha"),
+        (lambda: M.token_sar(stats, torch.ones(B, T + 1), mask), ValueError, "relevance"),
+        (lambda: M.token_sar(stats, [[1.0] * T] * B, mask), TypeError, "relevance"),
+        (lambda: M.token_sar(stats, torch.ones(B, T, dtype=torch.long), mask), TypeError, "relevance"),
+        (lambda: M.pmi(stats, torch.zeros(B, T - 1), mask), ValueError, "lm_logprobs"),
+        (lambda: M.cpmi(stats, torch.zeros(B + 1, T), mask), ValueError, "lm_logprobs"),
+        (lambda: M.topk_stats_at_positions(logits, torch.zeros(B, 2, dtype=torch.long), k=0), ValueError, "k"),
+        (lambda: M.topk_stats_at_positions(logits, torch.zeros(B, 2, dtype=torch.long), k=65), ValueError, "k"),
+        (lambda: M.topk_stats_at_positions(logits[0], torch.zeros(B, 2, dtype=torch.long)), ValueError, "logits"),
+        (lambda: M.topk_stats_at_positions(logits, torch.zeros(B, 2)), ValueError, "pos"),
+        (lambda: M.topk_stats_at_positions(logits, torch.zeros(B, 2, dtype=torch.long), torch.ones(B, 3)),
+         ValueError, "pos_mask"),
+    ]
+    for call, exc, name in cases:
+        with pytest.raises(exc, match=name):
+            call()

@@ -11,6 +11,9 @@ empty sequence gives NaN. Reductions run in flashuq's own kernels (``masked_redu
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,6 +98,8 @@ def chow_quantile(stats: TokenStats, mask=None, *, alpha: float = 0.0) -> Tensor
 
     α = 0 is the least likely token. Gupta et al., ICLR 2024.
     """
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     return -masked_quantile(stats.logprob, float(alpha), mask)
 
 
@@ -110,8 +115,21 @@ def token_sar(stats: TokenStats, relevance, mask=None) -> Tensor:
     Duan et al. (SAR), LM-Polygraph ``TokenSAR``. ``relevance [B, T]`` comes from an external
     cross-encoder; ``Σ R = 0`` gives NaN. Uncertainty.
     """
-    relevance = torch.as_tensor(relevance)
-    return masked_reduce(-stats.logprob, mask, op="mean", weights=relevance.to(stats.logprob.dtype))
+    relevance = _per_token(relevance, "relevance", stats)
+    return masked_reduce(-stats.logprob, mask, op="mean", weights=relevance)
+
+
+def _per_token(x, name: str, stats: TokenStats) -> Tensor:
+    """A [B, T] per-token input aligned with the stats, as the stats' dtype and device."""
+    if not isinstance(x, (Tensor, np.ndarray)):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    x = torch.as_tensor(x)
+    if x.shape != stats.logprob.shape:
+        raise ValueError(f"{name} must have the shape of the token statistics {tuple(stats.logprob.shape)}, "
+                         f"got {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
+    return x.to(device=stats.logprob.device, dtype=stats.logprob.dtype)
 
 
 def _first_token(mask, like: Tensor) -> Tensor:
@@ -125,7 +143,7 @@ def pmi(stats: TokenStats, lm_logprobs, mask=None) -> Tensor:
     (the prompt-free term is 0 at the first token). ``lm_logprobs [B, T]`` are the log-probs of the
     same tokens from a pass without the prompt. LM-Polygraph ``PointwiseMutualInformation``.
     """
-    lm = torch.as_tensor(lm_logprobs).to(stats.logprob.dtype)
+    lm = _per_token(lm_logprobs, "lm_logprobs", stats)
     s = stats.logprob - torch.where(_first_token(mask, lm), 0.0, lm)
     return -masked_reduce(s, mask, op="mean")
 
@@ -135,7 +153,7 @@ def cpmi(stats: TokenStats, lm_logprobs, mask=None, *, tau: float = 0.0656, lam:
     and the step is not the first, else ``log p(y_t|x,y<t)``. LM-Polygraph
     ``ConditionalPointwiseMutualInformation`` (τ = 0.0656, λ = 3.599).
     """
-    lm = torch.as_tensor(lm_logprobs).to(stats.logprob.dtype)
+    lm = _per_token(lm_logprobs, "lm_logprobs", stats)
     use = ~_first_token(mask, lm) & (stats.entropy >= tau)
     s = stats.logprob - torch.where(use, lam * lm, 0.0)
     return -masked_reduce(s, mask, op="mean")
