@@ -1,13 +1,14 @@
 """Triton kernels for ``flashuq.token_stats``: every statistic from one read of the logits.
 
 Numerics follow KERNELS.md §2-3 and mirror ``csrc/include/flashuq/accumulator.h``: each block of
-``BLOCK`` columns becomes a partial (max, argmax, second max, R, T, Q2, Σd, n_finite and the
-centred moments of e^d), partials fold into a chunk's partial, and chunk partials fold into the
-row's in column order. A row is cut into chunks of ``CHUNK`` columns whatever the launch shape,
+``BLOCK`` columns becomes a partial (max, argmax, second max, R, T, Q2, Σd, n_finite, the
+centred moments of e^d and, with ``FRAC``, the tempered sums Qh, Qq of e^{d/2}, e^{d/4}),
+partials fold into a chunk's partial, and chunk partials fold into the row's in column order. A row is cut into chunks of ``CHUNK`` columns whatever the launch shape,
 so the one-program-per-row path and the split-vocabulary path (stage 1 writes chunk partials to
 a workspace, stage 2 folds them in order) perform the same arithmetic: results are deterministic
 and do not depend on the batch a row came in. No atomics, no autotuning (the kernels also run
-under ``TRITON_INTERPRET=1``), no libdevice calls (log1p is Kahan's formulation).
+under ``TRITON_INTERPRET=1``). libdevice's log1p/log/expm1/acos are used on the GPU only (``PRECISE``);
+the interpreter has no libdevice and gets Kahan's formulations and a Newton arccos instead.
 """
 
 import triton
@@ -55,6 +56,21 @@ def _expm1(x, PRECISE: tl.constexpr):
 
 
 @triton.jit
+def _acos(x, PRECISE: tl.constexpr):
+    # arccos on [0, 1]. The interpreter has no libdevice: acos(x) = 2·asin(s), s = sqrt((1 - x)/2)
+    # <= 0.71, by Newton on sin from a cubic start (4 steps: full precision in fp32 and fp64).
+    if PRECISE:
+        out = libdevice.acos(x)
+    else:
+        s = tl.sqrt((1.0 - x) * 0.5)
+        y = s + s * s * s * (1.0 / 6.0)
+        for _ in tl.static_range(4):
+            y = y - (tl.sin(y) - s) / tl.cos(y)
+        out = 2.0 * y
+    return out
+
+
+@triton.jit
 def _moments_merge(n, mean, M2, M3, M4, nb, meanb, M2b, M3b, M4b):
     # Pairwise centred-moment update (Chan et al.; Pébay). Exact for n == 0 or nb == 0 too.
     N = n + nb
@@ -70,8 +86,9 @@ def _moments_merge(n, mean, M2, M3, M4, nb, meanb, M2b, M3b, M4b):
 
 
 @triton.jit
-def _merge(am, am2, aidx, aR, aT, aQ2, asd, anf, an, amean, aM2, aM3, aM4, abad,
-           bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad, scale):
+def _merge(am, am2, aidx, aR, aT, aQ2, aQh, aQq, asd, anf, an, amean, aM2, aM3, aM4, abad,
+           bm, bm2, bidx, bR, bT, bQ2, bQh, bQq, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad, scale,
+           FRAC: tl.constexpr):
     # Merge two partials of one row (KERNELS.md §3.2); ties of the max keep the smaller index.
     a_top = (am > bm) | ((am == bm) & ((bidx < 0) | ((aidx >= 0) & (aidx <= bidx))))
     Xm = tl.where(a_top, am, bm)
@@ -80,6 +97,8 @@ def _merge(am, am2, aidx, aR, aT, aQ2, asd, anf, an, amean, aM2, aM3, aM4, abad,
     XR = tl.where(a_top, aR, bR)
     XT = tl.where(a_top, aT, bT)
     XQ2 = tl.where(a_top, aQ2, bQ2)
+    XQh = tl.where(a_top, aQh, bQh)
+    XQq = tl.where(a_top, aQq, bQq)
     Xsd = tl.where(a_top, asd, bsd)
     Xnf = tl.where(a_top, anf, bnf)
     Xn = tl.where(a_top, an, bn)
@@ -91,6 +110,8 @@ def _merge(am, am2, aidx, aR, aT, aQ2, asd, anf, an, amean, aM2, aM3, aM4, abad,
     YR = tl.where(a_top, bR, aR)
     YT = tl.where(a_top, bT, aT)
     YQ2 = tl.where(a_top, bQ2, aQ2)
+    YQh = tl.where(a_top, bQh, aQh)
+    YQq = tl.where(a_top, bQq, aQq)
     Ysd = tl.where(a_top, bsd, asd)
     Ynf = tl.where(a_top, bnf, anf)
     Yn = tl.where(a_top, bn, an)
@@ -107,12 +128,17 @@ def _merge(am, am2, aidx, aR, aT, aQ2, asd, anf, an, amean, aM2, aM3, aM4, abad,
     R = XR + c * SY
     T = tl.where(c > 0.0, XT + c * (YT + delta * SY), XT)  # delta = -inf only when c = 0
     Q2 = XQ2 + c2 * tl.where(y_has, 1.0 + YQ2, 0.0)
+    Qh = XQh
+    Qq = XQq
+    if FRAC:
+        Qh = XQh + tl.where(y_has, tl.exp(delta * 0.5) * (1.0 + YQh), 0.0)
+        Qq = XQq + tl.where(y_has, tl.exp(delta * 0.25) * (1.0 + YQq), 0.0)
     sd = Xsd + Ysd + Ynf * delta
     nf = Xnf + Ynf
     m2 = tl.maximum(Xm2, Ym)
     n, mean, M2, M3, M4 = _moments_merge(Xn, Xmean, XM2, XM3, XM4, Yn, Ymean * c, YM2 * c2, YM3 * c2 * c,
                                          YM4 * c2 * c2)
-    return Xm, m2, Xidx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, abad + bbad
+    return Xm, m2, Xidx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, abad + bbad
 
 
 @triton.jit
@@ -147,11 +173,11 @@ def _acc_empty(ACC: tl.constexpr):
     zero = tl.zeros([], ACC)
     ninf = tl.full([], float("-inf"), ACC)
     return ninf, ninf, tl.full([], -1, tl.int64), zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, \
-        tl.zeros([], tl.int32)
+        zero, zero, tl.zeros([], tl.int32)
 
 
 @triton.jit
-def _block_partial(row_ptr, cols0, hi, scale, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _block_partial(row_ptr, cols0, hi, scale, BLOCK: tl.constexpr, ACC: tl.constexpr, FRAC: tl.constexpr):
     cols = cols0 + tl.arange(0, BLOCK).to(tl.int64)
     inb = cols < hi
     x = tl.load(row_ptr + cols, mask=inb, other=float("-inf")).to(ACC)  # raw: 1/T scales differences
@@ -168,6 +194,12 @@ def _block_partial(row_ptr, cols0, hi, scale, BLOCK: tl.constexpr, ACC: tl.const
     R = tl.sum(e_rest)
     T = tl.sum(tl.where(e > 0.0, e * d, 0.0))  # d is -inf if the row spans beyond the float range
     Q2 = tl.sum(e_rest * e_rest)
+    Qh = tl.zeros([], ACC)
+    Qq = tl.zeros([], ACC)
+    if FRAC:  # e^{d/4} once, e^{d/2} its square; e^d stays as above so no other field changes
+        e4 = tl.where(fin & ~is_max, tl.exp(d * 0.25), 0.0)
+        Qq = tl.sum(e4)
+        Qh = tl.sum(e4 * e4)
     sd = tl.sum(d)
     nf = tl.sum(fin.to(ACC))
     m2 = tl.max(tl.where(is_max, float("-inf"), x))
@@ -179,30 +211,30 @@ def _block_partial(row_ptr, cols0, hi, scale, BLOCK: tl.constexpr, ACC: tl.const
     M3 = tl.sum(cc2 * cc)
     M4 = tl.sum(cc2 * cc2)
     idx = tl.where(has, bidx, -1)
-    return x, bm, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, tl.sum(bad.to(tl.int32))
+    return x, bm, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, tl.sum(bad.to(tl.int32))
 
 
 @triton.jit
 def _chunk_partial(row_ptr, lo, hi, scale, tv, ti,
-                   BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr):
-    m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
+                   BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr, FRAC: tl.constexpr):
+    m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
     for start in range(lo, hi, BLOCK):
-        x, bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad = _block_partial(
-            row_ptr, start, hi, scale, BLOCK, ACC)
+        x, bm, bm2, bidx, bR, bT, bQ2, bQh, bQq, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad = _block_partial(
+            row_ptr, start, hi, scale, BLOCK, ACC, FRAC)
         cols = start + tl.arange(0, BLOCK).to(tl.int64)
-        m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _merge(
-            m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
-            bm, bm2, bidx, bR, bT, bQ2, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad, scale)
+        m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad = _merge(
+            m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad,
+            bm, bm2, bidx, bR, bT, bQ2, bQh, bQq, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad, scale, FRAC)
         if K > 0:
             tv, ti = _topk_absorb(tv, ti, x, cols, cols < hi, K, KP)
-    return m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad, tv, ti
+    return m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad, tv, ti
 
 
 @triton.jit
-def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, scale, V,
+def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, scale, V,
               lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
-              tkv_ptr, tki_ptr, HAS_TOKENS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-              ACC: tl.constexpr, PRECISE: tl.constexpr):
+              tkv_ptr, tki_ptr, rt_ptr, fr_ptr, HAS_TOKENS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+              ACC: tl.constexpr, PRECISE: tl.constexpr, FRAC: tl.constexpr):
     valid = (bad == 0) & (m > float("-inf"))
     nan = float("nan")
     S = 1.0 + R
@@ -228,6 +260,14 @@ def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti
     # KL(U || p) over finite entries as log(S / nf) - sd / nf: terms of the row's scale, not log V
     tl.store(sc_ptr + row, tl.where(valid, _log(S / nfs, PRECISE) - sd / nfs, nan))
     tl.store(argmax_ptr + row, tl.where(valid, idx, -1))
+    if FRAC:
+        # q = softmax(z / 2T) against uniform over all n = V columns (accumulator.h, METHODS.md §2.2)
+        l1h = _log1p(Qh, PRECISE)
+        l1q = _log1p(Qq, PRECISE)
+        logV = _log(n, PRECISE)
+        tl.store(rt_ptr + row, tl.where(valid, l1h - 2.0 * l1q - logV, nan))
+        bc = tl.minimum(tl.exp(l1q - 0.5 * (l1h + logV)), 1.0)
+        tl.store(fr_ptr + row, tl.where(valid, 0.6366197723675814 * _acos(bc, PRECISE), nan))
     if K > 0:
         # rank of each entry among the K (value descending, index ascending), then scatter
         slots = tl.arange(0, KP)
@@ -251,32 +291,32 @@ def _row_ptr(x_ptr, row, n1, s0, s1):
 def token_stats_rows_kernel(
     x_ptr, n1, s0, s1, V, tok_ptr, inv_temp_hi, inv_temp_lo,
     lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr, tkv_ptr, tki_ptr,
-    CHUNK, BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr,
-    ACC: tl.constexpr, PRECISE: tl.constexpr,
+    rt_ptr, fr_ptr, CHUNK, BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr,
+    ACC: tl.constexpr, PRECISE: tl.constexpr, FRAC: tl.constexpr,
 ):
     """One program per row: fold the row's chunks in order, then write every statistic."""
     row = tl.program_id(0)
     row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
     scale = (tl.zeros([], ACC) + inv_temp_hi) + inv_temp_lo  # 1/T as two fp32 halves: exact for fp64 rows
-    m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
+    m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
     tv = tl.full([KP], float("-inf"), ACC)
     ti = tl.full([KP], _BIG, tl.int64)
     for lo in range(0, V, CHUNK):
         hi = tl.minimum(lo + CHUNK, V)
-        cm, cm2, cidx, cR, cT, cQ2, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad, tv, ti = _chunk_partial(
-            row_ptr, lo, hi, scale, tv, ti, BLOCK, K, KP, ACC)
-        m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _merge(
-            m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
-            cm, cm2, cidx, cR, cT, cQ2, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad, scale)
-    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, scale, V,
+        cm, cm2, cidx, cR, cT, cQ2, cQh, cQq, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad, tv, ti = _chunk_partial(
+            row_ptr, lo, hi, scale, tv, ti, BLOCK, K, KP, ACC, FRAC)
+        m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad = _merge(
+            m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad,
+            cm, cm2, cidx, cR, cT, cQ2, cQh, cQq, csd, cnf, cn, cmean, cM2, cM3, cM4, cbad, scale, FRAC)
+    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, scale, V,
               lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
-              tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC, PRECISE)
+              tkv_ptr, tki_ptr, rt_ptr, fr_ptr, HAS_TOKENS, K, KP, ACC, PRECISE, FRAC)
 
 
 @triton.jit
 def token_stats_split_kernel(
     x_ptr, n1, s0, s1, V, inv_temp_hi, inv_temp_lo, ws_f_ptr, ws_i_ptr, ws_tv_ptr, ws_ti_ptr, n_chunks,
-    CHUNK, BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
+    CHUNK, BLOCK: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr, FRAC: tl.constexpr,
 ):
     """Stage 1 of the split path: program (row, chunk) writes the chunk's partial."""
     row = tl.program_id(0)
@@ -287,8 +327,8 @@ def token_stats_split_kernel(
     hi = tl.minimum(lo + CHUNK, V)
     tv = tl.full([KP], float("-inf"), ACC)
     ti = tl.full([KP], _BIG, tl.int64)
-    m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad, tv, ti = _chunk_partial(
-        row_ptr, lo, hi, scale, tv, ti, BLOCK, K, KP, ACC)
+    m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad, tv, ti = _chunk_partial(
+        row_ptr, lo, hi, scale, tv, ti, BLOCK, K, KP, ACC, FRAC)
     p = row.to(tl.int64) * n_chunks + c
     w = ws_f_ptr + p * _WS_FIELDS
     tl.store(w + 0, m)
@@ -304,6 +344,9 @@ def token_stats_split_kernel(
     tl.store(w + 10, M3)
     tl.store(w + 11, M4)
     tl.store(w + 12, bad.to(ACC))
+    if FRAC:
+        tl.store(w + 13, Qh)
+        tl.store(w + 14, Qq)
     tl.store(ws_i_ptr + p, idx)
     if K > 0:
         slots = tl.arange(0, KP)
@@ -315,28 +358,34 @@ def token_stats_split_kernel(
 def token_stats_merge_kernel(
     x_ptr, n1, s0, s1, V, tok_ptr, inv_temp_hi, inv_temp_lo, ws_f_ptr, ws_i_ptr, ws_tv_ptr, ws_ti_ptr, n_chunks,
     lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr, tkv_ptr, tki_ptr,
-    K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr, ACC: tl.constexpr, PRECISE: tl.constexpr,
+    rt_ptr, fr_ptr, K: tl.constexpr, KP: tl.constexpr, HAS_TOKENS: tl.constexpr, ACC: tl.constexpr,
+    PRECISE: tl.constexpr, FRAC: tl.constexpr,
 ):
     """Stage 2 of the split path: fold the row's chunk partials in column order and finalize."""
     row = tl.program_id(0)
     row_ptr = _row_ptr(x_ptr, row, n1, s0, s1)
     scale = (tl.zeros([], ACC) + inv_temp_hi) + inv_temp_lo  # 1/T as two fp32 halves: exact for fp64 rows
-    m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
+    m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad = _acc_empty(ACC)
     slots = tl.arange(0, KP)
     tv = tl.full([KP], float("-inf"), ACC)
     ti = tl.full([KP], _BIG, tl.int64)
     for c in range(0, n_chunks):
         p = row.to(tl.int64) * n_chunks + c
         w = ws_f_ptr + p * _WS_FIELDS
-        m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad = _merge(
-            m, m2, idx, R, T, Q2, sd, nf, n, mean, M2, M3, M4, bad,
+        cQh = tl.zeros([], ACC)
+        cQq = tl.zeros([], ACC)
+        if FRAC:
+            cQh = tl.load(w + 13)
+            cQq = tl.load(w + 14)
+        m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad = _merge(
+            m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, mean, M2, M3, M4, bad,
             tl.load(w + 0), tl.load(w + 1), tl.load(ws_i_ptr + p), tl.load(w + 2), tl.load(w + 3),
-            tl.load(w + 4), tl.load(w + 5), tl.load(w + 6), tl.load(w + 7), tl.load(w + 8), tl.load(w + 9),
-            tl.load(w + 10), tl.load(w + 11), tl.load(w + 12).to(tl.int32), scale)
+            tl.load(w + 4), cQh, cQq, tl.load(w + 5), tl.load(w + 6), tl.load(w + 7), tl.load(w + 8), tl.load(w + 9),
+            tl.load(w + 10), tl.load(w + 11), tl.load(w + 12).to(tl.int32), scale, FRAC)
         if K > 0:
             cv = tl.load(ws_tv_ptr + p * KP + slots)
             ci = tl.load(ws_ti_ptr + p * KP + slots)
             tv, ti = _topk_absorb(tv, ti, cv, ci, (slots < K) & (ci < _BIG), K, KP)
-    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, scale, V,
+    _finalize(row, row_ptr, m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, M2, M4, bad, tv, ti, tok_ptr, scale, V,
               lse_ptr, maxlp_ptr, lp_ptr, ent_ptr, margin_ptr, coll_ptr, kurt_ptr, sc_ptr, argmax_ptr,
-              tkv_ptr, tki_ptr, HAS_TOKENS, K, KP, ACC, PRECISE)
+              tkv_ptr, tki_ptr, rt_ptr, fr_ptr, HAS_TOKENS, K, KP, ACC, PRECISE, FRAC)

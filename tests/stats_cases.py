@@ -45,7 +45,28 @@ RTOL = {"kurtosis": 1e-4}
 ATOL = {"margin": 1e-7, "collision": 1e-9, "self_certainty": 1e-6, "kurtosis": 1e-3}
 
 
-def assert_close_stats(got, ref, *, rtol=1e-5, skip=(), topk_rtol=1e-5):
+def assert_close_renyi(got, ref, *, rtol=1e-5):
+    """renyi_term to ``rtol`` (|r| >= log V, so relative is absolute enough). fisher_rao = (2/π)·acos(bc)
+    is ill-conditioned where bc -> 1 (near-uniform rows): compared as bc = cos(π/2·f) to ``rtol``, and
+    as f itself to 100·rtol where f > 0.05."""
+    for f in ("renyi_term", "fisher_rao"):
+        g, r = getattr(got, f), getattr(ref, f)
+        assert g is not None and r is not None, f
+        assert torch.equal(torch.isnan(g.cpu()), torch.isnan(r.cpu())), f"{f}: NaN pattern differs"
+    ok = ~torch.isnan(ref.renyi_term.cpu())
+    g, r = got.renyi_term.double().cpu()[ok], ref.renyi_term.double().cpu()[ok]
+    assert ((g - r).abs() <= rtol * r.abs() + 1e-6).all(), f"renyi_term: max abs err {float((g - r).abs().max()):.3g}"
+    g, r = got.fisher_rao.double().cpu()[ok], ref.fisher_rao.double().cpu()[ok]
+    assert ((g >= 0) & (g <= 1)).all(), "fisher_rao outside [0, 1]"
+    bg, br = torch.cos(math.pi / 2 * g), torch.cos(math.pi / 2 * r)
+    assert ((bg - br).abs() <= rtol * br + 1e-7).all(), f"fisher_rao (as bc): max abs err {float((bg - br).abs().max()):.3g}"
+    big = r > 0.05
+    assert ((g[big] - r[big]).abs() <= 100 * rtol * r[big]).all(), "fisher_rao"
+
+
+def assert_close_stats(got, ref, *, rtol=1e-5, skip=(), topk_rtol=1e-5, renyi=False):
+    if renyi:
+        assert_close_renyi(got, ref, rtol=rtol)
     for f in FLOAT_FIELDS:
         if f in skip:
             continue

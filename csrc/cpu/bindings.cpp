@@ -37,7 +37,8 @@ static void* out_ptr(Arr& x, int64_t n, bool f64, const char* name) {
 static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int64_t s0, int64_t s1,
                            std::optional<Arr> tokens, double inv_temp, int k, Arr lse, Arr max_logprob,
                            Arr logprob, Arr entropy, Arr margin, Arr collision, Arr kurtosis,
-                           Arr self_certainty, Arr argmax, Arr topk_logprobs, Arr topk_ids, int num_threads) {
+                           Arr self_certainty, Arr argmax, Arr topk_logprobs, Arr topk_ids, int num_threads,
+                           std::optional<Arr> renyi_term, std::optional<Arr> fisher_rao) {
   TokenStatsArgs a{};
   a.dtype = dtype_of(logits);
   flashuq::check_rows_inside(logits, rows, V, n1, s0, s1);
@@ -62,6 +63,9 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
   a.kurtosis = out_ptr(kurtosis, rows, f64, "kurtosis");
   a.self_certainty = out_ptr(self_certainty, rows, f64, "self_certainty");
   a.topk_logprobs = out_ptr(topk_logprobs, rows * k, f64, "topk_logprobs");
+  if (bool(renyi_term) != bool(fisher_rao)) throw std::invalid_argument("renyi_term/fisher_rao: give both or neither");
+  a.renyi_term = renyi_term ? out_ptr(*renyi_term, rows, f64, "renyi_term") : nullptr;
+  a.fisher_rao = fisher_rao ? out_ptr(*fisher_rao, rows, f64, "fisher_rao") : nullptr;
   if (argmax.dtype() != nb::dtype<int64_t>() || int64_t(argmax.size()) != rows ||
       topk_ids.dtype() != nb::dtype<int64_t>() || int64_t(topk_ids.size()) != rows * k)
     throw std::invalid_argument("argmax/topk_ids: expected int64");
@@ -155,6 +159,7 @@ NB_MODULE(_C, m) {
         nb::arg("collision").noconvert(), nb::arg("kurtosis").noconvert(),
         nb::arg("self_certainty").noconvert(), nb::arg("argmax").noconvert(),
         nb::arg("topk_logprobs").noconvert(), nb::arg("topk_ids").noconvert(), nb::arg("num_threads"),
+        nb::arg("renyi_term").noconvert().none() = nb::none(), nb::arg("fisher_rao").noconvert().none() = nb::none(),
         "Token statistics of rows of logits into preallocated outputs (see flashuq.token_stats).");
   m.def("masked_reduce", &masked_reduce_py, nb::arg("values").noconvert(), nb::arg("mask").noconvert().none(),
         nb::arg("weights").noconvert().none(), nb::arg("cu_seqlens").noconvert().none(), nb::arg("B"), nb::arg("T"),

@@ -26,6 +26,8 @@ struct TokenStatsArgs {
   void* collision;
   void* kurtosis;
   void* self_certainty;
+  void* renyi_term;       // with fisher_rao: nullptr unless the tempered statistics are requested
+  void* fisher_rao;
   int64_t* argmax;
   void* topk_logprobs;    // [rows, k]
   int64_t* topk_ids;      // [rows, k]

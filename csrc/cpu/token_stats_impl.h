@@ -62,18 +62,20 @@ template <typename A>
 inline Acc<M> widen(const Acc<A>& b) {
   Acc<M> a;
   a.m = b.m; a.m2 = b.m2; a.idx = b.idx;
-  a.R = b.R; a.T = b.T; a.Q2 = b.Q2; a.sd = b.sd; a.nf = b.nf;
+  a.R = b.R; a.T = b.T; a.Q2 = b.Q2; a.Qh = b.Qh; a.Qq = b.Qq; a.sd = b.sd; a.nf = b.nf;
   a.n = b.n; a.mean = b.mean; a.M2 = b.M2; a.M3 = b.M3; a.M4 = b.M4;
   a.bad = b.bad;
   return a;
 }
 
-inline Acc<M> merge_acc(const Acc<M>& a, const Acc<M>& b, M inv_temp) {
-  return merge(a, b, inv_temp, [](M x) { return std::exp(x); });
+inline Acc<M> merge_acc(const Acc<M>& a, const Acc<M>& b, M inv_temp, bool frac) {
+  return merge(a, b, inv_temp, [](M x) { return std::exp(x); }, frac);
 }
 
-// Partial of columns [base, base + len) of one row; buf holds kBlock scratch values.
-template <typename In, typename A>
+// Partial of columns [base, base + len) of one row; buf holds kBlock scratch values. Frac also
+// accumulates the tempered sums Qh, Qq (one more exponential per column, e^{d/4}; e^{d/2} is its
+// square). e^d itself is computed as without Frac, so the other fields do not change with it.
+template <typename In, typename A, bool Frac>
 Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, TopK<A>* tk, int k) {
   const A ninf = neg_inf<A>();
   const A pinf = -ninf;
@@ -122,11 +124,11 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   // d = 0 to T and sd. Sums run over sub-blocks of kSub columns, then add up: even a build that
   // does not vectorise (sanitizers, other compilers) never chains more than kSub fp32 additions.
   buf[bidx] = ninf;
-  A R = 0, T = 0, Q2 = 0, sd = 0, nf = 0;
+  A R = 0, T = 0, Q2 = 0, Qh = 0, Qq = 0, sd = 0, nf = 0;
   for (int s0 = 0; s0 < len; s0 += kSub) {
     const int s1 = std::min(len, s0 + kSub);
-    A r = 0, t = 0, q = 0, dd = 0, f = 0;
-#pragma omp simd reduction(+ : r, t, q, dd, f)
+    A r = 0, t = 0, q = 0, qh = 0, qq = 0, dd = 0, f = 0;
+#pragma omp simd reduction(+ : r, t, q, qh, qq, dd, f)
     for (int i = s0; i < s1; ++i) {
       const A x = buf[i];
       const bool fin = x > ninf;
@@ -136,11 +138,17 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
       r += e;
       t += e > A(0) ? e * d : A(0);  // d may be -inf when the row spans more than the float range
       q += e * e;
+      if (Frac) {
+        A e4 = Math<A>::exp(d * A(0.25));
+        e4 = fin ? e4 : A(0);
+        qq += e4;
+        qh += e4 * e4;
+      }
       dd += d;
       f += fin ? A(1) : A(0);
       buf[i] = e;
     }
-    R += r; T += t; Q2 += q; sd += dd; nf += f;
+    R += r; T += t; Q2 += q; Qh += qh; Qq += qq; sd += dd; nf += f;
   }
   buf[bidx] = A(1);
   const A mean = (A(1) + R) / A(len);
@@ -164,6 +172,8 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   a.R = R;
   a.T = T;
   a.Q2 = Q2;
+  a.Qh = Qh;
+  a.Qq = Qq;
   a.sd = sd;
   a.nf = nf + A(1);
   a.mean = mean;
@@ -173,13 +183,13 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   return a;
 }
 
-template <typename In, typename A>
+template <typename In, typename A, bool Frac>
 Acc<M> chunk_partial(const In* row, int64_t lo, int64_t hi, A inv_temp, M inv_temp_m, TopK<A>* tk, int k) {
   A buf[kBlock];
   Acc<M> acc = acc_empty<M>();
   for (int64_t b = lo; b < hi; b += kBlock) {
     const int len = int(std::min<int64_t>(kBlock, hi - b));
-    acc = merge_acc(acc, widen(block_partial<In, A>(row, b, len, inv_temp, buf, tk, k)), inv_temp_m);
+    acc = merge_acc(acc, widen(block_partial<In, A, Frac>(row, b, len, inv_temp, buf, tk, k)), inv_temp_m, Frac);
   }
   return acc;
 }
@@ -215,6 +225,10 @@ void write_row(const TokenStatsArgs& a, int64_t r, const In* row, const Acc<M>& 
   static_cast<A*>(a.collision)[r] = s.collision;
   static_cast<A*>(a.kurtosis)[r] = s.kurtosis;
   static_cast<A*>(a.self_certainty)[r] = s.self_certainty;
+  if (a.renyi_term) {
+    static_cast<A*>(a.renyi_term)[r] = s.renyi_term;
+    static_cast<A*>(a.fisher_rao)[r] = s.fisher_rao;
+  }
   a.argmax[r] = s.argmax;
   A* tv = static_cast<A*>(a.topk_logprobs) + r * a.k;
   int64_t* ti = a.topk_ids + r * a.k;
@@ -225,7 +239,7 @@ void write_row(const TokenStatsArgs& a, int64_t r, const In* row, const Acc<M>& 
   }
 }
 
-template <typename In, typename A>
+template <typename In, typename A, bool Frac>
 void run(const TokenStatsArgs& a) {
   const In* base = static_cast<const In*>(a.logits);
   const A inv_temp = A(a.inv_temp);
@@ -245,8 +259,9 @@ void run(const TokenStatsArgs& a) {
       for (int64_t c = 0; c < nchunks; ++c) {
         tc.cnt = 0;
         const int64_t lo = c * kChunk;
-        acc = merge_acc(acc, chunk_partial<In, A>(row, lo, std::min(V, lo + kChunk), inv_temp, inv_temp_m, &tc, k),
-                        inv_temp_m);
+        acc = merge_acc(acc,
+                        chunk_partial<In, A, Frac>(row, lo, std::min(V, lo + kChunk), inv_temp, inv_temp_m, &tc, k),
+                        inv_temp_m, Frac);
         if (k > 0) merge_topk_into(&tk, tc, k);
       }
       write_row<In, A>(a, r, row, acc, tk);
@@ -262,7 +277,7 @@ void run(const TokenStatsArgs& a) {
   for (int64_t p = 0; p < np; ++p) {
     const int64_t r = p / nchunks, c = p % nchunks, lo = c * kChunk;
     TopK<A> local;
-    parts[p] = chunk_partial<In, A>(row_ptr(r), lo, std::min(V, lo + kChunk), inv_temp, inv_temp_m, &local, k);
+    parts[p] = chunk_partial<In, A, Frac>(row_ptr(r), lo, std::min(V, lo + kChunk), inv_temp, inv_temp_m, &local, k);
     if (k > 0) tks[p] = local;
   }
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -270,22 +285,28 @@ void run(const TokenStatsArgs& a) {
     Acc<M> acc = acc_empty<M>();
     TopK<A> tk;
     for (int64_t c = 0; c < nchunks; ++c) {
-      acc = merge_acc(acc, parts[r * nchunks + c], inv_temp_m);
+      acc = merge_acc(acc, parts[r * nchunks + c], inv_temp_m, Frac);
       if (k > 0) merge_topk_into(&tk, tks[r * nchunks + c], k);
     }
     write_row<In, A>(a, r, row_ptr(r), acc, tk);
   }
 }
 
+template <bool Frac>
+void dispatch(const TokenStatsArgs& a) {
+  switch (a.dtype) {
+    case DType::F32: run<float, float, Frac>(a); break;
+    case DType::F64: run<double, double, Frac>(a); break;
+    case DType::F16: run<Half, float, Frac>(a); break;
+    case DType::BF16: run<Bf16, float, Frac>(a); break;
+  }
+}
+
 }  // namespace
 
 void token_stats(const TokenStatsArgs& a) {
-  switch (a.dtype) {
-    case DType::F32: run<float, float>(a); break;
-    case DType::F64: run<double, double>(a); break;
-    case DType::F16: run<Half, float>(a); break;
-    case DType::BF16: run<Bf16, float>(a); break;
-  }
+  if (a.renyi_term) dispatch<true>(a);
+  else dispatch<false>(a);
 }
 
 }  // namespace FUQ_ISA

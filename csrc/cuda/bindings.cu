@@ -28,7 +28,7 @@ static DType dtype_of(const Arr& x) {
 static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int64_t s0, int64_t s1,
                            std::optional<Arr> tokens, double inv_temp, Arr lse, Arr max_logprob, Arr logprob,
                            Arr entropy, Arr margin, Arr collision, Arr kurtosis, Arr self_certainty, Arr argmax,
-                           uintptr_t stream) {
+                           uintptr_t stream, std::optional<Arr> renyi_term, std::optional<Arr> fisher_rao) {
   TokenStatsArgs a{};
   a.dtype = dtype_of(logits);
   flashuq::check_rows_inside(logits, rows, V, n1, s0, s1);
@@ -43,6 +43,15 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
       argmax.device_id() != logits.device_id())
     throw std::invalid_argument("argmax: expected int64 [rows]");
   a.argmax = static_cast<int64_t*>(argmax.data());
+  if (bool(renyi_term) != bool(fisher_rao)) throw std::invalid_argument("renyi_term/fisher_rao: give both or neither");
+  a.renyi_term = a.fisher_rao = nullptr;
+  if (renyi_term) {
+    for (Arr* o : {&*renyi_term, &*fisher_rao})
+      if (o->dtype() != want || int64_t(o->size()) != rows || o->device_id() != logits.device_id())
+        throw std::invalid_argument("renyi_term/fisher_rao: output of wrong dtype or size");
+    a.renyi_term = renyi_term->data();
+    a.fisher_rao = fisher_rao->data();
+  }
   a.tokens = nullptr;
   if (tokens) {
     if (tokens->dtype() != nb::dtype<int64_t>() || int64_t(tokens->size()) != rows ||
@@ -70,6 +79,7 @@ NB_MODULE(_cuda, m) {
         nb::arg("logprob").noconvert(), nb::arg("entropy").noconvert(), nb::arg("margin").noconvert(),
         nb::arg("collision").noconvert(), nb::arg("kurtosis").noconvert(),
         nb::arg("self_certainty").noconvert(), nb::arg("argmax").noconvert(), nb::arg("stream"),
+        nb::arg("renyi_term").noconvert().none() = nb::none(), nb::arg("fisher_rao").noconvert().none() = nb::none(),
         "Token statistics (no top-k) of rows of CUDA logits on the given stream.");
   m.def("device_count", []() {
     int n = 0;

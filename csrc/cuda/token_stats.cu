@@ -37,7 +37,7 @@ template <> __device__ __forceinline__ float load<__nv_bfloat16, float>(const __
   return __bfloat162float(p[i]);
 }
 
-template <typename In, typename A>
+template <typename In, typename A, bool Frac>
 __device__ Acc<A> group_partial(const In* row, int64_t base, int len, A inv_temp) {
   const A ninf = neg_inf<A>();
   A x[kGroup];
@@ -57,7 +57,7 @@ __device__ Acc<A> group_partial(const In* row, int64_t base, int len, A inv_temp
   a.bad = bad;
   a.n = A(len);
   if (bidx < 0) return a;
-  A m2 = ninf, R = 0, T = 0, Q2 = 0, sd = 0, nf = 0, e[kGroup];
+  A m2 = ninf, R = 0, T = 0, Q2 = 0, Qh = 0, Qq = 0, sd = 0, nf = 0, e[kGroup];
 #pragma unroll
   for (int i = 0; i < kGroup; ++i) {
     const bool fin = x[i] > ninf;
@@ -68,6 +68,11 @@ __device__ Acc<A> group_partial(const In* row, int64_t base, int len, A inv_temp
       m2 = x[i] > m2 ? x[i] : m2;
       R += ei;
       Q2 += ei * ei;
+      if (Frac) {
+        const A e4 = fin ? Math<A>()(d * A(0.25)) : A(0);
+        Qq += e4;
+        Qh += e4 * e4;
+      }
     }
     T += ei > A(0) ? ei * d : A(0);
     sd += d;
@@ -81,12 +86,12 @@ __device__ Acc<A> group_partial(const In* row, int64_t base, int len, A inv_temp
     M2 += c * c; M3 += c * c * c; M4 += c * c * c * c;
   }
   a.m = bm; a.m2 = m2; a.idx = base + bidx;
-  a.R = R; a.T = T; a.Q2 = Q2; a.sd = sd; a.nf = nf;
+  a.R = R; a.T = T; a.Q2 = Q2; a.Qh = Qh; a.Qq = Qq; a.sd = sd; a.nf = nf;
   a.mean = mean; a.M2 = M2; a.M3 = M3; a.M4 = M4;
   return a;
 }
 
-template <typename In, typename A>
+template <typename In, typename A, bool Frac>
 __global__ void __launch_bounds__(kThreads) token_stats_kernel(TokenStatsArgs a) {
   __shared__ Acc<A> sh[kThreads];
   const int64_t r = blockIdx.x;
@@ -95,12 +100,12 @@ __global__ void __launch_bounds__(kThreads) token_stats_kernel(TokenStatsArgs a)
   Acc<A> acc = acc_empty<A>();
   for (int64_t g = int64_t(threadIdx.x) * kGroup; g < a.V; g += int64_t(kThreads) * kGroup) {
     const int len = int(a.V - g < kGroup ? a.V - g : kGroup);
-    acc = merge(acc, group_partial<In, A>(row, g, len, inv_temp), inv_temp, Math<A>());
+    acc = merge(acc, group_partial<In, A, Frac>(row, g, len, inv_temp), inv_temp, Math<A>(), Frac);
   }
   sh[threadIdx.x] = acc;
   __syncthreads();
   for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] = merge(sh[threadIdx.x], sh[threadIdx.x + s], inv_temp, Math<A>());
+    if (threadIdx.x < s) sh[threadIdx.x] = merge(sh[threadIdx.x], sh[threadIdx.x + s], inv_temp, Math<A>(), Frac);
     __syncthreads();
   }
   if (threadIdx.x != 0) return;
@@ -116,12 +121,17 @@ __global__ void __launch_bounds__(kThreads) token_stats_kernel(TokenStatsArgs a)
 #pragma unroll
   for (int j = 0; j < 8; ++j) static_cast<A*>(a.out[j])[r] = vals[j];
   a.argmax[r] = s.argmax;
+  if (Frac) {
+    static_cast<A*>(a.renyi_term)[r] = s.renyi_term;
+    static_cast<A*>(a.fisher_rao)[r] = s.fisher_rao;
+  }
 }
 
 template <typename In, typename A>
 int launch(const TokenStatsArgs& a, cudaStream_t stream) {
   if (a.rows == 0) return 0;
-  token_stats_kernel<In, A><<<dim3(unsigned(a.rows)), kThreads, 0, stream>>>(a);
+  if (a.renyi_term) token_stats_kernel<In, A, true><<<dim3(unsigned(a.rows)), kThreads, 0, stream>>>(a);
+  else token_stats_kernel<In, A, false><<<dim3(unsigned(a.rows)), kThreads, 0, stream>>>(a);
   return int(cudaGetLastError());
 }
 

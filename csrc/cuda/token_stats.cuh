@@ -15,6 +15,8 @@ struct TokenStatsArgs {
   const int64_t* tokens;  // device pointer or nullptr
   double inv_temp;
   void* out[8];           // lse, max_logprob, logprob, entropy, margin, collision, kurtosis, self_certainty
+  void* renyi_term;       // with fisher_rao: nullptr unless the tempered statistics are requested
+  void* fisher_rao;
   int64_t* argmax;
 };
 

@@ -30,7 +30,7 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
     return torch.where(invalid, math.nan, lp)
 
 
-def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0) -> TokenStats:
+def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0, renyi: bool = False) -> TokenStats:
     """float64 reference of :func:`flashuq.token_stats` (same fields, same conventions)."""
     x = torch.as_tensor(logits).double() / temperature
     V = x.shape[-1]
@@ -71,8 +71,19 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0)
     def v(t):
         return torch.where(valid, t, nan)
 
+    renyi_term = fisher_rao = None
+    if renyi:
+        # LM-Polygraph RenyiNeg / FisherRao (alpha = 1/2, tau = 2) over all V entries:
+        # q = softmax(lp / 2); r = [log sum q^a - (a - 1) log V] / (a - 1); f = (2/pi) acos(sum sqrt(q / V))
+        a = 0.5
+        lq = log_softmax(lp / 2.0)
+        log_sum_qa = torch.logsumexp(torch.where(torch.isnan(lq), -math.inf, lq) * a, -1)
+        renyi_term = v((log_sum_qa - (a - 1.0) * math.log(V)) / (a - 1.0))
+        bc = torch.exp(torch.logsumexp(torch.where(torch.isnan(lq), -math.inf, lq) / 2.0, -1) - 0.5 * math.log(V))
+        fisher_rao = v(2.0 / math.pi * torch.acos(bc.clamp(max=1.0)))
+
     return TokenStats(v(lse), v(max_logprob), argmax, v(logprob), v(entropy), v(margin), v(collision),
-                      v(kurtosis), v(self_certainty), topk_logprobs, topk_ids)
+                      v(kurtosis), v(self_certainty), topk_logprobs, topk_ids, renyi_term, fisher_rao)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from stats_cases import assert_close_stats, make_logits, reference  # noqa: E402
 
 
 def _both_paths(x, t, topk):
-    rows = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, topk, backend="triton", split=False))
-    split = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, topk, backend="triton", split=True))
+    rows = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, topk, backend="triton", split=False, renyi=True))
+    split = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, topk, backend="triton", split=True, renyi=True))
     return rows, split
 
 
@@ -27,20 +27,20 @@ def test_triton_matches_reference(kind, dtype):
     x = make_logits(kind, 16, V, dtype=dtype, seed=3).cuda()
     t = torch.randint(0, V, (16,), device="cuda")
     rows, split = _both_paths(x, t, 20)
-    ref = reference(x, t, topk=20)
-    assert_close_stats(rows, ref)
-    assert_close_stats(split, ref)
+    ref = reference(x, t, topk=20, renyi=True)
+    assert_close_stats(rows, ref, renyi=True)
+    assert_close_stats(split, ref, renyi=True)
     for f, a, b in zip(rows._fields, rows, split):
         assert torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)), f"{f}: split and row paths differ"
 
 
 def test_public_op_on_cuda_and_batch_invariance():
     x = make_logits("normal", 300, 32000, dtype=torch.bfloat16).cuda()
-    full = fuq.token_stats(x, topk=5)           # row path (300 rows)
-    one = fuq.token_stats(x[7:8], topk=5)       # split path (1 row)
+    full = fuq.token_stats(x, topk=5, renyi=True)      # row path (300 rows)
+    one = fuq.token_stats(x[7:8], topk=5, renyi=True)  # split path (1 row)
     for f, a, b in zip(full._fields, full, one):
         assert torch.equal(a[7:8], b), f
-    assert_close_stats(full, reference(x, topk=5))
+    assert_close_stats(full, reference(x, topk=5, renyi=True), renyi=True)
 
 
 def test_cuda_cpp_backend_matches_reference():
@@ -50,20 +50,23 @@ def test_cuda_cpp_backend_matches_reference():
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         x = make_logits("masked", 8, 50000, dtype=dtype).cuda()
         t = torch.randint(0, 50000, (8,), device="cuda")
-        got = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, 0, backend="cuda"))
-        assert_close_stats(got, reference(x, t), rtol=1e-12 if dtype == torch.float64 else 1e-5)
+        got = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, 0, backend="cuda", renyi=True))
+        assert_close_stats(got, reference(x, t, renyi=True), rtol=1e-12 if dtype == torch.float64 else 1e-5,
+                           renyi=True)
+        plain = ts_mod.TokenStats(*ts_mod.compute(x, t, 1.0, 0, backend="cuda"))
+        assert_close_stats(plain, reference(x, t), rtol=1e-12 if dtype == torch.float64 else 1e-5)
 
 
 def test_large_batch_invariants_and_determinism():
     x = (torch.randn(4096, 128256, device="cuda") * 3).bfloat16()
     t = torch.randint(0, 128256, (4096,), device="cuda")
-    a = fuq.token_stats(x, t)
-    b = fuq.token_stats(x, t)
+    a = fuq.token_stats(x, t, renyi=True)
+    b = fuq.token_stats(x, t, renyi=True)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
     assert (a.logprob <= 0).all() and (a.entropy >= 0).all() and (a.entropy <= math.log(128256) + 1e-4).all()
     idx = torch.arange(0, 4096, 257)
-    assert_close_stats(fuq.TokenStats(*(f[idx] for f in a)), reference(x[idx], t[idx]))
+    assert_close_stats(fuq.TokenStats(*(f[idx] for f in a)), reference(x[idx], t[idx], renyi=True), renyi=True)
 
 
 def test_cuda_graph_capture():
@@ -97,5 +100,6 @@ def test_64bit_offsets_cuda():
     x = torch.empty(rows, V, dtype=torch.bfloat16, device="cuda")
     x.normal_()
     idx = torch.tensor([0, rows // 2, rows - 1])
-    got = fuq.token_stats(x, topk=3)
-    assert_close_stats(fuq.TokenStats(*(f[idx.cuda()] for f in got)), reference(x[idx.cuda()], topk=3))
+    got = fuq.token_stats(x, topk=3, renyi=True)
+    assert_close_stats(fuq.TokenStats(*(f[idx.cuda()] for f in got)), reference(x[idx.cuda()], topk=3, renyi=True),
+                       renyi=True)

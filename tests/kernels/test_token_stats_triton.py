@@ -44,6 +44,22 @@ def test_matches_reference_split_and_rows(kind, dtype):
     assert_bitwise_equal(rows, split)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", ROW_KINDS)
+def test_renyi_fields_split_and_rows(kind, dtype):
+    V = 2 * SMALL["chunk"] + 5
+    x = make_logits(kind, 3, V, dtype=dtype, seed=13)
+    rows = run(x, temperature=0.8, renyi=True, split=False, **SMALL)
+    split = run(x, temperature=0.8, renyi=True, split=True, **SMALL)
+    ref = reference(x, temperature=0.8, renyi=True)
+    assert_close_stats(rows, ref, renyi=True, rtol=1e-12 if dtype == torch.float64 else 1e-5)
+    assert_bitwise_equal(rows, split)
+    plain = run(x, temperature=0.8, split=False, **SMALL)
+    assert plain.renyi_term.numel() == 0
+    # the tempered sums ride along: every other field is bitwise what renyi=False gives
+    assert_bitwise_equal(plain._replace(renyi_term=rows.renyi_term, fisher_rao=rows.fisher_rao), rows)
+
+
 @pytest.mark.parametrize("V", [1, 2, 7, 1023, 1025])
 def test_small_vocabularies(V):
     x = make_logits("normal", 3, V, seed=V)

@@ -22,23 +22,26 @@ SCRIPT = textwrap.dedent(
     outs = ["lse_ptr", "maxlp_ptr", "lp_ptr", "ent_ptr", "margin_ptr", "coll_ptr", "kurt_ptr", "sc_ptr"]
     def rows_sig(x, f):
         return {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "tok_ptr": "*i64", "inv_temp_hi": "fp32", "inv_temp_lo": "fp32",
-                **{n: f for n in outs}, "argmax_ptr": "*i64", "tkv_ptr": f, "tki_ptr": "*i64", "CHUNK": "i32"}
+                **{n: f for n in outs}, "argmax_ptr": "*i64", "tkv_ptr": f, "tki_ptr": "*i64", "rt_ptr": f, "fr_ptr": f,
+                "CHUNK": "i32"}
     def ws(f):
         return {"ws_f_ptr": f, "ws_i_ptr": "*i64", "ws_tv_ptr": f, "ws_ti_ptr": "*i64", "n_chunks": "i32"}
     cases = []
-    for x, f, acc, K, tok in [("*bf16", "*fp32", tl.float32, 8, True), ("*fp32", "*fp32", tl.float32, 0, False),
-                              ("*fp64", "*fp64", tl.float64, 3, True)]:
-        c = {"K": K, "KP": triton.next_power_of_2(max(K, 1)), "ACC": acc}
+    for x, f, acc, K, tok, frac in [("*bf16", "*fp32", tl.float32, 8, True, True),
+                                    ("*fp32", "*fp32", tl.float32, 0, False, False),
+                                    ("*fp64", "*fp64", tl.float64, 3, True, True)]:
+        c = {"K": K, "KP": triton.next_power_of_2(max(K, 1)), "ACC": acc, "FRAC": frac}
         sig = {**rows_sig(x, f), "BLOCK": "constexpr", "K": "constexpr", "KP": "constexpr",
-               "HAS_TOKENS": "constexpr", "ACC": "constexpr", "PRECISE": "constexpr"}
+               "HAS_TOKENS": "constexpr", "ACC": "constexpr", "PRECISE": "constexpr", "FRAC": "constexpr"}
         cases.append((k.token_stats_rows_kernel, sig, {**c, "BLOCK": 2048, "HAS_TOKENS": tok, "PRECISE": True}))
         sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "inv_temp_hi": "fp32", "inv_temp_lo": "fp32", **ws(f),
-               "CHUNK": "i32", "BLOCK": "constexpr", "K": "constexpr", "KP": "constexpr", "ACC": "constexpr"}
+               "CHUNK": "i32", "BLOCK": "constexpr", "K": "constexpr", "KP": "constexpr", "ACC": "constexpr",
+               "FRAC": "constexpr"}
         cases.append((k.token_stats_split_kernel, sig, {**c, "BLOCK": 2048}))
         sig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "V": "i32", "tok_ptr": "*i64", "inv_temp_hi": "fp32", "inv_temp_lo": "fp32",
                **ws(f), **{n: f for n in outs}, "argmax_ptr": "*i64", "tkv_ptr": f, "tki_ptr": "*i64",
-               "K": "constexpr", "KP": "constexpr", "HAS_TOKENS": "constexpr", "ACC": "constexpr",
-               "PRECISE": "constexpr"}
+               "rt_ptr": f, "fr_ptr": f, "K": "constexpr", "KP": "constexpr", "HAS_TOKENS": "constexpr",
+               "ACC": "constexpr", "PRECISE": "constexpr", "FRAC": "constexpr"}
         cases.append((k.token_stats_merge_kernel, sig, {**c, "HAS_TOKENS": tok, "PRECISE": True}))
     import flashuq.kernels.masked_reduce as mr
     msig = {"v_ptr": "*fp32", "mask_ptr": "*u8", "w_ptr": "*fp32", "cu_ptr": "*i64", "out_ptr": "*fp32", "T": "i32",

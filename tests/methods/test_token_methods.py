@@ -41,11 +41,25 @@ def ragged_batch(seed=0, B=5, T=12, V=50, left=False):
     return logits, tokens, mask, lengths
 
 
-def numpy_method(name, lp, ent, kurt, sc, maxlp):
-    """Direct transcriptions of METHODS.md §3.2 / §2.3.2 for one sequence (natural log)."""
+def lm_polygraph_renyi_fisher(logits):
+    """LM-Polygraph RenyiNeg / FisherRao per-step values (alpha 1/2, tau 2), transcribed with scipy."""
+    from scipy.special import log_softmax, softmax
+
+    lp = log_softmax(logits, axis=-1)
+    q = softmax(lp / 2.0, axis=-1)
+    V = q.shape[-1]
+    r = (np.log((q ** 0.5).sum(-1)) - (0.5 - 1) * np.log(V)) / (0.5 - 1)
+    f = 2 / np.pi * np.arccos((np.sqrt(q) * np.sqrt(1.0 / V)).sum(-1))
+    return r, f
+
+
+def numpy_method(name, lp, ent, kurt, sc, maxlp, logits):
+    """Direct transcriptions of METHODS.md §3.2 / §2.3 for one sequence (natural log)."""
     if lp.size == 0:
         return math.nan
+    r, f = lm_polygraph_renyi_fisher(logits)
     return {
+        "renyi_neg": -r.mean(), "fisher_rao": -f.mean(),
         "msp": -lp.sum(), "gnll": -maxlp.sum(), "perplexity": -lp.mean(), "mean_token_entropy": ent.mean(),
         "max_token_entropy": ent.max(), "geometric_mean_prob": -np.exp(lp.mean()),
         "arithmetic_mean_prob": -np.exp(lp).mean(), "mean_kurtosis": -kurt.mean(), "chow_sum": -lp.sum(),
@@ -62,7 +76,7 @@ def test_each_method_against_numpy(name):
         m = mask[b].numpy()
         pick = lambda t: t[b].numpy()[m]  # noqa: E731
         want = numpy_method(name, pick(ref.logprob), pick(ref.entropy), pick(ref.kurtosis), pick(ref.self_certainty),
-                            pick(ref.max_logprob))
+                            pick(ref.max_logprob), logits[b].numpy()[m])
         if math.isnan(want):
             assert math.isnan(got[b].item())
         else:
@@ -120,7 +134,7 @@ def test_registry_and_from_logits():
     for name, m in M.REGISTRY.items():
         assert callable(m.fn) and m.paper and m.inputs[0] in ("stats", "logits") and m.fn.__doc__, name
     logits, tokens, mask, _ = ragged_batch(seed=3)
-    stats = fuq.token_stats(logits, tokens)
+    stats = fuq.token_stats(logits, tokens, renyi=True)
     all_ = M.from_logits(logits, tokens, mask)
     for name in M.STATS_ONLY:
         assert torch.equal(all_[name].nan_to_num(7.0), M.REGISTRY[name].fn(stats, mask).nan_to_num(7.0))
@@ -195,11 +209,33 @@ def test_maqa_golden_values_and_mean_over_answers():
         M.topk_stats_at_positions(logits, torch.tensor([[1, 9], [0, 0]]), k=3)
 
 
+def test_renyi_neg_variants():
+    logits, tokens, mask, _ = ragged_batch(seed=8, V=77)
+    stats = fuq.token_stats(logits, tokens, renyi=True)
+    ref = M.renyi_neg(stats, mask)
+    paper = M.renyi_neg(stats, mask, variant="paper", vocab_size=77)
+    torch.testing.assert_close(paper, ref - 2 * math.log(77), equal_nan=True)  # a constant offset
+    # paper: -mean_t D_1/2(q_t || U) with D_a(q||U) = log(sum q^a (1/V)^(1-a)) / (a - 1)
+    from scipy.special import log_softmax, softmax
+    q = softmax(log_softmax(logits.numpy(), -1) / 2.0, -1)
+    D = np.log((q ** 0.5 * (1.0 / 77) ** 0.5).sum(-1)) / (0.5 - 1)
+    for b in range(mask.shape[0]):
+        m = mask[b].numpy()
+        want = -D[b][m].mean() if m.any() else math.nan
+        assert paper[b].item() == pytest.approx(want, rel=1e-10, nan_ok=True)
+
+
 def test_bad_method_arguments():
     logits, tokens, mask, _ = ragged_batch(seed=7)
     stats = fuq.token_stats(logits, tokens)
     B, T = mask.shape
+    tempered = fuq.token_stats(logits, tokens, renyi=True)
     cases = [
+        (lambda: M.renyi_neg(stats, mask), ValueError, "renyi=True"),
+        (lambda: M.fisher_rao(stats, mask), ValueError, "renyi=True"),
+        (lambda: M.renyi_neg(tempered, mask, variant="rainproof"), ValueError, "variant"),
+        (lambda: M.renyi_neg(tempered, mask, variant="paper"), ValueError, "vocab_size"),
+        (lambda: M.renyi_neg(tempered, mask, variant="paper", vocab_size=0), ValueError, "vocab_size"),
         (lambda: M.chow_quantile(stats, mask, alpha=1.5), ValueError, "alpha"),
         (lambda: M.chow_quantile(stats, mask, alpha="low"), ValueError, "alpha"),
         (lambda: M.token_sar(stats, torch.ones(B, T + 1), mask), ValueError, "relevance"),

@@ -25,6 +25,43 @@ def test_matches_reference(kind, dtype, V):
     assert_close_stats(got, reference(x, tokens, topk=topk))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", ROW_KINDS)
+def test_renyi_fields_match_reference(kind, dtype):
+    V = 2 * 16384 + 77  # three CPU chunks: block, chunk and row merges of the tempered sums
+    x = make_logits(kind, 5, V, dtype=dtype, seed=11)
+    x[2, 4] = math.nan  # an invalid row among valid ones
+    got = fuq.token_stats(x, temperature=0.8, renyi=True)
+    ref = reference(x, temperature=0.8, renyi=True)
+    assert_close_stats(got, ref, renyi=True, rtol=1e-12 if dtype == torch.float64 else 1e-5)
+    assert got.renyi_term.dtype == got.entropy.dtype
+    # the tempered sums ride along: every other field is bitwise what renyi=False gives
+    plain = fuq.token_stats(x, temperature=0.8)
+    assert plain.renyi_term is None and plain.fisher_rao is None
+    for f in plain._fields[:11]:
+        assert torch.equal(getattr(plain, f).nan_to_num(), getattr(got, f).nan_to_num()), f
+
+
+def test_renyi_extremes_and_lm_polygraph_formula():
+    # uniform row: r = -2 log V, f = 0; one-hot (others -inf) row: r = -log V, f = 1 - (2/pi) acos(1/sqrt(V))
+    V = 1000
+    x = torch.zeros(2, V, dtype=torch.float64)
+    x[1, 1:] = -math.inf
+    s = fuq.token_stats(x, renyi=True)
+    torch.testing.assert_close(s.renyi_term, torch.tensor([-2 * math.log(V), -math.log(V)], dtype=torch.float64))
+    torch.testing.assert_close(s.fisher_rao, torch.tensor([0.0, 2 / math.pi * math.acos(V ** -0.5)], dtype=torch.float64))
+    # a direct numpy transcription of LM-Polygraph's RenyiNeg / FisherRao per-step values (scipy softmax)
+    from scipy.special import log_softmax as sp_log_softmax, softmax as sp_softmax
+    z = make_logits("normal", 4, 300, dtype=torch.float64, seed=5)
+    lp = sp_log_softmax(z.numpy(), axis=-1)
+    q = sp_softmax(lp / 2.0, axis=-1)
+    r = (np.log((q ** 0.5).sum(-1)) - (0.5 - 1) * np.log(300)) / (0.5 - 1)
+    f = 2 / np.pi * np.arccos((np.sqrt(q) * np.sqrt(1.0 / 300)).sum(-1))
+    s = fuq.token_stats(z, renyi=True)
+    np.testing.assert_allclose(s.renyi_term.numpy(), r, rtol=1e-12)
+    np.testing.assert_allclose(s.fisher_rao.numpy(), f, rtol=1e-10)
+
+
 def test_float64_in_float64_out():
     x = make_logits("normal", 4, 3000, dtype=torch.float64)
     got = fuq.token_stats(x, topk=3)
@@ -149,9 +186,9 @@ def test_row_result_does_not_depend_on_batch_or_threads():
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
-        alone = fuq.token_stats(x[5:6], topk=7)
+        alone = fuq.token_stats(x[5:6], topk=7, renyi=True)
         torch.set_num_threads(1)
-        batch = fuq.token_stats(x, topk=7)
+        batch = fuq.token_stats(x, topk=7, renyi=True)
     finally:
         torch.set_num_threads(old)
     for a, b in zip(alone, batch):
@@ -160,7 +197,7 @@ def test_row_result_does_not_depend_on_batch_or_threads():
 
 def test_deterministic():
     x = make_logits("masked", 8, 70000, dtype=torch.bfloat16)
-    a, b = fuq.token_stats(x, topk=4), fuq.token_stats(x, topk=4)
+    a, b = fuq.token_stats(x, topk=4, renyi=True), fuq.token_stats(x, topk=4, renyi=True)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
 
@@ -215,6 +252,7 @@ def test_invariants():
         (lambda: fuq.token_stats(torch.ones(3, 100), topk=65), ValueError, "topk"),
         (lambda: fuq.token_stats(torch.ones(3, 5), topk=6), ValueError, "topk"),
         (lambda: fuq.token_stats(torch.ones(3, 5), topk=2.0), TypeError, "topk"),
+        (lambda: fuq.token_stats(torch.ones(3, 5), renyi=1), TypeError, "renyi"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, exc, name):
@@ -229,6 +267,7 @@ def test_opcheck():
     t = torch.randint(0, 50, (3, 4))
     torch.library.opcheck(torch.ops.flashuq.token_stats.default, (x, t, 0.8, 3))
     torch.library.opcheck(torch.ops.flashuq.token_stats.default, (x.detach().bfloat16(), None, 1.0, 0))
+    torch.library.opcheck(torch.ops.flashuq.token_stats.default, (x, t, 0.8, 2, True))
 
 
 def test_torch_compile_fullgraph():

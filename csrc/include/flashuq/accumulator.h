@@ -9,6 +9,8 @@
 //   R  = sum_{i != argmax} e^d      (S = 1 + R; the max is excluded so R never meets 1 + tiny)
 //   T  = sum e^d * d                (<= 0, every term the same sign: no cancellation)
 //   Q2 = sum_{i != argmax} e^{2d}   (collision probability)
+//   Qh, Qq = sum_{i != argmax} e^{d/2}, e^{d/4}  (only when asked for: RenyiNeg and FisherRao,
+//            whose q = softmax(z / 2T) gives sum sqrt(q) = (1 + Qq) / sqrt(1 + Qh))
 //   sd, nf = sum d and count over the finite entries (self-certainty)
 //   n, mean, M2, M3, M4 = centred moments of e^d over every column, -inf ones included
 //                         (kurtosis is scale invariant, so moments of e^d give those of p)
@@ -41,6 +43,7 @@ struct Acc {
   A m2;         // second largest value (equal to m on an exact tie)
   int64_t idx;  // first index of the maximum (-1 when empty)
   A R, T, Q2;
+  A Qh, Qq;     // 0 unless the tempered sums were requested
   A sd, nf;
   A n, mean, M2, M3, M4;
   bool bad;     // a NaN or +inf was seen: the row has no distribution
@@ -52,7 +55,7 @@ FUQ_HD Acc<A> acc_empty() {
   a.m = neg_inf<A>();
   a.m2 = neg_inf<A>();
   a.idx = -1;
-  a.R = a.T = a.Q2 = a.sd = a.nf = A(0);
+  a.R = a.T = a.Q2 = a.Qh = a.Qq = a.sd = a.nf = A(0);
   a.n = a.mean = a.M2 = a.M3 = a.M4 = A(0);
   a.bad = false;
   return a;
@@ -82,9 +85,10 @@ FUQ_HD void moments_merge(Acc<A>& a, A nb, A meanb, A M2b, A M3b, A M4b) {
 }
 
 // Merge two partials of the same row. `a` must cover columns before `b` only for the tie rule
-// to read naturally; the index comparison makes it hold in any order.
+// to read naturally; the index comparison makes it hold in any order. `frac` also merges the
+// tempered sums Qh, Qq (two more exponentials per merge, nothing per column).
 template <typename A, typename ExpFn>
-FUQ_HD Acc<A> merge(const Acc<A>& a, const Acc<A>& b, A inv_temp, ExpFn expf_) {
+FUQ_HD Acc<A> merge(const Acc<A>& a, const Acc<A>& b, A inv_temp, ExpFn expf_, bool frac = false) {
   const bool a_top = (a.m > b.m) || (a.m == b.m && (b.idx < 0 || (a.idx >= 0 && a.idx <= b.idx)));
   const Acc<A>& X = a_top ? a : b;
   const Acc<A>& Y = a_top ? b : a;
@@ -104,6 +108,10 @@ FUQ_HD Acc<A> merge(const Acc<A>& a, const Acc<A>& b, A inv_temp, ExpFn expf_) {
   r.R = X.R + c * SY;
   r.T = c > A(0) ? X.T + c * (Y.T + delta * SY) : X.T;
   r.Q2 = X.Q2 + c2 * (A(1) + Y.Q2);
+  if (frac) {
+    r.Qh = X.Qh + expf_(delta * A(0.5)) * (A(1) + Y.Qh);
+    r.Qq = X.Qq + expf_(delta * A(0.25)) * (A(1) + Y.Qq);
+  }
   r.sd = X.sd + Y.sd + Y.nf * delta;
   r.nf = X.nf + Y.nf;
   r.m2 = X.m2 > Y.m ? X.m2 : Y.m;
@@ -115,6 +123,7 @@ FUQ_HD Acc<A> merge(const Acc<A>& a, const Acc<A>& b, A inv_temp, ExpFn expf_) {
 template <typename A>
 struct RowStats {
   A lse, max_logprob, entropy, margin, collision, kurtosis, self_certainty;
+  A renyi_term, fisher_rao;  // meaningful only when the tempered sums were accumulated
   A log1p_R;  // log(S): log p_v = (x_v - m) - log1p_R
   int64_t argmax;
   bool valid;
@@ -137,6 +146,7 @@ FUQ_HD RowStats<A> finalize(const Acc<A>& a, A inv_temp, ExpFn expf_, Log1pFn lo
   if (!s.valid) {
     const A nan = quiet_nan<A>();
     s.lse = s.max_logprob = s.entropy = s.margin = s.collision = s.kurtosis = s.self_certainty = nan;
+    s.renyi_term = s.fisher_rao = nan;
     s.log1p_R = nan;
     s.argmax = -1;
     return s;
@@ -155,6 +165,16 @@ FUQ_HD RowStats<A> finalize(const Acc<A>& a, A inv_temp, ExpFn expf_, Log1pFn lo
   // KL(U || p) over the finite entries = log(S / nf) - sd / nf: two terms of the row's scale,
   // not of log V, so near-uniform rows (KL ~ 0) keep their digits
   s.self_certainty = logf_(S / a.nf) - a.sd / a.nf;
+  // q = softmax(z / 2T) against the uniform distribution over all V = n columns (METHODS.md
+  // §2.2): log sum sqrt(q / V) = log1p(Qq) - log1p(Qh) / 2 - log(V) / 2, and R cancels.
+  //   renyi_term = LM-Polygraph's per-step RenyiNeg value, D_1/2(q || U) - 2 log V
+  //   fisher_rao = (2 / pi) arccos(sum sqrt(q / V)), the Fisher-Rao distance of q from uniform
+  const A l1h = log1pf_(a.Qh), l1q = log1pf_(a.Qq), logV = logf_(a.n);
+  s.renyi_term = l1h - A(2) * l1q - logV;
+  using std::acos;
+  A bc = expf_(l1q - A(0.5) * (l1h + logV));
+  bc = bc > A(1) ? A(1) : bc;
+  s.fisher_rao = A(0.63661977236758134308) * acos(bc);
   return s;
 }
 

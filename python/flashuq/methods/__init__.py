@@ -12,7 +12,8 @@ from ..ops.token_stats import token_stats
 from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_margin, maqa_max_prob,
                    topk_stats_at_positions)
 from .token import (arithmetic_mean_prob, chow_avg, chow_quantile, chow_sum, cpmi, geometric_mean_prob, gnll,
-                    max_token_entropy, mean_kurtosis, mean_token_entropy, msp, perplexity, pmi, self_certainty,
+                    fisher_rao, max_token_entropy, mean_kurtosis, mean_token_entropy, msp, perplexity, pmi,
+                    renyi_neg, self_certainty,
                     sentence_level_avg_entropy, sentence_level_avg_nll, sentence_level_max_entropy,
                     sentence_level_max_nll, token_sar)
 
@@ -38,6 +39,8 @@ REGISTRY: Dict[str, Method] = {
     "chow_avg": Method(chow_avg, _STATS, "Gupta et al., ICLR 2024, arXiv 2404.10136"),
     "chow_quantile": Method(chow_quantile, _STATS, "Gupta et al., ICLR 2024, arXiv 2404.10136"),
     "self_certainty": Method(self_certainty, _STATS, "Kang et al. 2025; LM-Polygraph SelfCertainty"),
+    "renyi_neg": Method(renyi_neg, _STATS, "Darrin et al., RAINPROOF, arXiv 2212.09171; LM-Polygraph RenyiNeg"),
+    "fisher_rao": Method(fisher_rao, _STATS, "Darrin et al., RAINPROOF, arXiv 2212.09171; LM-Polygraph FisherRao"),
     "token_sar": Method(token_sar, ("stats", "relevance"), "Duan et al., SAR (ACL 2024); LM-Polygraph TokenSAR"),
     "pmi": Method(pmi, ("stats", "lm_logprobs"), "LM-Polygraph PointwiseMutualInformation (Takayama & Arase 2019)"),
     "cpmi": Method(cpmi, ("stats", "lm_logprobs"), "van der Poel et al. 2022; LM-Polygraph CPMI"),
@@ -53,6 +56,8 @@ REGISTRY: Dict[str, Method] = {
 
 #: methods that need nothing but the token statistics (what from_logits computes)
 STATS_ONLY = tuple(n for n, m in REGISTRY.items() if m.inputs == _STATS)
+#: the ones among them that need ``token_stats(..., renyi=True)``
+_TEMPERED = ("renyi_neg", "fisher_rao")
 
 
 def from_logits(logits, tokens=None, mask=None, *, methods: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
@@ -64,7 +69,7 @@ def from_logits(logits, tokens=None, mask=None, *, methods: Optional[Sequence[st
     for n in names:
         if n not in STATS_ONLY:
             raise ValueError(f"methods: {n!r} is not a token-statistics method; choose from {STATS_ONLY}")
-    stats = token_stats(logits, tokens)
+    stats = token_stats(logits, tokens, renyi=any(n in _TEMPERED for n in names))
     return {n: REGISTRY[n].fn(stats, mask) for n in names}
 
 

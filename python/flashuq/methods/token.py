@@ -109,6 +109,46 @@ def self_certainty(stats: TokenStats, mask=None) -> Tensor:
     return -masked_reduce(stats.self_certainty, mask, op="mean")
 
 
+def _tempered(stats: TokenStats, name: str) -> TokenStats:
+    if getattr(stats, "renyi_term", None) is None or getattr(stats, "fisher_rao", None) is None:
+        raise ValueError(f"stats: {name} needs the tempered statistics; compute them with "
+                         "fuq.token_stats(logits, tokens, renyi=True)")
+    return stats
+
+
+def renyi_neg(stats: TokenStats, mask=None, *, variant: str = "reference", vocab_size=None) -> Tensor:
+    """RenyiNeg with the orientation fixed: the Rényi divergence (α = ½) of ``q_t = softmax(log p_t / 2)``
+    from the uniform distribution, averaged over tokens and **negated** (a distribution far from
+    uniform is a confident one). Darrin et al., RAINPROOF (arXiv 2212.09171); LM-Polygraph ``RenyiNeg``.
+
+    - ``variant="reference"`` (default): ``-mean_t r_t`` with LM-Polygraph's per-step value
+      ``r_t = D_½(q_t‖U) − 2·log V``, i.e. exactly LM-Polygraph's number negated (its sign rises with
+      confidence: LM-Polygraph issue #284; METHODS.md §2.3.3).
+    - ``variant="paper"``: ``-mean_t D_½(q_t‖U)``; needs ``vocab_size`` (V of the logits, -inf entries
+      included). The two differ by the constant ``2·log V`` and rank identically.
+
+    ``stats`` must come from ``fuq.token_stats(..., renyi=True)``.
+    """
+    stats = _tempered(stats, "renyi_neg")
+    if variant not in ("reference", "paper"):
+        raise ValueError(f"variant must be 'reference' or 'paper', got {variant!r}")
+    out = -masked_reduce(stats.renyi_term, mask, op="mean")
+    if variant == "paper":
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or vocab_size < 1:
+            raise ValueError(f"vocab_size: variant='paper' needs the vocabulary size V >= 1, got {vocab_size!r}")
+        out = out - 2.0 * float(np.log(int(vocab_size)))
+    return out
+
+
+def fisher_rao(stats: TokenStats, mask=None) -> Tensor:
+    """FisherRao with the orientation fixed: ``-mean_t (2/π)·arccos(Σ_v √(q_t,v / V))``, the Fisher–Rao
+    distance of ``q_t = softmax(log p_t / 2)`` from uniform (in [0, 1]), averaged and **negated**.
+    LM-Polygraph ``FisherRao`` negated (METHODS.md §2.3.4). ``stats`` from ``token_stats(..., renyi=True)``.
+    """
+    stats = _tempered(stats, "fisher_rao")
+    return -masked_reduce(stats.fisher_rao, mask, op="mean")
+
+
 def token_sar(stats: TokenStats, relevance, mask=None) -> Tensor:
     """TokenSAR: ``Σ_t -log p(y_t)·R_t / Σ_t R_t`` with ``R = 1 - leave-one-token-out similarity``.
 

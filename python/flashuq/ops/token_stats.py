@@ -42,9 +42,15 @@ class TokenStats(NamedTuple):
     self_certainty: Tensor  #: ``-mean_v log p_v - log V_finite`` over finite entries, KL(U‖p)
     topk_logprobs: Tensor   #: ``[..., topk]`` largest log-probabilities, descending
     topk_ids: Tensor        #: ``[..., topk]`` their ids (ties: smaller id first)
+    #: with ``renyi=True`` (else None), for ``q = softmax(logits / (2·temperature))`` against the
+    #: uniform distribution over all V entries: LM-Polygraph's per-step RenyiNeg value
+    #: ``D_½(q‖U) − 2·log V`` (α = ½, τ = 2; it rises with confidence) ...
+    renyi_term: Optional[Tensor] = None
+    #: ... and the Fisher–Rao distance ``(2/π)·arccos(Σ_v √(q_v/V))`` in [0, 1] (0 when uniform)
+    fisher_rao: Optional[Tensor] = None
 
 
-def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0) -> TokenStats:
+def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0, renyi: bool = False) -> TokenStats:
     """Per-token statistics of the next-token distributions in ``logits [..., V]``, in one pass.
 
     Args:
@@ -56,6 +62,10 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0)
         temperature: scores ``softmax(logits / temperature)``; finite and at least 1e-30. Applied to
             differences from the row maximum, ``(z - max) / T``, so large logits keep their digits.
         topk: number of top log-probabilities and ids to return, 0..64 (and at most V).
+        renyi: also accumulate ``Σ e^{d/2}`` and ``Σ e^{d/4}`` in the same pass (one more exponential
+            per entry) and return ``renyi_term`` and ``fisher_rao``, the per-token terms of RenyiNeg and
+            FisherRao (Darrin et al. 2022, RAINPROOF; METHODS.md §2.3.3-2.3.4). The other fields do not
+            change with it.
 
     Returns:
         :class:`TokenStats`. See ``flashuq.reference.token_stats`` for the float64 definition of
@@ -65,7 +75,10 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0)
     with respect to ``logits``; the other fields are marked non-differentiable.
     """
     logits, tokens, temperature, topk = _validate(logits, tokens, temperature, topk)
-    return TokenStats(*torch.ops.flashuq.token_stats(logits, tokens, temperature, topk))
+    if not isinstance(renyi, (bool, np.bool_)):
+        raise TypeError(f"renyi must be a bool, got {type(renyi).__name__}")
+    out = torch.ops.flashuq.token_stats(logits, tokens, temperature, topk, bool(renyi))
+    return TokenStats(*out[:11], *(out[11:] if renyi else (None, None)))
 
 
 def _validate(logits, tokens, temperature, topk):
@@ -99,39 +112,43 @@ def _validate(logits, tokens, temperature, topk):
 # The registered op
 # ---------------------------------------------------------------------------------------------
 
-_Out = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+_Out = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
-def _alloc(logits: Tensor, topk: int) -> _Out:
+def _alloc(logits: Tensor, topk: int, renyi: bool) -> _Out:
+    """The 13 outputs: the 11 TokenStats fields, then renyi_term and fisher_rao (shape ``[0]`` when
+    not requested)."""
     lead = logits.shape[:-1]
     fdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
     dev = logits.device
 
-    def f():
-        return torch.empty(lead, dtype=fdt, device=dev)
+    def f(shape=lead):
+        return torch.empty(shape, dtype=fdt, device=dev)
 
     return (f(), f(), torch.empty(lead, dtype=torch.int64, device=dev), f(), f(), f(), f(), f(), f(),
             torch.empty((*lead, topk), dtype=fdt, device=dev),
-            torch.empty((*lead, topk), dtype=torch.int64, device=dev))
+            torch.empty((*lead, topk), dtype=torch.int64, device=dev),
+            f(lead if renyi else (0,)), f(lead if renyi else (0,)))
 
 
 @torch.library.custom_op("flashuq::token_stats", mutates_args=())
-def _token_stats_op(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: int) -> _Out:
+def _token_stats_op(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: int,
+                    renyi: bool = False) -> _Out:
     backend = "cpu" if logits.device.type == "cpu" else "triton"
-    return compute(logits, tokens, temperature, topk, backend=backend)
+    return compute(logits, tokens, temperature, topk, backend=backend, renyi=renyi)
 
 
 @_token_stats_op.register_fake
-def _(logits, tokens, temperature, topk):
-    return _alloc(logits, topk)
+def _(logits, tokens, temperature, topk, renyi=False):
+    return _alloc(logits, topk, renyi)
 
 
 def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: int, *, backend: str,
-            **launch) -> _Out:
+            renyi: bool = False, **launch) -> _Out:
     """Run one backend on validated inputs: ``"cpu"`` (C++), ``"triton"`` or ``"cuda"`` (CUDA C++,
     no top-k). ``launch`` passes tuning knobs to the Triton launcher (tests use them to force the
     split or the one-program-per-row path)."""
-    out = _alloc(logits, topk)
+    out = _alloc(logits, topk, renyi)
     V = logits.shape[-1]
     rows = logits.numel() // V if V else 0
     if rows == 0:
@@ -145,7 +162,8 @@ def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: 
     inv_temp = 1.0 / temperature
     if backend == "cpu":
         _ext._C.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk,
-                            *out[:2], *out[3:9], out[2], out[9], out[10], torch.get_num_threads())
+                            *out[:2], *out[3:9], out[2], out[9], out[10], torch.get_num_threads(),
+                            *(out[11:] if renyi else (None, None)))
     elif backend == "triton":
         with device_guard(logits):  # Triton launches on the current device
             _launch_triton(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk, out, **launch)
@@ -157,7 +175,8 @@ def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: 
         with device_guard(logits):
             stream = torch.cuda.current_stream(logits.device).cuda_stream
             _ext._cuda.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, out[0], out[1], out[3],
-                                   out[4], out[5], out[6], out[7], out[8], out[2], stream)
+                                   out[4], out[5], out[6], out[7], out[8], out[2], stream,
+                                   *(out[11:] if renyi else (None, None)))
     else:
         raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda', got {backend!r}")
     return out
@@ -197,14 +216,18 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
     inv_hi = float(np.float32(inv_temp))
     inv_lo = inv_temp - inv_hi
     tok_arg = tok if has_tok else out[2]
-    lse, maxlp, argmax, lp, ent, margin, coll, kurt, sc, tkv, tki = out
+    lse, maxlp, argmax, lp, ent, margin, coll, kurt, sc, tkv, tki, rt, fr = out
+    frac = rt.numel() > 0
+    rt_arg = rt if frac else lse
+    fr_arg = fr if frac else lse
     tkv_arg = tkv if topk else lse
     tki_arg = tki if topk else argmax
     if not split:
         k.token_stats_rows_kernel[(rows,)](
             x, n1, s0, s1, V, tok_arg, inv_hi, inv_lo,
-            lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg,
-            chunk, BLOCK=block, K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, PRECISE=on_gpu, num_warps=num_warps)
+            lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg, rt_arg, fr_arg,
+            chunk, BLOCK=block, K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, PRECISE=on_gpu, FRAC=frac,
+            num_warps=num_warps)
         return
     fdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     ws_f = torch.empty((rows, n_chunks, k.WS_FIELDS), dtype=fdt, device=x.device)
@@ -213,11 +236,11 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
     ws_ti = torch.empty((rows, n_chunks, kp) if topk else (1,), dtype=torch.int64, device=x.device)
     k.token_stats_split_kernel[(rows, n_chunks)](
         x, n1, s0, s1, V, inv_hi, inv_lo, ws_f, ws_i, ws_tv, ws_ti, n_chunks,
-        chunk, BLOCK=block, K=topk, KP=kp, ACC=acc, num_warps=num_warps)
+        chunk, BLOCK=block, K=topk, KP=kp, ACC=acc, FRAC=frac, num_warps=num_warps)
     k.token_stats_merge_kernel[(rows,)](
         x, n1, s0, s1, V, tok_arg, inv_hi, inv_lo, ws_f, ws_i, ws_tv, ws_ti, n_chunks,
-        lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg,
-        K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, PRECISE=on_gpu, num_warps=1 if not on_gpu else 4)
+        lse, maxlp, lp, ent, margin, coll, kurt, sc, argmax, tkv_arg, tki_arg, rt_arg, fr_arg,
+        K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, PRECISE=on_gpu, FRAC=frac, num_warps=1 if not on_gpu else 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,10 +248,10 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
 # ---------------------------------------------------------------------------------------------
 
 def _setup_context(ctx, inputs, output):
-    logits, tokens, temperature, topk = inputs
+    logits, tokens, temperature = inputs[:3]
     ctx.save_for_backward(logits, tokens, output[2])
     ctx.temperature = temperature
-    ctx.mark_non_differentiable(*(output[i] for i in (2, 5, 6, 7, 8, 9, 10)))
+    ctx.mark_non_differentiable(*(output[i] for i in (2, 5, 6, 7, 8, 9, 10, 11, 12)))
 
 
 def _backward(ctx, g_lse, g_maxlp, _g_argmax, g_lp, g_ent, *_rest):
@@ -249,7 +272,7 @@ def _backward(ctx, g_lse, g_maxlp, _g_argmax, g_lp, g_ent, *_rest):
         if gout is not None:  # d log p_y / dx = onehot(y) - p
             gout = gout.unsqueeze(-1).to(acc)
             g = (g - gout * p).scatter_add(-1, idx.clamp(min=0).unsqueeze(-1), gout)
-    return (g / ctx.temperature).to(logits.dtype), None, None, None
+    return (g / ctx.temperature).to(logits.dtype), None, None, None, None
 
 
 torch.library.register_autograd("flashuq::token_stats", _backward, setup_context=_setup_context)
