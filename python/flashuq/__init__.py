@@ -9,7 +9,9 @@ from .ops.masked_quantile import masked_quantile
 from .ops.masked_reduce import masked_reduce
 from .ops.segment_reduce import segment_reduce
 from .ops.token_stats import TokenStats, token_stats
+from .methods.scores import sequence_scores
 
 __version__ = "0.1.0"
 
-__all__ = ["TokenStats", "token_stats", "masked_reduce", "masked_quantile", "segment_reduce", "methods", "reference", "__version__"]
+__all__ = ["TokenStats", "token_stats", "masked_reduce", "masked_quantile", "segment_reduce", "sequence_scores",
+           "methods", "reference", "__version__"]

@@ -209,6 +209,37 @@ def test_maqa_golden_values_and_mean_over_answers():
         M.topk_stats_at_positions(logits, torch.tensor([[1, 9], [0, 0]]), k=3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("renyi", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_sequence_scores_equal_each_method(dtype, renyi, masked):
+    logits, tokens, mask, _ = ragged_batch(seed=9, left=True)
+    stats = fuq.token_stats(logits.to(dtype), tokens, renyi=renyi)
+    mask = mask if masked else None
+    got = fuq.sequence_scores(stats, mask, chow_alpha=0.25)
+    want_names = [n for n in M.SCORES if renyi or n not in ("renyi_neg", "fisher_rao")]
+    assert list(got) == want_names
+    for name in want_names:
+        kw = {"alpha": 0.25} if name == "chow_quantile" else {}
+        want = M.REGISTRY[name].fn(stats, mask, **kw)
+        assert got[name].dtype == dtype and got[name].shape == (logits.shape[0],)
+        # the stacked reductions reduce each row exactly as the single call does: bitwise equal
+        assert torch.equal(got[name].nan_to_num(7.0), want.nan_to_num(7.0)), name
+    if masked:
+        assert all(math.isnan(v[1].item()) for v in got.values())  # the empty sequence
+
+
+def test_sequence_scores_bad_input():
+    logits, tokens, mask, _ = ragged_batch(seed=9)
+    stats = fuq.token_stats(logits, tokens)
+    with pytest.raises(TypeError, match="stats"):
+        fuq.sequence_scores(tuple(stats), mask)
+    with pytest.raises(ValueError, match="mask"):
+        fuq.sequence_scores(stats, mask[:, 1:])
+    with pytest.raises(ValueError, match="alpha"):
+        fuq.sequence_scores(stats, mask, chow_alpha=2.0)
+
+
 def test_renyi_neg_variants():
     logits, tokens, mask, _ = ragged_batch(seed=8, V=77)
     stats = fuq.token_stats(logits, tokens, renyi=True)

@@ -11,6 +11,7 @@ import torch
 from ..ops.token_stats import token_stats
 from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_margin, maqa_max_prob,
                    topk_stats_at_positions)
+from .scores import SCORES, sequence_scores
 from .token import (arithmetic_mean_prob, chow_avg, chow_quantile, chow_sum, cpmi, geometric_mean_prob, gnll,
                     fisher_rao, max_token_entropy, mean_kurtosis, mean_token_entropy, msp, perplexity, pmi,
                     renyi_neg, self_certainty,
@@ -70,8 +71,12 @@ def from_logits(logits, tokens=None, mask=None, *, methods: Optional[Sequence[st
         if n not in STATS_ONLY:
             raise ValueError(f"methods: {n!r} is not a token-statistics method; choose from {STATS_ONLY}")
     stats = token_stats(logits, tokens, renyi=any(n in _TEMPERED for n in names))
+    if len(names) > 2:  # the stacked reductions of sequence_scores, bitwise the same numbers
+        scores = sequence_scores(stats, mask)
+        return {n: scores[n] for n in names}
     return {n: REGISTRY[n].fn(stats, mask) for n in names}
 
 
-__all__ = ["REGISTRY", "STATS_ONLY", "Method", "TopKAtPositions", "from_logits", "topk_stats_at_positions",
+__all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "from_logits", "sequence_scores",
+           "topk_stats_at_positions",
            *REGISTRY]
