@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ensemble_stats.h"
 #include "flashuq/ndarray_checks.h"
 #include "masked_reduce.h"
 #include "token_stats.h"
@@ -150,6 +151,33 @@ static void masked_reduce_py(Arr values, std::optional<Arr> mask, std::optional<
                          ReduceOp(op), static_cast<float*>(out.data()), num_threads);
 }
 
+static void ensemble_stats_py(Arr logits, int64_t P, int64_t M, int64_t V, int64_t n1, int64_t s0, int64_t s1,
+                              int64_t sm, Arr lw, int64_t lw_stride, double inv_temp, Arr total, Arr aleatoric,
+                              Arr epistemic, Arr epkl, Arr rmi, int num_threads) {
+  EnsembleStatsArgs a{};
+  a.dtype = dtype_of(logits);
+  if (M < 1 || sm < 0) throw std::invalid_argument("ensemble_stats: bad member count or stride");
+  // a position's M member rows span (M - 1) * sm + V elements from its start
+  flashuq::check_rows_inside(logits, P, (M - 1) * sm + V, n1, s0, s1);
+  if (lw.dtype() != nb::dtype<double>() || lw.ndim() != 1 || lw.stride(0) != 1 || lw_stride < 0 ||
+      int64_t(lw.size()) != (lw_stride == 0 ? M : P * M) || (lw_stride != 0 && lw_stride != M))
+    throw std::invalid_argument("lw: expected contiguous float64 [M] (lw_stride 0) or [P * M] (lw_stride M)");
+  const bool f64 = a.dtype == DType::F64;
+  a.logits = logits.data();
+  a.P = P; a.M = M; a.V = V; a.n1 = n1; a.s0 = s0; a.s1 = s1; a.sm = sm;
+  a.lw = static_cast<const double*>(lw.data());
+  a.lw_stride = lw_stride;
+  a.inv_temp = inv_temp;
+  a.total = out_ptr(total, P, f64, "total");
+  a.aleatoric = out_ptr(aleatoric, P, f64, "aleatoric");
+  a.epistemic = out_ptr(epistemic, P, f64, "epistemic");
+  a.epkl = out_ptr(epkl, P, f64, "epkl");
+  a.rmi = out_ptr(rmi, P, f64, "rmi");
+  a.num_threads = num_threads;
+  nb::gil_scoped_release release;
+  ensemble_stats(a);
+}
+
 NB_MODULE(_C, m) {
   m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
@@ -166,6 +194,13 @@ NB_MODULE(_C, m) {
         nb::arg("op"), nb::arg("out").noconvert(), nb::arg("num_threads"), nb::arg("q").noconvert().none() = nb::none(),
         "Masked / ragged reduction (op 0-4) or quantiles (op 5, levels q) of sequences into a preallocated "
         "out (see flashuq.masked_reduce, flashuq.masked_quantile).");
+  m.def("ensemble_stats", &ensemble_stats_py, nb::arg("logits").noconvert(), nb::arg("P"), nb::arg("M"),
+        nb::arg("V"), nb::arg("n1"), nb::arg("s0"), nb::arg("s1"), nb::arg("sm"), nb::arg("lw").noconvert(),
+        nb::arg("lw_stride"), nb::arg("inv_temp"), nb::arg("total").noconvert(), nb::arg("aleatoric").noconvert(),
+        nb::arg("epistemic").noconvert(), nb::arg("epkl").noconvert(), nb::arg("rmi").noconvert(),
+        nb::arg("num_threads"),
+        "Ensemble decomposition of M member distributions per position into preallocated outputs "
+        "(see flashuq.ensemble_stats).");
   m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;

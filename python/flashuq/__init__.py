@@ -5,6 +5,7 @@ from one read of the logits. See README.md and the docstrings of each op.
 """
 
 from . import _ext, methods, reference
+from .ops.ensemble_stats import EnsembleStats, ensemble_stats
 from .ops.masked_quantile import masked_quantile
 from .ops.masked_reduce import masked_reduce
 from .ops.segment_reduce import segment_reduce
@@ -13,5 +14,5 @@ from .methods.scores import sequence_scores
 
 __version__ = "0.1.0"
 
-__all__ = ["TokenStats", "token_stats", "masked_reduce", "masked_quantile", "segment_reduce", "sequence_scores",
-           "methods", "reference", "__version__"]
+__all__ = ["TokenStats", "token_stats", "EnsembleStats", "ensemble_stats", "masked_reduce", "masked_quantile",
+           "segment_reduce", "sequence_scores", "methods", "reference", "__version__"]

@@ -128,3 +128,48 @@ def masked_reduce(values, mask=None, *, op="mean", weights=None, cu_seqlens=None
             raise ValueError(op)
     shape = (len(rows),) if cu_seqlens is not None else torch.as_tensor(values).shape[:-1]
     return torch.tensor(out, dtype=torch.float64).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ensemble decomposition (METHODS.md §4)
+# ---------------------------------------------------------------------------------------------
+
+def ensemble_stats(logits, *, dim=0, mode="pe", member_ll=None, temperature=1.0):
+    """float64 reference of :func:`flashuq.ensemble_stats`, straight from the definitions.
+
+    ``p̄ = Σ_m w_m P_m`` (``w = 1/M`` for "pe", ``softmax_m(member_ll)`` for "ep");
+    TU = H(p̄); AU = Σ_m w_m H(P_m); MI = TU - AU; EPKL_total = -Σ_v p̄_v Σ_m w_m log P_mv;
+    epkl = EPKL_total - AU; rmi = EPKL_total - TU. ``0·log 0 = 0`` (a column with p̄_v = 0 and a
+    member with w_m = 0 drop out); ``log P_mv = -inf`` where ``p̄_v > 0`` makes EPKL +inf.
+    A NaN/+inf logit, an all -inf member, or an invalid ``member_ll`` make the position NaN.
+    """
+    from .ops.ensemble_stats import EnsembleStats
+
+    x = torch.as_tensor(logits).double().movedim(dim, 0) / temperature  # [M, ..., V]
+    M = x.shape[0]
+    lp = log_softmax(x)                                                   # NaN rows where invalid
+    if mode == "pe":
+        lw = torch.full(x.shape[:-1], -math.log(M), dtype=torch.float64)
+    elif mode == "ep":
+        lw = torch.log_softmax(torch.as_tensor(member_ll).double().movedim(dim, 0), dim=0)
+    else:
+        raise ValueError(mode)
+    w = lw.exp().unsqueeze(-1)                                            # [M, ..., 1]
+    has_w = w > 0
+    p = lp.exp()
+    ent_m = -torch.where(p > 0, p * lp, 0.0).sum(-1, keepdim=True)        # H(P_m)
+    aleatoric = torch.where(has_w, w * ent_m, 0.0).sum(0).squeeze(-1)
+    lpbar = torch.logsumexp(torch.where(has_w, lw.unsqueeze(-1) + lp, -math.inf), dim=0)  # log p̄
+    pbar = lpbar.exp()
+    live = lpbar > -math.inf
+    total = -torch.where(live, pbar * lpbar, 0.0).sum(-1)
+    mean_lp = torch.where(has_w, w * lp, 0.0).sum(0)                     # Σ_m w_m log P_mv (-inf if some 0)
+    term = torch.where(torch.isinf(mean_lp), mean_lp, pbar * mean_lp)    # p̄ > 0 even if it underflowed
+    epkl_total = -torch.where(live, term, 0.0).sum(-1)
+    invalid = torch.isnan(lp).any(-1).any(0) | torch.isnan(lw).any(0)
+
+    def v(t):
+        return torch.where(invalid, math.nan, t)
+
+    return EnsembleStats(v(total), v(aleatoric), v(total - aleatoric), v(epkl_total - aleatoric),
+                         v(epkl_total - total))

@@ -59,6 +59,16 @@ SCRIPT = textwrap.dedent(
                                                      "ACC": tl.float32}))
     cases.append((mq.masked_quantile_kernel, {**qsig, "v_ptr": "*fp64", "out_ptr": "*fp64"},
                   {"HAS_MASK": False, "HAS_CU": True, "BLOCK": 4096, "ACC": tl.float64}))
+    import flashuq.kernels.ensemble_stats as es
+    for x, f, acc, mp, nterms in [("*bf16", "*fp32", tl.float32, 4, 7), ("*fp32", "*fp32", tl.float32, 8, 7),
+                                  ("*fp64", "*fp64", tl.float64, 4, 14)]:
+        esig = {"x_ptr": x, "n1": "i32", "s0": "i64", "s1": "i64", "sm": "i64", "M": "i32", "V": "i32",
+                "lw_ptr": f, "lw_stride": "i32", "inv_temp_hi": "fp32", "inv_temp_lo": "fp32",
+                **{n: f for n in ["tu_ptr", "au_ptr", "mi_ptr", "epkl_ptr", "rmi_ptr"]},
+                "BLOCK": "constexpr", "MP": "constexpr", "NTERMS": "constexpr", "ACC": "constexpr",
+                "PRECISE": "constexpr"}
+        cases.append((es.ensemble_stats_kernel, esig, {"BLOCK": 4096 // mp, "MP": mp, "NTERMS": nterms, "ACC": acc,
+                                                      "PRECISE": True}))
     report = []
     for fn, sig, const in cases:
         out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
@@ -72,7 +82,8 @@ SCRIPT = textwrap.dedent(
 
 
 def test_kernels_compile_for_sm90_without_atomics():
-    # token_stats (rows, split, merge) x 3 dtype/top-k settings, masked_reduce x 6, masked_quantile x 2
+    # token_stats (rows, split, merge) x 3 dtype/top-k settings, masked_reduce x 6, masked_quantile x 2,
+    # ensemble_stats x 3 dtype/member-count settings
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
@@ -80,7 +91,7 @@ def test_kernels_compile_for_sm90_without_atomics():
     import json
 
     report = json.loads(proc.stdout.split("REPORT", 1)[1])
-    assert len(report) == 17
+    assert len(report) == 20
     for r in report:
         assert r["atomics"] == 0, r
         assert r["bytes"] > 1000, r

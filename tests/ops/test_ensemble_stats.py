@@ -1,0 +1,354 @@
+"""flashuq.ensemble_stats on the CPU (C++ kernel) and the public API around it."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import log_softmax as np_log_softmax
+from scipy.special import logsumexp as np_logsumexp
+from scipy.special import xlogy
+
+import flashuq as fuq
+from flashuq.reference import ensemble_stats as reference
+
+FIELDS = fuq.EnsembleStats._fields
+# METHODS.md §4 golden values: three members, logits = log P
+GOLDEN_P = [[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.9, 0.05, 0.05]]
+GOLDEN = dict(total=0.7881169759375681, aleatoric=0.7131882121066063, epistemic=0.07492876383096181,
+              epkl=0.166262760762798, rmi=0.09133399693183619)
+
+
+def make(M=3, lead=(2, 5), V=1000, *, dtype=torch.float32, scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(M, *lead, V, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def assert_close(got, want, *, rtol, atol=0.0):
+    for f in FIELDS:
+        u, v = getattr(got, f), getattr(want, f)
+        assert u.shape == v.shape, f
+        torch.testing.assert_close(u.double(), v.double(), rtol=rtol, atol=atol, equal_nan=True, msg=f)
+
+
+def assert_bitwise(a, b):
+    for f in FIELDS:
+        u, v = getattr(a, f), getattr(b, f)
+        assert torch.equal(torch.isnan(u), torch.isnan(v)), f
+        assert torch.equal(u.nan_to_num(0.0), v.nan_to_num(0.0)), f
+
+
+def numpy_stats(logits, dim=0, member_ll=None, temperature=1.0):
+    """An independent transcription with numpy/scipy (ValUES / LM-Polygraph style), finite rows."""
+    x = np.moveaxis(np.asarray(logits, dtype=np.float64), dim, 0) / temperature
+    M = x.shape[0]
+    lp = np_log_softmax(x, axis=-1)
+    p = np.exp(lp)
+    if member_ll is None:
+        w = np.full(x.shape[:-1] + (1,), 1.0 / M)
+    else:
+        ll = np.moveaxis(np.asarray(member_ll, dtype=np.float64), dim, 0)
+        w = np.exp(ll - np_logsumexp(ll, axis=0, keepdims=True))[..., None]
+    pbar = (w * p).sum(0)
+    tu = -xlogy(pbar, pbar).sum(-1)
+    au = (w[..., 0] * -xlogy(p, p).sum(-1)).sum(0)
+    epkl_total = -(pbar * (w * lp).sum(0)).sum(-1)
+    return dict(total=tu, aleatoric=au, epistemic=tu - au, epkl=epkl_total - au, rmi=epkl_total - tu)
+
+
+# ---- values -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)], ids=str)
+def test_golden(dtype, tol):
+    x = torch.tensor(GOLDEN_P, dtype=torch.float64).log().to(dtype)
+    got = fuq.ensemble_stats(x)
+    assert got.total.dtype == dtype and got.total.shape == ()
+    for f, want in GOLDEN.items():
+        assert abs(getattr(got, f).item() - want) <= tol * abs(want), f
+    # the same members on another axis, repeated over a batch
+    got2 = fuq.ensemble_stats(x.unsqueeze(0).expand(4, 3, 3), dim=1)
+    for f, want in GOLDEN.items():
+        assert torch.allclose(getattr(got2, f).double(), torch.full((4,), want, dtype=torch.float64), rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("V", [7, 1025, 3000])
+def test_matches_reference(dtype, V):
+    x = make(M=4, V=V, dtype=dtype, seed=V)
+    got = fuq.ensemble_stats(x)
+    want = reference(x)  # float64 on the same (rounded) inputs
+    fdt = torch.float64 if dtype == torch.float64 else torch.float32
+    assert all(getattr(got, f).dtype == fdt for f in FIELDS)
+    assert_close(got, want, rtol=1e-12 if dtype == torch.float64 else 2e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("M", [1, 2, 5])
+@pytest.mark.parametrize("scale", [0.3, 3.0, 12.0])
+def test_matches_numpy_transcription(M, scale):
+    x = make(M=M, lead=(3, 4), V=257, dtype=torch.float64, scale=scale, seed=M)
+    got = fuq.ensemble_stats(x)
+    want = numpy_stats(x.numpy())
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=1e-10, atol=1e-13, err_msg=f)
+
+
+def test_identities_and_signs():
+    x = make(M=6, lead=(4, 7), V=500, dtype=torch.float32, scale=5.0)
+    s = fuq.ensemble_stats(x)
+    assert all(bool((getattr(s, f) >= 0).all()) for f in FIELDS)
+    torch.testing.assert_close(s.total, s.aleatoric + s.epistemic, rtol=1e-6, atol=0)
+    torch.testing.assert_close(s.epkl, s.epistemic + s.rmi, rtol=1e-6, atol=0)
+    assert bool((s.total <= math.log(500) + 1e-5).all())
+
+
+def test_single_member_has_no_epistemic_part():
+    x = make(M=1, lead=(5,), V=300, dtype=torch.float64)
+    s = fuq.ensemble_stats(x)
+    H = fuq.token_stats(x[0]).entropy
+    torch.testing.assert_close(s.aleatoric, H, rtol=1e-13, atol=0)
+    torch.testing.assert_close(s.total, H, rtol=1e-13, atol=0)
+    assert torch.equal(s.epistemic, torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(s.epkl, torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(s.rmi, torch.zeros(5, dtype=torch.float64))
+
+
+def test_vocabulary_of_one_and_empty_batch():
+    s = fuq.ensemble_stats(torch.randn(3, 4, 1))
+    assert all(torch.equal(getattr(s, f), torch.zeros(4)) for f in FIELDS)
+    e = fuq.ensemble_stats(torch.randn(3, 0, 5, 10), dim=0)
+    assert all(getattr(e, f).shape == (0, 5) for f in FIELDS)
+
+
+def test_temperature():
+    x = make(M=3, lead=(4,), V=333, dtype=torch.float64)
+    got = fuq.ensemble_stats(x, temperature=0.7)
+    assert_close(got, reference(x, temperature=0.7), rtol=1e-12, atol=1e-14)
+    assert_close(got, fuq.ensemble_stats(x / 0.7), rtol=1e-12, atol=1e-14)
+
+
+def test_epistemic_keeps_its_digits_when_members_agree():
+    # members differ by ~1e-4 in their logits: MI ~ 1e-9 << TU ~ 5. fp32 TU - AU would be noise
+    # (fp32 rounding of TU is ~5e-7); the non-negative terms keep MI to ~1e-6 relative.
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(1, 4, 2000, generator=g, dtype=torch.float64) * 2
+    x64 = base + 1e-4 * torch.randn(5, 4, 2000, generator=g, dtype=torch.float64)
+    x = x64.float()
+    got = fuq.ensemble_stats(x)
+    want = numpy_stats(x.double().numpy())
+    # the float64 reference's TU - AU has an absolute error ~1e-15, i.e. ~1e-6 relative here
+    assert bool((got.epistemic > 0).all())
+    np.testing.assert_allclose(got.epistemic.numpy(), want["epistemic"], rtol=1e-5)
+    np.testing.assert_allclose(got.rmi.numpy(), want["rmi"], rtol=1e-5)
+    # identical members: 0 up to the square of a rounding error (r_mv = O(eps), φ = O(r²))
+    same = fuq.ensemble_stats(x[:1].expand(4, 4, 2000))
+    assert bool((same.epistemic <= 1e-25).all()) and bool((same.rmi <= 1e-25).all())
+
+
+def test_epistemic_never_negative_on_random_batches():
+    for seed in range(5):
+        x = make(M=2 + seed, lead=(16,), V=64, dtype=torch.bfloat16, scale=0.5 * (seed + 1), seed=seed)
+        s = fuq.ensemble_stats(x)
+        assert bool((s.epistemic >= 0).all()) and bool((s.rmi >= 0).all()) and bool((s.epkl >= 0).all())
+
+
+# ---- layouts ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dim", [1, 2, -2, -3])
+def test_member_axis_anywhere(dim):
+    x0 = make(M=3, lead=(4, 5), V=129, dtype=torch.float32)  # [M, 4, 5, V]
+    want = fuq.ensemble_stats(x0)
+    x = x0.movedim(0, dim).contiguous()
+    got = fuq.ensemble_stats(x, dim=dim)
+    assert_bitwise(got, want)  # one position, same arithmetic: whatever the layout
+
+
+def test_strided_inputs():
+    x = make(M=4, lead=(6, 8), V=300, dtype=torch.float32)
+    views = [x[:, ::2], x[:, :, 1::3], x.transpose(1, 2), x[::2], x.movedim(0, 2)[:, ::2].movedim(2, 0)]
+    for v in views:
+        assert not v.is_contiguous()
+        assert_bitwise(fuq.ensemble_stats(v), fuq.ensemble_stats(v.contiguous()))
+    # broadcast (stride-0) members and positions
+    b = x[:1, :1].expand(4, 6, 8, 300)
+    assert_bitwise(fuq.ensemble_stats(b), fuq.ensemble_stats(b.contiguous()))
+    # more than two leading dimensions that do not coalesce: the op copies once
+    y = make(M=2, lead=(3, 4, 5), V=50).permute(0, 3, 1, 2, 4)[:, ::2]
+    assert_close(fuq.ensemble_stats(y), reference(y), rtol=2e-6, atol=1e-12)
+
+
+def test_numpy_input():
+    x = make(M=3, lead=(2,), V=40, dtype=torch.float64)
+    got = fuq.ensemble_stats(x.numpy())
+    assert isinstance(got.total, torch.Tensor)
+    assert_bitwise(got, fuq.ensemble_stats(x))
+
+
+# ---- masks, infinities, NaN -------------------------------------------------------------------
+
+def test_masked_vocabulary_shared_by_all_members():
+    x = make(M=3, lead=(4,), V=200, dtype=torch.float32)
+    x[:, :, 150:] = -math.inf  # the same masked columns everywhere: same as dropping them
+    got = fuq.ensemble_stats(x)
+    assert all(bool(torch.isfinite(getattr(got, f)).all()) for f in FIELDS)
+    assert_close(got, fuq.ensemble_stats(x[..., :150].contiguous()), rtol=1e-6, atol=1e-12)
+    assert_close(got, reference(x), rtol=2e-6, atol=1e-12)
+
+
+def test_token_impossible_under_one_member_makes_epkl_infinite():
+    x = make(M=3, lead=(4,), V=100, dtype=torch.float64)
+    x[1, 2, 17] = -math.inf  # member 1 gives token 17 probability 0 at position 2; the others do not
+    got = fuq.ensemble_stats(x)
+    want = reference(x)
+    assert got.epkl[2].item() == math.inf and got.rmi[2].item() == math.inf
+    assert want.epkl[2].item() == math.inf and want.rmi[2].item() == math.inf
+    for f in ("total", "aleatoric", "epistemic"):
+        assert math.isfinite(getattr(got, f)[2].item())
+    assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # other positions untouched
+    clean = fuq.ensemble_stats(torch.cat([x[:, :2], x[:, 3:]], 1))
+    for f in FIELDS:
+        assert torch.equal(torch.cat([getattr(got, f)[:2], getattr(got, f)[3:]]), getattr(clean, f))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "all_ninf"])
+def test_invalid_member_row_poisons_only_its_position(bad):
+    x = make(M=3, lead=(3, 4), V=64, dtype=torch.float32)
+    clean = fuq.ensemble_stats(x)
+    y = x.clone()
+    if bad == "all_ninf":
+        y[2, 1, 3, :] = -math.inf
+    else:
+        y[2, 1, 3, 10] = bad
+    got = fuq.ensemble_stats(y)
+    want = reference(y)
+    for f in FIELDS:
+        u = getattr(got, f)
+        assert math.isnan(u[1, 3].item()) and math.isnan(getattr(want, f)[1, 3].item()), f
+        keep = torch.ones(3, 4, dtype=torch.bool)
+        keep[1, 3] = False
+        assert torch.equal(u[keep], getattr(clean, f)[keep]), f
+
+
+# ---- mode "ep" --------------------------------------------------------------------------------
+
+def test_ep_mode_matches_numpy_and_reference():
+    x = make(M=4, lead=(3, 5), V=211, dtype=torch.float64, seed=9)
+    ll = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
+    got = fuq.ensemble_stats(x, mode="ep", member_ll=ll)
+    want = numpy_stats(x.numpy(), member_ll=ll.numpy())
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=1e-10, atol=1e-13, err_msg=f)
+    assert_close(got, reference(x, mode="ep", member_ll=ll), rtol=1e-12, atol=1e-14)
+    # fp32 logits with fp16 member_ll, members on dim 1
+    xf, llf = x.float().movedim(0, 1), ll.half().movedim(0, 1)
+    assert_close(fuq.ensemble_stats(xf, dim=1, mode="ep", member_ll=llf),
+                 reference(xf, dim=1, mode="ep", member_ll=llf), rtol=2e-6, atol=1e-12)
+
+
+def test_ep_with_equal_likelihoods_is_pe():
+    x = make(M=5, lead=(4,), V=300, dtype=torch.float32)
+    ll = torch.full((5, 4), -12.5)
+    assert_close(fuq.ensemble_stats(x, mode="ep", member_ll=ll), fuq.ensemble_stats(x), rtol=1e-6, atol=1e-12)
+
+
+def test_ep_member_without_weight_drops_out():
+    x = make(M=3, lead=(4,), V=120, dtype=torch.float64)
+    x[2, :, 5] = -math.inf  # would make EPKL infinite if member 2 counted
+    ll = torch.tensor([0.0, 0.0, -math.inf]).unsqueeze(1).expand(3, 4)
+    got = fuq.ensemble_stats(x, mode="ep", member_ll=ll)
+    assert_close(got, fuq.ensemble_stats(x[:2]), rtol=1e-13, atol=1e-15)
+    assert_close(got, reference(x, mode="ep", member_ll=ll), rtol=1e-12, atol=1e-14)
+
+
+def test_ep_invalid_likelihood_poisons_only_its_position():
+    x = make(M=3, lead=(4,), V=50, dtype=torch.float32)
+    ll = torch.zeros(3, 4)
+    ll[1, 2] = math.nan
+    got = fuq.ensemble_stats(x, mode="ep", member_ll=ll)
+    assert all(math.isnan(getattr(got, f)[2].item()) for f in FIELDS)
+    assert all(bool(torch.isfinite(getattr(got, f)[[0, 1, 3]]).all()) for f in FIELDS)
+
+
+# ---- determinism ------------------------------------------------------------------------------
+
+def test_deterministic_across_thread_counts_and_batches():
+    x = make(M=4, lead=(37,), V=3000, dtype=torch.bfloat16, seed=5)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fuq.ensemble_stats(x)
+        torch.set_num_threads(4)
+        four = fuq.ensemble_stats(x)
+        alone = fuq.ensemble_stats(x[:, 11:12])
+    finally:
+        torch.set_num_threads(old)
+    assert_bitwise(one, four)
+    for f in FIELDS:
+        assert torch.equal(getattr(alone, f)[0], getattr(one, f)[11]), f
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(dim=2), ValueError, "vocabulary"),
+    (dict(dim=-1), ValueError, "vocabulary"),
+    (dict(dim=3), ValueError, "dim"),
+    (dict(dim=-4), ValueError, "dim"),
+    (dict(dim=1.0), TypeError, "dim"),
+    (dict(dim=True), TypeError, "dim"),
+    (dict(mode="mean"), ValueError, "mode"),
+    (dict(mode="ep"), ValueError, "member_ll"),
+    (dict(member_ll=torch.zeros(3, 4)), ValueError, "member_ll"),
+    (dict(mode="ep", member_ll=torch.zeros(4, 3)), ValueError, "member_ll"),
+    (dict(mode="ep", member_ll=torch.zeros(3, 4, 5)), ValueError, "member_ll"),
+    (dict(mode="ep", member_ll=torch.zeros(3, 4, dtype=torch.int64)), TypeError, "member_ll"),
+    (dict(mode="ep", member_ll=torch.zeros(3, 4, device="meta")), ValueError, "member_ll"),
+    (dict(mode="ep", member_ll=[[0.0] * 4] * 3), TypeError, "member_ll"),
+    (dict(temperature=0.0), ValueError, "temperature"),
+    (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(temperature=math.inf), ValueError, "temperature"),
+    (dict(temperature=1e-40), ValueError, "temperature"),
+    (dict(temperature="1"), TypeError, "temperature"),
+])
+def test_bad_arguments_raise(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fuq.ensemble_stats(torch.randn(3, 4, 10), **kwargs)
+
+
+def test_bad_logits_raise():
+    with pytest.raises(TypeError, match="logits"):
+        fuq.ensemble_stats(torch.zeros(3, 4, 10, dtype=torch.int32))
+    with pytest.raises(TypeError, match="logits"):
+        fuq.ensemble_stats([[0.0, 1.0]])
+    with pytest.raises(ValueError, match="logits"):
+        fuq.ensemble_stats(torch.zeros(10))
+    with pytest.raises(ValueError, match="member"):
+        fuq.ensemble_stats(torch.zeros(0, 4, 10))
+    with pytest.raises(ValueError, match="vocabulary"):
+        fuq.ensemble_stats(torch.zeros(3, 4, 0))
+    with pytest.raises(ValueError, match="stride"):
+        fuq.ensemble_stats(torch.zeros(3, 10, 4).transpose(1, 2))
+
+
+# ---- torch.library: opcheck, compile ------------------------------------------------------------
+
+def test_opcheck():
+    x = torch.randn(3, 4, 50)
+    op = torch.ops.flashuq.ensemble_stats.default
+    torch.library.opcheck(op, (x, None, 0, 1.0))
+    torch.library.opcheck(op, (x.bfloat16().transpose(0, 1), None, 1, 0.8))
+    torch.library.opcheck(op, (x.double(), torch.randn(3, 4, dtype=torch.float64), 0, 1.0))
+
+
+def test_torch_compile_fullgraph():
+    def f(logits, ll):
+        pe = fuq.ensemble_stats(logits, dim=1)
+        ep = fuq.ensemble_stats(logits, dim=1, mode="ep", member_ll=ll)
+        return pe.epistemic.sum(-1) + ep.total.mean(-1), pe.rmi
+
+    x = make(M=3, lead=(2, 4), V=65).movedim(0, 1).contiguous()  # [2, M, 4, V]
+    ll = torch.randn(2, 3, 4)
+    got = torch.compile(f, fullgraph=True)(x, ll)
+    want = f(x, ll)
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v)
