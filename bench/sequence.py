@@ -13,7 +13,8 @@ RenyiNeg, FisherRao). Three ways:
 - **eager torch**: the same per-step fields written in plain torch (log_softmax, exp, sums, topk,
   a second softmax for the τ = 2 terms), then masked torch reductions.
 - **LM-Polygraph style**: keep ``log_softmax`` of every step (as its ``_ScoresProcessor`` does),
-  then each estimator runs numpy/scipy over each sequence's stored ``[len, V]`` log-probabilities.
+  then each estimator runs numpy/scipy over each sequence's stored ``[len, V]`` log-probabilities
+  (the token entropies per token, as its EntropyCalculator does).
 
 Reported: the total time of the per-step work plus the final scoring, the bytes kept per generated
 token, and the largest relative disagreement of each path's scores with flashuq's. The machine
@@ -118,8 +119,10 @@ class Eager:
 
 class LMPolygraphStyle:
     """Keeps every step's log-softmax (float32, full vocabulary) and the emitted token's log-prob,
-    then runs one numpy/scipy estimator after another over each sequence, as LM-Polygraph's
-    estimators do over ``greedy_log_probs`` / ``greedy_log_likelihoods``."""
+    then runs one numpy/scipy estimator after another over each sequence, as LM-Polygraph's stat
+    calculators and estimators do over ``greedy_log_probs`` / ``greedy_log_likelihoods``: the token
+    entropies in a per-token loop (its EntropyCalculator), the rest vectorised per sequence (its
+    RenyiNeg / FisherRao / SelfCertainty estimators; kurtosis with scipy)."""
 
     name = "LM-Polygraph style (numpy)"
 
@@ -154,9 +157,13 @@ class LMPolygraphStyle:
             out["arithmetic_mean_prob"][b] = -np.exp(ll).mean()
             lp = seq()
             out["gnll"][b] = -lp.max(-1).sum()
-            lp = seq()
-            fin = np.isfinite(lp)
-            ent = -np.where(fin, np.exp(lp) * lp, 0.0).sum(-1)
+            # LM-Polygraph's EntropyCalculator: a Python loop over the tokens, finite entries only
+            ent = []
+            for t in steps:
+                lp_t = self.log_probs[t][b]
+                fin = lp_t[~np.isinf(lp_t)]
+                ent.append(-np.sum(fin * np.exp(fin)))
+            ent = np.array(ent)
             out["mean_token_entropy"][b] = ent.mean()
             out["max_token_entropy"][b] = ent.max()
             lp = seq()

@@ -189,17 +189,23 @@ def _block_partial(row_ptr, cols0, hi, scale, BLOCK: tl.constexpr, ACC: tl.const
     is_max = cols == bidx
     fin = x > float("-inf")
     d = tl.where(fin, (x - bm) * scale, 0.0)
-    e = tl.where(fin, tl.exp(d), 0.0)
+    if FRAC:  # one exponential e^{d/4}; e^{d/2} and e^d are its squares (KERNELS.md §2: saves MUFU work)
+        e4 = tl.where(fin, tl.exp(d * 0.25), 0.0)
+        eh = e4 * e4
+        e = eh * eh
+    else:
+        e = tl.where(fin, tl.exp(d), 0.0)
+        e4 = e  # unused without FRAC
+        eh = e
     e_rest = tl.where(is_max, 0.0, e)  # the max is implicit (e^0 = 1): R never forms 1 + tiny
     R = tl.sum(e_rest)
     T = tl.sum(tl.where(e > 0.0, e * d, 0.0))  # d is -inf if the row spans beyond the float range
     Q2 = tl.sum(e_rest * e_rest)
     Qh = tl.zeros([], ACC)
     Qq = tl.zeros([], ACC)
-    if FRAC:  # e^{d/4} once, e^{d/2} its square; e^d stays as above so no other field changes
-        e4 = tl.where(fin & ~is_max, tl.exp(d * 0.25), 0.0)
-        Qq = tl.sum(e4)
-        Qh = tl.sum(e4 * e4)
+    if FRAC:
+        Qq = tl.sum(tl.where(is_max, 0.0, e4))
+        Qh = tl.sum(tl.where(is_max, 0.0, eh))
     sd = tl.sum(d)
     nf = tl.sum(fin.to(ACC))
     m2 = tl.max(tl.where(is_max, float("-inf"), x))

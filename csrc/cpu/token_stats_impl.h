@@ -73,8 +73,8 @@ inline Acc<M> merge_acc(const Acc<M>& a, const Acc<M>& b, M inv_temp, bool frac)
 }
 
 // Partial of columns [base, base + len) of one row; buf holds kBlock scratch values. Frac also
-// accumulates the tempered sums Qh, Qq (one more exponential per column, e^{d/4}; e^{d/2} is its
-// square). e^d itself is computed as without Frac, so the other fields do not change with it.
+// accumulates the tempered sums Qh, Qq: e^{d/4} is then the one exponential per column and e^{d/2},
+// e^d are its squares (a few ulp more error in e^d than a direct exp; no extra exp per column).
 template <typename In, typename A, bool Frac>
 Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, TopK<A>* tk, int k) {
   const A ninf = neg_inf<A>();
@@ -133,17 +133,21 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
       const A x = buf[i];
       const bool fin = x > ninf;
       const A d = fin ? (x - bm) * inv_temp : A(0);
-      A e = Math<A>::exp(d);
-      e = fin ? e : A(0);
+      A e;
+      if (Frac) {  // one exponential, e^{d/4}; two squarings give e^{d/2} and e^d (KERNELS.md §2)
+        A e4 = Math<A>::exp(d * A(0.25));
+        e4 = fin ? e4 : A(0);
+        const A eh = e4 * e4;
+        e = eh * eh;
+        qq += e4;
+        qh += eh;
+      } else {
+        e = Math<A>::exp(d);
+        e = fin ? e : A(0);
+      }
       r += e;
       t += e > A(0) ? e * d : A(0);  // d may be -inf when the row spans more than the float range
       q += e * e;
-      if (Frac) {
-        A e4 = Math<A>::exp(d * A(0.25));
-        e4 = fin ? e4 : A(0);
-        qq += e4;
-        qh += e4 * e4;
-      }
       dd += d;
       f += fin ? A(1) : A(0);
       buf[i] = e;
