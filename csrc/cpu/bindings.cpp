@@ -5,6 +5,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -156,7 +157,8 @@ static void ensemble_stats_py(Arr logits, int64_t P, int64_t M, int64_t V, int64
                               Arr epistemic, Arr epkl, Arr rmi, int num_threads) {
   EnsembleStatsArgs a{};
   a.dtype = dtype_of(logits);
-  if (M < 1 || sm < 0) throw std::invalid_argument("ensemble_stats: bad member count or stride");
+  if (M < 1 || sm < 0 || V < 1) throw std::invalid_argument("ensemble_stats: bad member count, stride or V");
+  if (sm > 0 && M - 1 > (INT64_MAX - V) / sm) throw std::invalid_argument("ensemble_stats: member span overflows");
   // a position's M member rows span (M - 1) * sm + V elements from its start
   flashuq::check_rows_inside(logits, P, (M - 1) * sm + V, n1, s0, s1);
   if (lw.dtype() != nb::dtype<double>() || lw.ndim() != 1 || lw.stride(0) != 1 || lw_stride < 0 ||
