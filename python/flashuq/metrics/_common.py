@@ -135,7 +135,7 @@ def tie_groups(sorted_values: np.ndarray):
 
 def rankdata_average(x: np.ndarray) -> np.ndarray:
     """1-based ranks, ties get the average rank (scipy.stats.rankdata(method="average"))."""
-    order = np.argsort(x, kind="stable")
+    order = np.argsort(x)  # the order inside a tie group does not matter
     starts, sizes = tie_groups(x[order])
     avg = starts + (sizes + 1) / 2.0
     ranks = np.empty(x.shape[0], dtype=np.float64)

@@ -2,15 +2,15 @@
 
 ``uncertainty`` higher = less trustworthy; ``correct`` is 1/True for a correct (or true) item and
 0/False otherwise. The two AUCs have scikit-learn's exact tie semantics (``roc_auc_score``,
-``average_precision_score``) without depending on it: both are computed from per-tie-group class
-counts in one sort, O(N log N); ROC-AUC's counts are exact int64 arithmetic.
+``average_precision_score``) without depending on it: both come from the sorted scores of each class
+and binary searches, O(N log N); ROC-AUC's counts are exact int64 arithmetic.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._common import apply_nan_policy, as_float_1d, check_binary, check_int, check_same_length, tie_groups
+from ._common import apply_nan_policy, as_float_1d, check_binary, check_int, check_same_length
 
 
 def _binary_inputs(uncertainty, correct, nan_policy):
@@ -21,12 +21,10 @@ def _binary_inputs(uncertainty, correct, nan_policy):
     return u, check_binary(c, "correct")
 
 
-def _group_counts(score: np.ndarray, pos: np.ndarray):
-    """Sort by ascending score; per run of tied scores, the number of items and of positives."""
-    order = np.argsort(score, kind="stable")
-    starts, sizes = tie_groups(score[order])
-    n_pos = np.add.reduceat(pos[order].astype(np.int64), starts) if starts.shape[0] else np.zeros(0, np.int64)
-    return sizes.astype(np.int64), n_pos
+def _split_sorted(score: np.ndarray, pos: np.ndarray):
+    """The scores of the positive and of the negative items, each sorted ascending (two value
+    sorts are much faster than one argsort; tie groups are then found by binary search)."""
+    return np.sort(score[pos]), np.sort(score[~pos])
 
 
 def roc_auc(uncertainty, correct, *, nan_policy="raise") -> float:
@@ -52,10 +50,10 @@ def roc_auc(uncertainty, correct, *, nan_policy="raise") -> float:
     q = int(ok.sum())
     if p == 0 or q == 0:
         return float("nan")
-    sizes, n_pos = _group_counts(u, wrong)
-    n_neg = sizes - n_pos
-    neg_below = np.cumsum(n_neg) - n_neg
-    twice = 2 * int(np.dot(n_pos, neg_below)) + int(np.dot(n_pos, n_neg))  # exact integers
+    sp, sn = _split_sorted(u, wrong)
+    below = np.searchsorted(sn, sp, side="left")          # correct items strictly less uncertain
+    tied = np.searchsorted(sn, sp, side="right") - below  # correct items tied with it
+    twice = 2 * int(below.sum()) + int(tied.sum())        # exact integers
     return float(twice / (2 * p * q))
 
 
@@ -83,11 +81,11 @@ def pr_auc(uncertainty, correct, *, positive="incorrect", nan_policy="raise") ->
     n_total_pos = int(y.sum())
     if n_total_pos == 0:
         return float("nan")
-    sizes, n_pos = _group_counts(-score, y)  # ascending −score = descending score
-    tp = np.cumsum(n_pos)
-    seen = np.cumsum(sizes)
-    precision = tp / seen
-    return float(np.sum(n_pos * precision) / n_total_pos)
+    sp, sn = _split_sorted(score, y)
+    # for every positive with score s, the precision at threshold s: all items with score >= s enter
+    tp = sp.shape[0] - np.searchsorted(sp, sp, side="left")
+    fp = sn.shape[0] - np.searchsorted(sn, sp, side="left")
+    return float(np.sum(tp / (tp + fp)) / n_total_pos)
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ def spearman(uncertainty, quality, *, nan_policy="raise") -> float:
 
 def _dense_ranks(x: np.ndarray) -> np.ndarray:
     """0-based dense ranks (equal values share one rank), int64."""
-    order = np.argsort(x, kind="stable")
+    order = np.argsort(x)
     xs = x[order]
     new = np.empty(x.shape[0], dtype=np.int64)
     new[0] = 0
@@ -115,13 +115,14 @@ def kendall_tau(uncertainty, quality, *, nan_policy="raise") -> float:
         return float("nan")
     x = _dense_ranks(u)
     y = _dense_ranks(-q)
-    order = np.lexsort((y, x))                   # by x, ties in x by y ascending (never discordant)
-    xs, ys = x[order], y[order]
+    ny = int(y.max()) + 1
+    joint = x * ny + y                           # by x, ties in x by y ascending (never discordant)
+    joint.sort()
+    xs, ys = joint // ny, joint % ny
     dis = count_inversions(ys)                   # strict: pairs tied in y are not counted
     tot = n * (n - 1) // 2
     xtie = _tied_pairs(tie_groups(xs)[1])
     ytie = _tied_pairs(np.bincount(y))
-    joint = xs * (int(y.max()) + 1) + ys         # lexsorted, so joint ties are runs
     ntie = _tied_pairs(tie_groups(joint)[1])
     if tot == xtie or tot == ytie:
         return float("nan")
