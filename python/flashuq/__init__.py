@@ -4,7 +4,7 @@
 from one read of the logits. See README.md and the docstrings of each op.
 """
 
-from . import _ext, methods, reference
+from . import _ext, methods, metrics, reference
 from .ops.ensemble_stats import EnsembleStats, ensemble_stats
 from .ops.masked_quantile import masked_quantile
 from .ops.masked_reduce import masked_reduce
@@ -15,4 +15,4 @@ from .methods.scores import sequence_scores
 __version__ = "0.1.0"
 
 __all__ = ["TokenStats", "token_stats", "EnsembleStats", "ensemble_stats", "masked_reduce", "masked_quantile",
-           "segment_reduce", "sequence_scores", "methods", "reference", "__version__"]
+           "segment_reduce", "sequence_scores", "methods", "metrics", "reference", "__version__"]

@@ -1,0 +1,34 @@
+"""Evaluation metrics for uncertainty estimators (METHODS.md §9; API.md "Evaluation").
+
+Conventions: ``uncertainty`` higher = less trustworthy; ``quality`` higher = better; ``correct`` is
+binary (1/True = correct). Inputs may be numpy arrays, lists or torch tensors; everything is
+computed in float64 numpy, vectorised and O(N log N). Scalar metrics return Python floats, curves
+return numpy arrays.
+
+``nan_policy`` (where a metric takes one): ``"raise"`` (default, except ``prr(baseline="polygraph")``),
+``"omit"`` (drop items with a NaN uncertainty or label) or ``"polygraph"`` (LM-Polygraph's
+``_delete_nans``: a NaN/−inf uncertainty becomes −1e7, the most confident; +inf becomes +1e7;
+items with a NaN quality are dropped).
+
+========================  =========================================================================
+``prr``                   prediction-rejection ratio (exact or LM-Polygraph baseline), raw area
+``rejection_curve``       the curve behind PRR (estimator, oracle, random)
+``roc_auc``               P(incorrect more uncertain than correct), ties half
+``pr_auc``                average precision (scikit-learn's), incorrect (default) or correct positive
+``ece``                   expected calibration error of ``−uncertainty`` (LM-Polygraph binning)
+``spearman``              Spearman's rho of uncertainty with −quality
+``kendall_tau``           Kendall's tau-b of uncertainty with −quality
+``tsu``                   temperature sensitivity of uncertainty, percent
+``misleading_rate``       (MR_T→F, MR_F→T)
+``bootstrap``             percentile bootstrap interval of any of them
+========================  =========================================================================
+"""
+
+from .bootstrap import BootstrapResult, bootstrap
+from .classification import ece, pr_auc, roc_auc
+from .correlation import kendall_tau, spearman
+from .protocols import MisleadingRate, misleading_rate, tsu
+from .rejection import RejectionCurve, prr, rejection_curve
+
+__all__ = ["prr", "rejection_curve", "RejectionCurve", "roc_auc", "pr_auc", "ece", "spearman", "kendall_tau",
+           "tsu", "misleading_rate", "MisleadingRate", "bootstrap", "BootstrapResult"]

@@ -1,0 +1,149 @@
+"""Binary-correctness metrics: ROC-AUC, PR-AUC (average precision) and ECE (METHODS.md §9.5-9.6).
+
+``uncertainty`` higher = less trustworthy; ``correct`` is 1/True for a correct (or true) item and
+0/False otherwise. The two AUCs have scikit-learn's exact tie semantics (``roc_auc_score``,
+``average_precision_score``) without depending on it: both come from the sorted scores of each class
+and binary searches, O(N log N); ROC-AUC's counts are exact int64 arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import apply_nan_policy, as_float_1d, check_binary, check_int, check_same_length
+
+
+def _binary_inputs(uncertainty, correct, nan_policy):
+    u = as_float_1d(uncertainty, "uncertainty")
+    c = as_float_1d(correct, "correct")
+    check_same_length(u, c, "uncertainty", "correct")
+    u, c = apply_nan_policy(u, c, nan_policy, "uncertainty", "correct")
+    return u, check_binary(c, "correct")
+
+
+def _split_sorted(score: np.ndarray, pos: np.ndarray):
+    """The scores of the positive and of the negative items, each sorted ascending (two value
+    sorts are much faster than one argsort; tie groups are then found by binary search)."""
+    return np.sort(score[pos]), np.sort(score[~pos])
+
+
+def roc_auc(uncertainty, correct, *, nan_policy="raise") -> float:
+    """ROC-AUC of uncertainty as a detector of incorrect items (METHODS.md §9.5).
+
+    ``P(u_incorrect > u_correct) + ½ P(u_incorrect = u_correct)`` over all (incorrect, correct)
+    pairs: the Mann-Whitney statistic, equal to ``sklearn.metrics.roc_auc_score(1 − correct, u)``
+    (equivalently ``roc_auc_score(correct, −u)``), trapezoidal rule on ties. 1 = every incorrect item
+    is more uncertain than every correct one, 0.5 = chance; a constant uncertainty gives 0.5.
+
+    Args:
+        uncertainty: ``[N]``, higher = less trustworthy; ±inf allowed (they rank at the ends).
+        correct: ``[N]`` binary (0/1 or bool).
+        nan_policy: ``"raise"`` (default), ``"omit"`` or ``"polygraph"`` (NaN uncertainty → −1e7, NaN
+            labels dropped, as LM-Polygraph's ``ROCAUC`` after ``_delete_nans``).
+
+    Returns:
+        A Python float; NaN when only one class is present (scikit-learn raises there).
+    """
+    u, ok = _binary_inputs(uncertainty, correct, nan_policy)
+    wrong = ~ok
+    p = int(wrong.sum())
+    q = int(ok.sum())
+    if p == 0 or q == 0:
+        return float("nan")
+    sp, sn = _split_sorted(u, wrong)
+    below = np.searchsorted(sn, sp, side="left")          # correct items strictly less uncertain
+    tied = np.searchsorted(sn, sp, side="right") - below  # correct items tied with it
+    twice = 2 * int(below.sum()) + int(tied.sum())        # exact integers
+    return float(twice / (2 * p * q))
+
+
+def pr_auc(uncertainty, correct, *, positive="incorrect", nan_policy="raise") -> float:
+    """PR-AUC as average precision (METHODS.md §9.5; LM-Polygraph ``PRAUC``).
+
+    ``AP = Σ_n (R_n − R_{n−1}) · P_n`` over the distinct score thresholds in decreasing order, all
+    items of a tie group entering at once (scikit-learn's ``average_precision_score``; no
+    interpolation). With ``positive="incorrect"`` (default, the orientation of :func:`roc_auc` and
+    of LM-Polygraph, whose target 1 is a false claim) it equals
+    ``average_precision_score(1 − correct, uncertainty)``; with ``positive="correct"`` it equals
+    ``average_precision_score(correct, −uncertainty)``, which is the Inv-Entropy repository's "PRR"
+    (METHODS.md §9.8). Chance level is the positive rate.
+
+    Returns:
+        A Python float; NaN when there is no positive item.
+    """
+    if positive not in ("incorrect", "correct"):
+        raise ValueError(f"positive must be 'incorrect' or 'correct', got {positive!r}")
+    u, ok = _binary_inputs(uncertainty, correct, nan_policy)
+    if positive == "incorrect":
+        y, score = ~ok, u
+    else:
+        y, score = ok, -u
+    n_total_pos = int(y.sum())
+    if n_total_pos == 0:
+        return float("nan")
+    sp, sn = _split_sorted(score, y)
+    # for every positive with score s, the precision at threshold s: all items with score >= s enter
+    tp = sp.shape[0] - np.searchsorted(sp, sp, side="left")
+    fp = sn.shape[0] - np.searchsorted(sn, sp, side="left")
+    return float(np.sum(tp / (tp + fp)) / n_total_pos)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    """sklearn.preprocessing.MinMaxScaler().fit_transform on one column, with its arithmetic:
+    ``x·s − min·s`` with ``s = 1/(max − min)``, and ``s = 1`` when the range is below 10·eps."""
+    lo, hi = x.min(), x.max()
+    rng = hi - lo
+    scale = 1.0 / (rng if rng >= 10 * np.finfo(np.float64).eps else 1.0)
+    return x * scale + (0.0 - lo * scale)
+
+
+def ece(uncertainty, correct, *, n_bins=20, normalize=True, nan_policy="raise") -> float:
+    """Expected calibration error of the confidence ``−uncertainty`` (LM-Polygraph ``ECE``; §9.6).
+
+    ``conf = −uncertainty``, min-max scaled to [0, 1] when ``normalize`` (LM-Polygraph's
+    ``ECE(normalize=True)`` used by polygraph_eval; a constant confidence becomes 0). ``n_bins`` equal
+    bins on [0, 1]: the first ``[0, 1/B]``, the others ``(lo, hi]``::
+
+        ECE = Σ_b (n_b / N) · |mean(correct_b) − mean(conf_b)|
+
+    With ``normalize=False`` the caller passes ``uncertainty = −confidence`` with the confidence
+    already in [0, 1]; as in LM-Polygraph, items whose confidence falls outside [0, 1] land in no
+    bin but still count in N. Meaningful for binary ``correct``; any values in [0, 1] are accepted.
+    Lower is better.
+
+    Args:
+        uncertainty: ``[N]``; must be finite after ``nan_policy`` (``"polygraph"`` maps ±inf to ±1e7).
+        correct: ``[N]`` in [0, 1].
+        n_bins: number of bins (≥ 1).
+        normalize: min-max scale the confidence first.
+        nan_policy: ``"raise"`` (default), ``"omit"`` or ``"polygraph"``.
+
+    Returns:
+        A Python float.
+    """
+    n_bins = check_int(n_bins, "n_bins", 1)
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    u = as_float_1d(uncertainty, "uncertainty")
+    c = as_float_1d(correct, "correct")
+    check_same_length(u, c, "uncertainty", "correct")
+    u, c = apply_nan_policy(u, c, nan_policy, "uncertainty", "correct")
+    if not np.isfinite(u).all():
+        raise ValueError("uncertainty must be finite for ECE (nan_policy='polygraph' maps ±inf to ±1e7)")
+    if ((c < 0) | (c > 1)).any():
+        raise ValueError("correct must lie in [0, 1]")
+    conf = -u
+    if normalize:
+        conf = _minmax(conf)
+    n = conf.shape[0]
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    inside = (conf >= 0.0) & (conf <= 1.0)
+    cb, tb = conf[inside], c[inside]
+    # bin i holds (edges[i], edges[i+1]]; bin 0 also holds 0 itself
+    idx = np.maximum(np.searchsorted(edges, cb, side="left") - 1, 0)
+    counts = np.bincount(idx, minlength=n_bins)
+    s_conf = np.bincount(idx, weights=cb, minlength=n_bins)
+    s_corr = np.bincount(idx, weights=tb, minlength=n_bins)
+    used = counts > 0
+    gaps = np.abs(s_corr[used] / counts[used] - s_conf[used] / counts[used])
+    return float(np.sum(counts[used] / n * gaps))
