@@ -16,6 +16,7 @@ items with a NaN quality are dropped).
 ``roc_auc``               P(incorrect more uncertain than correct), ties half
 ``pr_auc``                average precision (scikit-learn's), incorrect (default) or correct positive
 ``ece``                   expected calibration error of ``−uncertainty`` (LM-Polygraph binning)
+``reliability_bins``      the per-bin confidence / accuracy / count behind ``ece``
 ``spearman``              Spearman's rho of uncertainty with −quality
 ``kendall_tau``           Kendall's tau-b of uncertainty with −quality
 ``tsu``                   temperature sensitivity of uncertainty, percent
@@ -25,10 +26,11 @@ items with a NaN quality are dropped).
 """
 
 from .bootstrap import BootstrapResult, bootstrap
-from .classification import ece, pr_auc, roc_auc
+from .classification import ReliabilityBins, ece, pr_auc, reliability_bins, roc_auc
 from .correlation import kendall_tau, spearman
 from .protocols import MisleadingRate, misleading_rate, tsu
 from .rejection import RejectionCurve, prr, rejection_curve
 
-__all__ = ["prr", "rejection_curve", "RejectionCurve", "roc_auc", "pr_auc", "ece", "spearman", "kendall_tau",
+__all__ = ["prr", "rejection_curve", "RejectionCurve", "roc_auc", "pr_auc", "ece", "reliability_bins",
+           "ReliabilityBins", "spearman", "kendall_tau",
            "tsu", "misleading_rate", "MisleadingRate", "bootstrap", "BootstrapResult"]

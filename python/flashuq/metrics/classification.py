@@ -8,6 +8,8 @@ and binary searches, O(N log N); ROC-AUC's counts are exact int64 arithmetic.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ._common import apply_nan_policy, as_float_1d, check_binary, check_int, check_same_length
@@ -97,30 +99,19 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return x * scale + (0.0 - lo * scale)
 
 
-def ece(uncertainty, correct, *, n_bins=20, normalize=True, nan_policy="raise") -> float:
-    """Expected calibration error of the confidence ``−uncertainty`` (LM-Polygraph ``ECE``; §9.6).
+class ReliabilityBins(NamedTuple):
+    """Per-bin statistics behind :func:`ece` (``[n_bins]`` arrays; empty bins hold NaN means)."""
 
-    ``conf = −uncertainty``, min-max scaled to [0, 1] when ``normalize`` (LM-Polygraph's
-    ``ECE(normalize=True)`` used by polygraph_eval; a constant confidence becomes 0). ``n_bins`` equal
-    bins on [0, 1]: the first ``[0, 1/B]``, the others ``(lo, hi]``::
+    confidence: np.ndarray  #: mean confidence of the items in the bin
+    accuracy: np.ndarray    #: mean ``correct`` of the items in the bin
+    count: np.ndarray       #: items in the bin (int64)
+    edges: np.ndarray       #: ``[n_bins + 1]`` bin edges on [0, 1]
+    n: int                  #: all items, binned or not (LM-Polygraph's N)
 
-        ECE = Σ_b (n_b / N) · |mean(correct_b) − mean(conf_b)|
 
-    With ``normalize=False`` the caller passes ``uncertainty = −confidence`` with the confidence
-    already in [0, 1]; as in LM-Polygraph, items whose confidence falls outside [0, 1] land in no
-    bin but still count in N. Meaningful for binary ``correct``; any values in [0, 1] are accepted.
-    Lower is better.
-
-    Args:
-        uncertainty: ``[N]``; must be finite after ``nan_policy`` (``"polygraph"`` maps ±inf to ±1e7).
-        correct: ``[N]`` in [0, 1].
-        n_bins: number of bins (≥ 1).
-        normalize: min-max scale the confidence first.
-        nan_policy: ``"raise"`` (default), ``"omit"`` or ``"polygraph"``.
-
-    Returns:
-        A Python float.
-    """
+def reliability_bins(uncertainty, correct, *, n_bins=20, normalize=True, nan_policy="raise") -> ReliabilityBins:
+    """The confidence bins of :func:`ece` (same arguments): for a reliability diagram
+    (``flashuq.report.plot_reliability``) or a calibration table."""
     n_bins = check_int(n_bins, "n_bins", 1)
     if not isinstance(normalize, (bool, np.bool_)):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
@@ -135,15 +126,43 @@ def ece(uncertainty, correct, *, n_bins=20, normalize=True, nan_policy="raise") 
     conf = -u
     if normalize:
         conf = _minmax(conf)
-    n = conf.shape[0]
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     inside = (conf >= 0.0) & (conf <= 1.0)
     cb, tb = conf[inside], c[inside]
     # bin i holds (edges[i], edges[i+1]]; bin 0 also holds 0 itself
     idx = np.maximum(np.searchsorted(edges, cb, side="left") - 1, 0)
     counts = np.bincount(idx, minlength=n_bins)
-    s_conf = np.bincount(idx, weights=cb, minlength=n_bins)
-    s_corr = np.bincount(idx, weights=tb, minlength=n_bins)
-    used = counts > 0
-    gaps = np.abs(s_corr[used] / counts[used] - s_conf[used] / counts[used])
-    return float(np.sum(counts[used] / n * gaps))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, weights=cb, minlength=n_bins) / counts
+        acc = np.bincount(idx, weights=tb, minlength=n_bins) / counts
+    return ReliabilityBins(mean_conf, acc, counts.astype(np.int64), edges, int(conf.shape[0]))
+
+
+def ece(uncertainty, correct, *, n_bins=20, normalize=True, nan_policy="raise") -> float:
+    """Expected calibration error of the confidence ``−uncertainty`` (LM-Polygraph ``ECE``; §9.6).
+
+    ``conf = −uncertainty``, min-max scaled to [0, 1] when ``normalize`` (LM-Polygraph's
+    ``ECE(normalize=True)`` used by polygraph_eval; a constant confidence becomes 0). ``n_bins`` equal
+    bins on [0, 1]: the first ``[0, 1/B]``, the others ``(lo, hi]``::
+
+        ECE = Σ_b (n_b / N) · |mean(correct_b) − mean(conf_b)|
+
+    With ``normalize=False`` the caller passes ``uncertainty = −confidence`` with the confidence
+    already in [0, 1]; as in LM-Polygraph, items whose confidence falls outside [0, 1] land in no
+    bin but still count in N. Meaningful for binary ``correct``; any values in [0, 1] are accepted.
+    Lower is better. The bins themselves: :func:`reliability_bins`.
+
+    Args:
+        uncertainty: ``[N]``; must be finite after ``nan_policy`` (``"polygraph"`` maps ±inf to ±1e7).
+        correct: ``[N]`` in [0, 1].
+        n_bins: number of bins (≥ 1).
+        normalize: min-max scale the confidence first.
+        nan_policy: ``"raise"`` (default), ``"omit"`` or ``"polygraph"``.
+
+    Returns:
+        A Python float.
+    """
+    b = reliability_bins(uncertainty, correct, n_bins=n_bins, normalize=normalize, nan_policy=nan_policy)
+    used = b.count > 0
+    gaps = np.abs(b.accuracy[used] - b.confidence[used])
+    return float(np.sum(b.count[used] / b.n * gaps))
