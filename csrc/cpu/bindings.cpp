@@ -11,6 +11,7 @@
 
 #include "ensemble_stats.h"
 #include "flashuq/ndarray_checks.h"
+#include "inversions.h"
 #include "masked_reduce.h"
 #include "token_stats.h"
 
@@ -180,6 +181,15 @@ static void ensemble_stats_py(Arr logits, int64_t P, int64_t M, int64_t V, int64
   ensemble_stats(a);
 }
 
+static int64_t count_inversions_py(Arr a) {
+  if (a.dtype() != nb::dtype<int64_t>() || a.ndim() != 1 || (a.size() > 1 && a.stride(0) != 1))
+    throw std::invalid_argument("a: expected a contiguous int64 [n] array");
+  const int64_t* p = static_cast<const int64_t*>(a.data());
+  const int64_t n = int64_t(a.size());
+  nb::gil_scoped_release release;
+  return count_inversions(p, n);
+}
+
 NB_MODULE(_C, m) {
   m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
@@ -203,6 +213,8 @@ NB_MODULE(_C, m) {
         nb::arg("num_threads"),
         "Ensemble decomposition of M member distributions per position into preallocated outputs "
         "(see flashuq.ensemble_stats).");
+  m.def("count_inversions", &count_inversions_py, nb::arg("a").noconvert(),
+        "Pairs i < j with a[i] > a[j] of an int64 array, by merge sort (flashuq.metrics.kendall_tau).");
   m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;

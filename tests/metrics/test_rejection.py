@@ -22,12 +22,22 @@ def _data(n, seed, ties=False):
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 50, 1000])
 @pytest.mark.parametrize("max_rejection", [1.0, 0.5, 0.3])
 def test_polygraph_bit_identical(n, max_rejection):
-    if int(max_rejection * n) < 1:
-        pytest.skip("k = 0")
     u, q = _data(n, n)
+    if int(max_rejection * n) < 1:  # no rejection rate enters the area: refused, naming the argument
+        with pytest.raises(ValueError, match="max_rejection"):
+            M.prr(u, q, baseline="polygraph", max_rejection=max_rejection)
+        return
     assert M.prr(u, q, baseline="polygraph", max_rejection=max_rejection, normalize=False) == \
         prr_raw(u, q, max_rejection)
     assert M.prr(u, q, baseline="polygraph", max_rejection=max_rejection) == prr_normalized(u, q, max_rejection)
+
+
+@pytest.mark.parametrize("n", [7, 50, 3000])
+def test_polygraph_bit_identical_with_ties(n):
+    # the same default np.argsort call as LM-Polygraph: tied items fall in the order it gives them
+    u, q = _data(n, 4, ties=True)
+    assert M.prr(u, q, baseline="polygraph", normalize=False) == prr_raw(u, q)
+    assert M.prr(u, q, baseline="polygraph") == prr_normalized(u, q)
 
 
 def test_polygraph_binary_quality_and_nans():
@@ -87,9 +97,14 @@ def test_exact_ties_average_over_orderings(seed):
     rng = np.random.default_rng(seed)
     u = rng.integers(0, 3, 7).astype(float)
     q = rng.random(7)
-    # the polygraph path sorts stably, so over all input orders it visits every ordering of the ties
-    vals = [M.prr(u[np.array(p)], q[np.array(p)], normalize=False, baseline="polygraph")
-            for p in itertools.permutations(range(7))]
+    # brute force: the raw area of every ordering of the ties (a stable sort of each permuted input)
+    t = normalize(q)
+
+    def raw_area(perm):
+        order = perm[np.argsort(u[perm], kind="stable")]
+        return np.mean(np.cumsum(t[order])[::-1] / np.arange(7, 0, -1))
+
+    vals = [raw_area(np.array(p)) for p in itertools.permutations(range(7))]
     assert M.prr(u, q, normalize=False) == pytest.approx(np.mean(vals), rel=1e-12)
 
 

@@ -69,3 +69,18 @@ def test_ensemble_binding_never_crashes(numel, dtype, P, M, V, n1, s0, s1, sm, l
     except (ValueError, TypeError):
         return
     assert P == out_n and M >= 1 and V >= 1 and dtype != torch.int64
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 300), dtype=st.sampled_from([torch.int64, torch.int32, torch.float64]),
+       step=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_count_inversions_binding(n, dtype, step, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(0, 7, (n * step,), generator=g).to(dtype)[::step]
+    try:
+        got = _ext._C.count_inversions(a)
+    except (ValueError, TypeError):
+        assert dtype != torch.int64 or (step > 1 and n > 1)
+        return
+    v = a.tolist()
+    assert got == sum(1 for i in range(len(v)) for j in range(i + 1, len(v)) if v[i] > v[j])

@@ -5,13 +5,14 @@ better (+1 = uncertainty ranks the items exactly in reverse order of quality). B
 tie-corrected: Spearman's rho is the Pearson correlation of average ranks
 (``scipy.stats.spearmanr(u, −q).statistic``), Kendall's is tau-b
 (``scipy.stats.kendalltau(u, −q).statistic``). Kendall's discordant pairs are counted in
-O(N log N) by a vectorised most-significant-bit-first radix pass over the quality ranks.
+O(N log N) by a merge sort in C++ over the quality ranks.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import _ext
 from ._common import apply_nan_policy, as_float_1d, check_same_length, rankdata_average, tie_groups
 
 
@@ -54,42 +55,14 @@ def _dense_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def count_inversions(a: np.ndarray) -> int:
-    """Number of pairs ``i < j`` with ``a[i] > a[j]`` for non-negative integers ``a``.
+    """Number of pairs ``i < j`` with ``a[i] > a[j]`` (strict) of an integer sequence, exact.
 
-    MSD binary radix: at bit ``b`` the items are grouped by their bits above ``b`` (keeping input
-    order inside a group); a pair first differs at bit ``b`` and is inverted iff the earlier item
-    has the 1. Each level is a handful of O(N) numpy passes; ⌈log2(max+1)⌉ levels.
+    A merge sort in C++ (``flashuq._C.count_inversions``): O(N log N), one thread, deterministic.
     """
-    a = np.asarray(a, dtype=np.int64)
-    n = a.shape[0]
-    if n < 2:
-        return 0
-    nbits = int(a.max()).bit_length()
-    cur = a.copy()
-    pos = np.arange(n, dtype=np.int64)
-    gstart = np.zeros(n, dtype=np.int64)          # first position of each item's group
-    gsize = np.full(n, n, dtype=np.int64)         # size of each item's group
-    total = 0
-    for b in range(nbits - 1, -1, -1):
-        bit = (cur >> b) & 1
-        ones_incl = np.cumsum(bit)
-        ones_excl = ones_incl - bit
-        ones_before = ones_excl - ones_excl[gstart]               # earlier 1s in the same group
-        zero = bit == 0
-        total += int(ones_before[zero].sum())
-        gend = gstart + gsize - 1
-        ones_in_group = ones_incl[gend] - ones_excl[gstart]
-        zeros_in_group = gsize - ones_in_group
-        zeros_before = (pos - gstart) - ones_before
-        new_pos = np.where(zero, gstart + zeros_before, gstart + zeros_in_group + ones_before)
-        new_start = np.where(zero, gstart, gstart + zeros_in_group)
-        new_size = np.where(zero, zeros_in_group, ones_in_group)
-        cur_next = np.empty_like(cur)
-        cur_next[new_pos] = cur
-        gstart[new_pos] = new_start
-        gsize[new_pos] = new_size
-        cur = cur_next
-    return total
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if a.ndim != 1:
+        raise ValueError(f"a must be 1-d, got shape {a.shape}")
+    return int(_ext._C.count_inversions(a))
 
 
 def _tied_pairs(sizes: np.ndarray) -> int:

@@ -106,9 +106,10 @@ def prr(uncertainty, quality, *, max_rejection=1.0, normalize=True, baseline="ex
             tied uncertainties are averaged over all their orderings (so the result does not
             depend on input order); no RNG. If ``PRR_oracle == PRR_rand`` (constant quality, or
             N = 1) the normalised value is NaN.
-            ``"polygraph"``: LM-Polygraph's numbers: ties keep input order (a stable sort; the
-            reference's non-stable ``np.argsort`` agrees on distinct values and usually, but not
-            guaranteed, on ties), and ``PRR_rand`` is the mean over LM-Polygraph's 1000 shuffles
+            ``"polygraph"``: LM-Polygraph's numbers: the ranking is numpy's default ``np.argsort``,
+            the very call LM-Polygraph makes, so tied uncertainties fall in the order it gives them
+            on the same numpy and machine (that order is not stable and may differ between numpy
+            builds: use ``"exact"`` for a tie rule that does not), and ``PRR_rand`` is the mean over LM-Polygraph's 1000 shuffles
             after seed 42, reproduced to the last bit with a private RandomState (numpy's global
             random state is left alone). When ``PRR_oracle == PRR_rand`` the reference skips the
             normalisation and reports the raw area; so does this mode.
@@ -134,10 +135,10 @@ def prr(uncertainty, quality, *, max_rejection=1.0, normalize=True, baseline="ex
     t = _normalize_quality(q)
 
     if baseline == "polygraph":
-        raw = _area(t[np.argsort(u, kind="stable")], k)
+        raw = _area(t[np.argsort(u)], k)  # LM-Polygraph's call, default (non-stable) kind
         if not normalize:
             return float(raw)
-        oracle = _area(t[np.argsort(-q, kind="stable")], k)
+        oracle = _area(t[np.argsort(-q)], k)
         rand = _polygraph_random(t, k)
         if oracle == rand:
             return float(raw)
