@@ -72,6 +72,10 @@ def main():
         ("kendall_tau", n, lambda: M.kendall_tau(u, q)),
         ("misleading_rate", n, lambda: M.misleading_rate(before, after)),
         ("tsu [N/4, 4]", n // 4, lambda: M.tsu(U)),
+        ("risk_coverage_auc", n, lambda: M.risk_coverage_auc(u, q)),
+        ("reversed_pairs_proportion", n, lambda: M.reversed_pairs_proportion(u, q)),
+        ("ap_ratio_prr", n, lambda: M.ap_ratio_prr(u, c)),
+        ("isotonic_brier", n, lambda: M.isotonic_brier(-u, c)),
     ]
     npg = args.n_polygraph
     cases.append(("prr(baseline='polygraph')", npg, lambda: M.prr(u[:npg], q[:npg], baseline="polygraph")))

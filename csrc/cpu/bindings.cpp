@@ -190,6 +190,21 @@ static int64_t count_inversions_py(Arr a) {
   return count_inversions(p, n);
 }
 
+static void isotonic_pav_py(Arr y, Arr w, Arr out) {
+  for (Arr* a : {&y, &w, &out})
+    if (a->dtype() != nb::dtype<double>() || a->ndim() != 1 || (a->size() > 1 && a->stride(0) != 1))
+      throw std::invalid_argument("isotonic_pav: expected contiguous float64 [n] arrays");
+  if (w.size() != y.size() || out.size() != y.size()) throw std::invalid_argument("isotonic_pav: sizes differ");
+  const double* wp = static_cast<const double*>(w.data());
+  for (size_t i = 0; i < w.size(); ++i)
+    if (!(wp[i] > 0.0)) throw std::invalid_argument("isotonic_pav: weights must be positive");
+  const double* yp = static_cast<const double*>(y.data());
+  double* op = static_cast<double*>(out.data());
+  const int64_t n = int64_t(y.size());
+  nb::gil_scoped_release release;
+  isotonic_pav(yp, wp, n, op);
+}
+
 NB_MODULE(_C, m) {
   m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
@@ -215,6 +230,8 @@ NB_MODULE(_C, m) {
         "(see flashuq.ensemble_stats).");
   m.def("count_inversions", &count_inversions_py, nb::arg("a").noconvert(),
         "Pairs i < j with a[i] > a[j] of an int64 array, by merge sort (flashuq.metrics.kendall_tau).");
+  m.def("isotonic_pav", &isotonic_pav_py, nb::arg("y").noconvert(), nb::arg("w").noconvert(),
+        nb::arg("out").noconvert(), "Pool-adjacent-violators non-decreasing fit of y with weights w into out.");
   m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;

@@ -45,5 +45,29 @@ int64_t count_inversions(const int64_t* a, int64_t n) {
   return total;
 }
 
+void isotonic_pav(const double* y, const double* w, int64_t n, double* out) {
+  // blocks on a stack: weighted sum, weight and first index; merge while the last two decrease
+  std::vector<double> sum, wt;
+  std::vector<int64_t> start;
+  sum.reserve(n); wt.reserve(n); start.reserve(n);
+  for (int64_t i = 0; i < n; ++i) {
+    sum.push_back(w[i] * y[i]);
+    wt.push_back(w[i]);
+    start.push_back(i);
+    while (sum.size() > 1) {
+      const size_t b = sum.size() - 1;
+      if (sum[b - 1] * wt[b] <= sum[b] * wt[b - 1]) break;  // mean(b-1) <= mean(b): in order
+      sum[b - 1] += sum[b];
+      wt[b - 1] += wt[b];
+      sum.pop_back(); wt.pop_back(); start.pop_back();
+    }
+  }
+  for (size_t b = 0; b < sum.size(); ++b) {
+    const int64_t e = b + 1 < sum.size() ? start[b + 1] : n;
+    const double m = sum[b] / wt[b];
+    for (int64_t i = start[b]; i < e; ++i) out[i] = m;
+  }
+}
+
 }  // namespace cpu
 }  // namespace flashuq

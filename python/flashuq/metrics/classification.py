@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._common import apply_nan_policy, as_float_1d, check_binary, check_int, check_same_length
+from .. import _ext
+from ._common import apply_nan_policy, as_float_1d, check_binary, check_int, check_same_length, tie_groups
 
 
 def _binary_inputs(uncertainty, correct, nan_policy):
@@ -166,3 +167,47 @@ def ece(uncertainty, correct, *, n_bins=20, normalize=True, nan_policy="raise") 
     used = b.count > 0
     gaps = np.abs(b.accuracy[used] - b.confidence[used])
     return float(np.sum(b.count[used] / b.n * gaps))
+
+
+def ap_ratio_prr(uncertainty, correct, *, nan_policy="raise") -> float:
+    """The Inv-Entropy repository's "PRR" (METHODS.md §9.8), an average-precision ratio:
+    ``AP(correct, 1 − u) / AP(correct, correct)`` with scikit-learn's average precision. For a
+    binary ``correct`` with at least one correct item the denominator is 1, so this is the AP of
+    finding the correct items by low uncertainty: quote it as "AP", it is **not** the
+    rejection-curve :func:`prr`. Higher is better; NaN when no item is correct.
+    """
+    u, ok = _binary_inputs(uncertainty, correct, nan_policy)
+    y = ok.astype(np.float64)
+    num = pr_auc(u - 1.0, y, positive="correct")  # score −(u − 1) = 1 − u, bit for bit
+    den = pr_auc(-y, y, positive="correct")       # score = correct itself
+    return float(num / den)
+
+
+def isotonic_brier(confidence, correct, *, nan_policy="raise") -> float:
+    """Brier score after an in-sample isotonic fit of ``correct`` on ``confidence`` (the Inv-Entropy
+    evaluation, METHODS.md §9.8): ``mean_i (f(conf_i) − correct_i)²`` with ``f`` the non-decreasing
+    least-squares fit (scikit-learn ``IsotonicRegression().fit_transform``: tied confidences pooled
+    first, then pool adjacent violators, in C++). Note the input is a **confidence** (higher = more
+    trustworthy), as in the reference. Lower is better.
+
+    Returns:
+        A Python float.
+    """
+    c = as_float_1d(confidence, "confidence")
+    y = as_float_1d(correct, "correct")
+    check_same_length(c, y, "confidence", "correct")
+    c, y = apply_nan_policy(-c, y, nan_policy, "confidence", "correct")
+    c = -c
+    if not np.isfinite(c).all():
+        raise ValueError("confidence must be finite")
+    if ((y < 0) | (y > 1)).any():
+        raise ValueError("correct must lie in [0, 1]")
+    order = np.argsort(c, kind="stable")
+    starts, sizes = tie_groups(c[order])
+    w = sizes.astype(np.float64)
+    ymean = np.add.reduceat(y[order], starts) / w
+    fit = np.empty_like(ymean)
+    _ext._C.isotonic_pav(np.ascontiguousarray(ymean), np.ascontiguousarray(w), fit)
+    f = np.empty_like(y)
+    f[order] = np.repeat(fit, sizes)
+    return float(np.mean((f - y) ** 2))

@@ -102,3 +102,27 @@ def kendall_tau(uncertainty, quality, *, nan_policy="raise") -> float:
     num = tot - xtie - ytie + ntie - 2 * dis
     tau = num / np.sqrt(float(tot - xtie)) / np.sqrt(float(tot - ytie))
     return float(min(1.0, max(-1.0, tau)))
+
+
+def reversed_pairs_proportion(uncertainty, quality, *, nan_policy="raise") -> float:
+    """LM-Polygraph ``ReversedPairsProportion`` ("rpp"; METHODS.md §9.7): the share of ordered pairs
+    ``(i, j)`` where ``j`` is strictly more confident (``u_j < u_i``) yet strictly worse
+    (``q_j < q_i``), over all ``N²`` ordered pairs::
+
+        rpp = mean_i mean_j [u_j < u_i ∧ q_j < q_i]
+
+    Lower is better. The reference loops over i (O(N²)); here the pairs are counted in O(N log N)
+    as inversions of the quality ranks ordered by uncertainty (ties in uncertainty ordered so that
+    they never count).
+
+    Returns:
+        A Python float in [0, 1/2].
+    """
+    u, q = _pair_inputs(uncertainty, quality, nan_policy)
+    n = u.shape[0]
+    x = _dense_ranks(u)
+    y = _dense_ranks(-q)                  # a higher quality gets a smaller rank
+    ny = int(y.max()) + 1
+    joint = x * ny + y                    # by u ascending; tied u by quality descending: never inverted
+    joint.sort()
+    return count_inversions(joint % ny) / (float(n) * float(n))

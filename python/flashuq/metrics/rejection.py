@@ -190,3 +190,35 @@ def rejection_curve(uncertainty, quality, *, nan_policy="raise") -> RejectionCur
     oracle = (np.cumsum(np.sort(q)[::-1]) / m)[::-1]
     rand = np.full(n, np.mean(q))
     return RejectionCurve(np.arange(n) / n, np.ascontiguousarray(curve), np.ascontiguousarray(oracle), rand)
+
+
+def risk_coverage_auc(uncertainty, quality, *, normalize=True, ties="average", nan_policy="raise") -> float:
+    """Area under the risk-coverage curve (LM-Polygraph ``RiskCoverageCurveAUC``, "rcc-auc"; METHODS.md §9.7).
+
+    Items by ascending uncertainty; ``risk = 1 − normalised quality`` (LM-Polygraph's min-max);
+    the cumulative risk, divided by the number of items covered when ``normalize``; its mean.
+    Lower is better. With ``normalize`` it equals ``1 − prr(..., normalize=False)``.
+
+    Args:
+        ties: ``"average"`` (default): tied uncertainties averaged over their orderings, so the
+            result does not depend on input order; ``"polygraph"``: ties keep input order, as
+            LM-Polygraph's stable ``list.sort`` leaves them (its number to the last bit).
+        nan_policy: ``"raise"``, ``"omit"`` or ``"polygraph"``.
+
+    Returns:
+        A Python float.
+    """
+    if ties not in ("average", "polygraph"):
+        raise ValueError(f"ties must be 'average' or 'polygraph', got {ties!r}")
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    u = as_float_1d(uncertainty, "uncertainty")
+    q = as_float_1d(quality, "quality")
+    check_same_length(u, q, "uncertainty", "quality")
+    u, q = apply_nan_policy(u, q, nan_policy)
+    risk = 1 - _normalize_quality(q)
+    ordered = _tie_averaged(u, risk) if ties == "average" else risk[np.argsort(u, kind="stable")]
+    cum = np.cumsum(ordered)
+    if normalize:
+        cum = cum / np.arange(1, u.shape[0] + 1)
+    return float(cum.mean())
