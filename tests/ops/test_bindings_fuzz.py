@@ -84,3 +84,24 @@ def test_count_inversions_binding(n, dtype, step, seed):
         return
     v = a.tolist()
     assert got == sum(1 for i in range(len(v)) for j in range(i + 1, len(v)) if v[i] > v[j])
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 200), m=st.integers(0, 200), dtype=st.sampled_from([torch.float64, torch.float32]),
+       zero_weight=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_isotonic_pav_binding(n, m, dtype, zero_weight, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(n, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    if zero_weight and n:
+        w[n // 2] = 0.0
+    out = torch.empty(m, dtype=torch.float64)
+    try:
+        _ext._C.isotonic_pav(y, w, out)
+    except (ValueError, TypeError):
+        assert dtype != torch.float64 or m != n or (zero_weight and n > 0)
+        return
+    assert dtype == torch.float64 and m == n and not (zero_weight and n > 0)
+    assert bool((out[1:] >= out[:-1] - 1e-12).all())  # non-decreasing
+    # the weighted mean is preserved by pooling
+    assert abs(float((out * w).sum() - (y * w).sum())) <= 1e-9 * max(1.0, float((y * w).abs().sum()))
