@@ -10,9 +10,10 @@ from .ops.masked_quantile import masked_quantile
 from .ops.masked_reduce import masked_reduce
 from .ops.segment_reduce import segment_reduce
 from .ops.token_stats import TokenStats, token_stats
+from .ops.token_stats_linear import token_stats_linear
 from .methods.scores import sequence_scores
 
 __version__ = "0.1.0"
 
-__all__ = ["TokenStats", "token_stats", "EnsembleStats", "ensemble_stats", "masked_reduce", "masked_quantile",
+__all__ = ["TokenStats", "token_stats", "token_stats_linear", "EnsembleStats", "ensemble_stats", "masked_reduce", "masked_quantile",
            "segment_reduce", "sequence_scores", "methods", "metrics", "reference", "__version__"]
