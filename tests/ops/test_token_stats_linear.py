@@ -71,3 +71,18 @@ def test_bad_input_raises_naming_the_argument(kw, exc, name):
     extra = {k: v for k, v in kw.items() if k not in args}
     with pytest.raises(exc, match=name):
         fuq.token_stats_linear(args["hidden"], args["weight"], args["tokens"], **extra)
+
+
+def test_decode_step_compiles_fullgraph():
+    # a user's decode step: head matmul fused into the statistics, then the running sequence scores
+    h, W, b, t = setup(lead=(4, 3), dtype=torch.float32)
+
+    def step(hidden, tokens):
+        s = fuq.token_stats_linear(hidden, W, tokens, bias=b, renyi=True, block_rows=5)
+        lp = fuq.token_stats(F.linear(hidden, W, b), tokens, renyi=True)
+        return s.logprob.sum(-1), s.renyi_term, lp.entropy
+
+    compiled = torch.compile(step, fullgraph=True)
+    got, want = compiled(h, t), step(h, t)
+    for a, b_ in zip(got, want):
+        torch.testing.assert_close(a, b_)

