@@ -17,7 +17,7 @@ patterns; METHODS.md §1.1 the orientation of every score (uncertainties: higher
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor

@@ -20,7 +20,6 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from ._common import as_tensor, check_int, check_positive_float
 from .token_stats import TokenStats, _validate, token_stats
