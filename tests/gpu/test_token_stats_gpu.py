@@ -103,3 +103,37 @@ def test_64bit_offsets_cuda():
     got = fuq.token_stats(x, topk=3, renyi=True)
     assert_close_stats(fuq.TokenStats(*(f[idx.cuda()] for f in got)), reference(x[idx.cuda()], topk=3, renyi=True),
                        renyi=True)
+
+
+def test_decode_step_compiles_and_replays_in_a_cuda_graph():
+    # a user's decode step: the head fused into the statistics, captured once and replayed
+    import torch.nn.functional as F
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    W = torch.randn(32000, 256, device="cuda", generator=g, dtype=torch.bfloat16) / 16
+    h = torch.randn(8, 256, device="cuda", generator=g, dtype=torch.bfloat16)
+    t = torch.randint(0, 32000, (8,), device="cuda", generator=g)
+
+    def step(hidden, tokens):
+        s = fuq.token_stats_linear(hidden, W, tokens, renyi=True)
+        return s.logprob, s.entropy, s.renyi_term
+
+    want = step(h, t)
+    compiled = torch.compile(step, fullgraph=True)
+    for a, b in zip(compiled(h, t), want):
+        torch.testing.assert_close(a, b)
+    static_h, static_t = h.clone(), t.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step(static_h, static_t)  # warm up on the side stream before capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(static_h, static_t)
+    h2 = torch.randn(8, 256, device="cuda", generator=g, dtype=torch.bfloat16)
+    static_h.copy_(h2)
+    graph.replay()
+    ref = fuq.token_stats(F.linear(h2, W), t, renyi=True)
+    torch.testing.assert_close(out[0], ref.logprob)
+    torch.testing.assert_close(out[1], ref.entropy)
