@@ -69,6 +69,19 @@ SCRIPT = textwrap.dedent(
                 "PRECISE": "constexpr"}
         cases.append((es.ensemble_stats_kernel, esig, {"BLOCK": 4096 // mp, "MP": mp, "NTERMS": nterms, "ACC": acc,
                                                       "PRECISE": True}))
+    import flashuq.kernels.token_stats_linear as tl_lin
+    lsig = {"h_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "rows": "i32", "V": "i32", "D": "i32",
+            "stride_h": "i64", "stride_w": "i64", "inv_temp_hi": "fp32", "inv_temp_lo": "fp32", "logit_scale": "fp32",
+            "softcap": "fp32", "ws_f_ptr": "*fp32", "ws_i_ptr": "*i64", "n_chunks": "i32", "CHUNK": "i32",
+            "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "HAS_BIAS": "constexpr",
+            "HAS_SCALE": "constexpr", "HAS_SOFTCAP": "constexpr", "ACC": "constexpr", "FRAC": "constexpr",
+            "IEEE": "constexpr"}
+    lconst = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "HAS_BIAS": True, "HAS_SCALE": False,
+              "HAS_SOFTCAP": True, "ACC": tl.float32, "FRAC": True, "IEEE": False}
+    cases.append((tl_lin.token_stats_linear_partial_kernel, lsig, lconst))
+    cases.append((tl_lin.token_stats_linear_partial_kernel,
+                  {**lsig, "h_ptr": "*fp32", "w_ptr": "*fp32", "b_ptr": "*fp32"},
+                  {**lconst, "HAS_BIAS": False, "HAS_SOFTCAP": False, "FRAC": False, "IEEE": True}))
     report = []
     for fn, sig, const in cases:
         out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
@@ -91,7 +104,7 @@ def test_kernels_compile_for_sm90_without_atomics():
     import json
 
     report = json.loads(proc.stdout.split("REPORT", 1)[1])
-    assert len(report) == 20
+    assert len(report) == 22
     for r in report:
         assert r["atomics"] == 0, r
         assert r["bytes"] > 1000, r
