@@ -67,9 +67,11 @@ class UncertaintyRecorder(_logits_processor_base()):
     actually emitted (greedy or sampled). Rows that finished early keep recording (their tokens are
     padding): mask them with :func:`response_mask`.
 
-    Beam search passes **log-probabilities** (log-softmax of the logits plus the beam score) to the
-    processors, and reorders rows between steps: the statistics of a row are then those of a beam
-    slot, not of a final hypothesis. Score the returned hypotheses with :func:`score` instead.
+    Beam search passes **log-probabilities** (the log-softmax of the logits) to the processors, so
+    ``lse`` is 0 and the other statistics are those of the model's distribution; but it reorders
+    rows between steps, so a row holds a beam slot, not a final hypothesis, and ``logprob`` of the
+    last step is NaN (generate returns fewer rows than it ran). Score the returned hypotheses with
+    :func:`score` instead.
     """
 
     def __init__(self, *, temperature: float = 1.0, topk: int = 0, renyi: bool = True):
@@ -99,6 +101,8 @@ class UncertaintyRecorder(_logits_processor_base()):
         """log p(token) for the kept step: ``(z_y − z_max)/T + log p_max``, the max subtracted first."""
         s = self._steps[-1]
         z = self._last
+        if token.shape[0] != z.shape[0]:  # beam search returns fewer rows than it ran (beam slots)
+            return torch.full_like(s.max_logprob, float("nan"))
         idx = torch.stack([token.to(z.device, torch.long), s.argmax.clamp(min=0)], dim=-1)
         zz = z.gather(-1, idx).to(s.max_logprob.dtype)
         return (zz[..., 0] - zz[..., 1]) / self.temperature + s.max_logprob

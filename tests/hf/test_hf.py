@@ -180,3 +180,17 @@ def test_smollm2_offline():
     T = new.shape[1]
     torch.testing.assert_close(s.stats.logprob[:, -T:], rec.stats(out.sequences).logprob, rtol=1e-3, atol=1e-3)
     assert math.isfinite(s.scores["msp"].item())
+
+
+def test_beam_search_hands_the_recorder_log_probabilities():
+    # documented behaviour: processors see log_softmax(logits) under beam search, so lse = 0 and the
+    # entropy is that of the model's distribution; rows are beam slots (batch × num_beams)
+    model = tiny("llama")
+    ids, mask = prompts()
+    rec = hf.UncertaintyRecorder()
+    out = model.generate(ids, attention_mask=mask, logits_processor=[rec], max_new_tokens=4, num_beams=2,
+                         do_sample=False, pad_token_id=0)
+    s = rec.stats(out)
+    assert s.entropy.shape == (3 * 2, 4)
+    torch.testing.assert_close(s.lse, torch.zeros_like(s.lse), atol=1e-5, rtol=0)
+    assert bool((s.entropy >= 0).all())
