@@ -36,6 +36,11 @@ def _eval(model, tok, items, args, load_s, errors):
         print(f"\n{len(errors)} bad line(s) in the data were skipped:", file=sys.stderr)
         for line, msg in errors[:20]:
             print(f"  line {line}: {msg}", file=sys.stderr)
+    if args.report:
+        from .report import write_html
+
+        write_html(res, board, args.report, title=f"flashuq {args.cmd}: {len(items)} questions")
+        print(f"\nwrote {args.report}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"accuracy": acc, "seconds": res.seconds, "leaderboard": board,
@@ -54,6 +59,7 @@ def _common(p):
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
     p.add_argument("--json", default=None, help="write all results (answers, token statistics, leaderboard)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--report", default="report.html", help="the HTML report ('' for none)")
 
 
 def main(argv=None) -> int:

