@@ -155,14 +155,17 @@ class UncertaintyRecorder(_logits_processor_base()):
         return _stack(self._steps, torch.stack(lps, dim=1))
 
 
+def _is_eos(tokens: Tensor, eos_token_id) -> Tensor:
+    ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    return torch.isin(tokens, torch.as_tensor(ids, device=tokens.device))
+
+
 def response_mask(new_tokens: Tensor, eos_token_id=None) -> Tensor:
     """``[B, T]`` bool: the generated tokens up to and including each row's first EOS (the rest is
     padding that generate appended after the row finished)."""
     if eos_token_id is None:
         return torch.ones_like(new_tokens, dtype=torch.bool)
-    eos = torch.as_tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id],
-                          device=new_tokens.device)
-    is_eos = torch.isin(new_tokens, eos)
+    is_eos = _is_eos(new_tokens, eos_token_id)
     before = torch.cumsum(is_eos.int(), dim=-1) - is_eos.int()  # EOS seen strictly before t
     return before == 0
 
@@ -230,9 +233,7 @@ def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, 
                                               **generate_kwargs)
         lp = torch.where(s_mask, s_stats.logprob, 0.0).sum(-1)
         eos = _eos_of(model, generate_kwargs)
-        n_eos = torch.zeros_like(lp) if eos is None else \
-            (s_mask & torch.isin(s_new, torch.as_tensor(eos if isinstance(eos, (list, tuple)) else [eos],
-                                                          device=s_new.device))).sum(-1).to(lp.dtype)
+        n_eos = torch.zeros_like(lp) if eos is None else (s_mask & _is_eos(s_new, eos)).sum(-1).to(lp.dtype)
         lengths = s_mask.sum(-1).to(lp.dtype) - n_eos
 
         def per_prompt(t):

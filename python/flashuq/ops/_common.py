@@ -64,14 +64,15 @@ def capturing_cuda_graph(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
-def row_layout(x: torch.Tensor):
-    """Describe the rows of ``x [..., V]`` with at most two leading dimensions.
+def row_layout(x: torch.Tensor, trailing: int = 1):
+    """Describe the rows of ``x [..., V]`` (or, with ``trailing=2``, the ``[M, V]`` blocks of
+    ``x [..., M, V]``) with at most two leading dimensions.
 
     Returns ``(n1, s0, s1)`` so that row ``r`` starts at element offset
     ``(r // n1) * s0 + (r % n1) * s1`` of ``x``'s data pointer, or None when the leading
     dimensions cannot be coalesced into two (the caller then copies).
     """
-    dims = [(n, s) for n, s in zip(x.shape[:-1], x.stride()[:-1]) if n != 1]
+    dims = [(n, s) for n, s in zip(x.shape[:-trailing], x.stride()[:-trailing]) if n != 1]
     merged: list[list[int]] = []
     for n, s in dims:
         if merged and merged[-1][1] == n * s:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import FLOAT_DTYPES, as_tensor, check_logits, check_positive_float, device_guard
+from ._common import FLOAT_DTYPES, as_tensor, check_logits, check_positive_float, device_guard, row_layout
 
 MIN_TEMPERATURE = 1e-30
 MODES = ("pe", "ep")
@@ -161,22 +161,12 @@ def _(logits, member_ll, dim, temperature):
 
 def _positions(x: Tensor):
     """``x [..., M, V]`` -> (x, n1, s0, s1): positions addressed through at most two leading
-    dimensions (like ``row_layout``), copying once when they cannot be."""
-    lead = [(n, s) for n, s in zip(x.shape[:-2], x.stride()[:-2]) if n != 1]
-    merged: list[list[int]] = []
-    for n, s in lead:
-        if merged and merged[-1][1] == n * s:
-            merged[-1] = [merged[-1][0] * n, s]
-        else:
-            merged.append([n, s])
-    if len(merged) > 2:
+    dimensions (``row_layout`` over the ``[M, V]`` blocks), copying once when they cannot be."""
+    layout = row_layout(x, trailing=2)
+    if layout is None:
         x = x.contiguous()
-        return _positions(x)
-    if not merged:
-        return x, 1, 0, 0
-    if len(merged) == 1:
-        return x, merged[0][0], 0, merged[0][1]
-    return x, merged[1][0], merged[0][1], merged[1][1]
+        layout = row_layout(x, trailing=2)
+    return (x, *layout)
 
 
 def compute(logits: Tensor, member_ll: Optional[Tensor], dim: int, temperature: float, *, backend: str,
