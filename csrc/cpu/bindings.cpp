@@ -11,6 +11,7 @@
 
 #include "ensemble_stats.h"
 #include "flashuq/ndarray_checks.h"
+#include "graph.h"
 #include "inversions.h"
 #include "masked_reduce.h"
 #include "token_stats.h"
@@ -205,6 +206,39 @@ static void isotonic_pav_py(Arr y, Arr w, Arr out) {
   isotonic_pav(yp, wp, n, op);
 }
 
+static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr out0, std::optional<Arr> out1,
+                     std::optional<Arr> out2, int num_threads) {
+  GraphArgs a{};
+  if (op < 0 || op > 2) throw std::invalid_argument("graph: unknown op");
+  if (W.dtype() == nb::dtype<float>()) a.dtype = DType::F32;
+  else if (W.dtype() == nb::dtype<double>()) a.dtype = DType::F64;
+  else throw nb::type_error("W: expected float32 or float64");
+  if (W.ndim() != 3 || W.shape(1) != W.shape(2)) throw std::invalid_argument("W: expected [Q, K, K]");
+  const int64_t Q = int64_t(W.shape(0)), K = int64_t(W.shape(1));
+  if (K > 4096) throw std::invalid_argument("W: K above 4096");
+  if (Q > 0 && K > 0 && (W.stride(2) != 1 || W.stride(1) != K || W.stride(0) != K * K))
+    throw std::invalid_argument("W: expected a contiguous array");
+  if (counts.dtype() != nb::dtype<int32_t>() || counts.ndim() != 1 || int64_t(counts.size()) != Q ||
+      (Q > 1 && counts.stride(0) != 1))
+    throw std::invalid_argument("counts: expected contiguous int32 [Q]");
+  const int32_t* c = static_cast<const int32_t*>(counts.data());
+  for (int64_t q = 0; q < Q; ++q)
+    if (c[q] < 0 || c[q] > K) throw std::invalid_argument("counts: entries must lie in [0, K]");
+  const bool f64 = a.dtype == DType::F64;
+  const bool vec = op == 0 ? bool(out1) : op == 1 ? bool(out1) : false;
+  a.out0 = out_ptr(out0, op == 0 ? Q * K : Q, f64, "out0");
+  a.out1 = vec ? out_ptr(*out1, op == 0 ? Q * K * K : Q, f64, "out1") : nullptr;
+  a.out2 = nullptr;
+  if (op == 1 && vec) {
+    if (!out2) throw std::invalid_argument("out2: the per-sample eccentricity output is required");
+    a.out2 = out_ptr(*out2, Q * K, f64, "out2");
+  }
+  a.op = op; a.W = W.data(); a.Q = Q; a.K = K; a.counts = c;
+  a.threshold = threshold; a.t = t; a.num_threads = num_threads;
+  nb::gil_scoped_release release;
+  graph(a);
+}
+
 NB_MODULE(_C, m) {
   m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
@@ -232,6 +266,10 @@ NB_MODULE(_C, m) {
         "Pairs i < j with a[i] > a[j] of an int64 array, by merge sort (flashuq.metrics.kendall_tau).");
   m.def("isotonic_pav", &isotonic_pav_py, nb::arg("y").noconvert(), nb::arg("w").noconvert(),
         nb::arg("out").noconvert(), "Pool-adjacent-violators non-decreasing fit of y with weights w into out.");
+  m.def("graph", &graph_py, nb::arg("op"), nb::arg("W").noconvert(), nb::arg("counts").noconvert(),
+        nb::arg("threshold"), nb::arg("t"), nb::arg("out0").noconvert(), nb::arg("out1").noconvert().none(),
+        nb::arg("out2").noconvert().none(), nb::arg("num_threads"),
+        "Per-question spectra of [Q, K, K] similarity matrices (flashuq.ops.graph).");
   m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;

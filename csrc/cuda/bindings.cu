@@ -10,6 +10,7 @@
 #include <string>
 
 #include "flashuq/ndarray_checks.h"
+#include "graph.cuh"
 #include "token_stats.cuh"
 
 namespace nb = nanobind;
@@ -71,6 +72,46 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
                                          cudaGetErrorString(cudaError_t(err)));
 }
 
+static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr out0, std::optional<Arr> out1,
+                     std::optional<Arr> out2, uintptr_t stream) {
+  GraphArgs a{};
+  if (op < 0 || op > 2) throw std::invalid_argument("graph: unknown op");
+  if (W.dtype() == nb::dtype<float>()) a.f64 = false;
+  else if (W.dtype() == nb::dtype<double>()) a.f64 = true;
+  else throw nb::type_error("W: expected float32 or float64");
+  if (W.ndim() != 3 || W.shape(1) != W.shape(2)) throw std::invalid_argument("W: expected [Q, K, K]");
+  const int64_t Q = int64_t(W.shape(0)), K = int64_t(W.shape(1));
+  if (K < 1 || K > kGraphMaxK) throw std::invalid_argument("W: K must be in [1, 64] on CUDA");
+  if (Q > 0 && (W.stride(2) != 1 || W.stride(1) != K || W.stride(0) != K * K))
+    throw std::invalid_argument("W: expected a contiguous array");
+  // the counts live on the device: Python guarantees 0 <= counts <= K (sum of a mask)
+  if (counts.dtype() != nb::dtype<int32_t>() || counts.ndim() != 1 || int64_t(counts.size()) != Q ||
+      (Q > 1 && counts.stride(0) != 1) || counts.device_id() != W.device_id())
+    throw std::invalid_argument("counts: expected contiguous int32 [Q] on W's device");
+  auto out = [&](Arr& o, int64_t size, const char* name) {
+    const bool ok = a.f64 ? o.dtype() == nb::dtype<double>() : o.dtype() == nb::dtype<float>();
+    if (!ok || int64_t(o.size()) != size || o.device_id() != W.device_id())
+      throw std::invalid_argument(std::string(name) + ": wrong dtype, size or device");
+    return o.data();
+  };
+  const bool vec = op != 2 && bool(out1);
+  a.out0 = out(out0, op == 0 ? Q * K : Q, "out0");
+  a.out1 = vec ? out(*out1, op == 0 ? Q * K * K : Q, "out1") : nullptr;
+  a.out2 = nullptr;
+  if (op == 1 && vec) {
+    if (!out2) throw std::invalid_argument("out2: the per-sample eccentricity output is required");
+    a.out2 = out(*out2, Q * K, "out2");
+  }
+  a.op = op; a.W = W.data(); a.Q = Q; a.K = K; a.counts = static_cast<const int32_t*>(counts.data());
+  a.threshold = threshold; a.t = t;
+  int err;
+  {
+    nb::gil_scoped_release release;
+    err = graph(a, stream);
+  }
+  if (err != 0) throw std::runtime_error(std::string("flashuq._cuda.graph: ") + cudaGetErrorString(cudaError_t(err)));
+}
+
 NB_MODULE(_cuda, m) {
   m.doc() = "flashuq CUDA C++ kernels (cudart linked statically)";
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
@@ -85,4 +126,8 @@ NB_MODULE(_cuda, m) {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
   }, "CUDA devices visible to the statically linked runtime (0 without a driver).");
+  m.def("graph", &graph_py, nb::arg("op"), nb::arg("W").noconvert(), nb::arg("counts").noconvert(),
+        nb::arg("threshold"), nb::arg("t"), nb::arg("out0").noconvert(), nb::arg("out1").noconvert().none(),
+        nb::arg("out2").noconvert().none(), nb::arg("stream"),
+        "Per-question spectra of [Q, K, K] similarity matrices, one block per question.");
 }

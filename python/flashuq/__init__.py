@@ -6,17 +6,20 @@ from one read of the logits. See README.md and the docstrings of each op.
 
 from . import _ext, methods, metrics, reference, report
 from .ops.ensemble_stats import EnsembleStats, ensemble_stats
+from .ops.graph import LaplacianSpectrum, heat_kernel_entropy, laplacian_spectrum, sym_eig
 from .ops.masked_quantile import masked_quantile
 from .ops.masked_reduce import masked_reduce
 from .ops.segment_reduce import segment_reduce
 from .ops.token_stats import TokenStats, token_stats
 from .ops.token_stats_linear import token_stats_linear
+from .methods.samples import similarity
 from .methods.scores import sequence_scores
 
 __version__ = "0.1.0"
 
 __all__ = ["TokenStats", "token_stats", "token_stats_linear", "EnsembleStats", "ensemble_stats", "masked_reduce",
-           "masked_quantile", "segment_reduce", "sequence_scores", "methods", "metrics", "reference", "report", "hf",
+           "masked_quantile", "segment_reduce", "sequence_scores", "similarity", "sym_eig", "laplacian_spectrum",
+           "LaplacianSpectrum", "heat_kernel_entropy", "methods", "metrics", "reference", "report", "hf",
            "__version__"]
 
 

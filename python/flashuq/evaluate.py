@@ -82,6 +82,7 @@ class EvalResult:
     tokens: List[List[str]] = field(default_factory=list)        #: answer tokens (for the report)
     token_stats: List[Dict[str, List[float]]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
+    samples: List[List[str]] = field(default_factory=list)       #: the K sampled answers per question
 
 
 def _progress(done, total, t0, label, stream=sys.stderr):
@@ -97,13 +98,68 @@ def _progress(done, total, t0, label, stream=sys.stderr):
     stream.flush()
 
 
+#: cosine of all-MiniLM-L6-v2 embeddings above which two answers count as having the same meaning
+SAME_MEANING_COSINE = 0.8
+
+
+def sample_scores(samples: Sequence[Sequence[str]], greedy: Sequence[str], sample_log_probs, sample_lengths,
+                  encoder=None, *, same_meaning: float = SAME_MEANING_COSINE) -> Dict[str, torch.Tensor]:
+    """The sample-based methods (METHODS.md §5) for B questions with K sampled answers each.
+
+    Without an encoder: the Monte-Carlo sequence entropies. With a sentence encoder (texts ->
+    unit-norm embeddings, e.g. :class:`flashuq.models.SentenceEncoder`), the similarity-graph
+    methods too, on the cosine similarity ``S = clamp(cos, 0, 1)`` of the answers' embeddings in
+    place of an NLI model (the references use DeBERTa-MNLI; none ships offline):
+
+    * semantic classes: the greedy bidirectional rule with "entails" = ``cos >= same_meaning``;
+    * ``degree``, ``eigv``, ``eccentricity``, ``sentence_sar``: ``W = S``;
+    * ``num_sem_sets``, ``kernel_language_entropy``: entailment ``S``, contradiction ``1 - S``;
+    * ``vr``, ``vro``: cosine distances between the samples, and to the greedy answer.
+
+    Empty samples are left out (``sample_mask``), as LM-Polygraph drops them.
+    """
+    from . import methods as M
+
+    lp = torch.as_tensor(sample_log_probs, dtype=torch.float64)
+    lengths = torch.as_tensor(sample_lengths, dtype=torch.float64)
+    B, K = lp.shape
+    valid = torch.tensor([[bool(t.strip()) for t in row] for row in samples], dtype=torch.bool).reshape(B, K)
+    out = {"monte_carlo_sequence_entropy": M.monte_carlo_sequence_entropy(lp, sample_mask=valid),
+           "monte_carlo_normalized_sequence_entropy": M.monte_carlo_normalized_sequence_entropy(
+               lp, lengths, sample_mask=valid & (lengths > 0))}
+    if encoder is None:
+        return out
+    emb = encoder([t for row in samples for t in row] + list(greedy)).to(torch.float64)
+    e_samples, e_greedy = emb[:B * K].reshape(B, K, -1), emb[B * K:]
+    cos = M.similarity(e_samples)
+    S = cos.clamp(0, 1)
+    classes = M.greedy_bidirectional_clusters(cos >= same_meaning, sample_mask=valid)
+    out.update({
+        "semantic_entropy": M.semantic_entropy(lp, classes, sample_mask=valid),
+        "label_prob": M.label_prob(classes, sample_mask=valid),
+        "num_sem_sets": M.num_sem_sets(S, 1 - S, sample_mask=valid),
+        "degree": M.degree(S, sample_mask=valid),
+        "eigv": M.eigv(S, sample_mask=valid),
+        "eccentricity": M.eccentricity(S, sample_mask=valid),
+        "kernel_language_entropy": M.kernel_language_entropy(S, 1 - S, sample_mask=valid),
+        "sentence_sar": M.sentence_sar(lp, S, sample_mask=valid),
+        "vr": M.vr(embeddings=e_samples, sample_mask=valid),
+        "vro": M.vro(embeddings=e_samples, reference=e_greedy, sample_mask=valid),
+    })
+    return out
+
+
 def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new_tokens: int = 24,
-             progress=sys.stderr, chat: bool = True) -> EvalResult:
-    """Greedy answers with every token-statistics score, judged against the accepted answers."""
+             progress=sys.stderr, chat: bool = True, num_samples: int = 0, temperature: float = 1.0,
+             encoder=None) -> EvalResult:
+    """Greedy answers with every token-statistics score, judged against the accepted answers; with
+    ``num_samples`` K > 0 also K sampled answers per question (``temperature``) and the
+    sample-based scores of :func:`sample_scores` (similarity methods when ``encoder`` is given)."""
     eos = model.generation_config.eos_token_id
-    answers, correct, per_tokens, per_stats = [], [], [], []
+    answers, correct, per_tokens, per_stats, samples = [], [], [], [], []
     scores: Dict[str, List[float]] = {}
     t0 = time.perf_counter()
+    t_methods = 0.0
     fields = ("logprob", "entropy", "margin", "self_certainty")
     for lo in range(0, len(items), batch_size):
         batch = items[lo:lo + batch_size]
@@ -115,21 +171,37 @@ def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
         with torch.no_grad():
             g = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
-                         pad_token_id=tok.pad_token_id, eos_token_id=eos)
+                         pad_token_id=tok.pad_token_id, eos_token_id=eos, num_samples=num_samples,
+                         temperature=temperature)
         for name, v in g.scores.items():
             scores.setdefault(name, []).extend(v.double().tolist())
+        texts = []
         for b, it in enumerate(batch):
             m = g.mask[b]
             ids = g.new_tokens[b][m].tolist()
             text = tok.decode(ids, skip_special_tokens=True).strip()
+            texts.append(text)
             answers.append(text)
             correct.append(is_correct(text, it.answers))
             per_tokens.append([tok.decode([i]) for i in ids])
             per_stats.append({f: getattr(g.stats, f)[b][m].double().tolist() for f in fields})
+        if num_samples:
+            t1 = time.perf_counter()
+            new = g.sample_sequences[:, :, enc["input_ids"].shape[1]:]
+            batch_samples = [[tok.decode(new[b, k][g.sample_mask[b, k]].tolist(), skip_special_tokens=True).strip()
+                              for k in range(num_samples)] for b in range(len(batch))]
+            samples.extend(batch_samples)
+            for name, v in sample_scores(batch_samples, texts, g.sample_log_probs, g.sample_lengths,
+                                         encoder).items():
+                scores.setdefault(name, []).extend(v.double().tolist())
+            t_methods += time.perf_counter() - t1
         _progress(min(lo + batch_size, len(items)), len(items), t0, "generating", progress)
     res = EvalResult(list(items), answers, np.array(correct, dtype=bool),
-                     {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, per_tokens, per_stats)
-    res.seconds["generate"] = time.perf_counter() - t0
+                     {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, per_tokens, per_stats,
+                     samples=samples)
+    res.seconds["generate"] = time.perf_counter() - t0 - t_methods
+    if num_samples:
+        res.seconds["sample_methods"] = t_methods
     return res
 
 
@@ -161,4 +233,5 @@ def format_leaderboard(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["Item", "EvalResult", "load_questions", "is_correct", "run_eval", "leaderboard", "format_leaderboard"]
+__all__ = ["Item", "EvalResult", "SAME_MEANING_COSINE", "load_questions", "is_correct", "run_eval", "sample_scores",
+           "leaderboard", "format_leaderboard"]

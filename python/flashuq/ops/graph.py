@@ -1,0 +1,209 @@
+"""Batched spectra of many small symmetric matrices: one question's ``[K, K]`` similarity graph at
+a time, thousands at once (METHODS.md §5.7-5.9).
+
+The kernel is ``csrc/include/flashuq/graph.h`` + ``symeig.h``: Householder tridiagonalisation and
+implicit QL, written once for a team of workers and compiled for the CPU (``flashuq._C``, one
+question per OpenMP thread, fp64 arithmetic) and CUDA (``flashuq._cuda``, one question per block,
+fp64 arithmetic). Every matrix is symmetrised as ``(W + Wᵀ)/2`` first, which is LM-Polygraph's step
+for an entailment matrix and changes nothing for a symmetric one.
+
+Ragged questions (K varies because empty samples were dropped) come as ``sample_mask [Q, K]``;
+the valid samples are moved to the front (order kept) and the kernel works on the leading
+``n x n`` block, so masked rows and columns never enter a result, whatever they hold.
+
+The ops here return quantities in their natural orientation; the estimators that turn them into
+uncertainties are in :mod:`flashuq.methods.graph`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ._common import as_tensor, device_guard
+
+OP_EIG, OP_LAPLACIAN, OP_HEAT = 0, 1, 2
+MAX_CUDA_K = 64  # the block keeps two K x K fp64 matrices in shared memory
+
+
+class LaplacianSpectrum(NamedTuple):
+    """Scores from the eigen-decomposition of the normalised Laplacian ``L = I - D^-1/2 W D^-1/2``."""
+
+    eigv: Tensor                    #: [Q] Σ_k max(0, 1 - λ_k) (EigV; Lin, Trivedi, Sun 2023)
+    eccentricity: Optional[Tensor]  #: [Q] Frobenius norm of the centred eigenvectors with λ < threshold
+    eccentricity_per_sample: Optional[Tensor]  #: [Q, K] norm of each response's centred row (NaN = masked)
+
+
+def _check_matrix(W, name: str) -> Tensor:
+    W = as_tensor(W, name)
+    if not W.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating tensor, got {W.dtype}")
+    if W.dim() != 3 or W.shape[1] != W.shape[2]:
+        raise ValueError(f"{name} must have shape [Q, K, K], got {tuple(W.shape)}")
+    if W.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"{name} must be on the CPU or a CUDA device, got {W.device}")
+    if W.device.type == "cuda" and W.shape[1] > MAX_CUDA_K:
+        raise ValueError(f"{name}: K = {W.shape[1]} samples exceed the CUDA kernel's limit of {MAX_CUDA_K}; "
+                         "move the matrices to the CPU")
+    return W
+
+
+def _check_mask(sample_mask, W: Tensor) -> Optional[Tensor]:
+    if sample_mask is None:
+        return None
+    m = as_tensor(sample_mask, "sample_mask")
+    if m.dtype.is_floating_point or m.dtype.is_complex:
+        raise TypeError(f"sample_mask must be a bool (or integer) tensor, got {m.dtype}")
+    if tuple(m.shape) != tuple(W.shape[:2]):
+        raise ValueError(f"sample_mask must have shape {tuple(W.shape[:2])}, got {tuple(m.shape)}")
+    if m.device != W.device:
+        raise ValueError(f"sample_mask is on {m.device} but the matrices are on {W.device}")
+    return m != 0
+
+
+def _compact(W: Tensor, mask: Optional[Tensor]):
+    """(W with the valid samples first, int32 counts, the permutation or None)."""
+    Q, K = W.shape[:2]
+    W = W.detach()
+    W = W.to(torch.float32) if W.dtype in (torch.float16, torch.bfloat16) else W
+    if mask is None:
+        return W.contiguous(), torch.full((Q,), K, dtype=torch.int32, device=W.device), None
+    perm = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # valid samples first, in order
+    W = W.gather(1, perm[:, :, None].expand(Q, K, K)).gather(2, perm[:, None, :].expand(Q, K, K))
+    return W.contiguous(), mask.sum(1, dtype=torch.int32), perm
+
+
+def _scatter_rows(x: Tensor, perm: Optional[Tensor]) -> Tensor:
+    """Undo the compaction along axis 1 of ``x [Q, K, ...]``."""
+    if perm is None:
+        return x
+    idx = perm.reshape(perm.shape + (1,) * (x.dim() - 2)).expand_as(x)
+    return torch.empty_like(x).scatter_(1, idx, x)
+
+
+def _num(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered op: one entry for the three per-question computations
+# ---------------------------------------------------------------------------------------------
+
+def _alloc(W: Tensor, op: int, vectors: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    Q, K = W.shape[:2]
+    nan = dict(fill_value=float("nan"), dtype=W.dtype, device=W.device)
+    def out(*shape, used=True):  # unused outputs are empty (and distinct: outputs may not alias)
+        return torch.full(shape if used else (0,), **nan)
+
+    if op == OP_EIG:
+        return out(Q, K), out(Q, K, K, used=vectors), out(0)
+    if op == OP_LAPLACIAN:
+        return out(Q), out(Q, used=vectors), out(Q, K, used=vectors)
+    return out(Q), out(0), out(0)
+
+
+@torch.library.custom_op("flashuq::graph_spectra", mutates_args=())
+def _graph_op(W: Tensor, counts: Tensor, op: int, vectors: bool, threshold: float, t: float
+              ) -> Tuple[Tensor, Tensor, Tensor]:
+    out = _alloc(W, op, vectors)
+    if W.shape[0] == 0:
+        return out
+    o1 = out[1] if vectors else None
+    o2 = out[2] if vectors and op == OP_LAPLACIAN else None
+    if W.device.type == "cpu":
+        _ext._C.graph(op, W, counts, threshold, t, out[0], o1, o2, torch.get_num_threads())
+    else:
+        if _ext._cuda is None:
+            raise RuntimeError("flashuq was built without CUDA (no nvcc at install time): "
+                               "move the matrices to the CPU")
+        with device_guard(W):
+            _ext._cuda.graph(op, W, counts, threshold, t, out[0], o1, o2,
+                             torch.cuda.current_stream(W.device).cuda_stream)
+    return out
+
+
+@_graph_op.register_fake
+def _(W, counts, op, vectors, threshold, t):
+    return _alloc(W, op, vectors)
+
+
+def _run(W: Tensor, mask, op: int, vectors: bool, threshold: float = 0.0, t: float = 0.0):
+    W, counts, perm = _compact(W, mask)
+    return (*_graph_op(W, counts, op, vectors, threshold, t), perm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public ops
+# ---------------------------------------------------------------------------------------------
+
+def sym_eig(A, *, sample_mask=None, eigenvectors: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """Eigenvalues (ascending) and optionally eigenvectors of many small symmetric matrices.
+
+    ``A [Q, K, K]`` floating (fp16/bf16 computed as fp32; fp64 results for fp64 input), symmetrised
+    as ``(A + Aᵀ)/2``. With ``sample_mask [Q, K]`` question q uses the ``n_q x n_q`` submatrix of its
+    valid rows and columns.
+
+    Returns ``(values [Q, K], vectors [Q, K, K] or None)``: question q's ``n_q`` eigenvalues
+    ascending in ``values[q, :n_q]`` (NaN after), eigenvector j in column j of ``vectors[q]``
+    (rows follow the original sample order; masked rows and padded columns are NaN). A matrix
+    with a non-finite entry gives NaN. Like ``torch.linalg.eigh``, computed in fp64 on the CPU
+    (OpenMP over questions) and on CUDA (one block per question, K <= 64). Not differentiable.
+    """
+    A = _check_matrix(A, "A")
+    mask = _check_mask(sample_mask, A)
+    values, vectors, _, perm = _run(A, mask, OP_EIG, bool(eigenvectors))
+    if not eigenvectors:
+        return values, None
+    return values, _scatter_rows(vectors, perm)
+
+
+def laplacian_spectrum(W, *, sample_mask=None, threshold: float = 0.9,
+                       eccentricity: bool = True) -> LaplacianSpectrum:
+    """EigV and Eccentricity from the normalised graph Laplacian of similarity matrices W.
+
+    With ``W ← (W + Wᵀ)/2``, degrees ``D = diag(Σ_j W_ij)`` and ``L = I - D^-1/2 W D^-1/2``
+    (LM-Polygraph ``eig_val_laplacian.py`` and ``eccentricity.py``; Lin, Trivedi, Sun, "Generating
+    with Confidence", arXiv 2305.19187)::
+
+        eigv         = Σ_k max(0, 1 - λ_k(L))
+        eccentricity = ‖ U - 1 ūᵀ ‖_F,  U = the eigenvectors with λ < threshold as columns,
+                                         ū = their means over the responses
+        per-sample   = ‖ row i of (U - 1 ūᵀ) ‖
+
+    Policy for degenerate graphs: a question whose degrees are not all positive (a response
+    with zero total similarity, where LM-Polygraph's ``inv(sqrt(D))`` fails) gives NaN, as does
+    one with a non-finite entry or no valid sample. ``eccentricity=False`` skips the eigenvectors
+    (eigenvalues only, about twice as fast).
+    """
+    W = _check_matrix(W, "W")
+    mask = _check_mask(sample_mask, W)
+    threshold = _num(threshold, "threshold")
+    eigv, ecc, per, perm = _run(W, mask, OP_LAPLACIAN, bool(eccentricity), threshold=threshold)
+    if not eccentricity:
+        return LaplacianSpectrum(eigv, None, None)
+    return LaplacianSpectrum(eigv, ecc, _scatter_rows(per, perm))
+
+
+def heat_kernel_entropy(W, *, t: float = 0.3, sample_mask=None) -> Tensor:
+    """Von Neumann entropy of the normalised heat kernel of the graph W (natural log, unscaled).
+
+    ``L = diag(Σ_j W_ij) - W`` (W symmetrised), ``Kh = expm(-t L)``, ``K̃ = Kh_ij / ((√Kh_ii + 1e-12)
+    (√Kh_jj + 1e-12)) / n`` and ``VNE = -Σ λ ln λ`` over K̃'s eigenvalues with ``|λ| > 1e-8``
+    (Nikitin et al., "Kernel Language Entropy", arXiv 2405.20003; LM-Polygraph
+    ``kernel_language_entropy.py``). ``expm`` comes from the eigen-decomposition of L, which is
+    exact for a symmetric L. Returns ``[Q]`` (NaN for an empty question).
+    """
+    W = _check_matrix(W, "W")
+    mask = _check_mask(sample_mask, W)
+    t = _num(t, "t")
+    return _run(W, mask, OP_HEAT, False, t=t)[0]
+
+
+__all__ = ["LaplacianSpectrum", "heat_kernel_entropy", "laplacian_spectrum", "sym_eig"]
