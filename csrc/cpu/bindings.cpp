@@ -34,7 +34,8 @@ static DType dtype_of(const Arr& x) {
 
 static void* out_ptr(Arr& x, int64_t n, bool f64, const char* name) {
   const bool ok = f64 ? x.dtype() == nb::dtype<double>() : x.dtype() == nb::dtype<float>();
-  if (!ok || int64_t(x.size()) != n) throw std::invalid_argument(std::string(name) + ": wrong dtype or size");
+  if (!ok || int64_t(x.size()) != n || !flashuq::is_dense(x))
+    throw std::invalid_argument(std::string(name) + ": wrong dtype or size, or not contiguous");
   return x.data();
 }
 
@@ -52,8 +53,8 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
   a.rows = rows; a.V = V; a.n1 = n1; a.s0 = s0; a.s1 = s1;
   a.tokens = nullptr;
   if (tokens) {
-    if (tokens->dtype() != nb::dtype<int64_t>() || int64_t(tokens->size()) != rows)
-      throw std::invalid_argument("tokens: expected int64 [rows]");
+    if (tokens->dtype() != nb::dtype<int64_t>() || int64_t(tokens->size()) != rows || !flashuq::is_dense(*tokens))
+      throw std::invalid_argument("tokens: expected contiguous int64 [rows]");
     a.tokens = static_cast<const int64_t*>(tokens->data());
   }
   a.inv_temp = inv_temp;
@@ -70,9 +71,9 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
   if (bool(renyi_term) != bool(fisher_rao)) throw std::invalid_argument("renyi_term/fisher_rao: give both or neither");
   a.renyi_term = renyi_term ? out_ptr(*renyi_term, rows, f64, "renyi_term") : nullptr;
   a.fisher_rao = fisher_rao ? out_ptr(*fisher_rao, rows, f64, "fisher_rao") : nullptr;
-  if (argmax.dtype() != nb::dtype<int64_t>() || int64_t(argmax.size()) != rows ||
-      topk_ids.dtype() != nb::dtype<int64_t>() || int64_t(topk_ids.size()) != rows * k)
-    throw std::invalid_argument("argmax/topk_ids: expected int64");
+  if (argmax.dtype() != nb::dtype<int64_t>() || int64_t(argmax.size()) != rows || !flashuq::is_dense(argmax) ||
+      topk_ids.dtype() != nb::dtype<int64_t>() || int64_t(topk_ids.size()) != rows * k || !flashuq::is_dense(topk_ids))
+    throw std::invalid_argument("argmax/topk_ids: expected contiguous int64");
   a.argmax = static_cast<int64_t*>(argmax.data());
   a.topk_ids = static_cast<int64_t*>(topk_ids.data());
   a.num_threads = num_threads;
@@ -102,14 +103,7 @@ static void masked_reduce_py(Arr values, std::optional<Arr> mask, std::optional<
   const bool f64 = values.dtype() == nb::dtype<double>();
   if (!f64 && values.dtype() != nb::dtype<float>()) throw nb::type_error("values: expected float32 or float64");
   if (B < 0 || T < 0) throw std::invalid_argument("masked_reduce: bad sizes");
-  auto contiguous_1d = [](const Arr& a) {
-    int64_t expect = 1;
-    for (size_t d = a.ndim(); d-- > 0;) {
-      if (a.shape(d) != 1 && a.stride(d) != expect) return false;
-      expect *= int64_t(a.shape(d));
-    }
-    return true;
-  };
+  auto contiguous_1d = [](const Arr& a) { return flashuq::is_dense(a); };
   if (!contiguous_1d(values) || out.dtype() != values.dtype() || int64_t(out.size()) != B * nq || !contiguous_1d(out))
     throw std::invalid_argument("masked_reduce: values/out must be contiguous and out of size B * nq");
   const int64_t* cu = nullptr;
@@ -216,10 +210,9 @@ static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr 
   if (W.ndim() != 3 || W.shape(1) != W.shape(2)) throw std::invalid_argument("W: expected [Q, K, K]");
   const int64_t Q = int64_t(W.shape(0)), K = int64_t(W.shape(1));
   if (K > 4096) throw std::invalid_argument("W: K above 4096");
-  if (Q > 0 && K > 0 && (W.stride(2) != 1 || W.stride(1) != K || W.stride(0) != K * K))
-    throw std::invalid_argument("W: expected a contiguous array");
+  if (!flashuq::is_dense(W)) throw std::invalid_argument("W: expected a contiguous array");
   if (counts.dtype() != nb::dtype<int32_t>() || counts.ndim() != 1 || int64_t(counts.size()) != Q ||
-      (Q > 1 && counts.stride(0) != 1))
+      !flashuq::is_dense(counts))
     throw std::invalid_argument("counts: expected contiguous int32 [Q]");
   const int32_t* c = static_cast<const int32_t*>(counts.data());
   for (int64_t q = 0; q < Q; ++q)

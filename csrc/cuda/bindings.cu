@@ -36,19 +36,21 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
   const auto want = a.dtype == DType::F64 ? nb::dtype<double>() : nb::dtype<float>();
   Arr* outs[8] = {&lse, &max_logprob, &logprob, &entropy, &margin, &collision, &kurtosis, &self_certainty};
   for (int j = 0; j < 8; ++j) {
-    if (outs[j]->dtype() != want || int64_t(outs[j]->size()) != rows || outs[j]->device_id() != logits.device_id())
+    if (outs[j]->dtype() != want || int64_t(outs[j]->size()) != rows || outs[j]->device_id() != logits.device_id() ||
+        !flashuq::is_dense(*outs[j]))
       throw std::invalid_argument("token_stats: output of wrong dtype or size");
     a.out[j] = outs[j]->data();
   }
   if (argmax.dtype() != nb::dtype<int64_t>() || int64_t(argmax.size()) != rows ||
-      argmax.device_id() != logits.device_id())
+      argmax.device_id() != logits.device_id() || !flashuq::is_dense(argmax))
     throw std::invalid_argument("argmax: expected int64 [rows]");
   a.argmax = static_cast<int64_t*>(argmax.data());
   if (bool(renyi_term) != bool(fisher_rao)) throw std::invalid_argument("renyi_term/fisher_rao: give both or neither");
   a.renyi_term = a.fisher_rao = nullptr;
   if (renyi_term) {
     for (Arr* o : {&*renyi_term, &*fisher_rao})
-      if (o->dtype() != want || int64_t(o->size()) != rows || o->device_id() != logits.device_id())
+      if (o->dtype() != want || int64_t(o->size()) != rows || o->device_id() != logits.device_id() ||
+          !flashuq::is_dense(*o))
         throw std::invalid_argument("renyi_term/fisher_rao: output of wrong dtype or size");
     a.renyi_term = renyi_term->data();
     a.fisher_rao = fisher_rao->data();
@@ -56,7 +58,7 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
   a.tokens = nullptr;
   if (tokens) {
     if (tokens->dtype() != nb::dtype<int64_t>() || int64_t(tokens->size()) != rows ||
-        tokens->device_id() != logits.device_id())
+        tokens->device_id() != logits.device_id() || !flashuq::is_dense(*tokens))
       throw std::invalid_argument("tokens: expected int64 [rows]");
     a.tokens = static_cast<const int64_t*>(tokens->data());
   }
@@ -82,16 +84,15 @@ static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr 
   if (W.ndim() != 3 || W.shape(1) != W.shape(2)) throw std::invalid_argument("W: expected [Q, K, K]");
   const int64_t Q = int64_t(W.shape(0)), K = int64_t(W.shape(1));
   if (K < 1 || K > kGraphMaxK) throw std::invalid_argument("W: K must be in [1, 64] on CUDA");
-  if (Q > 0 && (W.stride(2) != 1 || W.stride(1) != K || W.stride(0) != K * K))
-    throw std::invalid_argument("W: expected a contiguous array");
+  if (!flashuq::is_dense(W)) throw std::invalid_argument("W: expected a contiguous array");
   // the counts live on the device: Python guarantees 0 <= counts <= K (sum of a mask)
   if (counts.dtype() != nb::dtype<int32_t>() || counts.ndim() != 1 || int64_t(counts.size()) != Q ||
-      (Q > 1 && counts.stride(0) != 1) || counts.device_id() != W.device_id())
+      !flashuq::is_dense(counts) || counts.device_id() != W.device_id())
     throw std::invalid_argument("counts: expected contiguous int32 [Q] on W's device");
   auto out = [&](Arr& o, int64_t size, const char* name) {
     const bool ok = a.f64 ? o.dtype() == nb::dtype<double>() : o.dtype() == nb::dtype<float>();
-    if (!ok || int64_t(o.size()) != size || o.device_id() != W.device_id())
-      throw std::invalid_argument(std::string(name) + ": wrong dtype, size or device");
+    if (!ok || int64_t(o.size()) != size || o.device_id() != W.device_id() || !flashuq::is_dense(o))
+      throw std::invalid_argument(std::string(name) + ": wrong dtype, size or device, or not contiguous");
     return o.data();
   };
   const bool vec = op != 2 && bool(out1);

@@ -39,9 +39,10 @@ __global__ void graph_kernel(GraphArgs a) {
   double dl[kGraphMaxK], el[kGraphMaxK];  // each thread's private tridiagonal copy (symeig.h)
   const int64_t q = blockIdx.x;
   const int n = a.counts[q];
-  EigWork<double> w = eig_work(smem, n, dl, el);
-  graph_question(BlockTeam{}, a.op, static_cast<const S*>(a.W), q, int(a.K), n, w, a.threshold, a.t,
+  GraphTask<double, S, S> task =
+      graph_task(a.op, static_cast<const S*>(a.W), q, int(a.K), n, eig_work(smem, n, dl, el), a.threshold, a.t,
                  static_cast<S*>(a.out0), static_cast<S*>(a.out1), static_cast<S*>(a.out2));
+  run_graph_task(BlockTeam{}, task);
 }
 
 template <typename S>

@@ -1,9 +1,14 @@
 // Per-question similarity-graph spectra (METHODS.md §5.7-5.9), written once for a team of
-// workers (see symeig.h) and compiled for the CPU (one question per OpenMP thread) and CUDA
-// (one question per block). Each function reads the leading n x n block of one question's
-// similarity matrix W (any floating type S, row stride ld), symmetrises it as (W + Wᵀ)/2 —
-// LM-Polygraph's step for an entailment matrix, a no-op for a symmetric one — and writes the
-// question's results. Non-finite input, a non-positive degree or a QL failure give NaN.
+// workers (see symeig.h) and compiled for the CPU (one question per OpenMP thread, several
+// questions' QL iterations interleaved) and CUDA (one question per block). Each question reads
+// the leading n x n block of its similarity matrix W (any floating type S, row stride K),
+// symmetrises it as (W + Wᵀ)/2 — LM-Polygraph's step for an entailment matrix, a no-op for a
+// symmetric one — and writes its results. Non-finite input, a non-positive degree (Laplacian)
+// or a QL failure give NaN.
+//
+// A question is a GraphTask in stages, each ending in a pending QL iteration:
+//   bool pending = task.begin(tm);
+//   while (pending) { run task.ql to completion; pending = task.resume(tm); }
 #pragma once
 
 #include <cstdint>
@@ -41,148 +46,192 @@ FUQ_HD bool load_symmetric(const Team& tm, const S* W, int ld, int n, EigWork<T>
   return finite;  // a NaN or inf entry makes its row sum non-finite
 }
 
-// Generic: eigenvalues ascending into vals[0..n), eigenvectors (columns) into vecs (n x n,
-// row stride ldv) when vecs != nullptr.
-template <class T, class S, class R, class Team>
-FUQ_HD void graph_eigvalues(const Team& tm, const S* W, int ld, int n, EigWork<T>& w, R* vals, R* vecs,
-                            int ldv) {
-  bool ok = load_symmetric(tm, W, ld, n, w);
-  T scale = 0;  // work on a / max|a|, so that QL's squares cannot overflow whatever the input
-  if (ok) {
-    for (int i = 0; i < n * n; ++i) scale = std::fmax(scale, std::fabs(w.a[i]));
-    tm.sync();  // every member has read the whole matrix before anyone rescales its rows
-    if (scale > 0)
-      for (int i = tm.rank(); i < n; i += tm.size())
-        for (int j = 0; j < n; ++j) w.a[i * n + j] /= scale;
-    ok = sym_eig(tm, w, n, vecs != nullptr);
-  }
-  if (tm.rank() == 0)
-    for (int i = 0; i < n; ++i) vals[i] = ok ? R(w.dl[i] * scale) : graph_nan<R>();
-  if (vecs)
-    for (int i = tm.rank(); i < n; i += tm.size())
-      for (int j = 0; j < n; ++j) vecs[i * ldv + j] = ok ? R(w.zt[j * n + i]) : graph_nan<R>();
-}
+template <class T, class S, class R>
+struct GraphTask {
+  // inputs
+  int op, K, n;
+  const S* W;           // this question's [K, K] block
+  T threshold, t;
+  // outputs of this question (see GraphArgs of the drivers): o0 scalar or [K] values, o1 scalar /
+  // [K, K] vectors or nullptr, o2 [K] per-sample or nullptr
+  R *o0, *o1, *o2;
+  // state
+  EigWork<T> w;
+  QLIteration<T> ql;
+  T scale;
+  int stage;
 
-// The symmetric normalised Laplacian L = I - D^{-1/2} W D^{-1/2}, D = diag(row sums), in w.a.
-// False (every member) if a degree is not positive and finite: LM-Polygraph's inv(sqrt(D))
-// would fail or give NaN there.
-template <class T, class S, class Team>
-FUQ_HD bool load_normalized_laplacian(const Team& tm, const S* W, int ld, int n, EigWork<T>& w) {
-  if (!load_symmetric(tm, W, ld, n, w)) return false;
-  for (int i = 0; i < n; ++i)
-    if (!(w.v[i] > 0)) return false;
-  for (int i = tm.rank(); i < n; i += tm.size()) {
-    const T si = T(1) / std::sqrt(w.v[i]);
-    for (int j = 0; j < n; ++j)
-      w.a[i * n + j] = (i == j ? T(1) : T(0)) - w.a[i * n + j] * si / std::sqrt(w.v[j]);
-  }
-  tm.sync();
-  return true;
-}
-
-// EigV = Σ_k max(0, 1 - λ_k) over the eigenvalues of L (LM-Polygraph eig_val_laplacian.py) and,
-// with `ecc` != nullptr, Eccentricity (eccentricity.py): the eigenvectors with λ < threshold,
-// each centred over the responses, U = Frobenius norm of the centred n x m matrix; per_sample[i]
-// is the norm of response i's centred row (the per-response norms of Lin et al. 2023).
-template <class T, class S, class R, class Team>
-FUQ_HD void graph_laplacian(const Team& tm, const S* W, int ld, int n, EigWork<T>& w, T threshold, R* eigv,
-                            R* ecc, R* per_sample) {
-  const bool vectors = ecc != nullptr;
-  bool ok = load_normalized_laplacian(tm, W, ld, n, w);
-  if (ok) ok = sym_eig(tm, w, n, vectors);
-  if (tm.rank() == 0) {
-    T s = 0;
-    for (int k = 0; k < n; ++k) s += w.dl[k] < 1 ? 1 - w.dl[k] : T(0);
-    *eigv = ok ? R(s) : graph_nan<R>();
-  }
-  if (!vectors) return;
-  if (!ok) {
-    if (tm.rank() == 0) *ecc = graph_nan<R>();
-    for (int i = tm.rank(); i < n; i += tm.size()) per_sample[i] = graph_nan<R>();
-    return;
-  }
-  int m = 0;  // eigenvalues are ascending: the kept ones are the first m
-  while (m < n && w.dl[m] < threshold) ++m;
-  for (int j = tm.rank(); j < m; j += tm.size()) {  // eigenvector means and centred sums of squares
-    const T* u = w.zt + j * n;
-    T mean = 0;
-    for (int i = 0; i < n; ++i) mean += u[i];
-    mean /= n;
-    T ss = 0;
-    for (int i = 0; i < n; ++i) ss += (u[i] - mean) * (u[i] - mean);
-    w.v[j] = mean;
-    w.p[j] = ss;
-  }
-  tm.sync();
-  for (int i = tm.rank(); i < n; i += tm.size()) {
-    T ss = 0;
-    for (int j = 0; j < m; ++j) ss += (w.zt[j * n + i] - w.v[j]) * (w.zt[j * n + i] - w.v[j]);
-    per_sample[i] = R(std::sqrt(ss));
-  }
-  if (tm.rank() == 0) {
-    T ss = 0;
-    for (int j = 0; j < m; ++j) ss += w.p[j];
-    *ecc = R(std::sqrt(ss));
-  }
-}
-
-// Kernel Language Entropy's von Neumann entropy (LM-Polygraph kernel_language_entropy.py):
-// L = diag(row sums of W) - W, heat kernel Kh = expm(-t L) = Z diag(e^{-t λ}) Zᵀ, normalised
-// Kh_ij / ((√Kh_ii + 1e-12)(√Kh_jj + 1e-12)) / n, VNE = -Σ λ ln λ over its eigenvalues with
-// |λ| > 1e-8. (The caller divides by ln n.)
-template <class T, class S, class R, class Team>
-FUQ_HD void graph_heat_entropy(const Team& tm, const S* W, int ld, int n, EigWork<T>& w, T t, R* vne) {
-  bool ok = load_symmetric(tm, W, ld, n, w);
-  if (ok) {
-    for (int i = tm.rank(); i < n; i += tm.size())
-      for (int j = 0; j < n; ++j) w.a[i * n + j] = (i == j ? w.v[i] : T(0)) - w.a[i * n + j];
-    ok = sym_eig(tm, w, n, true);
-  }
-  if (ok) {
-    for (int k = 0; k < n; ++k) w.el[k] = std::exp(-t * w.dl[k]);  // private copy, every member
-    for (int i = tm.rank(); i < n; i += tm.size())
-      for (int j = 0; j < n; ++j) {
-        T s = 0;
-        for (int k = 0; k < n; ++k) s += w.zt[k * n + i] * w.el[k] * w.zt[k * n + j];
-        w.a[i * n + j] = s;
-      }
-    tm.sync();
-    for (int i = tm.rank(); i < n; i += tm.size()) w.v[i] = std::sqrt(w.a[i * n + i]) + T(1e-12);
-    tm.sync();
-    for (int i = tm.rank(); i < n; i += tm.size())
-      for (int j = 0; j < n; ++j) w.a[i * n + j] /= w.v[i] * w.v[j] * T(n);
-    tm.sync();
-    ok = sym_eig(tm, w, n, false);
-  }
-  if (tm.rank() == 0) {
-    T h = 0;
-    for (int k = 0; k < n; ++k)
-      if (std::fabs(w.dl[k]) > T(1e-8)) h -= w.dl[k] * std::log(w.dl[k]);  // λ < -1e-8 -> NaN, as numpy
-    *vne = ok ? R(h) : graph_nan<R>();
-  }
-}
-
-// One question q of a batch (the CPU loop body and the CUDA block body): W is contiguous
-// [Q, K, K], the question's leading n x n block is used; outputs as GraphArgs documents
-// (entries past n are not touched; an empty question gets NaN in its scalar outputs).
-template <class T, class S, class Team>
-FUQ_HD void graph_question(const Team& tm, int op, const S* W, int64_t q, int K, int n, EigWork<T>& w,
-                           T threshold, T t, S* o0, S* o1, S* o2) {
-  const S* Wq = W + q * K * K;
-  const bool lead = tm.rank() == 0;
-  if (op == kGraphEigvalues) {
-    if (n > 0) graph_eigvalues(tm, Wq, K, n, w, o0 + q * K, o1 ? o1 + q * K * K : static_cast<S*>(nullptr), K);
-  } else if (op == kGraphLaplacian) {
-    if (n > 0) {
-      graph_laplacian(tm, Wq, K, n, w, threshold, o0 + q, o1 ? o1 + q : static_cast<S*>(nullptr),
-                      o1 ? o2 + q * K : static_cast<S*>(nullptr));
-    } else if (lead) {
-      o0[q] = graph_nan<S>();
-      if (o1) o1[q] = graph_nan<S>();
+  // Load, reduce and start the first QL; false when the question is finished already.
+  template <class Team>
+  FUQ_HD bool begin(const Team& tm) {
+    stage = 0;
+    if (n == 0) {
+      fail(tm);
+      return false;
     }
+    if (!load_symmetric(tm, W, K, n, w)) return fail(tm);
+    if (op == kGraphEigvalues) {
+      scale = 0;  // work on a / max|a|, so that QL's squares cannot overflow whatever the input
+      for (int i = 0; i < n * n; ++i) scale = std::fmax(scale, std::fabs(w.a[i]));
+      tm.sync();  // every member has read the whole matrix before anyone rescales its rows
+      if (scale > 0)
+        for (int i = tm.rank(); i < n; i += tm.size())
+          for (int j = 0; j < n; ++j) w.a[i * n + j] /= scale;
+    } else if (op == kGraphLaplacian) {
+      // L = I - D^{-1/2} W D^{-1/2}; a degree that is not positive (LM-Polygraph's inv(sqrt(D))
+      // fails or gives NaN there) ends the question with NaN
+      for (int i = 0; i < n; ++i)
+        if (!(w.v[i] > 0)) return fail(tm);
+      for (int i = tm.rank(); i < n; i += tm.size()) {
+        const T si = T(1) / std::sqrt(w.v[i]);
+        for (int j = 0; j < n; ++j)
+          w.a[i * n + j] = (i == j ? T(1) : T(0)) - w.a[i * n + j] * si / std::sqrt(w.v[j]);
+      }
+    } else {  // L = diag(row sums) - W
+      for (int i = tm.rank(); i < n; i += tm.size())
+        for (int j = 0; j < n; ++j) w.a[i * n + j] = (i == j ? w.v[i] : T(0)) - w.a[i * n + j];
+    }
+    tm.sync();
+    if (!sym_eig_begin(tm, w, n, want_vectors(), ql)) return fail(tm);
+    return true;
+  }
+
+  // Called when ql is done: finish this stage; true if another QL was started.
+  template <class Team>
+  FUQ_HD bool resume(const Team& tm) {
+    if (!sym_eig_end(tm, w, n, ql)) return fail(tm);
+    const bool lead = tm.rank() == 0;
+    if (op == kGraphEigvalues) {
+      if (lead)
+        for (int i = 0; i < n; ++i) o0[i] = R(w.dl[i] * scale);
+      if (o1)
+        for (int i = tm.rank(); i < n; i += tm.size())
+          for (int j = 0; j < n; ++j) o1[i * K + j] = R(w.zt[j * n + i]);
+      return false;
+    }
+    if (op == kGraphLaplacian) {
+      laplacian_scores(tm);
+      return false;
+    }
+    if (stage == 0) {  // heat kernel Kh = Z diag(e^{-t λ}) Zᵀ, normalised; then its eigenvalues
+      for (int k = 0; k < n; ++k) w.el[k] = std::exp(-t * w.dl[k]);  // private copy, every member
+      for (int i = tm.rank(); i < n; i += tm.size())
+        for (int j = 0; j < n; ++j) {
+          T s = 0;
+          for (int k = 0; k < n; ++k) s += w.zt[k * n + i] * w.el[k] * w.zt[k * n + j];
+          w.a[i * n + j] = s;
+        }
+      tm.sync();
+      for (int i = tm.rank(); i < n; i += tm.size()) w.v[i] = std::sqrt(w.a[i * n + i]) + T(1e-12);
+      tm.sync();
+      for (int i = tm.rank(); i < n; i += tm.size())
+        for (int j = 0; j < n; ++j) w.a[i * n + j] /= w.v[i] * w.v[j] * T(n);
+      tm.sync();
+      stage = 1;
+      if (!sym_eig_begin(tm, w, n, false, ql)) return fail(tm);
+      return true;
+    }
+    if (lead) {  // VNE = -Σ λ ln λ over |λ| > 1e-8 (λ < -1e-8 gives NaN, as numpy's log)
+      T h = 0;
+      for (int k = 0; k < n; ++k)
+        if (std::fabs(w.dl[k]) > T(1e-8)) h -= w.dl[k] * std::log(w.dl[k]);
+      *o0 = R(h);
+    }
+    return false;
+  }
+
+ private:
+  FUQ_HD bool want_vectors() const {
+    return op == kGraphEigvalues ? o1 != nullptr : op == kGraphLaplacian ? o1 != nullptr : stage == 0;
+  }
+
+  // NaN into every output of the question (the eigenvalue outputs are pre-filled by the caller).
+  template <class Team>
+  FUQ_HD bool fail(const Team& tm) {
+    if (op == kGraphEigvalues) {
+      if (tm.rank() == 0)
+        for (int i = 0; i < n; ++i) o0[i] = graph_nan<R>();
+      if (o1)
+        for (int i = tm.rank(); i < n; i += tm.size())
+          for (int j = 0; j < n; ++j) o1[i * K + j] = graph_nan<R>();
+      return false;
+    }
+    if (tm.rank() == 0) {
+      *o0 = graph_nan<R>();
+      if (op == kGraphLaplacian && o1) *o1 = graph_nan<R>();
+    }
+    if (op == kGraphLaplacian && o2)
+      for (int i = tm.rank(); i < n; i += tm.size()) o2[i] = graph_nan<R>();
+    return false;
+  }
+
+  // EigV = Σ_k max(0, 1 - λ_k) (LM-Polygraph eig_val_laplacian.py) and, with o1, Eccentricity
+  // (eccentricity.py): the eigenvectors with λ < threshold, each centred over the responses,
+  // U = Frobenius norm of the centred n x m matrix; o2[i] = the norm of response i's centred row.
+  template <class Team>
+  FUQ_HD void laplacian_scores(const Team& tm) {
+    if (tm.rank() == 0) {
+      T s = 0;
+      for (int k = 0; k < n; ++k) s += w.dl[k] < 1 ? 1 - w.dl[k] : T(0);
+      *o0 = R(s);
+    }
+    if (!o1) return;
+    int m = 0;  // eigenvalues are ascending: the kept ones are the first m
+    while (m < n && w.dl[m] < threshold) ++m;
+    for (int j = tm.rank(); j < m; j += tm.size()) {  // eigenvector means and centred sums of squares
+      const T* u = w.zt + j * n;
+      T mean = 0;
+      for (int i = 0; i < n; ++i) mean += u[i];
+      mean /= n;
+      T ss = 0;
+      for (int i = 0; i < n; ++i) ss += (u[i] - mean) * (u[i] - mean);
+      w.v[j] = mean;
+      w.p[j] = ss;
+    }
+    tm.sync();
+    for (int i = tm.rank(); i < n; i += tm.size()) {
+      T ss = 0;
+      for (int j = 0; j < m; ++j) ss += (w.zt[j * n + i] - w.v[j]) * (w.zt[j * n + i] - w.v[j]);
+      o2[i] = R(std::sqrt(ss));
+    }
+    if (tm.rank() == 0) {
+      T ss = 0;
+      for (int j = 0; j < m; ++j) ss += w.p[j];
+      *o1 = R(std::sqrt(ss));
+    }
+  }
+};
+
+// The task of question q of a batch: W contiguous [Q, K, K]; outputs as the drivers' GraphArgs.
+template <class T, class S>
+FUQ_HD GraphTask<T, S, S> graph_task(int op, const S* W, int64_t q, int K, int n, EigWork<T> w, T threshold, T t,
+                                     S* o0, S* o1, S* o2) {
+  GraphTask<T, S, S> g;
+  g.op = op; g.K = K; g.n = n;
+  g.W = W + q * K * K;
+  g.threshold = threshold; g.t = t;
+  g.w = w;
+  g.scale = T(1);
+  g.stage = 0;
+  if (op == kGraphEigvalues) {
+    g.o0 = o0 + q * K;
+    g.o1 = o1 ? o1 + q * K * K : static_cast<S*>(nullptr);
+    g.o2 = static_cast<S*>(nullptr);
   } else {
-    if (n > 0) graph_heat_entropy(tm, Wq, K, n, w, t, o0 + q);
-    else if (lead) o0[q] = graph_nan<S>();
+    g.o0 = o0 + q;
+    g.o1 = o1 ? o1 + q : static_cast<S*>(nullptr);
+    g.o2 = o1 && op == kGraphLaplacian ? o2 + q * K : static_cast<S*>(nullptr);
+  }
+  return g;
+}
+
+// One question start to end by a team (the CUDA block body).
+template <class T, class S, class R, class Team>
+FUQ_HD void run_graph_task(const Team& tm, GraphTask<T, S, R>& g) {
+  bool pending = g.begin(tm);
+  while (pending) {
+    while (!g.ql.done()) g.ql.step(tm);
+    pending = g.resume(tm);
   }
 }
 

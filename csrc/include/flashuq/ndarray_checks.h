@@ -10,6 +10,19 @@
 
 namespace flashuq {
 
+// Whether the array is dense in row-major order (dimensions of size 1 may have any stride, as in
+// torch), i.e. its elements are data()[0 .. size).
+template <typename Array>
+bool is_dense(const Array& a) {
+  if (a.size() == 0) return true;  // nothing is read or written
+  int64_t expect = 1;
+  for (size_t d = a.ndim(); d-- > 0;) {
+    if (a.shape(d) != 1 && a.stride(d) != expect) return false;
+    expect *= int64_t(a.shape(d));
+  }
+  return true;
+}
+
 // Rows r = i0 * n1 + i1 start at element (r / n1) * s0 + (r % n1) * s1 and span V elements; all of
 // them must lie inside `logits` (element strides, none negative).
 template <typename Array>

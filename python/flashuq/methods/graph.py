@@ -94,7 +94,9 @@ def kernel_language_entropy(entail, contra, *, t: float = 0.3, sample_mask=None)
     Es, Cs = E + E.transpose(1, 2), C + C.transpose(1, 2)
     W = Es + 0.5 * (2 - Es - Cs)
     vne = heat_kernel_entropy(W, t=t, sample_mask=valid)
-    return vne / torch.log(valid.sum(1).to(dt))
+    n = valid.sum(1)
+    # ln 1 = 0: one response has no entropy to scale (its VNE is ~1e-12 from the normaliser's epsilon)
+    return torch.where(n >= 2, vne / torch.log(n.to(dt)), torch.nan)
 
 
 def num_sem_sets(entail, contra, *, sample_mask=None) -> Tensor:
@@ -111,6 +113,8 @@ def num_sem_sets(entail, contra, *, sample_mask=None) -> Tensor:
     _shape(C, "contra", E.shape)
     Q, K = E.shape[:2]
     valid = _sample_mask(sample_mask, Q, K, E)
+    if K == 0:
+        return torch.full((Q,), torch.nan, dtype=_dtype(E, C), device=E.device)
     A = E > C
     A = A & A.transpose(1, 2) & valid[:, :, None] & valid[:, None, :]
     A = A | torch.eye(K, dtype=torch.bool, device=A.device)
