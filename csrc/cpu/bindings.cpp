@@ -10,8 +10,10 @@
 #include <string>
 
 #include "ensemble_stats.h"
+#include "flashuq/inv_entropy.h"
 #include "flashuq/ndarray_checks.h"
 #include "graph.h"
+#include "inv_entropy.h"
 #include "inversions.h"
 #include "masked_reduce.h"
 #include "token_stats.h"
@@ -232,6 +234,44 @@ static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr 
   graph(a);
 }
 
+static void inv_entropy_py(Arr sx, Arr sy, std::optional<Arr> keep, int64_t N, bool paper, bool all, Arr out,
+                           Arr p_x, Arr p_y, int num_threads) {
+  InvEntropyArgs a{};
+  if (sy.dtype() == nb::dtype<float>()) a.dtype = DType::F32;
+  else if (sy.dtype() == nb::dtype<double>()) a.dtype = DType::F64;
+  else throw nb::type_error("sy: expected float32 or float64");
+  if (sx.dtype() != sy.dtype()) throw nb::type_error("sx: expected the dtype of sy");
+  if (sx.ndim() != 3 || sy.ndim() != 3 || sx.shape(1) != sx.shape(2) || sy.shape(1) != sy.shape(2) ||
+      sx.shape(0) != sy.shape(0) || !flashuq::is_dense(sx) || !flashuq::is_dense(sy))
+    throw std::invalid_argument("sx, sy: expected contiguous [Q, Mx, Mx] and [Q, M, M]");
+  const int64_t Q = int64_t(sy.shape(0)), M = int64_t(sy.shape(1)), Mx = int64_t(sx.shape(1));
+  if (N < 1 || N > flashuq::kInvEntropyMaxN || M % N != 0 || (Mx != N && Mx != M))
+    throw std::invalid_argument("N: must be in [1, 64], divide M, and Mx must be N or M");
+  int64_t S = 1;
+  a.keep = nullptr;
+  if (keep) {
+    if (keep->dtype() != nb::dtype<int64_t>() || keep->ndim() != 3 || int64_t(keep->shape(0)) != Q ||
+        int64_t(keep->shape(2)) != N || !flashuq::is_dense(*keep))
+      throw std::invalid_argument("keep: expected contiguous int64 [Q, S, N]");
+    S = int64_t(keep->shape(1));
+    const int64_t* k = static_cast<const int64_t*>(keep->data());
+    for (size_t i = 0; i < keep->size(); ++i)
+      if (k[i] < 0 || k[i] >= M) throw std::invalid_argument("keep: indices must lie in [0, M)");
+    a.keep = k;
+  } else if (M != N) {
+    throw std::invalid_argument("keep: required when sy is larger than N x N");
+  }
+  if (S < 1) throw std::invalid_argument("keep: at least one draw");
+  const bool f64 = a.dtype == DType::F64;
+  a.out = out_ptr(out, 5 * Q, f64, "out");
+  a.p_x = out_ptr(p_x, Q * N, f64, "p_x");
+  a.p_y = out_ptr(p_y, Q * N, f64, "p_y");
+  a.sx = sx.data(); a.sy = sy.data();
+  a.Q = Q; a.Mx = Mx; a.M = M; a.S = S; a.N = N; a.paper = paper; a.all = all; a.num_threads = num_threads;
+  nb::gil_scoped_release release;
+  inv_entropy(a);
+}
+
 NB_MODULE(_C, m) {
   m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
@@ -263,6 +303,10 @@ NB_MODULE(_C, m) {
         nb::arg("threshold"), nb::arg("t"), nb::arg("out0").noconvert(), nb::arg("out1").noconvert().none(),
         nb::arg("out2").noconvert().none(), nb::arg("num_threads"),
         "Per-question spectra of [Q, K, K] similarity matrices (flashuq.ops.graph).");
+  m.def("inv_entropy", &inv_entropy_py, nb::arg("sx").noconvert(), nb::arg("sy").noconvert(),
+        nb::arg("keep").noconvert().none(), nb::arg("N"), nb::arg("paper"), nb::arg("all"), nb::arg("out").noconvert(),
+        nb::arg("p_x").noconvert(), nb::arg("p_y").noconvert(), nb::arg("num_threads"),
+        "Inv-Entropy measures per question, averaged over the keep draws (flashuq.methods.inv_entropy).");
   m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;

@@ -425,3 +425,50 @@ def test_bootstrap_errors():
     # without keep or replicates, equal full shapes read as a single draw of N·r inputs
     assert inv_entropy(sx_full, sy_full).shape == (Q,)
     assert_close(inv_entropy(sx_full, sy_full, replicates=r), inv_entropy(sx_n, sy_full))
+
+
+@pytest.mark.parametrize("variant", ["reference", "paper"])
+@pytest.mark.parametrize("full_sx", [False, True])
+def test_cpu_kernel_matches_the_torch_path(variant, full_sx):
+    # the C++ kernel (CPU default) and the batched torch path (CUDA) on the same draws
+    from flashuq.methods.inv_entropy import _compute, _prepare
+    g = torch.Generator().manual_seed(5)
+    Q, N, r = 40, 7, 3
+    sy = torch.rand(Q, N * r, N * r, generator=g, dtype=torch.float64)
+    sx = torch.rand(Q, N * r if full_sx else N, N * r if full_sx else N, generator=g, dtype=torch.float64)
+    sy[3, 4] = 0.0                 # a zero row in some draws
+    sx[5, 0, 1] = float("nan")     # NaN spreads only where it is used
+    for keep, kw in ((None, dict(num_bootstrap=6, generator=torch.Generator().manual_seed(1))),
+                     (torch.stack([torch.arange(N) * r + (q % r) for q in range(Q)])[:, None].expand(Q, 2, N), {})):
+        if full_sx and keep is None:
+            kw["replicates"] = r
+        a = _prepare(sx, sy, keep, variant, kw.get("replicates"), kw.get("num_bootstrap"), kw.get("generator"))
+        cpu = _compute(*a, variant, backend="cpu")
+        ref = _compute(*a, variant, backend="torch")
+        for f, x, y in zip(cpu._fields, cpu, ref):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14, equal_nan=True, msg=f)
+    one = _compute(sx[:, :N, :N].contiguous(), sy[:, :N, :N].contiguous(), None, N, variant, backend="cpu")
+    ref = _compute(sx[:, :N, :N].contiguous(), sy[:, :N, :N].contiguous(), None, N, variant, backend="torch")
+    for f, x, y in zip(one._fields, one, ref):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14, equal_nan=True, msg=f)
+
+
+def test_cpu_binding_rejects_misuse():
+    from flashuq import _ext
+    sy = torch.rand(2, 6, 6, dtype=torch.float64)
+    sx = torch.rand(2, 3, 3, dtype=torch.float64)
+    out, px, py = torch.empty(5, 2, dtype=torch.float64), torch.empty(2, 3, dtype=torch.float64), torch.empty(2, 3, dtype=torch.float64)
+    keep = torch.zeros(2, 4, 3, dtype=torch.int64)
+    _ext._C.inv_entropy(sx, sy, keep, 3, False, True, out, px, py, 1)  # fine
+    bad_keep = keep.clone()
+    bad_keep[1, 2, 0] = 6
+    cases = [((sx, sy, bad_keep, 3, False, True, out, px, py, 1), ValueError),        # index out of range
+             ((sx, sy, None, 3, False, True, out, px, py, 1), ValueError),            # sy larger than N x N needs keep
+             ((sx.float(), sy, keep, 3, False, True, out, px, py, 1), TypeError),    # dtype mix
+             ((sx, sy, keep, 4, False, True, out, px, py, 1), ValueError),            # N does not divide M
+             ((sx, sy, keep[:, :, :2], 3, False, True, out, px, py, 1), ValueError),  # keep shape
+             ((sx, sy, keep, 3, False, True, out[:, :1], px, py, 1), ValueError),     # output size
+             ((sx, sy, keep, 3, False, True, torch.empty(2, 5, dtype=torch.float64).t(), px, py, 1), ValueError)]
+    for args, err in cases:
+        with pytest.raises(err):
+            _ext._C.inv_entropy(*args)

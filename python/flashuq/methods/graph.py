@@ -36,9 +36,11 @@ def degree(W, *, sample_mask=None) -> Tensor:
     """
     W = _matrix(W)
     Q, K = W.shape[:2]
+    x = W.to(_dtype(W))
+    if sample_mask is None:
+        return 1 - x.mean((1, 2))  # K = 0: 0/0 = NaN
     valid = _sample_mask(sample_mask, Q, K, W)
     pair = valid[:, :, None] & valid[:, None, :]
-    x = W.to(_dtype(W))
     return 1 - torch.where(pair, x, 0).sum((1, 2)) / pair.sum((1, 2)).to(x.dtype)
 
 

@@ -40,6 +40,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .. import _ext
 from ..ops._common import as_tensor, capturing_cuda_graph, is_tracing
 
 #: default number of bootstrap draws per variant: the repository's 20 and the paper's S = 30
@@ -94,7 +95,7 @@ def _similarity(x, name: str) -> Tensor:
         raise ValueError(f"{name} must be a batch of square matrices [Q, N, N], got shape {tuple(x.shape)}")
     if x.shape[-1] < 2:
         raise ValueError(f"{name}: Inv-Entropy needs N >= 2 inputs, got N = {x.shape[-1]}")
-    if x.numel() and _checks_on(x) and bool((x < 0).any()):
+    if x.numel() and _checks_on(x) and bool(x.amin() < 0):  # one reduction, no [Q, M, M] temporary
         raise ValueError(f"{name} must be non-negative (similarities are |cos|, (1+cos)/2 or probabilities); "
                          "got a negative entry")
     return x
@@ -198,8 +199,8 @@ def _measures(sx: Tensor, sy: Tensor, variant: str) -> InvEntropyMeasures:
 
 
 def _prepare(sx, sy, keep, variant, replicates, num_bootstrap, generator):
-    """Validate and return ``(sx_draws, sy_draws)``: ``[Q, N, N]`` each for a single draw, else
-    ``[Q, S, N, N]`` (``sx`` may stay ``[Q, 1, N, N]``)."""
+    """Validate and return ``(sx, sy, keep, N)``: ``keep`` is None for a single draw (``sx, sy [Q, N, N]``),
+    else the checked ``[Q, S, N]`` draws (drawn here when not given)."""
     variant = _check_variant(variant)
     sx = _similarity(sx, "sx")
     sy = _similarity(sy, "sy")
@@ -242,20 +243,37 @@ def _prepare(sx, sy, keep, variant, replicates, num_bootstrap, generator):
         raise ValueError(f"sx must be [Q, N, N] or [Q, N·r, N·r] = [Q, {M}, {M}], got shape {tuple(sx.shape)}")
 
     if keep is None and num_bootstrap is None and r == 1:
-        return sx, sy  # a single draw
+        return sx, sy, None, N  # a single draw
     if keep is None:
         S = DEFAULT_NUM_BOOTSTRAP[variant] if num_bootstrap is None else num_bootstrap
         if generator is None:
             generator = torch.Generator().manual_seed(DEFAULT_SEED)
         keep = _draw_keep(Q, N, r, S, generator)
-    keep = _check_keep(keep, Q, N, r, sy.device)
-    sy_d = _gather(sy, keep)
+    return sx, sy, _check_keep(keep, Q, N, r, sy.device), N
+
+
+def _compute(sx: Tensor, sy: Tensor, keep: Optional[Tensor], N: int, variant: str, *,
+             backend: Optional[str] = None, only_inv: bool = False) -> InvEntropyMeasures:
+    """The measures averaged over the draws. ``backend``: "cpu" (the C++ kernel of ``flashuq._C``,
+    one question per OpenMP iteration, draws read in place) or "torch" (batched tensor ops over the
+    gathered ``[Q, S, N, N]`` draws; CUDA tensors, and N > 64); None picks by device. With
+    ``only_inv`` the C++ kernel computes Inv-Entropy alone (the other fields are then undefined)."""
+    if backend is None:
+        backend = "cpu" if sy.device.type == "cpu" and N <= 64 and not is_tracing() else "torch"
+    if backend == "cpu":
+        Q = sy.shape[0]
+        out = torch.empty(5, Q, dtype=sy.dtype)
+        p_x, p_y = torch.empty(Q, N, dtype=sy.dtype), torch.empty(Q, N, dtype=sy.dtype)
+        if Q:
+            _ext._C.inv_entropy(sx.detach().contiguous(), sy.detach().contiguous(),
+                                None if keep is None else keep.contiguous(), N, variant == "paper", not only_inv, out, p_x, p_y,
+                                torch.get_num_threads())
+        return InvEntropyMeasures(*out.unbind(0), p_x, p_y)
+    if keep is None:
+        return _measures(sx, sy, variant)
+    M = sy.shape[-1]
     sx_d = _gather(sx, keep) if sx.shape[-1] == M and M != N else sx[:, None]
-    return sx_d, sy_d
-
-
-def _mean_over_draws(m: InvEntropyMeasures, single: bool) -> InvEntropyMeasures:
-    return m if single else InvEntropyMeasures(*(f.mean(1) for f in m))
+    return InvEntropyMeasures(*(f.mean(1) for f in _measures(sx_d, _gather(sy, keep), variant)))
 
 
 def inv_entropy(sx, sy, *, keep=None, variant: str = "reference", replicates: Optional[int] = None,
@@ -284,8 +302,8 @@ def inv_entropy(sx, sy, *, keep=None, variant: str = "reference", replicates: Op
     Similarities must be non-negative (ValueError otherwise); a zero row sum gives NaN for that
     question; ``0·ln 0 = 0``. N >= 2. Computed in fp64 for fp64 inputs, else fp32.
     """
-    sx_d, sy_d = _prepare(sx, sy, keep, variant, replicates, num_bootstrap, generator)
-    return _mean_over_draws(_measures(sx_d, sy_d, variant), sy_d.dim() == 3).inv_entropy
+    sx, sy, keep, N = _prepare(sx, sy, keep, variant, replicates, num_bootstrap, generator)
+    return _compute(sx, sy, keep, N, variant, only_inv=True).inv_entropy
 
 
 def inv_entropy_measures(sx, sy, *, variant: str = "reference", keep=None, replicates: Optional[int] = None,
@@ -309,8 +327,8 @@ def inv_entropy_measures(sx, sy, *, variant: str = "reference", keep=None, repli
     The WD and max-P measures have no documented orientation (METHODS.md §1.1); they are reported in
     their natural orientation, as computed.
     """
-    sx_d, sy_d = _prepare(sx, sy, keep, variant, replicates, num_bootstrap, generator)
-    return _mean_over_draws(_measures(sx_d, sy_d, variant), sy_d.dim() == 3)
+    sx, sy, keep, N = _prepare(sx, sy, keep, variant, replicates, num_bootstrap, generator)
+    return _compute(sx, sy, keep, N, variant)
 
 
 # ---------------------------------------------------------------------------------------------------

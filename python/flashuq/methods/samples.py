@@ -310,9 +310,9 @@ def semantic_entropy(sample_logprobs, class_ids, *, estimator: str = "mean", mod
         _shape(c, "class_ids", lp.shape)
     Q, K = c.shape
     dt = _dtype(lp)
-    members = _members(c, valid)
     if mode == "sum":
         if unique:
+            members = _members(c, valid)
             if text_ids is None:
                 raise ValueError("text_ids: unique=True needs text_ids [Q, K] (same id = same text)")
             t = _tensor(text_ids, "text_ids", 2, "int", lp)
@@ -320,11 +320,19 @@ def semantic_entropy(sample_logprobs, class_ids, *, estimator: str = "mean", mod
             same = (t[:, :, None] == t[:, None, :]) & (c[:, :, None] == c[:, None, :]) & _pair_valid(valid)
             dup = torch.tril(same, diagonal=-1).any(-1)  # an earlier valid sample has the same text and class
             members = members & ~dup[:, None, :]
-        lc = torch.logsumexp(torch.where(members, lp.to(dt)[:, None, :], -math.inf), -1)  # [Q, C]
+            lc = torch.logsumexp(torch.where(members, lp.to(dt)[:, None, :], -math.inf), -1)  # [Q, C]
+        else:  # per-class logsumexp by scatter over [Q, K]: O(QK), not the O(QK²) of the members mask
+            x = torch.where(valid, lp.to(dt), -math.inf)
+            cc = torch.where(valid, c, 0)
+            top = torch.full_like(x, -math.inf).scatter_reduce(1, cc, x, "amax")
+            top = torch.where(top == -math.inf, 0.0, top)  # empty classes stay -inf below
+            ssum = torch.zeros_like(x).scatter_add(1, cc, torch.exp(x - top.gather(1, cc)))
+            lc = top + torch.log(ssum)
     else:
         if unique:
             raise ValueError("unique: only defined for mode='sum' (LM-Polygraph's use_unique_responses)")
-        lc = torch.log(members.sum(-1).to(dt) / valid.sum(-1, keepdim=True).to(dt))
+        counts = torch.zeros(Q, K, dtype=dt, device=c.device).scatter_add(1, torch.where(valid, c, 0), valid.to(dt))
+        lc = torch.log(counts / valid.sum(-1, keepdim=True).to(dt))
     lcj = lc.gather(1, c.clamp(0, K - 1))  # the class log-prob of each sample
     if estimator == "mean":
         return -_mean(lcj, valid)

@@ -1,0 +1,45 @@
+#include "inv_entropy.h"
+
+#include <omp.h>
+
+#include "flashuq/inv_entropy.h"
+
+namespace flashuq {
+namespace cpu {
+namespace {
+
+template <typename S>
+void run(const InvEntropyArgs& a) {
+  const S* sx = static_cast<const S*>(a.sx);
+  const S* sy = static_cast<const S*>(a.sy);
+  S* out = static_cast<S*>(a.out);
+  S* px = static_cast<S*>(a.p_x);
+  S* py = static_cast<S*>(a.p_y);
+  const int N = int(a.N);
+  const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t q = 0; q < a.Q; ++q) {
+    double o5[5], mx[kInvEntropyMaxN], my[kInvEntropyMaxN];
+    inv_entropy_question<double>(sx + q * a.Mx * a.Mx, int(a.Mx), sy + q * a.M * a.M, int(a.M),
+                                 a.keep ? a.keep + q * a.S * a.N : nullptr, int(a.S), N, a.paper, a.all, o5, mx, my);
+    if (!a.all) {
+      out[q] = S(o5[0]);
+      continue;
+    }
+    for (int f = 0; f < 5; ++f) out[f * a.Q + q] = S(o5[f]);
+    for (int i = 0; i < N; ++i) {
+      px[q * N + i] = S(mx[i]);
+      py[q * N + i] = S(my[i]);
+    }
+  }
+}
+
+}  // namespace
+
+void inv_entropy(const InvEntropyArgs& a) {
+  if (a.dtype == DType::F64) run<double>(a);
+  else run<float>(a);
+}
+
+}  // namespace cpu
+}  // namespace flashuq

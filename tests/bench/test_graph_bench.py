@@ -1,0 +1,51 @@
+"""bench/graph.py: the --quick mode runs in seconds, checks flashuq against both baselines and writes
+its JSON; `flashuq bench` lists the suite."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from flashuq import cli
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "graph.py"
+
+
+def _load():
+    if not BENCH.exists():
+        pytest.skip("bench/ is not in this checkout")
+    spec = importlib.util.spec_from_file_location("flashuq_bench_graph", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_graph_bench_quick(tmp_path, capsys):
+    graph = _load()
+    out = tmp_path / "graph.json"
+    assert graph.main(["--quick", "--Q", "40", "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| method | flashuq ms | numpy loop ms (×speedup) | torch batched ms (×speedup) | target met? |" in printed
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "graph" and res["shape"] == {"Q": 40, "K": 20} and res["check"]["passed"]
+    assert {"cpu", "torch", "threads"} <= set(res["machine"])
+    rows = {r["method"]: r for r in res["results"]}
+    assert set(graph.ISSUE_METHODS) | {"kernel_language_entropy", "num_sem_sets"} <= set(rows)
+    for r in rows.values():
+        assert r["flashuq_ms"] > 0 and r["torch_batched_ms"] > 0 and r["numpy_loop_ms"] > 0
+        assert r["max_abs_diff_vs_numpy_loop"] < 1e-9 and r["max_abs_diff_vs_torch_batched"] < 1e-9
+    assert set(rows["eigv"]["targets"]) == {"vs_numpy_loop", "vs_torch_batched"}
+    assert rows["num_sem_sets"]["targets"] == {}
+
+
+def test_flashuq_bench_lists_graph(monkeypatch):
+    if not BENCH.exists():
+        pytest.skip("bench/ is not in this checkout")
+    called = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: called.append(cmd) or 0)
+    assert cli.main(["bench"]) == 0
+    assert any(pathlib.Path(c[-1]).name == "graph.py" for c in called)
+    called.clear()
+    assert cli.main(["bench", "graph"]) == 0
+    assert [pathlib.Path(c[-1]).name for c in called] == ["graph.py"]
