@@ -37,7 +37,8 @@ def _eval(model, tok, items, args, load_s, errors):
                   file=sys.stderr)
     res = evaluate.run_eval(model, tok, items, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             progress=None if args.quiet else sys.stderr, num_samples=args.samples,
-                            temperature=args.temperature, encoder=encoder)
+                            temperature=args.temperature, sample_max_new_tokens=args.sample_max_new_tokens,
+                            encoder=encoder)
     t0 = time.perf_counter()
     board = evaluate.leaderboard(res, n_resamples=args.bootstrap)
     res.seconds["metrics"] = time.perf_counter() - t0
@@ -79,6 +80,8 @@ def _common(p):
     p.add_argument("--report", default="report.html", help="the HTML report ('' for none)")
     p.add_argument("--samples", type=int, default=5, help="sampled answers per question (0: greedy only)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--sample-max-new-tokens", type=int, default=16,
+                   help="token limit of the sampled answers (the greedy answer: --max-new-tokens)")
     p.add_argument("--no-embeddings", action="store_true",
                    help="skip the all-MiniLM-L6-v2 similarity methods even when the package is installed")
 

@@ -151,10 +151,11 @@ def sample_scores(samples: Sequence[Sequence[str]], greedy: Sequence[str], sampl
 
 def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new_tokens: int = 24,
              progress=sys.stderr, chat: bool = True, num_samples: int = 0, temperature: float = 1.0,
-             encoder=None) -> EvalResult:
+             sample_max_new_tokens: Optional[int] = None, encoder=None) -> EvalResult:
     """Greedy answers with every token-statistics score, judged against the accepted answers; with
-    ``num_samples`` K > 0 also K sampled answers per question (``temperature``) and the
-    sample-based scores of :func:`sample_scores` (similarity methods when ``encoder`` is given)."""
+    ``num_samples`` K > 0 also K sampled answers per question (``temperature``, at most
+    ``sample_max_new_tokens`` tokens, default ``max_new_tokens``) and the sample-based scores of
+    :func:`sample_scores` (similarity methods when ``encoder`` is given)."""
     eos = model.generation_config.eos_token_id
     answers, correct, per_tokens, per_stats, samples = [], [], [], [], []
     scores: Dict[str, List[float]] = {}
@@ -172,7 +173,9 @@ def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new
         with torch.no_grad():
             g = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
                          pad_token_id=tok.pad_token_id, eos_token_id=eos, num_samples=num_samples,
-                         temperature=temperature)
+                         temperature=temperature,
+                         sample_kwargs=None if sample_max_new_tokens is None else
+                         {"max_new_tokens": sample_max_new_tokens})
         for name, v in g.scores.items():
             scores.setdefault(name, []).extend(v.double().tolist())
         texts = []

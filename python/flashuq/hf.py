@@ -205,15 +205,43 @@ def _run(model, input_ids, attention_mask, recorder, **kwargs):
     return seqs, new, stats, mask
 
 
+def _shared_prompt_cache(model, input_ids: Tensor, attention_mask: Optional[Tensor], k: int):
+    """``generate`` keyword arguments that start ``k`` samples per prompt from one prefill of the
+    prompts (all but the last token; the key/value cache repeated ``k`` times), instead of the
+    ``k`` identical prefills of ``num_return_sequences``; ``{}`` where the model's cache cannot be
+    shared that way (then the caller falls back to ``num_return_sequences``)."""
+    try:
+        from transformers.generation import utils as gen_utils
+
+        name = "cache" if "cache" in getattr(gen_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+        am = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if input_ids.shape[1] < 2:
+            return {}
+        with torch.no_grad():
+            out = model(input_ids=input_ids[:, :-1], attention_mask=am[:, :-1],
+                        position_ids=position_ids_from_mask(am[:, :-1]), use_cache=True)
+        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return {}
+        cache.batch_repeat_interleave(k)
+    except (AttributeError, TypeError, ValueError, NotImplementedError, ImportError):
+        return {}
+    return {name: cache, "input_ids": input_ids.repeat_interleave(k, 0), "attention_mask": am.repeat_interleave(k, 0)}
+
+
 def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, *, num_samples: int = 0,
-             temperature: float = 1.0, topk: int = 0, **generate_kwargs) -> Generation:
+             temperature: float = 1.0, topk: int = 0, sample_kwargs: Optional[dict] = None,
+             **generate_kwargs) -> Generation:
     """Greedy answer with its per-token statistics and sequence scores, plus ``num_samples`` sampled
     answers per prompt with their log-probabilities (for the sample-based methods).
 
     ``generate_kwargs`` go to ``model.generate`` (``max_new_tokens``, ``eos_token_id``, ...). The
-    greedy pass uses ``do_sample=False``; the sampling pass ``do_sample=True``,
-    ``num_return_sequences=num_samples`` and ``temperature``. Statistics are of the scores the
-    recorder sees (first user processor, see :class:`UncertaintyRecorder`).
+    greedy pass uses ``do_sample=False``; the sampling pass ``do_sample=True``, ``temperature`` and
+    ``sample_kwargs`` on top of ``generate_kwargs`` (e.g. ``{"max_new_tokens": 16, "top_p": 0.95}``).
+    The samples of a prompt share one prefill of it (its key/value cache repeated), which saves
+    ``num_samples - 1`` prompt passes; models whose cache cannot be repeated fall back to
+    ``num_return_sequences``. Statistics are of the scores the recorder sees (first user processor,
+    see :class:`UncertaintyRecorder`).
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
         raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}")
@@ -228,11 +256,20 @@ def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, 
     if num_samples:
         B = input_ids.shape[0]
         rec = UncertaintyRecorder(topk=topk)
-        s_seqs, s_new, s_stats, s_mask = _run(model, input_ids, attention_mask, rec, do_sample=True,
-                                              num_return_sequences=num_samples, temperature=temperature,
-                                              **generate_kwargs)
+        kw = {**generate_kwargs, **(sample_kwargs or {})}
+        for k in ("do_sample", "num_return_sequences", "logits_processor", "return_dict_in_generate"):
+            if k in kw:
+                raise ValueError(f"sample_kwargs: {k} is set by flashuq.hf.generate itself")
+        shared = _shared_prompt_cache(model, input_ids, attention_mask, num_samples)
+        if shared:
+            ids, am = shared.pop("input_ids"), shared.pop("attention_mask")
+            s_seqs, s_new, s_stats, s_mask = _run(model, ids, am, rec, do_sample=True, temperature=temperature,
+                                                  **shared, **kw)
+        else:
+            s_seqs, s_new, s_stats, s_mask = _run(model, input_ids, attention_mask, rec, do_sample=True,
+                                                  num_return_sequences=num_samples, temperature=temperature, **kw)
         lp = torch.where(s_mask, s_stats.logprob, 0.0).sum(-1)
-        eos = _eos_of(model, generate_kwargs)
+        eos = _eos_of(model, kw)
         n_eos = torch.zeros_like(lp) if eos is None else (s_mask & _is_eos(s_new, eos)).sum(-1).to(lp.dtype)
         lengths = s_mask.sum(-1).to(lp.dtype) - n_eos
 

@@ -66,3 +66,19 @@ def test_cuda_graph_capture():
 def test_k_above_limit_raises():
     with pytest.raises(ValueError, match="W"):
         M.eigv(torch.rand(2, 65, 65, device="cuda"))
+
+
+def test_inv_entropy_and_sample_methods_on_cuda_match_cpu():
+    g = torch.Generator().manual_seed(7)
+    Q, N, r = 50, 6, 3
+    sx = torch.rand(Q, N, N, generator=g, dtype=torch.float64)
+    sy = torch.rand(Q, N * r, N * r, generator=g, dtype=torch.float64)
+    keep = torch.stack([torch.arange(N) * r + torch.randint(0, r, (N,), generator=g) for _ in range(Q * 4)])
+    keep = keep.reshape(Q, 4, N)
+    cpu = M.inv_entropy_measures(sx, sy, keep=keep)           # the C++ kernel
+    gpu = M.inv_entropy_measures(sx.cuda(), sy.cuda(), keep=keep.cuda())   # batched torch on the GPU
+    for f, a, b in zip(cpu._fields, cpu, gpu):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-12, atol=1e-14, equal_nan=True, msg=f)
+    lp = torch.randn(Q, 8, generator=g, dtype=torch.float64)
+    cls = torch.randint(0, 8, (Q, 8), generator=g)
+    torch.testing.assert_close(M.semantic_entropy(lp.cuda(), cls.cuda()).cpu(), M.semantic_entropy(lp, cls))

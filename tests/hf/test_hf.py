@@ -144,6 +144,31 @@ def test_score_agrees_with_what_generate_recorded():
     torch.testing.assert_close(s.stats.entropy[:, -T:], g.stats.entropy, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_samples_from_a_shared_prompt_cache_score_like_teacher_forcing(kind):
+    # the K samples of a prompt start from one prefill (its cache repeated K times): what the recorder
+    # saw for each sampled token must be what the model gives that token when scored from scratch
+    model = tiny(kind)
+    ids, mask = prompts()
+    torch.manual_seed(3)
+    g = hf.generate(model, ids, mask, num_samples=4, max_new_tokens=5, pad_token_id=0, eos_token_id=EOS,
+                    sample_kwargs={"max_new_tokens": 4})
+    assert hf._shared_prompt_cache(model, ids, mask, 4)  # the shared path, not the fallback
+    B, K = ids.shape[0], 4
+    seqs = g.sample_sequences.reshape(B * K, -1)
+    T = seqs.shape[1] - ids.shape[1]
+    assert T <= 4
+    full_mask = torch.cat([mask.repeat_interleave(K, 0), torch.ones(B * K, T, dtype=mask.dtype)], dim=1)
+    resp = torch.cat([torch.zeros_like(mask).repeat_interleave(K, 0), torch.ones(B * K, T, dtype=mask.dtype)], 1)
+    s = hf.score(model, seqs, full_mask, resp)
+    sm = g.sample_mask.reshape(B * K, T)
+    got = g.sample_stats.logprob.reshape(B * K, T)
+    torch.testing.assert_close(torch.where(sm, s.stats.logprob[:, -T:], 0.0), torch.where(sm, got, 0.0),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="sample_kwargs"):
+        hf.generate(model, ids, mask, num_samples=2, sample_kwargs={"num_return_sequences": 3})
+
+
 def test_score_bad_input():
     model = tiny("gpt2")
     ids, mask = prompts()
