@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the CPU module once with -fsanitize=address,undefined and run the CPU op tests and the
-# binding fuzzer against it. Usage: bash scripts/sanitize.sh   (needs the dev requirements installed)
+# Build the CPU module once with -fsanitize=address,undefined and run the CPU op tests, the binding
+# fuzzers and the tests of the C++ graph / Inv-Entropy kernels against it. Usage: bash scripts/sanitize.sh   (needs the dev requirements installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$(mktemp -d)
@@ -12,4 +12,5 @@ ubsan=$(gcc -print-file-name=libubsan.so)
 # Python itself leaks by design at exit; UBSan findings abort the run.
 LD_PRELOAD="$asan:$ubsan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH="$target" \
-  python -m pytest -q -p no:cacheprovider tests/ops -k "not compile and not opcheck" "$@"
+  python -m pytest -q -p no:cacheprovider tests/ops tests/methods/test_graph_methods.py \
+  tests/methods/test_inv_entropy.py -k "not compile and not opcheck" "$@"

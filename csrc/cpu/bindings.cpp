@@ -234,7 +234,7 @@ static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr 
   graph(a);
 }
 
-static void inv_entropy_py(Arr sx, Arr sy, std::optional<Arr> keep, int64_t N, bool paper, bool all, Arr out,
+static int64_t inv_entropy_py(Arr sx, Arr sy, std::optional<Arr> keep, int64_t N, bool paper, bool all, Arr out,
                            Arr p_x, Arr p_y, int num_threads) {
   InvEntropyArgs a{};
   if (sy.dtype() == nb::dtype<float>()) a.dtype = DType::F32;
@@ -269,7 +269,7 @@ static void inv_entropy_py(Arr sx, Arr sy, std::optional<Arr> keep, int64_t N, b
   a.sx = sx.data(); a.sy = sy.data();
   a.Q = Q; a.Mx = Mx; a.M = M; a.S = S; a.N = N; a.paper = paper; a.all = all; a.num_threads = num_threads;
   nb::gil_scoped_release release;
-  inv_entropy(a);
+  return inv_entropy(a);
 }
 
 NB_MODULE(_C, m) {
@@ -306,7 +306,8 @@ NB_MODULE(_C, m) {
   m.def("inv_entropy", &inv_entropy_py, nb::arg("sx").noconvert(), nb::arg("sy").noconvert(),
         nb::arg("keep").noconvert().none(), nb::arg("N"), nb::arg("paper"), nb::arg("all"), nb::arg("out").noconvert(),
         nb::arg("p_x").noconvert(), nb::arg("p_y").noconvert(), nb::arg("num_threads"),
-        "Inv-Entropy measures per question, averaged over the keep draws (flashuq.methods.inv_entropy).");
+        "Inv-Entropy measures per question, averaged over the keep draws (flashuq.methods.inv_entropy); "
+        "returns the number of negative similarities read.");
   m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;

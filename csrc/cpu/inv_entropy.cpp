@@ -9,7 +9,7 @@ namespace cpu {
 namespace {
 
 template <typename S>
-void run(const InvEntropyArgs& a) {
+int64_t run(const InvEntropyArgs& a) {
   const S* sx = static_cast<const S*>(a.sx);
   const S* sy = static_cast<const S*>(a.sy);
   S* out = static_cast<S*>(a.out);
@@ -17,10 +17,11 @@ void run(const InvEntropyArgs& a) {
   S* py = static_cast<S*>(a.p_y);
   const int N = int(a.N);
   const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
-#pragma omp parallel for num_threads(nt) schedule(static)
+  int64_t negative = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : negative)
   for (int64_t q = 0; q < a.Q; ++q) {
     double o5[5], mx[kInvEntropyMaxN], my[kInvEntropyMaxN];
-    inv_entropy_question<double>(sx + q * a.Mx * a.Mx, int(a.Mx), sy + q * a.M * a.M, int(a.M),
+    negative += inv_entropy_question<double>(sx + q * a.Mx * a.Mx, int(a.Mx), sy + q * a.M * a.M, int(a.M),
                                  a.keep ? a.keep + q * a.S * a.N : nullptr, int(a.S), N, a.paper, a.all, o5, mx, my);
     if (!a.all) {
       out[q] = S(o5[0]);
@@ -32,13 +33,13 @@ void run(const InvEntropyArgs& a) {
       py[q * N + i] = S(my[i]);
     }
   }
+  return negative;  // an integer count: the reduction order cannot change it
 }
 
 }  // namespace
 
-void inv_entropy(const InvEntropyArgs& a) {
-  if (a.dtype == DType::F64) run<double>(a);
-  else run<float>(a);
+int64_t inv_entropy(const InvEntropyArgs& a) {
+  return a.dtype == DType::F64 ? run<double>(a) : run<float>(a);
 }
 
 }  // namespace cpu

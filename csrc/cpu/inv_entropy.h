@@ -22,7 +22,8 @@ struct InvEntropyArgs {
   int num_threads;
 };
 
-void inv_entropy(const InvEntropyArgs& a);
+// Returns the number of negative similarities among the entries the draws read.
+int64_t inv_entropy(const InvEntropyArgs& a);
 
 }  // namespace cpu
 }  // namespace flashuq

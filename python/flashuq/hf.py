@@ -220,7 +220,9 @@ def _shared_prompt_cache(model, input_ids: Tensor, attention_mask: Optional[Tens
         with torch.no_grad():
             out = model(input_ids=input_ids[:, :-1], attention_mask=am[:, :-1],
                         position_ids=position_ids_from_mask(am[:, :-1]), use_cache=True)
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        cache = getattr(out, "cache", None)  # transformers >= 5.x; "past_key_values" before
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             return {}
         cache.batch_repeat_interleave(k)

@@ -16,6 +16,11 @@ import numpy as np
 from . import metrics
 
 
+#: the scores that come from sampled answers (flashuq.evaluate.sample_scores)
+_SAMPLE_METHODS = frozenset({
+    "monte_carlo_sequence_entropy", "monte_carlo_normalized_sequence_entropy", "semantic_entropy", "label_prob",
+    "num_sem_sets", "degree", "eigv", "eccentricity", "kernel_language_entropy", "sentence_sar", "vr", "vro"})
+
 def _pyplot():
     try:
         import matplotlib
@@ -169,7 +174,15 @@ def write_html(result, board, path, *, title: str = "flashuq report", max_items:
     if ranked:
         try:
             q = result.correct.astype(np.float64)
-            top = ranked[:5]
+            top = []  # the five leading methods with distinct scores (msp, gnll and chow_sum coincide
+            for m in ranked:  # on greedy answers), plus the best sample-based one when it is further down
+                if not any(np.array_equal(result.scores[m], result.scores[t]) for t in top):
+                    top.append(m)
+                if len(top) == 5:
+                    break
+            sample_based = [m for m in ranked if m in _SAMPLE_METHODS]
+            if sample_based and sample_based[0] not in top:
+                top.append(sample_based[0])
             fig = plot_rejection_curve(np.stack([result.scores[m] for m in top]), q, names=top,
                                        title="Rejection curves (quality = correct)")
             img1 = _png_base64(fig)

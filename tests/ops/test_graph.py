@@ -723,7 +723,7 @@ def test_binding_fuzz(op, Q, K, fp64, bad, seed, which_out, with_out1, with_out2
     # accepted: it must have been a consistent request...
     assert 0 <= op <= 2
     assert W.dtype in (torch.float32, F64) and odt == W.dtype
-    assert Q == 0 or K == 0 or W.stride() == (K * K, K, 1)
+    assert W.is_contiguous()  # torch ignores the strides of size-1 dimensions, as the binding does
     assert counts.dtype == torch.int32 and counts.dim() == 1 and counts.numel() == Q
     assert bool(((counts >= 0) & (counts <= K)).all())
     vectors = with_out1 and op in (0, 1)

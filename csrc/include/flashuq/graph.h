@@ -82,11 +82,10 @@ struct GraphTask {
       // fails or gives NaN there) ends the question with NaN
       for (int i = 0; i < n; ++i)
         if (!(w.v[i] > 0)) return fail(tm);
-      for (int i = tm.rank(); i < n; i += tm.size()) {
-        const T si = T(1) / std::sqrt(w.v[i]);
-        for (int j = 0; j < n; ++j)
-          w.a[i * n + j] = (i == j ? T(1) : T(0)) - w.a[i * n + j] * si / std::sqrt(w.v[j]);
-      }
+      for (int i = tm.rank(); i < n; i += tm.size()) w.p[i] = T(1) / std::sqrt(w.v[i]);
+      tm.sync();  // n square roots and divisions, not n²
+      for (int i = tm.rank(); i < n; i += tm.size())
+        for (int j = 0; j < n; ++j) w.a[i * n + j] = (i == j ? T(1) : T(0)) - w.a[i * n + j] * w.p[i] * w.p[j];
     } else {  // L = diag(row sums) - W
       for (int i = tm.rank(); i < n; i += tm.size())
         for (int j = 0; j < n; ++j) w.a[i * n + j] = (i == j ? w.v[i] : T(0)) - w.a[i * n + j];

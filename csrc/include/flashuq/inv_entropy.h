@@ -26,13 +26,34 @@ constexpr int kInvEntropyMaxN = 64;
 template <class T>
 FUQ_HD T xlogx(T x) { return x == T(0) ? T(0) : x * std::log(x); }
 
+// Σ x[0..n) in four interleaved partial sums (one running sum is a chain of dependent adds),
+// counting the negative entries into `negative`.
+template <class T>
+FUQ_HD T row_sum(const T* __restrict__ x, int n, int64_t& negative) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t neg = 0;
+  int k = 0;
+  for (; k + 3 < n; k += 4) {
+    s0 += x[k];
+    s1 += x[k + 1];
+    s2 += x[k + 2];
+    s3 += x[k + 3];
+  }
+  for (; k < n; ++k) s0 += x[k];
+  for (k = 0; k < n; ++k) neg += x[k] < 0;
+  negative += neg;
+  return (s0 + s1) + (s2 + s3);
+}
+
 // sx: [Mx, Mx] (row stride Mx), sy: [M, M]; keep: S x N indices into sy (nullptr: S = 1, the
 // identity, M = N). sx is indexed through keep as well when Mx == M > N (a full input matrix),
 // else it is the [N, N] matrix itself. out5: inv, ni, wd, max_py, max_b; px, py: [N] means.
 // With all == false only out5[0] (Inv-Entropy itself, which needs neither pX nor pY) is computed.
+// Returns the number of negative similarities read (the caller rejects them).
 template <class T, class S>
-FUQ_HD void inv_entropy_question(const S* sx, int Mx, const S* sy, int M, const int64_t* keep, int nS, int N,
-                                 bool paper, bool all, T* out5, T* px_mean, T* py_mean) {
+FUQ_HD int64_t inv_entropy_question(const S* sx, int Mx, const S* sy, int M, const int64_t* keep, int nS, int N,
+                                    bool paper, bool all, T* out5, T* px_mean, T* py_mean) {
+  int64_t negative = 0;
   T PxT[kInvEntropyMaxN * kInvEntropyMaxN], Py[kInvEntropyMaxN * kInvEntropyMaxN];
   T pY[kInvEntropyMaxN], pX[kInvEntropyMaxN], w[kInvEntropyMaxN], a[kInvEntropyMaxN], b[kInvEntropyMaxN];
   int iy[kInvEntropyMaxN], ix[kInvEntropyMaxN];
@@ -47,23 +68,22 @@ FUQ_HD void inv_entropy_question(const S* sx, int Mx, const S* sy, int M, const 
     }
     bool bad = false;
     for (int i = 0; i < N; ++i) {  // row-normalised walks on the drawn rows and columns
-      T ry = 0;
-      for (int k = 0; k < N; ++k) {
-        Py[i * N + k] = T(sy[iy[i] * M + iy[k]]);
-        ry += Py[i * N + k];
-      }
+      T* __restrict__ py = Py + i * N;
+      const S* rowy = sy + iy[i] * M;
+      for (int k = 0; k < N; ++k) py[k] = T(rowy[iy[k]]);
+      const T ry = row_sum(py, N, negative);
       bad = bad || ry == 0;
       const T uy = ry == 0 ? T(1) : T(1) / ry;
-      for (int k = 0; k < N; ++k) Py[i * N + k] *= uy;
+      for (int k = 0; k < N; ++k) py[k] *= uy;
     }
     // Px is kept transposed (PxT[i][k] = Px[k][i]): every product below then reads two rows
-    for (int i = 0; i < N; ++i) {  // row i of Px = column i of PxT, read contiguously from sx
-      const S* row = sx + ix[i] * Mx;
-      T rx = 0;
-      for (int k = 0; k < N; ++k) rx += T(row[ix[k]]);
+    for (int i = 0; i < N; ++i) {  // row i of Px = column i of PxT
+      const S* rowx = sx + ix[i] * Mx;
+      for (int k = 0; k < N; ++k) a[k] = T(rowx[ix[k]]);
+      const T rx = row_sum(a, N, negative);
       bad = bad || rx == 0;
       const T ux = rx == 0 ? T(1) : T(1) / rx;
-      for (int k = 0; k < N; ++k) PxT[k * N + i] = T(row[ix[k]]) * ux;
+      for (int k = 0; k < N; ++k) PxT[k * N + i] = a[k] * ux;
     }
     if (!all) {
       T inv = 0;
@@ -122,6 +142,7 @@ FUQ_HD void inv_entropy_question(const S* sx, int Mx, const S* sy, int M, const 
     px_mean[i] /= T(nS);
     py_mean[i] /= T(nS);
   }
+  return negative;
 }
 
 }  // namespace flashuq

@@ -86,8 +86,19 @@ def _checks_on(x: Tensor) -> bool:
     return not is_tracing() and not capturing_cuda_graph(x) and x.device.type != "meta"
 
 
-def _similarity(x, name: str) -> Tensor:
-    """A float [Q, M, M] non-negative similarity batch."""
+def _negative_error(name: str) -> ValueError:
+    return ValueError(f"{name} must be non-negative (similarities are |cos|, (1+cos)/2 or probabilities); "
+                      "got a negative entry")
+
+
+def _check_sign(x: Tensor, name: str) -> None:
+    if x.numel() and _checks_on(x) and bool(x.amin() < 0):  # one reduction, no [Q, M, M] temporary
+        raise _negative_error(name)
+
+
+def _similarity(x, name: str, check_sign: bool = True) -> Tensor:
+    """A float [Q, M, M] similarity batch; non-negative (checked here, or by the C++ kernel, which
+    counts the negative entries it reads, when ``check_sign`` is False)."""
     x = as_tensor(x, name)
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating tensor (float64, float32, float16 or bfloat16), got {x.dtype}")
@@ -95,9 +106,8 @@ def _similarity(x, name: str) -> Tensor:
         raise ValueError(f"{name} must be a batch of square matrices [Q, N, N], got shape {tuple(x.shape)}")
     if x.shape[-1] < 2:
         raise ValueError(f"{name}: Inv-Entropy needs N >= 2 inputs, got N = {x.shape[-1]}")
-    if x.numel() and _checks_on(x) and bool(x.amin() < 0):  # one reduction, no [Q, M, M] temporary
-        raise ValueError(f"{name} must be non-negative (similarities are |cos|, (1+cos)/2 or probabilities); "
-                         "got a negative entry")
+    if check_sign:
+        _check_sign(x, name)
     return x
 
 
@@ -202,8 +212,10 @@ def _prepare(sx, sy, keep, variant, replicates, num_bootstrap, generator):
     """Validate and return ``(sx, sy, keep, N)``: ``keep`` is None for a single draw (``sx, sy [Q, N, N]``),
     else the checked ``[Q, S, N]`` draws (drawn here when not given)."""
     variant = _check_variant(variant)
-    sx = _similarity(sx, "sx")
-    sy = _similarity(sy, "sy")
+    sx = as_tensor(sx, "sx")
+    on_cpu = sx.device.type == "cpu"  # the C++ kernel checks the signs of what it reads (_compute)
+    sx = _similarity(sx, "sx", check_sign=not on_cpu)
+    sy = _similarity(sy, "sy", check_sign=not on_cpu)
     if sx.device != sy.device:
         raise ValueError(f"sx and sy must be on the same device, got {sx.device} and {sy.device}")
     if sx.shape[0] != sy.shape[0]:
@@ -265,10 +277,16 @@ def _compute(sx: Tensor, sy: Tensor, keep: Optional[Tensor], N: int, variant: st
         out = torch.empty(5, Q, dtype=sy.dtype)
         p_x, p_y = torch.empty(Q, N, dtype=sy.dtype), torch.empty(Q, N, dtype=sy.dtype)
         if Q:
-            _ext._C.inv_entropy(sx.detach().contiguous(), sy.detach().contiguous(),
-                                None if keep is None else keep.contiguous(), N, variant == "paper", not only_inv, out, p_x, p_y,
-                                torch.get_num_threads())
+            negative = _ext._C.inv_entropy(sx.detach().contiguous(), sy.detach().contiguous(),
+                                           None if keep is None else keep.contiguous(), N, variant == "paper",
+                                           not only_inv, out, p_x, p_y, torch.get_num_threads())
+            if negative:
+                _check_sign(sx, "sx")
+                raise _negative_error("sy")
         return InvEntropyMeasures(*out.unbind(0), p_x, p_y)
+    if sy.device.type == "cpu":  # _prepare left the sign checks to the C++ kernel
+        _check_sign(sx, "sx")
+        _check_sign(sy, "sy")
     if keep is None:
         return _measures(sx, sy, variant)
     M = sy.shape[-1]
