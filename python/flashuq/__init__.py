@@ -4,7 +4,7 @@
 from one read of the logits. See README.md and the docstrings of each op.
 """
 
-from . import _ext, methods, metrics, reference, report
+from . import _ext, methods, metrics, models, reference, report
 from .ops.ensemble_stats import EnsembleStats, ensemble_stats
 from .ops.graph import LaplacianSpectrum, heat_kernel_entropy, laplacian_spectrum, sym_eig
 from .ops.masked_quantile import masked_quantile
