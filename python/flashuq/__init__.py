@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = ["TokenStats", "token_stats", "token_stats_linear", "EnsembleStats", "ensemble_stats", "masked_reduce",
            "masked_quantile", "segment_reduce", "sequence_scores", "similarity", "sym_eig", "laplacian_spectrum",
-           "LaplacianSpectrum", "heat_kernel_entropy", "methods", "metrics", "reference", "report", "hf",
+           "LaplacianSpectrum", "heat_kernel_entropy", "methods", "metrics", "models", "reference", "report", "hf",
            "__version__"]
 
 
