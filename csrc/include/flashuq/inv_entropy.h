@@ -17,7 +17,8 @@
 #include <cstdint>
 #include <limits>
 
-#include "symeig.h"  // FUQ_HD
+#include "hd.h"
+#include "symeig.h"  // dot()
 
 namespace flashuq {
 

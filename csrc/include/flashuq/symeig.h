@@ -22,11 +22,7 @@
 #include <cmath>
 #include <limits>
 
-#if defined(__CUDACC__)
-#define FUQ_HD __host__ __device__ __forceinline__
-#else
-#define FUQ_HD inline
-#endif
+#include "hd.h"
 
 namespace flashuq {
 
@@ -218,15 +214,6 @@ struct QLIteration {
   }
 };
 
-// QL to completion on one problem (see QLIteration); returns false on non-convergence.
-template <class T, class Team>
-FUQ_HD bool tridiagonal_ql(const Team& tm, T* d, T* e, int n, T* zt) {
-  QLIteration<T> it;
-  it.start(d, e, n, zt);
-  while (!it.done()) it.step(tm);
-  return it.ok;
-}
-
 // Sort the eigenvalues d ascending, permuting zt's rows alike (member r swaps the entries
 // k = r (mod size)). Selection sort: n swaps at most, no scratch memory.
 template <class T, class Team>
@@ -302,15 +289,6 @@ FUQ_HD bool sym_eig_end(const Team& tm, EigWork<T>& w, int n, const QLIteration<
   sort_eigen(tm, w.dl, n, ql.zt);
   tm.sync();
   return ql.ok;
-}
-
-// Both halves with the QL in between, for one problem.
-template <class T, class Team>
-FUQ_HD bool sym_eig(const Team& tm, EigWork<T>& w, int n, bool vectors) {
-  QLIteration<T> ql;
-  if (!sym_eig_begin(tm, w, n, vectors, ql)) return false;
-  while (!ql.done()) ql.step(tm);
-  return sym_eig_end(tm, w, n, ql);
 }
 
 }  // namespace flashuq
