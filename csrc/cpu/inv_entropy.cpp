@@ -20,6 +20,10 @@ int64_t run(const InvEntropyArgs& a) {
   int64_t negative = 0;
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : negative)
   for (int64_t q = 0; q < a.Q; ++q) {
+    if (!a.all && !a.keep && a.Mx == a.N && a.M == a.N) {  // one draw of Inv-Entropy alone
+      out[q] = S(inv_entropy_single<double>(sx + q * N * N, sy + q * N * N, N, negative));
+      continue;
+    }
     double o5[5], mx[kInvEntropyMaxN], my[kInvEntropyMaxN];
     negative += inv_entropy_question<double>(sx + q * a.Mx * a.Mx, int(a.Mx), sy + q * a.M * a.M, int(a.M),
                                  a.keep ? a.keep + q * a.S * a.N : nullptr, int(a.S), N, a.paper, a.all, o5, mx, my);

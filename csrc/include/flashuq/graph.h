@@ -141,7 +141,10 @@ struct GraphTask {
 
  private:
   FUQ_HD bool want_vectors() const {
-    return op == kGraphHeatEntropy ? stage == 0 : o1 != nullptr;  // KLE: vectors for the heat kernel only
+    // KLE: all vectors for the heat kernel; Eccentricity: only a few, by inverse iteration after
+    // the eigenvalues (laplacian_scores)
+    if (op == kGraphHeatEntropy) return stage == 0;
+    return op == kGraphEigvalues && o1 != nullptr;
   }
 
   // NaN into every output of the question (the eigenvalue outputs are pre-filled by the caller).
@@ -177,6 +180,10 @@ struct GraphTask {
     if (!o1) return;
     int m = 0;  // eigenvalues are ascending: the kept ones are the first m
     while (m < n && w.dl[m] < threshold) ++m;
+    // their eigenvectors into zt's rows 0..m-1: of the tridiagonal (d, e) first, then mapped back
+    if (tm.rank() == 0) tridiagonal_inverse_iteration(w.d, w.e, n, w.dl, m, w.zt, w.s);
+    tm.sync();
+    apply_reflectors(tm, w.a, w.beta, n, w.zt, m);
     for (int j = tm.rank(); j < m; j += tm.size()) {  // eigenvector means and centred sums of squares
       const T* u = w.zt + j * n;
       T mean = 0;

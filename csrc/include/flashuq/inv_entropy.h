@@ -46,6 +46,37 @@ FUQ_HD T row_sum(const T* __restrict__ x, int n, int64_t& negative) {
   return (s0 + s1) + (s2 + s3);
 }
 
+// Inv-Entropy alone of one draw that uses the whole [N, N] matrices (no keep): the fast path.
+//   d_i = Σ_k Py[i,k] Px[k,i] = (1/ry_i) Σ_k sy[i,k] sx[k,i] / rx_k
+// reads each input once and forms neither Px nor Py (the [N, N] block is in L1, so reading sx
+// down a column is cheap). Counts negative entries into `negative`; a zero row sum gives NaN.
+template <class T, class S>
+FUQ_HD T inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, int N, int64_t& negative) {
+  T ux[kInvEntropyMaxN], row[kInvEntropyMaxN];
+  bool bad = false;
+  for (int k = 0; k < N; ++k) {
+    for (int j = 0; j < N; ++j) row[j] = T(sx[k * N + j]);
+    const T rx = row_sum(row, N, negative);
+    bad = bad || rx == 0;
+    ux[k] = T(1) / rx;
+  }
+  T inv = 0;
+  for (int i = 0; i < N; ++i) {
+    for (int k = 0; k < N; ++k) row[k] = T(sy[i * N + k]);
+    const T ry = row_sum(row, N, negative);
+    bad = bad || ry == 0;
+    T s0 = 0, s1 = 0;
+    int k = 0;
+    for (; k + 1 < N; k += 2) {
+      s0 += row[k] * (T(sx[k * N + i]) * ux[k]);
+      s1 += row[k + 1] * (T(sx[(k + 1) * N + i]) * ux[k + 1]);
+    }
+    if (k < N) s0 += row[k] * (T(sx[k * N + i]) * ux[k]);
+    inv -= xlogx((s0 + s1) / ry);
+  }
+  return bad ? std::numeric_limits<T>::quiet_NaN() : inv;
+}
+
 // sx: [Mx, Mx] (row stride Mx), sy: [M, M]; keep: S x N indices into sy (nullptr: S = 1, the
 // identity, M = N). sx is indexed through keep as well when Mx == M > N (a full input matrix),
 // else it is the [N, N] matrix itself. out5: inv, ni, wd, max_py, max_b; px, py: [N] means.

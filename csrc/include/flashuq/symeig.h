@@ -129,34 +129,114 @@ FUQ_HD void accumulate_reflectors(const Team& tm, const T* a, const T* beta, int
 // place in d (unsorted), e destroyed, as a *resumable* sequence of small steps (one shift or
 // one plane rotation each). QL is a chain of dependent divisions and square roots, so one
 // problem leaves most of a CPU core idle; the CPU driver advances several questions' iterations
-// in turn to overlap their chains (1.6-1.9x), with results bitwise identical to running each
-// alone. With zt != nullptr the rotations are applied to the rows of zt (member r owns the
-// entries k = r (mod size) of every row), so zt = Qᵀ on entry leaves the eigenvectors of the
-// original matrix in zt's rows. d and e must be the calling member's private copies.
+// in turn to overlap their chains, with results bitwise identical to running each alone.
+//   * With zt != nullptr the rotations are applied to the rows of zt (member r owns the entries
+//     k = r (mod size) of every row), so zt = Qᵀ on entry leaves the eigenvectors of the original
+//     matrix in zt's rows.
+//   * Without vectors the root-free variant of Pal, Walker and Kahan runs instead (the scheme of
+//     LAPACK's dsterf): it iterates on the squared off-diagonal, so a rotation costs divisions
+//     but no square root, and a 2 x 2 block is solved in closed form.
+// d and e must be the calling member's private copies.
 template <class T>
 struct QLIteration {
   T *d, *e, *zt;
   int n, l, m, i, iter;
-  T s, c, p, g;
+  T s, c, p, g;      // rotation state (with vectors); root-free: s, c, p and g = gamma
+  T sigma;           // root-free: the shift
   bool rotating;
   bool ok;  // false if an eigenvalue did not converge in 64 sweeps (never seen on finite input)
 
   FUQ_HD void start(T* d_, T* e_, int n_, T* zt_) {
     d = d_; e = e_; zt = zt_; n = n_;
     l = 0; m = 0; i = 0; iter = 0;
-    s = c = p = g = T(0);
+    s = c = p = g = sigma = T(0);
     rotating = false;
     ok = true;
+    if (!zt)
+      for (int k = 0; k + 1 < n; ++k) e[k] *= e[k];
   }
   FUQ_HD bool done() const { return l >= n; }
 
   template <class Team>
   FUQ_HD void step(const Team& tm) {
+    if (zt) step_vectors(tm);
+    else step_rootfree();
+  }
+
+ private:
+  // First negligible off-diagonal at or after l, so that (l..mm) is an unreduced block; `sq`:
+  // e holds squares.
+  FUQ_HD int split_point(bool sq) const {
+    const T eps = std::numeric_limits<T>::epsilon();
+    int mm = l;
+    for (; mm < n - 1; ++mm) {
+      const T tol = eps * (std::fabs(d[mm]) + std::fabs(d[mm + 1]));
+      if (sq ? e[mm] <= tol * tol : std::fabs(e[mm]) <= tol) break;
+    }
+    return mm;
+  }
+
+  FUQ_HD void step_rootfree() {
     if (!rotating) {
-      const T eps = std::numeric_limits<T>::epsilon();
-      int mm = l;  // first negligible off-diagonal at or after l: (l..mm) is an unreduced block
-      for (; mm < n - 1; ++mm)
-        if (std::fabs(e[mm]) <= eps * (std::fabs(d[mm]) + std::fabs(d[mm + 1]))) break;
+      const int mm = split_point(true);
+      if (mm == l) {  // d[l] has converged
+        ++l;
+        iter = 0;
+        return;
+      }
+      if (mm == l + 1) {  // a 2 x 2 block [[a, b], [b, c]]: both eigenvalues in closed form
+        const T a = d[l], cc = d[l + 1], b2 = e[l];
+        const T sm = a + cc, df = a - cc;
+        const T rt = std::sqrt(df * df + 4 * b2);
+        const T big = sm >= 0 ? T(0.5) * (sm + rt) : T(0.5) * (sm - rt);  // no cancellation
+        // the other root from the determinant, unless big == 0 (then both are ±rt/2)
+        const T small = big != 0 ? (a * cc - b2) / big : T(-0.5) * rt;
+        d[l] = big;
+        d[l + 1] = small;
+        e[l] = 0;
+        l += 2;
+        iter = 0;
+        return;
+      }
+      if (iter++ == 64) {
+        ok = false;
+        l = n;
+        return;
+      }
+      m = mm;
+      const T rte = std::sqrt(e[l]);  // Wilkinson shift from the leading 2 x 2 block
+      const T h = (d[l + 1] - d[l]) / (2 * rte);
+      const T r = std::sqrt(h * h + 1);  // not hypot() (5x slower): callers keep entries O(1)
+      sigma = d[l] - rte / (h + std::copysign(r, h));
+      c = T(1);
+      s = T(0);
+      g = d[m] - sigma;
+      p = g * g;
+      i = m - 1;
+      rotating = true;
+      return;
+    }
+    const T bb = e[i];
+    const T r = p + bb;  // > 0: bb is an unreduced block's squared off-diagonal
+    if (i != m - 1) e[i + 1] = s * r;
+    const T oldc = c, oldg = g, inv = T(1) / r;
+    c = p * inv;
+    s = bb * inv;
+    const T alpha = d[i];
+    g = c * (alpha - sigma) - s * oldg;
+    d[i + 1] = oldg + (alpha - g);
+    p = c != 0 ? g * g / c : oldc * bb;
+    if (--i < l) {  // sweep complete
+      e[l] = s * p;
+      d[l] = sigma + g;
+      rotating = false;
+    }
+  }
+
+  template <class Team>
+  FUQ_HD void step_vectors(const Team& tm) {
+    if (!rotating) {
+      const int mm = split_point(false);
       if (mm == l) {  // d[l] has converged
         ++l;
         iter = 0;
@@ -196,14 +276,12 @@ struct QLIteration {
     p = s * r;
     d[i + 1] = g + p;
     g = c * r - bb;
-    if (zt) {
-      T* __restrict__ x = zt + i * n;
-      T* __restrict__ y = zt + (i + 1) * n;
-      for (int k = tm.rank(); k < n; k += tm.size()) {
-        const T xk = x[k], yk = y[k];
-        y[k] = s * xk + c * yk;
-        x[k] = c * xk - s * yk;
-      }
+    T* __restrict__ x = zt + i * n;
+    T* __restrict__ y = zt + (i + 1) * n;
+    for (int k = tm.rank(); k < n; k += tm.size()) {
+      const T xk = x[k], yk = y[k];
+      y[k] = s * xk + c * yk;
+      x[k] = c * xk - s * yk;
     }
     if (--i < l) {  // sweep complete
       d[l] -= p;
@@ -236,16 +314,119 @@ FUQ_HD void sort_eigen(const Team& tm, T* d, int n, T* zt) {
   }
 }
 
+// Eigenvectors of the symmetric tridiagonal (d, e) (e[k] = T[k+1][k]) for m of its eigenvalues
+// lam[0..m), ascending, by inverse iteration as LAPACK's dstein does it: factor T - λI = PLU
+// with partial pivoting (tiny pivots raised to eps·‖T‖), three solves from a fixed
+// pseudo-random start, each followed by Gram-Schmidt against the earlier vectors of the same
+// cluster (eigenvalues closer than 1e-3·‖T‖; equal ones are first pulled apart by 10 eps·‖T‖)
+// and normalisation. Far cheaper than QL with vectors when only a few eigenvectors are wanted:
+// O(n) per solve instead of O(n²) per sweep. Vector j goes to row j of y (row stride n).
+// `s`: 5n scratch values. Run by one member.
+template <class T>
+FUQ_HD void tridiagonal_inverse_iteration(const T* d, const T* e, int n, const T* lam, int m, T* y, T* s) {
+  T* u0 = s;          // 1 / U's diagonal,
+  T* u1 = s + n;      // first and
+  T* u2 = s + 2 * n;  // second super-diagonal
+  T* lm = s + 3 * n;  // L's multipliers
+  T* pv = s + 4 * n;  // 1 where rows k and k+1 were swapped
+  const T eps = std::numeric_limits<T>::epsilon();
+  T norm = 0;
+  for (int i = 0; i < n; ++i)
+    norm = std::fmax(norm, std::fabs(d[i]) + (i > 0 ? std::fabs(e[i - 1]) : T(0)) + (i + 1 < n ? std::fabs(e[i]) : T(0)));
+  if (!(norm > 0)) norm = T(1);
+  const T tiny = eps * norm, pertol = 10 * eps * norm, ortol = T(1e-3) * norm;
+  T xprev = 0;
+  int cluster = 0;  // first vector of the current cluster
+  for (int j = 0; j < m; ++j) {
+    T x = lam[j];
+    if (j > 0) {
+      if (x - xprev < pertol) x = xprev + pertol;
+      if (x - xprev > ortol) cluster = j;
+    }
+    xprev = x;
+    // PLU of T - xI: Gaussian elimination down the tridiagonal, swapping rows k, k+1 when the
+    // sub-diagonal entry is the larger pivot
+    T diag = d[0] - x, sup = n > 1 ? e[0] : T(0);
+    for (int k = 0; k + 1 < n; ++k) {
+      const T sub = e[k], nd = d[k + 1] - x, ns = k + 2 < n ? e[k + 1] : T(0);
+      if (std::fabs(diag) >= std::fabs(sub)) {
+        const T piv = std::fabs(diag) < tiny ? std::copysign(tiny, diag) : diag;
+        u0[k] = T(1) / piv; u1[k] = sup; u2[k] = 0;
+        lm[k] = sub * u0[k]; pv[k] = 0;
+        diag = nd - lm[k] * sup;
+        sup = ns;
+      } else {
+        u0[k] = T(1) / sub; u1[k] = nd; u2[k] = ns;
+        lm[k] = diag * u0[k]; pv[k] = 1;
+        diag = sup - lm[k] * nd;
+        sup = -lm[k] * ns;
+      }
+    }
+    u0[n - 1] = T(1) / (std::fabs(diag) < tiny ? std::copysign(tiny, diag) : diag);
+    T* b = y + j * n;
+    for (int i = 0; i < n; ++i) {  // fixed start vector in (-1, 1), different for every j
+      const unsigned h = (unsigned(i) + 1u) * 2654435761u ^ (unsigned(j) + 1u) * 2246822519u;
+      b[i] = T((h ^ (h >> 15)) % 2001u) / T(1000) - T(1) + T(1e-3);
+    }
+    for (int it = 0; it < 3; ++it) {
+      for (int k = 0; k + 1 < n; ++k) {  // solve L: forward, with the row swaps
+        if (pv[k] != 0) {
+          const T t = b[k];
+          b[k] = b[k + 1];
+          b[k + 1] = t;
+        }
+        b[k + 1] -= lm[k] * b[k];
+      }
+      for (int k = n - 1; k >= 0; --k) {  // solve U: backward
+        T r = b[k];
+        if (k + 1 < n) r -= u1[k] * b[k + 1];
+        if (k + 2 < n) r -= u2[k] * b[k + 2];
+        b[k] = r * u0[k];
+      }
+      T nb = 0;  // normalise first: the solve grows b by up to 1 / (eps ‖T‖)
+      for (int i = 0; i < n; ++i) nb = std::fmax(nb, std::fabs(b[i]));
+      const T inb = T(1) / nb;
+      for (int i = 0; i < n; ++i) b[i] *= inb;
+      for (int c = cluster; c < j; ++c) {  // orthogonalise within the cluster
+        const T* yc = y + c * n;
+        const T pr = dot(yc, b, 0, n);
+        for (int i = 0; i < n; ++i) b[i] -= pr * yc[i];
+      }
+      const T in2 = T(1) / std::sqrt(dot(b, b, 0, n));
+      for (int i = 0; i < n; ++i) b[i] *= in2;
+    }
+  }
+}
+
+// y <- Q y for the rows j in [0, m) of y (row stride n), Q = H_0 ... H_{n-3} from the reflectors
+// that tridiagonalize() left in `a` and `beta`: eigenvectors of T become those of the original
+// matrix. Member r transforms the rows j = r (mod size). Ends synchronised.
+template <class T, class Team>
+FUQ_HD void apply_reflectors(const Team& tm, const T* a, const T* beta, int n, T* y, int m) {
+  for (int j = tm.rank(); j < m; j += tm.size()) {
+    T* __restrict__ yj = y + j * n;
+    for (int k = n - 3; k >= 0; --k) {
+      const T b = beta[k];
+      if (b == 0) continue;
+      const T* __restrict__ vk = a + k * n;
+      const T sc = b * dot(vk, yj, k + 1, n);
+      for (int i = k + 1; i < n; ++i) yj[i] -= sc * vk[i];
+    }
+  }
+  tm.sync();
+}
+
 // Work space of one problem of size n: a and zt are n x n (shared by the team), the five
-// vectors n each (shared). `dl`, `el` are each member's private copies of d and e.
+// vectors n each and the 5n scratch s (shared). `dl`, `el` are each member's private copies of
+// d and e.
 template <class T>
 struct EigWork {
-  T *a, *zt, *d, *e, *beta, *v, *p;
+  T *a, *zt, *d, *e, *beta, *v, *p, *s;
   T *dl, *el;
 };
 
 template <class T>
-FUQ_HD int eig_work_size(int n) { return 2 * n * n + 5 * n; }
+FUQ_HD int eig_work_size(int n) { return 2 * n * n + 10 * n; }
 
 template <class T>
 FUQ_HD EigWork<T> eig_work(T* buf, int n, T* dl, T* el) {
@@ -257,6 +438,7 @@ FUQ_HD EigWork<T> eig_work(T* buf, int n, T* dl, T* el) {
   w.beta = w.e + n;
   w.v = w.beta + n;
   w.p = w.v + n;
+  w.s = w.p + n;
   w.dl = dl;
   w.el = el;
   return w;
