@@ -5,6 +5,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -17,6 +18,7 @@
 #include "inversions.h"
 #include "masked_reduce.h"
 #include "token_stats.h"
+#include "uqac.h"
 
 namespace nb = nanobind;
 using namespace flashuq::cpu;
@@ -272,6 +274,120 @@ static int64_t inv_entropy_py(Arr sx, Arr sy, std::optional<Arr> keep, int64_t N
   return inv_entropy(a);
 }
 
+// ---- UQAC (flashuq.ops.uqac) -------------------------------------------------------------------------
+
+static const int64_t* i64_vec(const Arr& x, int64_t n, const char* name) {
+  if (x.dtype() != nb::dtype<int64_t>() || int64_t(x.size()) != n || !flashuq::is_dense(x))
+    throw std::invalid_argument(std::string(name) + ": expected contiguous int64 of size " + std::to_string(n));
+  return static_cast<const int64_t*>(x.data());
+}
+
+static void uqac_reduce_py(Arr attn, int n_heads, bool mean, Arr out, int num_threads) {
+  UqacReduceArgs a{};
+  a.dtype = dtype_of(attn);
+  if (attn.ndim() != 5) throw std::invalid_argument("attn: expected [B, L, H, R, Ntok]");
+  a.B = int64_t(attn.shape(0)); a.L = int64_t(attn.shape(1)); a.H = int64_t(attn.shape(2));
+  a.R = int64_t(attn.shape(3)); a.Ntok = int64_t(attn.shape(4));
+  if (a.Ntok < a.R) throw std::invalid_argument("attn: Ntok must be >= R");
+  const int64_t LH = a.L * a.H;
+  if (n_heads < 1 || n_heads > LH) throw std::invalid_argument("n_heads: must be in [1, L*H]");
+  for (size_t d = 0; d < 5; ++d)
+    if (attn.stride(d) < 0) throw std::invalid_argument("attn: negative strides are not supported");
+  if (a.Ntok > 1 && attn.stride(4) != 1) throw std::invalid_argument("attn: the last axis must have stride 1");
+  a.sb = attn.stride(0); a.sl = attn.stride(1); a.sh = attn.stride(2); a.sr = attn.stride(3);
+  a.attn = attn.data();
+  a.n_heads = n_heads; a.mean = mean;
+  a.out = out_ptr(out, a.B * a.R * a.Ntok, a.dtype == DType::F64, "out");
+  a.num_threads = num_threads;
+  if (a.B * a.R * a.Ntok == 0) return;
+  nb::gil_scoped_release release;
+  uqac_reduce(a);
+}
+
+static void uqac_backtrack_py(Arr attn, Arr is_stop, Arr ans, Arr R, Arr Ntok, Arr A, Arr min_len, int buffer,
+                              double threshold, int64_t max_steps, Arr chain, Arr scores, Arr lengths,
+                              int num_threads) {
+  UqacBacktrackArgs a{};
+  if (attn.dtype() == nb::dtype<float>()) a.f64 = false;
+  else if (attn.dtype() == nb::dtype<double>()) a.f64 = true;
+  else throw nb::type_error("attn: expected float32 or float64");
+  if (attn.ndim() != 3 || !flashuq::is_dense(attn)) throw std::invalid_argument("attn: expected contiguous [B, R, N]");
+  a.B = int64_t(attn.shape(0)); a.Rmax = int64_t(attn.shape(1)); a.Nmax = int64_t(attn.shape(2));
+  if (is_stop.dtype() != nb::dtype<uint8_t>() || is_stop.ndim() != 2 || int64_t(is_stop.shape(0)) != a.B ||
+      int64_t(is_stop.shape(1)) != a.Nmax || !flashuq::is_dense(is_stop))
+    throw std::invalid_argument("is_stop: expected contiguous uint8 [B, N]");
+  if (ans.dtype() != nb::dtype<int64_t>() || ans.ndim() != 2 || int64_t(ans.shape(0)) != a.B || !flashuq::is_dense(ans))
+    throw std::invalid_argument("ans: expected contiguous int64 [B, Amax]");
+  a.Amax = int64_t(ans.shape(1));
+  a.R = i64_vec(R, a.B, "R"); a.Ntok = i64_vec(Ntok, a.B, "Ntok"); a.A = i64_vec(A, a.B, "A");
+  a.min_len = i64_vec(min_len, a.B, "min_len");
+  a.ans = static_cast<const int64_t*>(ans.data());
+  for (int64_t b = 0; b < a.B; ++b) {
+    if (a.R[b] < 0 || a.R[b] > a.Rmax || a.Ntok[b] < a.R[b] || a.Ntok[b] > a.Nmax || a.A[b] < 0 || a.A[b] > a.Amax)
+      throw std::invalid_argument("uqac_backtrack: sequence lengths out of range");
+    for (int64_t i = 0; i < a.A[b]; ++i) {
+      const int64_t v = a.ans[b * a.Amax + i];
+      if (v < -1 || v > a.R[b] - 2) throw std::invalid_argument("ans: answer sources must lie in [-1, R - 2]");
+    }
+  }
+  if (buffer < 0 || max_steps < 0) throw std::invalid_argument("uqac_backtrack: buffer and max_steps must be >= 0");
+  if (chain.dtype() != nb::dtype<int64_t>() || chain.ndim() != 2 || int64_t(chain.shape(0)) != a.B ||
+      !flashuq::is_dense(chain))
+    throw std::invalid_argument("chain: expected contiguous int64 [B, C]");
+  a.C = int64_t(chain.shape(1));
+  for (int64_t b = 0; b < a.B; ++b) {  // A + at most one pick per key and at most buffer per round
+    const int64_t n = a.Ntok[b];
+    const int64_t picks =
+        buffer == 0 ? 0 : (max_steps > (n + buffer - 1) / buffer ? n : std::min(n, max_steps * buffer));
+    if (a.C < a.A[b] + picks) throw std::invalid_argument("chain: capacity C too small");
+  }
+  a.scores = out_ptr(scores, a.B * a.C, a.f64, "scores");
+  a.lengths = const_cast<int64_t*>(i64_vec(lengths, a.B, "lengths"));
+  a.chain = static_cast<int64_t*>(chain.data());
+  a.is_stop = static_cast<const uint8_t*>(is_stop.data());
+  a.attn = attn.data();
+  a.buffer = buffer; a.threshold = threshold; a.max_steps = max_steps; a.num_threads = num_threads;
+  nb::gil_scoped_release release;
+  uqac_backtrack(a);
+}
+
+static void uqac_similarity_py(Arr h, Arr chain, Arr lengths, Arr ans, Arr A, Arr R, int64_t k, double threshold,
+                               Arr keep, Arr keep_len, int num_threads) {
+  UqacSimilarityArgs a{};
+  a.dtype = dtype_of(h);
+  if (h.ndim() != 3 || !flashuq::is_dense(h)) throw std::invalid_argument("h: expected contiguous [B, R, D]");
+  a.B = int64_t(h.shape(0)); a.Rmax = int64_t(h.shape(1)); a.D = int64_t(h.shape(2));
+  if (chain.dtype() != nb::dtype<int64_t>() || chain.ndim() != 2 || int64_t(chain.shape(0)) != a.B ||
+      !flashuq::is_dense(chain))
+    throw std::invalid_argument("chain: expected contiguous int64 [B, C]");
+  a.C = int64_t(chain.shape(1));
+  if (ans.dtype() != nb::dtype<int64_t>() || ans.ndim() != 2 || int64_t(ans.shape(0)) != a.B || !flashuq::is_dense(ans))
+    throw std::invalid_argument("ans: expected contiguous int64 [B, Amax]");
+  a.Amax = int64_t(ans.shape(1));
+  a.lengths = i64_vec(lengths, a.B, "lengths"); a.A = i64_vec(A, a.B, "A"); a.R = i64_vec(R, a.B, "R");
+  a.chain = static_cast<const int64_t*>(chain.data());
+  a.ans = static_cast<const int64_t*>(ans.data());
+  for (int64_t b = 0; b < a.B; ++b) {
+    if (a.R[b] < 0 || a.R[b] > a.Rmax || a.A[b] < 0 || a.A[b] > a.Amax || a.lengths[b] < 0 || a.lengths[b] > a.C)
+      throw std::invalid_argument("uqac_similarity: sequence lengths out of range");
+    for (int64_t i = 0; i < a.A[b]; ++i) {
+      const int64_t v = a.ans[b * a.Amax + i];
+      if (v < -1 || v > a.R[b] - 2) throw std::invalid_argument("ans: answer sources must lie in [-1, R - 2]");
+    }
+  }
+  if (k < 0) throw std::invalid_argument("k: must be >= 0");
+  if (keep.dtype() != nb::dtype<int64_t>() || keep.ndim() != 2 || int64_t(keep.shape(0)) != a.B ||
+      int64_t(keep.shape(1)) < std::min(k, a.C) || !flashuq::is_dense(keep))
+    throw std::invalid_argument("keep: expected contiguous int64 [B, K], K >= min(k, C)");
+  a.K = int64_t(keep.shape(1));
+  a.keep = static_cast<int64_t*>(keep.data());
+  a.keep_len = const_cast<int64_t*>(i64_vec(keep_len, a.B, "keep_len"));
+  a.h = h.data();
+  a.k = k; a.threshold = threshold; a.num_threads = num_threads;
+  nb::gil_scoped_release release;
+  uqac_similarity(a);
+}
+
 NB_MODULE(_C, m) {
   m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
@@ -308,6 +424,19 @@ NB_MODULE(_C, m) {
         nb::arg("p_x").noconvert(), nb::arg("p_y").noconvert(), nb::arg("num_threads"),
         "Inv-Entropy measures per question, averaged over the keep draws (flashuq.methods.inv_entropy); "
         "returns the number of negative similarities read.");
+  m.def("uqac_reduce", &uqac_reduce_py, nb::arg("attn").noconvert(), nb::arg("n_heads"), nb::arg("mean"),
+        nb::arg("out").noconvert(), nb::arg("num_threads"),
+        "UQAC steps 1-2: [B, L, H, R, Ntok] attention -> [B, R, Ntok] reduced rows (flashuq.ops.uqac).");
+  m.def("uqac_backtrack", &uqac_backtrack_py, nb::arg("attn").noconvert(), nb::arg("is_stop").noconvert(),
+        nb::arg("ans").noconvert(), nb::arg("R").noconvert(), nb::arg("Ntok").noconvert(), nb::arg("A").noconvert(),
+        nb::arg("min_len").noconvert(), nb::arg("buffer"), nb::arg("threshold"), nb::arg("max_steps"),
+        nb::arg("chain").noconvert(), nb::arg("scores").noconvert(), nb::arg("lengths").noconvert(),
+        nb::arg("num_threads"), "UQAC step 3: attention chains of B padded sequences (flashuq.ops.uqac).");
+  m.def("uqac_similarity", &uqac_similarity_py, nb::arg("h").noconvert(), nb::arg("chain").noconvert(),
+        nb::arg("lengths").noconvert(), nb::arg("ans").noconvert(), nb::arg("A").noconvert(),
+        nb::arg("R").noconvert(), nb::arg("k"), nb::arg("threshold"), nb::arg("keep").noconvert(),
+        nb::arg("keep_len").noconvert(), nb::arg("num_threads"),
+        "UQAC step 4: chain members kept by similarity to the answer (flashuq.ops.uqac).");
   m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;

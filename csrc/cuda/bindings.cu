@@ -6,12 +6,14 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
 #include "flashuq/ndarray_checks.h"
 #include "graph.cuh"
 #include "token_stats.cuh"
+#include "uqac.cuh"
 
 namespace nb = nanobind;
 using namespace flashuq::cuda;
@@ -113,6 +115,102 @@ static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr 
   if (err != 0) throw std::runtime_error(std::string("flashuq._cuda.graph: ") + cudaGetErrorString(cudaError_t(err)));
 }
 
+// ---- UQAC (flashuq.ops.uqac): shapes, dtypes and devices here; values live on the device and are
+// checked by the kernels (out-of-range sequences get length -1) ----------------------------------
+
+static void check_i64(const Arr& x, int64_t n, int dev, const char* name) {
+  if (x.dtype() != nb::dtype<int64_t>() || int64_t(x.size()) != n || !flashuq::is_dense(x) || x.device_id() != dev)
+    throw std::invalid_argument(std::string(name) + ": expected contiguous int64 of size " + std::to_string(n) +
+                                " on the attention's device");
+}
+
+static void check_i64_2d(const Arr& x, int64_t B, int dev, const char* name) {
+  if (x.dtype() != nb::dtype<int64_t>() || x.ndim() != 2 || int64_t(x.shape(0)) != B || !flashuq::is_dense(x) ||
+      x.device_id() != dev)
+    throw std::invalid_argument(std::string(name) + ": expected contiguous int64 [B, n] on the attention's device");
+}
+
+static void uqac_backtrack_py(Arr attn, Arr is_stop, Arr ans, Arr R, Arr Ntok, Arr A, Arr min_len, int buffer,
+                              double threshold, int64_t max_steps, Arr chain, Arr scores, Arr lengths, Arr ws,
+                              uintptr_t stream) {
+  UqacBacktrackArgs a{};
+  if (attn.dtype() == nb::dtype<float>()) a.f64 = false;
+  else if (attn.dtype() == nb::dtype<double>()) a.f64 = true;
+  else throw nb::type_error("attn: expected float32 or float64");
+  if (attn.ndim() != 3 || !flashuq::is_dense(attn)) throw std::invalid_argument("attn: expected contiguous [B, R, N]");
+  const int dev = attn.device_id();
+  a.B = int64_t(attn.shape(0)); a.Rmax = int64_t(attn.shape(1)); a.Nmax = int64_t(attn.shape(2));
+  if (is_stop.dtype() != nb::dtype<uint8_t>() || is_stop.ndim() != 2 || int64_t(is_stop.shape(0)) != a.B ||
+      int64_t(is_stop.shape(1)) != a.Nmax || !flashuq::is_dense(is_stop) || is_stop.device_id() != dev)
+    throw std::invalid_argument("is_stop: expected contiguous uint8 [B, N] on the attention's device");
+  check_i64_2d(ans, a.B, dev, "ans");
+  a.Amax = int64_t(ans.shape(1));
+  check_i64(R, a.B, dev, "R"); check_i64(Ntok, a.B, dev, "Ntok"); check_i64(A, a.B, dev, "A");
+  check_i64(min_len, a.B, dev, "min_len"); check_i64(lengths, a.B, dev, "lengths");
+  check_i64_2d(chain, a.B, dev, "chain");
+  a.C = int64_t(chain.shape(1));
+  if (buffer < 0 || max_steps < 0) throw std::invalid_argument("uqac_backtrack: buffer and max_steps must be >= 0");
+  if (scores.dtype() != attn.dtype() || int64_t(scores.size()) != a.B * a.C || !flashuq::is_dense(scores) ||
+      scores.device_id() != dev)
+    throw std::invalid_argument("scores: expected contiguous [B, C] of the attention's dtype");
+  if (ws.dtype() != nb::dtype<uint8_t>() || !flashuq::is_dense(ws) || ws.device_id() != dev ||
+      int64_t(ws.size()) < uqac_backtrack_workspace(a.B, a.Nmax, a.f64 ? 8 : 4))
+    throw std::invalid_argument("ws: workspace too small");
+  a.attn = attn.data(); a.is_stop = static_cast<const uint8_t*>(is_stop.data());
+  a.ans = static_cast<const int64_t*>(ans.data());
+  a.R = static_cast<const int64_t*>(R.data()); a.Ntok = static_cast<const int64_t*>(Ntok.data());
+  a.A = static_cast<const int64_t*>(A.data()); a.min_len = static_cast<const int64_t*>(min_len.data());
+  a.buffer = buffer; a.threshold = threshold; a.max_steps = max_steps;
+  a.chain = static_cast<int64_t*>(chain.data()); a.scores = scores.data();
+  a.lengths = static_cast<int64_t*>(lengths.data());
+  a.ws = static_cast<uint8_t*>(ws.data());
+  int err;
+  {
+    nb::gil_scoped_release release;
+    err = uqac_backtrack(a, stream);
+  }
+  if (err != 0)
+    throw std::runtime_error(std::string("flashuq._cuda.uqac_backtrack: ") + cudaGetErrorString(cudaError_t(err)));
+}
+
+static void uqac_similarity_py(Arr h, Arr chain, Arr lengths, Arr ans, Arr A, Arr R, int64_t k, double threshold,
+                               Arr keep, Arr keep_len, Arr ws, uintptr_t stream) {
+  UqacSimilarityArgs a{};
+  const DType dt = dtype_of(h);
+  a.dtype = dt == DType::F64 ? SimDType::F64 : dt == DType::F32 ? SimDType::F32
+          : dt == DType::F16 ? SimDType::F16 : SimDType::BF16;
+  if (h.ndim() != 3 || !flashuq::is_dense(h)) throw std::invalid_argument("h: expected contiguous [B, R, D]");
+  const int dev = h.device_id();
+  a.B = int64_t(h.shape(0)); a.Rmax = int64_t(h.shape(1)); a.D = int64_t(h.shape(2));
+  check_i64_2d(chain, a.B, dev, "chain");
+  a.C = int64_t(chain.shape(1));
+  check_i64_2d(ans, a.B, dev, "ans");
+  a.Amax = int64_t(ans.shape(1));
+  check_i64(lengths, a.B, dev, "lengths"); check_i64(A, a.B, dev, "A"); check_i64(R, a.B, dev, "R");
+  check_i64(keep_len, a.B, dev, "keep_len");
+  check_i64_2d(keep, a.B, dev, "keep");
+  if (k < 0) throw std::invalid_argument("k: must be >= 0");
+  a.K = int64_t(keep.shape(1));
+  if (a.K < std::min(k, a.C)) throw std::invalid_argument("keep: expected [B, K], K >= min(k, C)");
+  const int64_t Cw = a.C > 0 ? a.C : 1;
+  if (ws.dtype() != nb::dtype<float>() || !flashuq::is_dense(ws) || ws.device_id() != dev ||
+      int64_t(ws.size()) < a.B * 2 * Cw)
+    throw std::invalid_argument("ws: expected float32 [B, 2 * max(C, 1)]");
+  a.h = h.data(); a.chain = static_cast<const int64_t*>(chain.data());
+  a.lengths = static_cast<const int64_t*>(lengths.data()); a.ans = static_cast<const int64_t*>(ans.data());
+  a.A = static_cast<const int64_t*>(A.data()); a.R = static_cast<const int64_t*>(R.data());
+  a.k = k; a.threshold = threshold;
+  a.keep = static_cast<int64_t*>(keep.data()); a.keep_len = static_cast<int64_t*>(keep_len.data());
+  a.ws = static_cast<float*>(ws.data());
+  int err;
+  {
+    nb::gil_scoped_release release;
+    err = uqac_similarity(a, stream);
+  }
+  if (err != 0)
+    throw std::runtime_error(std::string("flashuq._cuda.uqac_similarity: ") + cudaGetErrorString(cudaError_t(err)));
+}
+
 NB_MODULE(_cuda, m) {
   m.doc() = "flashuq CUDA C++ kernels (cudart linked statically)";
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
@@ -123,6 +221,18 @@ NB_MODULE(_cuda, m) {
         nb::arg("self_certainty").noconvert(), nb::arg("argmax").noconvert(), nb::arg("stream"),
         nb::arg("renyi_term").noconvert().none() = nb::none(), nb::arg("fisher_rao").noconvert().none() = nb::none(),
         "Token statistics (no top-k) of rows of CUDA logits on the given stream.");
+  m.def("uqac_backtrack", &uqac_backtrack_py, nb::arg("attn").noconvert(), nb::arg("is_stop").noconvert(),
+        nb::arg("ans").noconvert(), nb::arg("R").noconvert(), nb::arg("Ntok").noconvert(), nb::arg("A").noconvert(),
+        nb::arg("min_len").noconvert(), nb::arg("buffer"), nb::arg("threshold"), nb::arg("max_steps"),
+        nb::arg("chain").noconvert(), nb::arg("scores").noconvert(), nb::arg("lengths").noconvert(),
+        nb::arg("ws").noconvert(), nb::arg("stream"), "UQAC attention chains, one block per sequence.");
+  m.def("uqac_backtrack_workspace", &uqac_backtrack_workspace, nb::arg("B"), nb::arg("Nmax"), nb::arg("elem_size"),
+        "Workspace bytes of uqac_backtrack.");
+  m.def("uqac_similarity", &uqac_similarity_py, nb::arg("h").noconvert(), nb::arg("chain").noconvert(),
+        nb::arg("lengths").noconvert(), nb::arg("ans").noconvert(), nb::arg("A").noconvert(),
+        nb::arg("R").noconvert(), nb::arg("k"), nb::arg("threshold"), nb::arg("keep").noconvert(),
+        nb::arg("keep_len").noconvert(), nb::arg("ws").noconvert(), nb::arg("stream"),
+        "UQAC similarity filter, one block per sequence.");
   m.def("device_count", []() {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;

@@ -12,6 +12,7 @@ from .ops.masked_reduce import masked_reduce
 from .ops.segment_reduce import segment_reduce
 from .ops.token_stats import TokenStats, token_stats
 from .ops.token_stats_linear import token_stats_linear
+from .ops.uqac import uqac_backtrack, uqac_marginal, uqac_reduce_attention, uqac_similarity_filter
 from .methods.samples import similarity
 from .methods.scores import sequence_scores
 
@@ -19,7 +20,8 @@ __version__ = "0.1.0"
 
 __all__ = ["TokenStats", "token_stats", "token_stats_linear", "EnsembleStats", "ensemble_stats", "masked_reduce",
            "masked_quantile", "segment_reduce", "sequence_scores", "similarity", "sym_eig", "laplacian_spectrum",
-           "LaplacianSpectrum", "heat_kernel_entropy", "methods", "metrics", "models", "reference", "report", "hf",
+           "LaplacianSpectrum", "heat_kernel_entropy", "uqac_reduce_attention", "uqac_backtrack",
+           "uqac_similarity_filter", "uqac_marginal", "methods", "metrics", "models", "reference", "report", "hf",
            "__version__"]
 
 

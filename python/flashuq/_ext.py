@@ -27,6 +27,7 @@ def kernels():
     if not triton_available():
         raise RuntimeError("flashuq: CUDA tensors need triton (pip install 'flashuq[cuda]')")
     from . import kernels as k
-    from .kernels import ensemble_stats, masked_quantile, masked_reduce, token_stats, token_stats_linear  # noqa: F401
+    from .kernels import (ensemble_stats, masked_quantile, masked_reduce, token_stats,  # noqa: F401
+                          token_stats_linear, uqac_reduce)
 
     return k

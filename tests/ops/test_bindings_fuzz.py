@@ -1,4 +1,5 @@
-"""Fuzz the nanobind bindings flashuq._C.token_stats and flashuq._C.ensemble_stats directly: any combination of sizes, strides,
+"""Fuzz the nanobind bindings flashuq._C.token_stats, ensemble_stats, count_inversions, isotonic_pav and
+uqac_* directly: any combination of sizes, strides,
 dtypes and output buffers either works or raises ValueError/TypeError; it never crashes or reads
 outside the array (the sanitizer build in scripts/sanitize.sh runs this file too)."""
 
@@ -105,3 +106,66 @@ def test_isotonic_pav_binding(n, m, dtype, zero_weight, seed):
     assert bool((out[1:] >= out[:-1] - 1e-12).all())  # non-decreasing
     # the weighted mean is preserved by pooling
     assert abs(float((out * w).sum() - (y * w).sum())) <= 1e-9 * max(1.0, float((y * w).abs().sum()))
+
+
+# ---- UQAC (flashuq._C.uqac_reduce / uqac_backtrack / uqac_similarity) -----------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 3), st.integers(0, 6), st.integers(0, 9)),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32]),
+       n_heads=st.integers(-1, 10), out_n=st.integers(0, 120), out_f64=st.booleans(), step=st.integers(1, 2),
+       mean=st.booleans())
+def test_uqac_reduce_binding(shape, dtype, n_heads, out_n, out_f64, step, mean):
+    B, L, H, R, N = shape
+    x = torch.rand(B, L, H, R, N * step).to(dtype)[..., ::step]
+    out = torch.empty(out_n, dtype=torch.float64 if out_f64 else torch.float32)
+    try:
+        _ext._C.uqac_reduce(x, n_heads, mean, out, 1)
+    except (ValueError, TypeError):
+        return
+    assert dtype != torch.int32 and N >= R and 1 <= n_heads <= L * H and out_n == B * R * N
+    assert out_f64 == (dtype == torch.float64) and (step == 1 or N <= 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(B=st.integers(0, 3), Rm=st.integers(0, 6), Nm=st.integers(0, 9), Am=st.integers(0, 3),
+       R=st.integers(-1, 7), N=st.integers(-1, 10), A=st.integers(-1, 4), ans=st.integers(-3, 8),
+       C=st.integers(0, 20), buffer=st.integers(-1, 4), max_steps=st.integers(-1, 3), f64=st.booleans(),
+       stop_n=st.integers(0, 10), seed=st.integers(0, 2**31 - 1))
+def test_uqac_backtrack_binding(B, Rm, Nm, Am, R, N, A, ans, C, buffer, max_steps, f64, stop_n, seed):
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.float64 if f64 else torch.float32
+    attn = torch.rand(B, Rm, Nm, generator=g, dtype=dt)
+    v = lambda x: torch.full((B,), x, dtype=torch.int64)  # noqa: E731
+    chain = torch.empty(B, C, dtype=torch.int64)
+    scores = torch.empty(B, C, dtype=dt)
+    lengths = v(0)
+    try:
+        _ext._C.uqac_backtrack(attn, torch.randint(0, 2, (B, stop_n), generator=g, dtype=torch.uint8),
+                               torch.full((B, Am), ans, dtype=torch.int64), v(R), v(N), v(A), v(5), buffer, 0.5,
+                               max_steps, chain, scores, lengths, 1)
+    except (ValueError, TypeError):
+        return
+    assert B == 0 or (0 <= R <= Rm and R <= N <= Nm and 0 <= A <= Am and (A == 0 or -1 <= ans <= R - 2))
+    assert buffer >= 0 and max_steps >= 0 and (B == 0 or stop_n == Nm)
+    assert bool(((lengths >= 0) & (lengths <= C)).all())
+
+
+@settings(max_examples=300, deadline=None)
+@given(B=st.integers(0, 3), Rm=st.integers(0, 6), D=st.integers(0, 5), C=st.integers(0, 6), Am=st.integers(0, 3),
+       length=st.integers(-1, 7), A=st.integers(-1, 4), ans=st.integers(-3, 7), member=st.integers(-5, 8),
+       R=st.integers(-1, 7), k=st.integers(-1, 8), K=st.integers(0, 8),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.int64]))
+def test_uqac_similarity_binding(B, Rm, D, C, Am, length, A, ans, member, R, k, K, dtype):
+    h = torch.randn(B, Rm, D).to(dtype)
+    v = lambda x: torch.full((B,), x, dtype=torch.int64)  # noqa: E731
+    keep_len = v(0)
+    try:
+        _ext._C.uqac_similarity(h, torch.full((B, C), member, dtype=torch.int64), v(length),
+                                torch.full((B, Am), ans, dtype=torch.int64), v(A), v(R), k, 0.0,
+                                torch.empty(B, K, dtype=torch.int64), keep_len, 1)
+    except (ValueError, TypeError):
+        return
+    assert dtype != torch.int64 and k >= 0 and K >= min(k, C)
+    assert B == 0 or (0 <= R <= Rm and 0 <= A <= Am and 0 <= length <= C and (A == 0 or -1 <= ans <= R - 2))
+    assert bool(((keep_len >= 0) & (keep_len <= min(k, C))).all())

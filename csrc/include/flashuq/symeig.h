@@ -79,13 +79,16 @@ FUQ_HD void tridiagonalize(const Team& tm, T* a, int n, T* d, T* e, T* beta, T* 
     tm.sync();
     T pv = 0;
     for (int i = k + 1; i < n; ++i) pv += p[i] * v[i];
-    const T h = T(0.5) * b * pv;  // w = p - h v;  A <- A - v wᵀ - w vᵀ
+    const T h = T(0.5) * b * pv;  // w = p - h v (into p);  A <- A - v wᵀ - w vᵀ
+    tm.sync();  // everyone has read p
+    for (int i = k + 1 + r0; i < n; i += nt) p[i] -= h * v[i];
+    tm.sync();
     for (int i = k + 1 + r0; i < n; i += nt) {
       T* __restrict__ ai = a + i * n;
       const T* __restrict__ vv = v;
-      const T* __restrict__ pp = p;
-      const T vi = vv[i], wi = pp[i] - h * vi;
-      for (int j = k + 1; j < n; ++j) ai[j] -= vi * (pp[j] - h * vv[j]) + wi * vv[j];
+      const T* __restrict__ ww = p;
+      const T vi = vv[i], wi = ww[i];
+      for (int j = k + 1; j < n; ++j) ai[j] -= vi * ww[j] + wi * vv[j];
     }
     if (k % nt == r0)  // keep the reflector in row k, which no later step reads (contiguous for
       for (int i = k + 1; i < n; ++i) a[k * n + i] = v[i];  // accumulate_reflectors)

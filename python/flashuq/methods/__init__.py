@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from ..ops.token_stats import token_stats
+from .attention import RAUQ_ALPHA, attention_score, rauq, rauq_layers, uqac, uqac_top5_logprobs
 from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_margin, maqa_max_prob,
                    topk_stats_at_positions)
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
@@ -88,6 +89,13 @@ REGISTRY: Dict[str, Method] = {
     "vro": Method(vro, ("similarity",), "Huang et al., Look Before You Leap, arXiv 2307.10236"),
     "inv_entropy": Method(inv_entropy, ("sx", "sy"),
                           "Song, Ji, Shi, Lai, Al Kontar, Inv-Entropy, NeurIPS 2025, arXiv 2506.09684"),
+    # ---- attention methods (METHODS.md §6)
+    "attention_score": Method(attention_score, ("attn", "response_start"),
+                              "Sriramanan et al., LLM-Check, NeurIPS 2024; LM-Polygraph AttentionScore"),
+    "rauq": Method(rauq, ("attn", "logprobs", "response_start"),
+                   "Vazhentsev et al., RAUQ, arXiv 2505.20045; LM-Polygraph RAUQ"),
+    "uqac": Method(uqac, ("attn", "ans_src", "is_stop", "h_last", "token_logprobs"),
+                   "Li, Qiang, Moukheiber, Zhang, UQAC, arXiv 2503.19168"),
 }
 
 #: methods that need nothing but the token statistics (what from_logits computes)
@@ -115,5 +123,5 @@ def from_logits(logits, tokens=None, mask=None, *, methods: Optional[Sequence[st
 __all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "from_logits", "sequence_scores",
            "topk_stats_at_positions", "InvEntropyMeasures", "inv_entropy_measures", "inv_entropy_similarity",
            "nli_similarity", "greedy_bidirectional_clusters", "nli_argmax_is_entail", "similarity", "symmetrize",
-           "uqlm_semantic_negentropy",
+           "uqlm_semantic_negentropy", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs",
            *REGISTRY]

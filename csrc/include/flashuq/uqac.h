@@ -1,0 +1,350 @@
+// UQAC attention chains (METHODS.md §6.1; Li et al., arXiv 2503.19168), written once and compiled
+// for the CPU (csrc/cpu/uqac.cpp, OpenMP) and CUDA (csrc/cuda/uqac.cu, one block per sequence).
+//
+// (a) Reduction, steps 1-2, one query row r at a time: each of the L·H attention rows of r is
+//     preprocessed (diagonal column I+r and column 0 zeroed, the 10 keys before the diagonal scaled
+//     by the calibration factors), renormalised and its entropy taken (two passes over the row); the
+//     n_heads rows of lowest entropy (ties: lower flat index s = l·H + h) are then read a third time
+//     and reduced by max or mean. Nothing of size L·H·R·Ntok is ever built.
+// (b) Backtracking, step 3, one sequence: the greedy rounds of the reference `backtrack`, in absolute
+//     positions (I zero rows on top), ties broken by the lower index everywhere.
+// (c) The similarity filter, step 4: sim-mean cosine of each chain member's hidden state to the
+//     answer tokens' states, threshold, then the k best.
+//
+// Everything here is sequential per item; the drivers decide what runs in parallel. The row order
+// needed by (b) comes from a Ranker (the CPU sorts lazily, a CUDA block sorts the whole row).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "hd.h"
+
+namespace flashuq {
+
+// The reference's CALIBRATION_RATIO reversed, full precision: factor c multiplies key I+r-10+c.
+template <class T>
+FUQ_HD T uqac_cal(int c) {
+  const double cal[10] = {0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
+                          0.59304059, 0.46061748, 0.32959151, 0.20938152, 0.16644488};
+  return T(cal[c]);
+}
+
+// ---- (a) reduction ---------------------------------------------------------------------------------
+
+// Visit the preprocessed values of one attention row of query r (diag = I + r) in column order:
+// f(j, value) for j = 0 .. n-1.
+template <class T, class Row, class F>
+FUQ_HD void uqac_visit_row(const Row& x, int64_t n, int64_t diag, F&& f) {
+  if (n <= 0) return;
+  f(int64_t(0), T(0));  // column 0: the attention sink
+  const int64_t lo = diag - 10;
+  const int64_t e1 = lo < 1 ? 1 : (lo > n ? n : lo);            // [1, e1): as they are
+  const int64_t e2 = diag < e1 ? e1 : (diag > n ? n : diag);    // [e1, e2): calibrated
+  for (int64_t j = 1; j < e1; ++j) f(j, T(x[j]));
+  for (int64_t j = e1; j < e2; ++j) f(j, T(x[j]) * uqac_cal<T>(int(j - lo)));
+  int64_t e3 = e2;
+  if (e2 < n && e2 == diag) {  // the diagonal (self-attention)
+    f(e2, T(0));
+    e3 = e2 + 1;
+  }
+  for (int64_t j = e3; j < n; ++j) f(j, T(x[j]));
+}
+
+// Row sum of the preprocessed row.
+template <class T, class Row>
+FUQ_HD T uqac_row_sum(const Row& x, int64_t n, int64_t diag) {
+  T s = 0;
+  uqac_visit_row<T>(x, n, diag, [&](int64_t, T v) { s += v; });
+  return s;
+}
+
+// Entropy -Σ q log(q + 1e-12) of q = p / (sum + 1e-12). A zero q contributes -0 (skipped: exact).
+template <class T, class Row>
+FUQ_HD T uqac_row_entropy(const Row& x, int64_t n, int64_t diag, T sum) {
+  const T d = sum + T(1e-12);
+  T h = 0;
+  uqac_visit_row<T>(x, n, diag, [&](int64_t, T v) {
+    const T q = v / d;
+    if (q != T(0)) h -= q * std::log(q + T(1e-12));
+  });
+  return h;
+}
+
+// Total order of the head choice: entropy ascending, NaN last, ties by the lower index.
+template <class T>
+FUQ_HD bool uqac_ent_before(T ea, int64_t a, T eb, int64_t b) {
+  const bool na = ea != ea, nb = eb != eb;
+  if (na != nb) return nb;
+  if (!na && ea != eb) return ea < eb;
+  return a < b;
+}
+
+template <class T>
+FUQ_HD void uqac_heap_sift(const T* ent, int64_t* heap, int k, int i) {
+  // max-heap under uqac_ent_before: the root is the latest of the k kept
+  for (;;) {
+    const int l = 2 * i + 1, r = l + 1;
+    int m = i;
+    if (l < k && uqac_ent_before(ent[heap[m]], heap[m], ent[heap[l]], heap[l])) m = l;
+    if (r < k && uqac_ent_before(ent[heap[m]], heap[m], ent[heap[r]], heap[r])) m = r;
+    if (m == i) return;
+    const int64_t t = heap[i]; heap[i] = heap[m]; heap[m] = t;
+    i = m;
+  }
+}
+
+// sel[0..k) <- the k rows of lowest entropy, ordered by uqac_ent_before (a heap select, then heapsort).
+template <class T>
+FUQ_HD void uqac_select_heads(const T* ent, int64_t LH, int k, int64_t* sel) {
+  for (int i = 0; i < k; ++i) sel[i] = i;
+  for (int i = k / 2 - 1; i >= 0; --i) uqac_heap_sift(ent, sel, k, i);
+  for (int64_t s = k; s < LH; ++s)
+    if (uqac_ent_before(ent[s], s, ent[sel[0]], sel[0])) {
+      sel[0] = s;
+      uqac_heap_sift(ent, sel, k, 0);
+    }
+  for (int m = k - 1; m > 0; --m) {  // heapsort: ascending
+    const int64_t t = sel[0]; sel[0] = sel[m]; sel[m] = t;
+    uqac_heap_sift(ent, sel, m, 0);
+  }
+}
+
+// One query row: rows.row(s) gives head-row s = l·H + h of this query (operator[](j) -> value);
+// ent, sums [LH] and sel [n_heads] are scratch; out [n] receives the reduced row (T).
+template <class T, class Rows>
+FUQ_HD void uqac_reduce_query(const Rows& rows, int64_t LH, int64_t n, int64_t diag, int n_heads, bool mean,
+                              T* ent, T* sums, int64_t* sel, T* out) {
+  for (int64_t s = 0; s < LH; ++s) {
+    const auto x = rows.row(s);
+    const T sum = uqac_row_sum<T>(x, n, diag);
+    sums[s] = sum;
+    ent[s] = uqac_row_entropy<T>(x, n, diag, sum);
+  }
+  uqac_select_heads(ent, LH, n_heads, sel);
+  for (int i = 0; i < n_heads; ++i) {
+    const int64_t s = sel[i];
+    const T d = sums[s] + T(1e-12);
+    const auto x = rows.row(s);
+    if (i == 0) {
+      uqac_visit_row<T>(x, n, diag, [&](int64_t j, T v) { out[j] = v / d; });
+    } else if (mean) {
+      uqac_visit_row<T>(x, n, diag, [&](int64_t j, T v) { out[j] += v / d; });
+    } else {  // max, NaN propagating (as torch.max)
+      uqac_visit_row<T>(x, n, diag, [&](int64_t j, T v) {
+        const T q = v / d;
+        if (q > out[j] || q != q) out[j] = q;
+      });
+    }
+  }
+  if (mean)
+    for (int64_t j = 0; j < n; ++j) out[j] /= T(n_heads);
+}
+
+// ---- (b) backtracking ------------------------------------------------------------------------------
+
+// Key order of a source row: weight descending, NaN first (torch's descending sort), ties by the
+// lower key index.
+template <class T>
+FUQ_HD bool uqac_key_before(T wa, int64_t a, T wb, int64_t b) {
+  const bool na = wa != wa, nb = wb != wb;
+  if (na != nb) return na;
+  if (!na && wa != wb) return wa > wb;
+  return a < b;
+}
+
+// Chain storage and scratch of one sequence. Positions are absolute (instruction tokens first).
+template <class T>
+struct UqacSeq {
+  // inputs
+  const T* attn;          // [R, ld]: row i is the reduced attention of response token i (absolute I + i)
+  int64_t ld;             // row stride of attn
+  const uint8_t* is_stop; // [Ntok]
+  const int64_t* ans;     // [A] answer sources, response coordinates
+  int64_t R, Ntok, A;
+  int buffer;
+  T threshold;
+  int64_t min_len;        // total minimum chain length (answer sources included)
+  int64_t max_steps;
+  // outputs, capacity cap: ids (response coordinates, ascending) and their scores
+  int64_t* chain;
+  T* scores;
+  int64_t cap;
+  // scratch: acc [Ntok] (all zero), seen [Ntok] (all zero), proc [Ntok + 1] (all zero), touched [Ntok]
+  T* acc;
+  uint8_t* seen;
+  uint8_t* proc;          // proc[t]: absolute source t - 1 was expanded
+  int32_t* touched;
+  // state
+  int64_t I, len, src0, src1;  // chain[0, len); the current round's sources are chain[src0, src1)
+  int64_t step, ntouched, npos;
+
+  // The row source s reads: the reference pads I zero rows on top and indexes with Python, so
+  // s = -1 reads the last row. nullptr for a zero (instruction) row: adding zeros changes nothing
+  // the reference can observe, so its scan is skipped.
+  FUQ_HD const T* row(int64_t s) const {
+    const int64_t rs = s < 0 ? s + Ntok : s;
+    return rs >= I ? attn + (rs - I) * ld : nullptr;
+  }
+
+  // Starts the chain; false if the arguments are out of range (no output written) .
+  FUQ_HD bool begin() {
+    I = Ntok - R;
+    len = 0;
+    if (R < 0 || I < 0 || A < 0 || A > cap) return false;
+    for (int64_t i = 0; i < A; ++i) {
+      const int64_t s = ans[i] + I;
+      if (s < -1 || s >= Ntok) return false;  // proc[s + 1] must exist
+      chain[len] = s;
+      scores[len] = T(0);
+      ++len;
+    }
+    src0 = 0;
+    src1 = len;
+    step = 0;
+    return true;
+  }
+
+  // Whether a round runs now; if so, marks its sources processed and clears the accumulator.
+  FUQ_HD bool begin_round() {
+    if (src0 == src1 || step >= max_steps) return false;
+    for (int64_t i = src0; i < src1; ++i) proc[chain[i] + 1] = 1;
+    ntouched = 0;
+    npos = 0;
+    return true;
+  }
+
+  // Source k of the round (absolute).
+  FUQ_HD int64_t source(int64_t k) const { return chain[src0 + k]; }
+
+  // The reference's key scan of source s; ranker.key(rank) is the rank-th key of row s in
+  // uqac_key_before order (asked for rank 0, 1, 2, ... only as far as needed); row(s) is not null.
+  template <class Ranker>
+  FUQ_HD void scan(int64_t s, Ranker& ranker) {
+    const T* w = row(s);
+    for (int64_t rank = 0; rank < Ntok; ++rank) {
+      if (rank >= 5 && (npos > 0 || len >= min_len)) break;
+      const int64_t t = ranker.key(rank);
+      if (t == s || proc[t] || is_stop[t]) continue;
+      const T old = acc[t];
+      const T now = old + w[t];
+      acc[t] = now;
+      npos += int64_t(now > T(0)) - int64_t(old > T(0));
+      if (!seen[t]) {
+        seen[t] = 1;
+        touched[ntouched++] = int32_t(t);
+      }
+    }
+  }
+
+  // Picks up to `buffer` keys by accumulated score (descending, ties lower index); false when the
+  // chain is finished.
+  FUQ_HD bool end_round() {
+    const int64_t before = len;
+    int picked = 0;
+    while (picked < buffer && len < cap) {
+      int64_t best = -1;  // the best positive key not yet picked
+      for (int64_t i = 0; i < ntouched; ++i) {
+        const int64_t t = touched[i];
+        if (!(acc[t] > T(0)) || seen[t] == 2) continue;
+        if (best < 0 || acc[t] > acc[best] || (acc[t] == acc[best] && t < best)) best = t;
+      }
+      if (best < 0) break;
+      // the reference tests len(chain) + len(picked) with this round's picks already in the chain
+      if (acc[best] < threshold && len + picked >= min_len) break;
+      seen[best] = 2;
+      chain[len] = best - 1;
+      scores[len] = acc[best];
+      ++len;
+      ++picked;
+    }
+    for (int64_t i = 0; i < ntouched; ++i) {
+      acc[touched[i]] = T(0);
+      seen[touched[i]] = 0;
+    }
+    ++step;
+    src0 = before;
+    src1 = len;
+    return picked > 0;
+  }
+
+  // Sorts the chain by id (heapsort; equal ids are repeated answer sources, identical entries) and
+  // moves it to response coordinates.
+  FUQ_HD void finish() {
+    for (int64_t i = len / 2 - 1; i >= 0; --i) sift(i, len);
+    for (int64_t m = len - 1; m > 0; --m) {
+      swap(0, m);
+      sift(0, m);
+    }
+    for (int64_t i = 0; i < len; ++i) chain[i] -= I;
+  }
+
+ private:
+  FUQ_HD void swap(int64_t a, int64_t b) {
+    const int64_t c = chain[a]; chain[a] = chain[b]; chain[b] = c;
+    const T x = scores[a]; scores[a] = scores[b]; scores[b] = x;
+  }
+  FUQ_HD void sift(int64_t i, int64_t n) {
+    for (;;) {
+      const int64_t l = 2 * i + 1, r = l + 1;
+      int64_t m = i;
+      if (l < n && chain[l] > chain[m]) m = l;
+      if (r < n && chain[r] > chain[m]) m = r;
+      if (m == i) return;
+      swap(i, m);
+      i = m;
+    }
+  }
+};
+
+// A whole sequence with a team of one (the CPU driver): ranker.begin(row, n) prepares row s.
+template <class T, class Ranker>
+FUQ_HD bool uqac_backtrack_seq(UqacSeq<T>& q, Ranker& ranker) {
+  if (!q.begin()) return false;
+  while (q.begin_round()) {
+    const int64_t n = q.src1 - q.src0;
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t s = q.source(k);
+      const T* w = q.row(s);
+      if (!w) continue;
+      ranker.begin(w, q.Ntok);
+      q.scan(s, ranker);
+    }
+    if (!q.end_round()) break;
+  }
+  q.finish();
+  return true;
+}
+
+// ---- (c) similarity filter -------------------------------------------------------------------------
+
+// Cosine as torch.cosine_similarity: x·y / (max(‖x‖, 1e-8) max(‖y‖, 1e-8)).
+template <class T>
+FUQ_HD T uqac_cosine(T dot, T nx2, T ny2) {
+  T nx = std::sqrt(nx2), ny = std::sqrt(ny2);
+  nx = nx > T(1e-8) ? nx : T(1e-8);
+  ny = ny > T(1e-8) ? ny : T(1e-8);
+  return dot / (nx * ny);
+}
+
+// keep the chain positions i in [0, nc) with sim[i] >= threshold (NaN never), the k best by sim
+// descending (ties: the lower position): mark[i] = 1 for them; returns how many. The similarities
+// are compared in fp32, as the reference (which casts them with .float()).
+template <class F>  // F = float
+FUQ_HD int64_t uqac_keep_topk(const F* sim, int64_t nc, int64_t k, F threshold, uint8_t* mark) {
+  for (int64_t i = 0; i < nc; ++i) mark[i] = 0;
+  int64_t kept = 0;
+  while (kept < k) {
+    int64_t best = -1;
+    for (int64_t i = 0; i < nc; ++i) {
+      if (mark[i] || !(sim[i] >= threshold)) continue;
+      if (best < 0 || sim[i] > sim[best]) best = i;  // ascending scan: equal keeps the lower position
+    }
+    if (best < 0) break;
+    mark[best] = 1;
+    ++kept;
+  }
+  return kept;
+}
+
+}  // namespace flashuq
