@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     e.add_argument("--data", required=True, help="JSONL: {\"question\": ..., \"answers\": [...]} per line")
     _common(e)
     b = sub.add_parser("bench", help="run the benchmark suites of a source checkout and print their tables")
-    b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation", "graph"])
+    b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation", "graph",
+                                                 "attention"])
     args = ap.parse_args(argv)
     if args.cmd != "bench":
         if args.samples < 0:
