@@ -55,8 +55,9 @@ def _pre_tile(x_ptr, row_off, rmask, lo, Ntok, diag, consts_ptr, BLOCK_N: tl.con
         d = diag - cols  # 1..10: the calibrated keys; 0: the diagonal
         cal = (d >= 1) & (d <= _N_CAL) & cmask
         f = tl.load(consts_ptr + tl.where(cal, _N_CAL - d, 0), mask=cal, other=1.0).to(ACC)
-        f = tl.where((d == 0) | (cols == 0), 0.0, f)
-        a = a * f[None, :]
+        zero = (d == 0) | (cols == 0)
+        # set, not multiply: an inf or NaN in a zeroed column must not reach the row (the CPU never reads it)
+        a = tl.where(zero[None, :], 0.0, a * f[None, :])
     return a
 
 
@@ -95,14 +96,18 @@ def uqac_reduce_kernel(x_ptr, out_ptr, ws_ptr, sel_ptr, consts_ptr, R, Ntok, S, 
 
     # 2. the n_heads lowest entropies, ties -> lower s (argmin returns the first minimum)
     sa = tl.arange(0, S_BLOCK)
-    key = tl.load(ws_row + sa, mask=sa < S, other=float("inf"))
-    key = tl.where(key != key, 3.0e38, key)  # NaN ranks after every number, before the padding
+    # the order of the CPU kernel: numbers (-inf included) ascending, then +inf, then NaN, each class
+    # by index; cls 3 marks padding and rows already chosen
+    key = tl.load(ws_row + sa, mask=sa < S, other=0.0)
+    cls = tl.where(sa < S, tl.where(key != key, 2, tl.where(key == float("inf"), 1, 0)), 3)
     ka = tl.arange(0, K_BLOCK)
     sel = tl.zeros([K_BLOCK], tl.int64)
     for k in range(0, n_heads):
-        i = tl.argmin(key, axis=0)
+        mc = tl.min(cls, axis=0)
+        cand = tl.where(cls == mc, tl.where(mc == 0, key, 0.0), float("inf"))
+        i = tl.argmin(cand, axis=0)  # the first minimum: ties -> lower s
         sel = tl.where(ka == k, i.to(tl.int64), sel)
-        key = tl.where(sa == i, float("inf"), key)
+        cls = tl.where(sa == i, 3, cls)
     sel_row = sel_ptr + pid * n_heads
     tl.store(sel_row + ka, sel, mask=ka < n_heads)
     tl.debug_barrier()
@@ -123,8 +128,11 @@ def uqac_reduce_kernel(x_ptr, out_ptr, ws_ptr, sel_ptr, consts_ptr, R, Ntok, S, 
             p = a / den[:, None]
             if MEAN:
                 acc += tl.sum(tl.where(kmask[:, None], p, 0.0), axis=0)
-            else:
-                acc = tl.maximum(acc, tl.max(tl.where(kmask[:, None], p, float("-inf")), axis=0))
+            else:  # NaN propagates, as in the CPU kernel and torch.max (tl.max would drop it)
+                ok = kmask[:, None] & (p == p)
+                m = tl.max(tl.where(ok, p, float("-inf")), axis=0)
+                nan = tl.sum((kmask[:, None] & (p != p)).to(tl.int32), axis=0) > 0
+                acc = tl.where(nan | (acc != acc), float("nan"), tl.maximum(acc, m))
         if MEAN:
             acc = acc / n_heads
         tl.store(out_ptr + pid * Ntok + cols, acc, mask=cols < Ntok)

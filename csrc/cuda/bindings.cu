@@ -150,6 +150,11 @@ static void uqac_backtrack_py(Arr attn, Arr is_stop, Arr ans, Arr R, Arr Ntok, A
   check_i64_2d(chain, a.B, dev, "chain");
   a.C = int64_t(chain.shape(1));
   if (buffer < 0 || max_steps < 0) throw std::invalid_argument("uqac_backtrack: buffer and max_steps must be >= 0");
+  {  // the per-sequence lengths live on the device: check against the padded maxima (what Python passes)
+    const int64_t picks = buffer == 0 ? 0 : (max_steps > (a.Nmax + buffer - 1) / buffer ? a.Nmax
+                                                                                        : std::min<int64_t>(a.Nmax, int64_t(max_steps) * buffer));
+    if (a.C < a.Amax + picks) throw std::invalid_argument("chain: capacity C too small (need Amax + min(Nmax, max_steps * buffer))");
+  }
   if (scores.dtype() != attn.dtype() || int64_t(scores.size()) != a.B * a.C || !flashuq::is_dense(scores) ||
       scores.device_id() != dev)
     throw std::invalid_argument("scores: expected contiguous [B, C] of the attention's dtype");

@@ -116,15 +116,18 @@ __global__ void __launch_bounds__(kThreads) backtrack_kernel(UqacBacktrackArgs a
   }
   __syncthreads();
   if (!flag) return;
+  // Thread 0 alone advances the shared chain state (begin_round / end_round); the round flags are
+  // broadcast by __syncthreads_or, and a barrier separates every thread's last read of this round's
+  // sources from thread 0 rewriting them (a round of prompt-only sources has no other barrier).
   for (;;) {
-    if (threadIdx.x == 0) flag = q.begin_round();
-    __syncthreads();
-    if (!flag) break;
+    int go = 0;
+    if (threadIdx.x == 0) go = q.begin_round();
+    if (!__syncthreads_or(go)) break;
     const int64_t n = q.src1 - q.src0;
     for (int64_t k = 0; k < n; ++k) {
       const int64_t s = q.source(k);
       const T* w = q.row(s);
-      if (!w) continue;
+      if (!w) continue;  // uniform: every thread read the same s
       block_sort_row(w, q.Ntok, kw, ki);
       if (threadIdx.x == 0) {
         SortedRanker<T> rk{ki};
@@ -132,9 +135,10 @@ __global__ void __launch_bounds__(kThreads) backtrack_kernel(UqacBacktrackArgs a
       }
       __syncthreads();
     }
-    if (threadIdx.x == 0) flag = q.end_round();
     __syncthreads();
-    if (!flag) break;
+    go = 0;
+    if (threadIdx.x == 0) go = q.end_round();
+    if (!__syncthreads_or(go)) break;
   }
   if (threadIdx.x == 0) {
     q.finish();

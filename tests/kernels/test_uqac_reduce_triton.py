@@ -194,6 +194,27 @@ def test_matches_cpu_op(dtype, reduction):
         torch.testing.assert_close(got, want, **tol(dtype))
 
 
+def test_non_finite_inputs_match_cpu_op():
+    # inf / NaN in the zeroed columns (column 0, the diagonal) must not matter; a NaN elsewhere makes that
+    # head's entropy NaN (ranked after every number and +inf) and, if selected, propagates through "max"
+    # exactly as the CPU kernel and torch.max do
+    import flashuq
+
+    x = causal_attention((), 2, 3, 6, 14, seed=11).to(torch.float32)
+    I = 14 - 6
+    x[0, 0, :, 0] = torch.inf                    # column 0 of one head: zeroed, harmless
+    x[0, 1, 2, I + 2] = torch.nan                # a diagonal entry: zeroed, harmless
+    x[1, 2, 4, 3] = torch.nan                    # head 5, row 4: entropy NaN, selected only when n_heads = 6
+    for n_heads in (1, 5, 6):
+        for reduction in ("max", "mean"):
+            got = U.uqac_reduce_attention(x.to(DEVICE), n_heads, reduction, **SMALL).cpu()
+            want = flashuq.uqac_reduce_attention(x, n_heads=n_heads, reduction=reduction)
+            torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-7, equal_nan=True)
+            assert torch.equal(got.isnan(), want.isnan())
+            assert got[:4].isfinite().all() and got[5].isfinite().all()
+            assert got[4].isnan().all() == (n_heads == 6)
+
+
 COMPILE = textwrap.dedent(
     """
     import json, re
