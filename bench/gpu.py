@@ -5,9 +5,11 @@
 1. tests/gpu (and the Triton tests in tests/kernels, now on the real device), junit XML to OUT;
 2. the token_stats benchmark on the device (bf16 and fp32; decode-sized and large batches) plus
    the device-to-device copy bandwidth it is judged against; JSON to OUT;
-3. the graph spectra (EigV, Eccentricity at Q = 10,000, K = 20, fp64) against batched
+3. token_stats_linear (the statistics of hidden @ W.T, logits never materialised) against the
+   same-shape cuBLAS matmul alone (target >= 80% of its throughput); JSON to OUT;
+4. the graph spectra (EigV, Eccentricity at Q = 10,000, K = 20, fp64) against batched
    torch.linalg on the same device (target >= 10x), checked against the CPU path; JSON to OUT;
-4. the UQAC attention benchmark (bench/attention.py --device cuda, bf16); JSON to OUT.
+5. the UQAC attention benchmark (bench/attention.py --device cuda, bf16); JSON to OUT.
 """
 
 from __future__ import annotations
@@ -58,6 +60,31 @@ def _cuda_time(fn, repeats: int = 10) -> float:
         times.append(start.elapsed_time(end))
     times.sort()
     return times[len(times) // 2]
+
+
+def linear_gpu(out_path: str) -> None:
+    """token_stats_linear [T, D] x [V, D] (bf16) vs the cuBLAS matmul that only produces the logits."""
+    import flashuq as fuq
+
+    rows = []
+    for T, D, V in ((4096, 4096, 128256), (1024, 4096, 128256), (4096, 2048, 32000)):
+        g = torch.Generator(device="cuda").manual_seed(0)
+        h = torch.randn(T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        w = (torch.randn(V, D, device="cuda", dtype=torch.bfloat16, generator=g) * D ** -0.5)
+        tok = torch.randint(0, V, (T,), device="cuda", generator=g)
+        ms = _cuda_time(lambda: fuq.token_stats_linear(h, w, tok))
+        ms_mm = _cuda_time(lambda: h @ w.T)
+        ms_mm_ts = _cuda_time(lambda: fuq.token_stats(h @ w.T, tok))
+        flops = 2.0 * T * D * V
+        rows.append({"T": T, "D": D, "V": V, "dtype": "bf16", "flashuq_ms": ms, "cublas_matmul_ms": ms_mm,
+                     "matmul_then_token_stats_ms": ms_mm_ts, "flashuq_TFLOPs": flops / ms / 1e9,
+                     "cublas_TFLOPs": flops / ms_mm / 1e9, "fraction_of_cublas": ms_mm / ms,
+                     "target": 0.8, "met": ms_mm / ms >= 0.8})
+        print(f"token_stats_linear {T}x{D}x{V}: {ms:.3f} ms vs matmul {ms_mm:.3f} ms "
+              f"({ms_mm / ms:.0%} of cuBLAS), matmul + token_stats {ms_mm_ts:.3f} ms")
+    with open(out_path, "w") as f:
+        json.dump({"benchmark": "token_stats_linear-gpu", "device": torch.cuda.get_device_name(),
+                   "statistic": "median of 10 (CUDA events)", "results": rows}, f, indent=2)
 
 
 def graph_gpu(out_path: str) -> None:
@@ -120,7 +147,7 @@ def main() -> int:
     import token_stats as bench  # noqa: E402
 
     out = os.path.join(args.out, "token_stats-cuda.json")
-    bench.main(["--device", "cuda", "--shapes", "4096x128256,256x128256,64x128256,8x128256,2048x32000",
+    bench.main(["--device", "cuda", "--shapes", "4096x128256,256x128256,64x128256,8x128256,1x128256,2048x32000",
                 "--repeats", "20", "--out", out])
     with open(out) as f:
         data = json.load(f)
@@ -129,7 +156,8 @@ def main() -> int:
         r["fraction_of_copy_bw"] = r["flashuq_GBps"] / bw
     with open(out, "w") as f:
         json.dump(data, f, indent=2)
-    for step in (lambda: graph_gpu(os.path.join(args.out, "graph-cuda.json")),
+    for step in (lambda: linear_gpu(os.path.join(args.out, "token_stats_linear-cuda.json")),
+                 lambda: graph_gpu(os.path.join(args.out, "graph-cuda.json")),
                  lambda: subprocess.check_call([sys.executable, os.path.join(HERE, "attention.py"), "--device", "cuda",
                                                 "--dtype", "bf16", "--out",
                                                 os.path.join(args.out, "attention-cuda.json")], cwd=ROOT)):
