@@ -38,7 +38,7 @@ def _eval(model, tok, items, args, load_s, errors):
     res = evaluate.run_eval(model, tok, items, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             progress=None if args.quiet else sys.stderr, num_samples=args.samples,
                             temperature=args.temperature, sample_max_new_tokens=args.sample_max_new_tokens,
-                            encoder=encoder)
+                            encoder=encoder, attention=args.attention)
     t0 = time.perf_counter()
     board = evaluate.leaderboard(res, n_resamples=args.bootstrap)
     res.seconds["metrics"] = time.perf_counter() - t0
@@ -87,6 +87,8 @@ def _common(p):
                    help="token limit of the sampled answers (the greedy answer: --max-new-tokens)")
     p.add_argument("--no-embeddings", action="store_true",
                    help="skip the all-MiniLM-L6-v2 similarity methods even when the package is installed")
+    p.add_argument("--attention", action="store_true",
+                   help="also RAUQ and AttentionScore, from attention diagonals captured during generation (slower)")
 
 
 def main(argv=None) -> int:

@@ -149,13 +149,38 @@ def sample_scores(samples: Sequence[Sequence[str]], greedy: Sequence[str], sampl
     return out
 
 
+def attention_scores(g, prompt_mask) -> Dict[str, torch.Tensor]:
+    """RAUQ and AttentionScore (over the answer positions) of a batch from ``generate(...,
+    capture_attention=True)``: the diagonals are in the left-padded layout ``[B, L, H, P + T]``, the
+    real positions are the prompt's unpadded tokens followed by the response (``g.mask``). An empty
+    answer gives NaN."""
+    from .methods.attention import attention_score, rauq
+
+    P = prompt_mask.shape[1]
+    B = prompt_mask.shape[0]
+    real = torch.cat([prompt_mask.bool().to(g.mask.device), g.mask], 1)
+    lp = torch.cat([torch.full((B, P), float("nan"), dtype=g.stats.logprob.dtype, device=g.mask.device),
+                    g.stats.logprob], 1)
+    names = ("rauq", "attention_score") if g.attention_diagonals.shape[1] >= 3 else ("attention_score",)
+    out = {n: torch.full((B,), float("nan"), dtype=torch.float64) for n in names}  # RAUQ needs L >= 3
+    ok = g.mask.sum(1) >= 1
+    if bool(ok.any()):
+        d, r, l_ = g.attention_diagonals[ok], real[ok], lp[ok]
+        if "rauq" in out:
+            out["rauq"][ok] = rauq(d, l_, P, mask=r).double().cpu()
+        out["attention_score"][ok] = attention_score(d, P, mask=r).double().cpu()
+    return out
+
+
 def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new_tokens: int = 24,
              progress=sys.stderr, chat: bool = True, num_samples: int = 0, temperature: float = 1.0,
-             sample_max_new_tokens: Optional[int] = None, encoder=None) -> EvalResult:
+             sample_max_new_tokens: Optional[int] = None, encoder=None, attention: bool = False) -> EvalResult:
     """Greedy answers with every token-statistics score, judged against the accepted answers; with
     ``num_samples`` K > 0 also K sampled answers per question (``temperature``, at most
     ``sample_max_new_tokens`` tokens, default ``max_new_tokens``) and the sample-based scores of
-    :func:`sample_scores` (similarity methods when ``encoder`` is given)."""
+    :func:`sample_scores` (similarity methods when ``encoder`` is given); with ``attention`` also RAUQ
+    and AttentionScore (answer positions only) from the attention diagonals that
+    ``generate(capture_attention=True)`` records."""
     eos = model.generation_config.eos_token_id
     answers, correct, per_tokens, per_stats, samples = [], [], [], [], []
     scores: Dict[str, List[float]] = {}
@@ -173,11 +198,14 @@ def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new
         with torch.no_grad():
             g = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
                          pad_token_id=tok.pad_token_id, eos_token_id=eos, num_samples=num_samples,
-                         temperature=temperature,
+                         temperature=temperature, capture_attention=attention,
                          sample_kwargs=None if sample_max_new_tokens is None else
                          {"max_new_tokens": sample_max_new_tokens})
         for name, v in g.scores.items():
             scores.setdefault(name, []).extend(v.double().tolist())
+        if attention:
+            for name, v in attention_scores(g, enc["attention_mask"]).items():
+                scores.setdefault(name, []).extend(v.double().tolist())
         texts = []
         for b, it in enumerate(batch):
             m = g.mask[b]

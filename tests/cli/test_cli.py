@@ -98,7 +98,7 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
                     '{"question": "How many legs does a spider have?", "answers": ["8", "eight"]}\n')
     rc = cli.main(["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--max-new-tokens", "4",
                    "--bootstrap", "10", "--quiet", "--json", str(tmp_path / "out.json"),
-                   "--report", str(tmp_path / "report.html")])
+                   "--report", str(tmp_path / "report.html"), "--attention"])
     out, err = capsys.readouterr()
     assert rc == 0
     assert "| method | PRR |" in out and "2 questions" in out
@@ -106,6 +106,7 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     res = json.loads((tmp_path / "out.json").read_text())
     methods = {r["method"] for r in res["leaderboard"]}
     assert len(res["items"]) == 2 and methods >= {"msp", "perplexity", "monte_carlo_sequence_entropy"}
+    assert "attention_score" in methods and "rauq" not in methods  # --attention; one layer: no RAUQ (L >= 3)
     if minilm_available():  # the sample-based similarity methods, K = 5 samples by default
         assert methods >= {"semantic_entropy", "eigv", "eccentricity", "degree", "kernel_language_entropy", "vr"}
     assert all(len(it["samples"]) == 5 for it in res["items"])
@@ -188,3 +189,40 @@ def test_demo_on_smollm2_and_the_cached_reload(tmp_path, capsys, monkeypatch):
     res = json.loads((tmp_path / "demo.json").read_text())
     france = next(it for it in res["items"] if it["question"] == "What is the capital of France?")
     assert france["correct"] and "Paris" in france["answer"]
+
+
+def test_eval_attention_scores_match_eager_maps():
+    # RAUQ and AttentionScore of run_eval(attention=True): diagonals captured during a left-padded batched
+    # generate, against the float64 references on eager output_attentions of each item's own sequence
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from flashuq import evaluate, hf
+    from flashuq.reference import attention_score_ref, rauq_ref
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                                   pad_token_id=0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.tensor([[0, 0, 1, 5, 9, 11], [1, 7, 3, 8, 4, 6]])  # item 0 left-padded
+    am = (ids != 0).long()
+    with torch.no_grad():
+        g = hf.generate(model, ids, am, max_new_tokens=6, capture_attention=True,
+                        pad_token_id=0, eos_token_id=2)
+    got = evaluate.attention_scores(g, am)
+    model.set_attn_implementation("eager")
+    P = ids.shape[1]
+    for b in range(2):
+        n_resp = int(g.mask[b].sum())
+        assert n_resp >= 2
+        seq = torch.cat([ids[b][am[b].bool()], g.new_tokens[b][:n_resp]])[None]
+        with torch.no_grad():
+            out = model(seq, output_attentions=True)
+        maps = torch.stack(out.attentions, 1).double().numpy()  # [1, L, H, n, n]
+        rs = int(am[b].sum())
+        lp = np.full((1, seq.shape[1]), np.nan)
+        lp[0, rs:] = g.stats.logprob[b, :n_resp].double().numpy()
+        assert got["rauq"][b].item() == pytest.approx(rauq_ref(maps, lp, [rs])[0], rel=1e-5)
+        assert got["attention_score"][b].item() == pytest.approx(attention_score_ref(maps, [rs])[0], rel=1e-5)
+    assert got["rauq"][0].item() != pytest.approx(got["rauq"][1].item())  # each item its own maps
