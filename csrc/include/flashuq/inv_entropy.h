@@ -47,33 +47,42 @@ FUQ_HD T row_sum(const T* __restrict__ x, int n, int64_t& negative) {
 }
 
 // Inv-Entropy alone of one draw that uses the whole [N, N] matrices (no keep): the fast path.
-//   d_i = Σ_k Py[i,k] Px[k,i] = (1/ry_i) Σ_k sy[i,k] sx[k,i] / rx_k
-// reads each input once and forms neither Px nor Py (the [N, N] block is in L1, so reading sx
-// down a column is cheap). Counts negative entries into `negative`; a zero row sum gives NaN.
+//   d_i = Σ_k Py[i,k] Px[k,i] = (1/ry_i) Σ_k sy[i,k] sxᵀ[i,k] / rx_k
+// reads each input once and forms neither Px nor Py: one pass over sx takes its row sums and a
+// transposed copy (in L1), then one pass over sy takes each row sum together with d_i, both
+// operands contiguous. Counts negative entries into `negative`; a zero row sum gives NaN.
 template <class T, class S>
 FUQ_HD T inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, int N, int64_t& negative) {
-  T ux[kInvEntropyMaxN], row[kInvEntropyMaxN];
+  T xt[kInvEntropyMaxN * kInvEntropyMaxN], ux[kInvEntropyMaxN];
   bool bad = false;
+  int64_t neg = 0;
   for (int k = 0; k < N; ++k) {
-    for (int j = 0; j < N; ++j) row[j] = T(sx[k * N + j]);
-    const T rx = row_sum(row, N, negative);
-    bad = bad || rx == 0;
-    ux[k] = T(1) / rx;
+    const S* r = sx + k * N;
+    T s = 0;
+    for (int j = 0; j < N; ++j) {
+      const T v = T(r[j]);
+      s += v;
+      neg += v < 0;
+      xt[j * N + k] = v;
+    }
+    bad = bad || s == 0;
+    ux[k] = T(1) / s;
   }
   T inv = 0;
   for (int i = 0; i < N; ++i) {
-    for (int k = 0; k < N; ++k) row[k] = T(sy[i * N + k]);
-    const T ry = row_sum(row, N, negative);
-    bad = bad || ry == 0;
-    T s0 = 0, s1 = 0;
-    int k = 0;
-    for (; k + 1 < N; k += 2) {
-      s0 += row[k] * (T(sx[k * N + i]) * ux[k]);
-      s1 += row[k + 1] * (T(sx[(k + 1) * N + i]) * ux[k + 1]);
+    const S* r = sy + i * N;
+    const T* x = xt + i * N;
+    T ry = 0, d = 0;
+    for (int k = 0; k < N; ++k) {
+      const T v = T(r[k]);
+      ry += v;
+      neg += v < 0;
+      d += v * (x[k] * ux[k]);
     }
-    if (k < N) s0 += row[k] * (T(sx[k * N + i]) * ux[k]);
-    inv -= xlogx((s0 + s1) / ry);
+    bad = bad || ry == 0;
+    inv -= xlogx(d / ry);
   }
+  negative += neg;
   return bad ? std::numeric_limits<T>::quiet_NaN() : inv;
 }
 
