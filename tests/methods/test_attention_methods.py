@@ -301,3 +301,27 @@ def test_uqac_accepts_reduced_attention():
                  [T(c[2]) for c in cases], [T(c[3]) for c in cases], [T(c[4]) for c in cases])
     for b, c in enumerate(cases):
         assert mixed[b].item() == pytest.approx(uqac_ref(c[0], c[1], c[2], c[3], c[4]), rel=1e-9)
+
+
+def test_uqac_terms_vs_reference():
+    # ans_probs_prod, attn_probs_prod and sims_probs_prod of UQAC's eval.py, from the reference chain and filter
+    from flashuq.methods import uqac_terms
+    from flashuq.reference import (uqac_backtrack_ref, uqac_reduce_attention_ref, uqac_similarity_filter_ref)
+
+    T = torch.from_numpy
+    for seed in range(4):
+        rng = np.random.default_rng(100 + seed)
+        attn, ans, stop, h, lp = uqac_case(rng)
+        chain, scores = uqac_backtrack_ref(uqac_reduce_attention_ref(attn), ans, stop)
+        keep = uqac_similarity_filter_ref(h, chain, ans)
+        got = uqac_terms(T(attn), T(ans), T(stop), T(h), T(lp))
+        assert got.chain.tolist() == list(chain) and got.keep.tolist() == list(keep)
+        np.testing.assert_allclose(got.scores.double().numpy(), scores, rtol=1e-5, atol=1e-7)
+        p = np.exp(lp)
+        assert got.ans_prob.item() == pytest.approx(np.prod(p[ans + 1]), rel=1e-12)
+        assert got.attn_prob.item() == pytest.approx(np.prod(p[np.asarray(chain) + 1]), rel=1e-12)
+        assert got.sim_prob.item() == pytest.approx(np.prod(p[np.asarray(keep) + 1]) * np.prod(p[ans + 1]), rel=1e-12)
+        # P~_sim is UQAC without variants
+        assert -got.sim_prob.item() == pytest.approx(uqac(T(attn), T(ans), T(stop), T(h), T(lp)).item(), rel=1e-9)
+    with pytest.raises(ValueError, match="ans_src"):
+        uqac_terms(T(attn), torch.zeros(0, dtype=torch.long), T(stop), T(h), T(lp))

@@ -9,7 +9,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from ..ops.token_stats import token_stats
-from .attention import RAUQ_ALPHA, attention_score, rauq, rauq_layers, uqac, uqac_top5_logprobs
+from .attention import (RAUQ_ALPHA, UqacTerms, attention_score, rauq, rauq_layers, uqac, uqac_terms,
+                        uqac_top5_logprobs)
 from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_margin, maqa_max_prob,
                    topk_stats_at_positions)
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
@@ -123,5 +124,5 @@ def from_logits(logits, tokens=None, mask=None, *, methods: Optional[Sequence[st
 __all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "from_logits", "sequence_scores",
            "topk_stats_at_positions", "InvEntropyMeasures", "inv_entropy_measures", "inv_entropy_similarity",
            "nli_similarity", "greedy_bidirectional_clusters", "nli_argmax_is_entail", "similarity", "symmetrize",
-           "uqlm_semantic_negentropy", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs",
+           "uqlm_semantic_negentropy", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs", "uqac_terms", "UqacTerms",
            *REGISTRY]

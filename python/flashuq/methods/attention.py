@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -438,4 +438,53 @@ def uqac(attn, ans_src, is_stop, h_last, token_logprobs, *, variant_ans_logprobs
                        [variant_seq_logprobs], kw)[0]
 
 
-__all__ = ["RAUQ_ALPHA", "attention_score", "rauq", "rauq_layers", "uqac", "uqac_top5_logprobs"]
+class UqacTerms(NamedTuple):
+    """The per-sequence quantities of UQAC's evaluation (``run/eval/eval.py``), all **confidences**."""
+
+    chain: Tensor      #: int64 [C] chain members (response positions ascending, answer sources included)
+    scores: Tensor     #: [C] their accumulated attention (answer sources 0)
+    keep: Tensor       #: int64 [J] the kept members of the similarity filter, ascending
+    ans_prob: Tensor   #: Π_a p(answer token)                                ``ans_probs_prod``
+    attn_prob: Tensor  #: Π over every chain member c of p(token c + 1), P̃_attn   ``attn_probs_prod``
+    sim_prob: Tensor   #: Π_{j ∈ keep} p(token j + 1) · Π_a p(ans_a), P̃_sim   ``sims_probs_prod``
+
+
+def uqac_terms(attn, ans_src, is_stop, h_last, token_logprobs, *, n_heads: int = 16, reduction: str = "max",
+               buffer: int = 3, threshold: float = 0.5, min_chain_len: Optional[int] = None, max_steps: int = 1000,
+               k: int = 10, similarity_threshold: float = 0.0) -> UqacTerms:
+    """UQAC's chain, kept members and confidence terms of **one** sequence (METHODS.md §6.1 steps 1-5):
+    the answer probability, P̃_attn (all chain members) and P̃_sim (kept members and the answer), as the
+    reference's ``eval.py`` computes them -- plain products of the token probabilities, no clamping
+    (that belongs to the marginal). The chain and the similarity filter run in the C++ / CUDA kernels
+    (:func:`flashuq.uqac_backtrack`, :func:`flashuq.uqac_similarity_filter`); the inputs are those of
+    :func:`uqac` (``attn`` ``[L, H, R, Ntok]`` or already reduced ``[R, Ntok]``). ``keep`` is what the
+    variants of the full UQAC (:func:`uqac` with ``variant_*_logprobs``) substitute. Float64 scalars.
+    """
+    from ..ops import uqac as ops
+
+    a = torch.as_tensor(attn)
+    if a.dim() not in (2, 4):
+        raise ValueError(f"attn must be [L, H, R, Ntok] or [R, Ntok], got shape {tuple(a.shape)}")
+    red = a if a.dim() == 2 else ops.uqac_reduce_attention(a, n_heads=n_heads, reduction=reduction)
+    R = red.shape[0]
+    ans = _ans(ans_src)
+    if ans is None:
+        raise ValueError("ans_src must hold at least one answer source (a failed span has no UQAC terms)")
+    lp = _tensor(token_logprobs, "token_logprobs", 1, "float")
+    _shape(lp, "token_logprobs", (R,))
+    h = _tensor(h_last, "h_last", 2, "float")
+    _shape(h, "h_last", (R, h.shape[1]))
+    chain, scores = ops.uqac_backtrack(red, ans.to(red.device), torch.as_tensor(is_stop).to(red.device),
+                                       buffer=buffer, threshold=threshold, min_chain_len=min_chain_len,
+                                       max_steps=max_steps)
+    keep = ops.uqac_similarity_filter(h.to(red.device), chain, ans.to(red.device), k=k,
+                                      threshold=similarity_threshold)
+    lp = lp.double().cpu()
+    chain_c, keep_c, ans_c = chain.cpu(), keep.cpu(), ans.cpu()
+    l_ans = lp[ans_c + 1].sum()
+    return UqacTerms(chain, scores, keep, l_ans.exp(), lp[chain_c + 1].sum().exp(),
+                     (lp[keep_c + 1].sum() + l_ans).exp())
+
+
+__all__ = ["RAUQ_ALPHA", "UqacTerms", "attention_score", "rauq", "rauq_layers", "uqac", "uqac_terms",
+           "uqac_top5_logprobs"]
