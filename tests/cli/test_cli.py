@@ -113,6 +113,14 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert all(len(it["tokens"]) == len(it["token_stats"]["logprob"]) for it in res["items"])
     html = (tmp_path / "report.html").read_text()
     assert html.count("class='tok'") == sum(len(it["tokens"]) for it in res["items"])
+    # --seed (default 0) makes the sampled answers, hence the sample-based scores, reproducible
+    again = ["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--max-new-tokens", "4", "--bootstrap", "10",
+             "--quiet", "--report", "", "--samples", "3", "--json"]
+    samples = []
+    for seed, name in ((1, "a.json"), (1, "b.json"), (2, "c.json")):
+        assert cli.main(again + [str(tmp_path / name), "--seed", str(seed)]) == 0
+        samples.append([it["samples"] for it in json.loads((tmp_path / name).read_text())["items"]])
+    assert samples[0] == samples[1] and samples[0] != samples[2]
 
 
 def test_sample_scores_follow_the_methods():
