@@ -17,6 +17,8 @@ namespace cpu {
 namespace {
 
 int threads(int n) { return n > 0 ? n : omp_get_max_threads(); }
+// No more threads than work items: one sequence must not wait on waking idle threads.
+int threads(int n, int64_t items) { return int(std::max<int64_t>(1, std::min<int64_t>(threads(n), items))); }
 
 // ---- reduction -----------------------------------------------------------------------------------
 
@@ -90,7 +92,7 @@ template <class T>
 void backtrack_run(const UqacBacktrackArgs& a) {
   const T* attn = static_cast<const T*>(a.attn);
   T* scores = static_cast<T*>(a.scores);
-#pragma omp parallel num_threads(threads(a.num_threads))
+#pragma omp parallel num_threads(threads(a.num_threads, a.B))
   {
     std::vector<T> acc(size_t(a.Nmax));
     std::vector<uint8_t> seen(size_t(a.Nmax)), proc(size_t(a.Nmax) + 1);
@@ -126,7 +128,7 @@ template <class S, class Cvt, class T>
 void similarity_run(const UqacSimilarityArgs& a) {
   const S* h = static_cast<const S*>(a.h);
   const int64_t D = a.D;
-#pragma omp parallel num_threads(threads(a.num_threads))
+#pragma omp parallel num_threads(threads(a.num_threads, a.B))
   {
     std::vector<float> sim(size_t(a.C));
     std::vector<T> na(size_t(a.Amax));
