@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .samples import _dtype, _shape, _tensor
+from .samples import _bool_mask, _dtype, _shape, _tensor
 
 #: RAUQ's default α by (model_type, confidence) (LM-Polygraph ``RAUQ.get_alpha``)
 RAUQ_ALPHA = {("instruct", "prob"): 0.5, ("instruct", "entropy"): 0.9,
@@ -84,17 +84,7 @@ def _response_start(response_start, B: int, N: int, like: Tensor) -> Tensor:
 
 
 def _mask(mask, B: int, N: int, like: Tensor) -> Tensor:
-    if mask is None:
-        return torch.ones(B, N, dtype=torch.bool, device=like.device)
-    if not isinstance(mask, (Tensor, np.ndarray)):
-        raise TypeError(f"mask must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
-    m = torch.as_tensor(mask)
-    if m.dtype.is_floating_point or m.dtype.is_complex:
-        raise TypeError(f"mask must be a bool (or integer) tensor, got {m.dtype}")
-    _shape(m, "mask", (B, N))
-    if m.device != like.device:
-        raise ValueError(f"mask is on {m.device} but attn is on {like.device}")
-    return m != 0
+    return _bool_mask(mask, "mask", (B, N), like, other="the attention maps")
 
 
 def _response_run(rs: Tensor, valid: Tensor):

@@ -64,18 +64,23 @@ def _dtype(*xs) -> torch.dtype:
     return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in xs) else torch.float32
 
 
-def _sample_mask(sample_mask, Q: int, K: int, like: Tensor) -> Tensor:
-    if sample_mask is None:
-        return torch.ones(Q, K, dtype=torch.bool, device=like.device)
-    if not isinstance(sample_mask, (Tensor, np.ndarray)):
-        raise TypeError(f"sample_mask must be a torch.Tensor or numpy.ndarray, got {type(sample_mask).__name__}")
-    m = torch.as_tensor(sample_mask)
+def _bool_mask(mask, name: str, shape, like: Tensor, other: str = "the other inputs") -> Tensor:
+    """A validated bool mask of ``shape`` on ``like``'s device (None: all True)."""
+    if mask is None:
+        return torch.ones(*shape, dtype=torch.bool, device=like.device)
+    if not isinstance(mask, (Tensor, np.ndarray)):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
+    m = torch.as_tensor(mask)
     if m.dtype.is_floating_point or m.dtype.is_complex:
-        raise TypeError(f"sample_mask must be a bool (or integer) tensor, got {m.dtype}")
-    _shape(m, "sample_mask", (Q, K))
+        raise TypeError(f"{name} must be a bool (or integer) tensor, got {m.dtype}")
+    _shape(m, name, tuple(shape))
     if m.device != like.device:
-        raise ValueError(f"sample_mask is on {m.device} but the other inputs are on {like.device}")
+        raise ValueError(f"{name} is on {m.device} but {other} are on {like.device}")
     return m != 0
+
+
+def _sample_mask(sample_mask, Q: int, K: int, like: Tensor) -> Tensor:
+    return _bool_mask(sample_mask, "sample_mask", (Q, K), like)
 
 
 def _temperature(t) -> float:
