@@ -149,7 +149,7 @@ def test_sample_scores_follow_the_methods():
 
 
 @pytest.mark.parametrize("flag, value", [("--samples", "-1"), ("--temperature", "0"), ("--temperature", "nan"),
-                                         ("--sample-max-new-tokens", "0")])
+                                         ("--sample-max-new-tokens", "0"), ("--seed", "x"), ("--seed", "1.5")])
 def test_cli_rejects_bad_sampling_flags(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["demo", flag, value])

@@ -325,3 +325,7 @@ def test_uqac_terms_vs_reference():
         assert -got.sim_prob.item() == pytest.approx(uqac(T(attn), T(ans), T(stop), T(h), T(lp)).item(), rel=1e-9)
     with pytest.raises(ValueError, match="ans_src"):
         uqac_terms(T(attn), torch.zeros(0, dtype=torch.long), T(stop), T(h), T(lp))
+    with pytest.raises(ValueError, match="attn"):
+        uqac_terms(T(attn[0]), T(ans), T(stop), T(h), T(lp))
+    with pytest.raises(ValueError, match="token_logprobs"):
+        uqac_terms(T(attn), T(ans), T(stop), T(h), T(lp[:-1]))
