@@ -33,7 +33,6 @@ def test_inputs_are_causal_attention():
     assert torch.equal(full[1, :, 12:], b.response_rows(3, 1, 3, 20, 8))
 
 
-@pytest.mark.skipif(not hasattr(reference, "uqac_backtrack_ref"), reason="the UQAC references are not there yet")
 @pytest.mark.parametrize("reduction", ["max", "mean"])
 def test_torch_baseline_matches_reference(reduction):
     b = _load()
