@@ -205,7 +205,7 @@ static void isotonic_pav_py(Arr y, Arr w, Arr out) {
 }
 
 static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr out0, std::optional<Arr> out1,
-                     std::optional<Arr> out2, int num_threads) {
+                     std::optional<Arr> out2, int num_threads, bool lanes) {
   GraphArgs a{};
   if (op < 0 || op > 2) throw std::invalid_argument("graph: unknown op");
   if (W.dtype() == nb::dtype<float>()) a.dtype = DType::F32;
@@ -231,7 +231,7 @@ static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr 
     a.out2 = out_ptr(*out2, Q * K, f64, "out2");
   }
   a.op = op; a.W = W.data(); a.Q = Q; a.K = K; a.counts = c;
-  a.threshold = threshold; a.t = t; a.num_threads = num_threads;
+  a.threshold = threshold; a.t = t; a.num_threads = num_threads; a.lanes = lanes;
   nb::gil_scoped_release release;
   graph(a);
 }
@@ -417,8 +417,9 @@ NB_MODULE(_C, m) {
         nb::arg("out").noconvert(), "Pool-adjacent-violators non-decreasing fit of y with weights w into out.");
   m.def("graph", &graph_py, nb::arg("op"), nb::arg("W").noconvert(), nb::arg("counts").noconvert(),
         nb::arg("threshold"), nb::arg("t"), nb::arg("out0").noconvert(), nb::arg("out1").noconvert().none(),
-        nb::arg("out2").noconvert().none(), nb::arg("num_threads"),
-        "Per-question spectra of [Q, K, K] similarity matrices (flashuq.ops.graph).");
+        nb::arg("out2").noconvert().none(), nb::arg("num_threads"), nb::arg("lanes") = true,
+        "Per-question spectra of [Q, K, K] similarity matrices (flashuq.ops.graph). lanes=False runs "
+        "every question on the scalar path, which the SIMD path matches bit for bit (for tests).");
   m.def("inv_entropy", &inv_entropy_py, nb::arg("sx").noconvert(), nb::arg("sy").noconvert(),
         nb::arg("keep").noconvert().none(), nb::arg("N"), nb::arg("paper"), nb::arg("all"), nb::arg("out").noconvert(),
         nb::arg("p_x").noconvert(), nb::arg("p_y").noconvert(), nb::arg("num_threads"),

@@ -1,5 +1,5 @@
-// CPU similarity-graph spectra (METHODS.md §5.7-5.9): one question per OpenMP iteration, the
-// shared team code of flashuq/graph.h run by a team of one, everything in fp64.
+// CPU similarity-graph spectra (METHODS.md §5.7-5.9), everything in fp64: the shared team code
+// of flashuq/graph.h run by a team of one, and the SIMD eigenvalue path of graph_lanes.h.
 #pragma once
 
 #include <cstdint>
@@ -26,9 +26,12 @@ struct GraphArgs {
   void* out1;
   void* out2;
   int num_threads;       // <= 0: OpenMP's default
+  bool lanes = true;     // false: every question on the scalar path (for tests: the results are bitwise equal)
 };
 
 void graph(const GraphArgs& a);
+namespace base { void graph(const GraphArgs& a); }
+namespace avx2 { void graph(const GraphArgs& a); }
 
 }  // namespace cpu
 }  // namespace flashuq

@@ -4,7 +4,7 @@
 namespace flashuq {
 namespace cpu {
 
-static bool use_avx2() {
+bool has_avx2_fma() {
 #if defined(FUQ_HAVE_AVX2_VARIANT)
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
@@ -15,12 +15,12 @@ static bool use_avx2() {
 
 void token_stats(const TokenStatsArgs& a) {
 #if defined(FUQ_HAVE_AVX2_VARIANT)
-  if (use_avx2()) return avx2::token_stats(a);
+  if (has_avx2_fma()) return avx2::token_stats(a);
 #endif
   base::token_stats(a);
 }
 
-const char* isa() { return use_avx2() ? "avx2+fma" : "baseline"; }
+const char* isa() { return has_avx2_fma() ? "avx2+fma" : "baseline"; }
 
 }  // namespace cpu
 }  // namespace flashuq

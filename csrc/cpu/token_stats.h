@@ -40,6 +40,9 @@ constexpr int64_t kChunk = 16384;
 
 void token_stats(const TokenStatsArgs& a);
 
+// Whether this processor runs the AVX2 + FMA variants (false where none was built).
+bool has_avx2_fma();
+
 namespace base { void token_stats(const TokenStatsArgs& a); }
 namespace avx2 { void token_stats(const TokenStatsArgs& a); }
 

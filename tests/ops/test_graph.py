@@ -525,6 +525,79 @@ def test_deterministic_and_batch_independent():
     assert all(nan_eq(x, y) for x, y in zip(one, a))
 
 
+def _hard_questions(rng, K):
+    """Questions that exercise every branch of the eigenvalue code: already-reduced columns
+    (beta == 0), exact zeros and ties, repeated eigenvalues, a zero degree, a non-finite entry."""
+    qs = []
+    block = np.zeros((K, K))  # two disconnected cliques: exact zeros below the sub-diagonal
+    block[:K // 2, :K // 2] = 1.0
+    block[K // 2:, K // 2:] = 1.0
+    qs.append(block)
+    qs.append(np.ones((K, K)))                    # complete graph: eigenvalue 1 repeated K-1 times
+    qs.append(np.eye(K))                          # already diagonal
+    qs.append(np.round(rand_graph(rng, 1, K)[0] * 4) / 4)  # quantised: ties everywhere
+    zero_row = rand_graph(rng, 1, K)[0]
+    zero_row[1, :] = zero_row[:, 1] = 0.0         # a zero degree: NaN on the Laplacian path
+    qs.append(zero_row)
+    nan_entry = rand_graph(rng, 1, K)[0]
+    nan_entry[0, 2] = np.nan
+    qs.append(nan_entry)
+    qs.append(np.zeros((K, K)))                   # sym_eig of the zero matrix; no degree at all
+    tri = np.diag(np.full(K, 2.0)) + np.diag(np.full(K - 1, -1.0), 1) + np.diag(np.full(K - 1, -1.0), -1)
+    qs.append(tri)                                # already tridiagonal, signed entries
+    return np.stack(qs)
+
+
+@pytest.mark.parametrize("fp64", [True, False])
+def test_simd_lanes_match_scalar_path_bitwise(fp64):
+    """On the CPU, eigenvalues of questions with 3..64 samples run in SIMD lanes, several questions
+    of one size per group (csrc/cpu/graph_lanes.h): each lane performs the scalar code's
+    operations in the same order, so every result is bitwise the scalar path's, whatever shares
+    its group (the binding's lanes=False runs everything on the scalar path)."""
+    rng = np.random.default_rng(31)
+    K = 70
+    parts, counts = [], []
+    for n in list(range(0, 66)) + [70]:  # every size, each a few times, so groups are full and ragged
+        reps = 1 + (n % 3)
+        parts.append(rand_graph(rng, reps, K))
+        counts += [n] * reps
+    for n in (3, 4, 7, 20, 33, 64):
+        hard = _hard_questions(rng, n)
+        pad = np.full((len(hard), K, K), 7.0)  # entries past a question's count must not be read
+        pad[:, :n, :n] = hard
+        parts.append(pad)
+        counts += [n] * len(hard)
+    perm = rng.permutation(len(counts))
+    W = torch.from_numpy(np.concatenate(parts)[perm]).to(F64 if fp64 else torch.float32).contiguous()
+    counts = torch.tensor(np.array(counts)[perm], dtype=torch.int32)
+    Q = W.shape[0]
+
+    def run(op, vectors, lanes, num_threads):
+        outs = [torch.full((n,), float("nan"), dtype=W.dtype)
+                for n in ([Q * K, 0, 0] if op == 0 else [Q, Q, Q * K])]
+        o1 = outs[1] if vectors else None
+        o2 = outs[2] if vectors else None
+        _ext._C.graph(op, W, counts, 0.9, 0.3, outs[0], o1, o2, num_threads, lanes=lanes)
+        return outs
+
+    for op, vectors in ((0, False), (1, False), (1, True)):
+        scalar = run(op, vectors, False, 1)
+        for num_threads in (1, 2):
+            simd = run(op, vectors, True, num_threads)
+            assert all(nan_eq(x, y) for x, y in zip(simd, scalar)), (op, vectors, num_threads)
+        # and they are right: every finite question against the float64 transcriptions
+        if op == 1 and vectors and fp64:
+            for q in range(0, Q, 7):
+                n = int(counts[q])
+                Wq = W[q, :n, :n].numpy()
+                if n < 2 or not np.isfinite(Wq).all() or (Wq.sum(1) <= 0).any():
+                    continue
+                ecc, per_sample = eccentricity_ref(Wq)
+                np.testing.assert_allclose(scalar[0][q].item(), eigv_ref(Wq), rtol=1e-9, atol=1e-9)
+                np.testing.assert_allclose(scalar[1][q].item(), ecc, rtol=1e-7, atol=1e-7)
+                np.testing.assert_allclose(scalar[2][q * K:q * K + n].numpy(), per_sample, rtol=1e-7, atol=1e-7)
+
+
 # ---- torch.compile -------------------------------------------------------------------------------------
 
 def test_torch_compile_fullgraph():

@@ -26,6 +26,7 @@
 #include "hd.h"
 
 namespace flashuq {
+inline namespace FUQ_ISA_NS {
 
 template <typename A>
 FUQ_HD A neg_inf() { return -std::numeric_limits<A>::infinity(); }
@@ -213,4 +214,5 @@ FUQ_HD int topk_merge(const A* va, const int64_t* ia, int ca, const A* vb, const
   return o;
 }
 
+}  // namespace FUQ_ISA_NS
 }  // namespace flashuq

@@ -5,8 +5,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "hd.h"  // FUQ_ISA_NS
+
 namespace flashuq {
 namespace cpu {
+inline namespace FUQ_ISA_NS {
 
 inline float bits_to_float(uint32_t u) {
   float f;
@@ -59,5 +62,6 @@ inline float exp_f32(float x) {
   return x >= -104.0f ? p * s1 * s2 : 0.0f;
 }
 
+}  // namespace FUQ_ISA_NS
 }  // namespace cpu
 }  // namespace flashuq

@@ -16,6 +16,7 @@
 #include "symeig.h"
 
 namespace flashuq {
+inline namespace FUQ_ISA_NS {
 
 enum GraphOp : int {
   kGraphEigvalues = 0,   // eigenvalues (and eigenvectors) of W itself
@@ -241,4 +242,5 @@ FUQ_HD void run_graph_task(const Team& tm, GraphTask<T, S, R>& g) {
   }
 }
 
+}  // namespace FUQ_ISA_NS
 }  // namespace flashuq

@@ -21,6 +21,7 @@
 #include "symeig.h"  // dot()
 
 namespace flashuq {
+inline namespace FUQ_ISA_NS {
 
 constexpr int kInvEntropyMaxN = 64;
 
@@ -186,4 +187,5 @@ FUQ_HD int64_t inv_entropy_question(const S* sx, int Mx, const S* sy, int M, con
   return negative;
 }
 
+}  // namespace FUQ_ISA_NS
 }  // namespace flashuq

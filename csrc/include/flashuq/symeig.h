@@ -25,6 +25,7 @@
 #include "hd.h"
 
 namespace flashuq {
+inline namespace FUQ_ISA_NS {
 
 // The CPU team: one worker.
 struct SerialTeam {
@@ -476,4 +477,5 @@ FUQ_HD bool sym_eig_end(const Team& tm, EigWork<T>& w, int n, const QLIteration<
   return ql.ok;
 }
 
+}  // namespace FUQ_ISA_NS
 }  // namespace flashuq

@@ -21,6 +21,7 @@
 #include "hd.h"
 
 namespace flashuq {
+inline namespace FUQ_ISA_NS {
 
 // The reference's CALIBRATION_RATIO reversed, full precision: factor c multiplies key I+r-10+c.
 template <class T>
@@ -347,4 +348,5 @@ FUQ_HD int64_t uqac_keep_topk(const F* sim, int64_t nc, int64_t k, F threshold, 
   return kept;
 }
 
+}  // namespace FUQ_ISA_NS
 }  // namespace flashuq

@@ -1,0 +1,129 @@
+// CPU driver of the per-question graph spectra, included once per instruction set (FUQ_ISA
+// names the namespace; graph.cpp picks one at run time). Compiled without FMA contraction, so
+// that both builds give bitwise the same results.
+//
+// Eigenvalues only (EigV, Eccentricity, sym_eig without vectors) of questions with 3..kLaneMaxN
+// samples: kLanes questions of the same size at a time, one SIMD lane each (graph_lanes.h),
+// then each question's sort and scores by the shared GraphTask code. Everything else (the heat
+// kernel, eigenvectors, tiny or large questions, and any lane that fails: non-finite input, a
+// non-positive degree, no convergence) runs the scalar GraphTask code, one question per OpenMP
+// iteration. A lane computes exactly what the scalar code computes, so neither the grouping, the
+// OpenMP schedule nor the thread count can change a result.
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "flashuq/graph.h"
+#include "graph.h"
+#include "graph_lanes.h"
+
+namespace flashuq {
+namespace cpu {
+namespace FUQ_ISA {
+namespace {
+
+using Lanes = GraphLanes;
+constexpr int kLanes = Lanes::L;
+// Larger questions are few per batch and spend their time in O(n^3) work either way.
+constexpr int kLaneMaxN = 64;
+
+
+template <typename S>
+void run(const GraphArgs& a) {
+  S* o0 = static_cast<S*>(a.out0);
+  S* o1 = static_cast<S*>(a.out1);
+  S* o2 = static_cast<S*>(a.out2);
+  const S* W = static_cast<const S*>(a.W);
+  const int K = int(a.K);
+  const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
+  const SerialTeam tm;
+  auto task_of = [&](int64_t q, double* buf, double* dl, double* el) {
+    const int n = a.counts[q];
+    return graph_task(a.op, W, q, K, n, eig_work(buf, n, dl, el), a.threshold, a.t, o0, o1, o2);
+  };
+
+  // The lane path's questions, by size (a counting sort, index order within a size), in groups
+  // of at most kLanes; the rest go to `scalar`.
+  const bool lanes_op = a.lanes && (a.op == kGraphLaplacian || (a.op == kGraphEigvalues && o1 == nullptr));
+  const int nmax = std::min(K, kLaneMaxN);
+  std::vector<int64_t> order, scalar, groups;  // groups: offsets into order, then order.size()
+  if (lanes_op && nmax >= 3) {
+    std::vector<int64_t> start(nmax + 2, 0);
+    for (int64_t q = 0; q < a.Q; ++q) {
+      const int n = a.counts[q];
+      if (n >= 3 && n <= nmax) ++start[n + 1];
+      else scalar.push_back(q);
+    }
+    for (int n = 1; n <= nmax + 1; ++n) start[n] += start[n - 1];
+    order.resize(size_t(start[nmax + 1]));
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t q = 0; q < a.Q; ++q) {
+      const int n = a.counts[q];
+      if (n >= 3 && n <= nmax) order[size_t(fill[n]++)] = q;
+    }
+    for (int n = 3; n <= nmax; ++n)
+      for (int64_t g = start[n]; g < start[n + 1]; g += kLanes) groups.push_back(g);
+    groups.push_back(int64_t(order.size()));
+  } else {
+    for (int64_t q = 0; q < a.Q; ++q) scalar.push_back(q);
+    groups.push_back(0);
+  }
+  const int64_t ngroups = int64_t(groups.size()) - 1, nscalar = int64_t(scalar.size());
+
+#pragma omp parallel num_threads(nt)
+  {
+    const size_t ws = size_t(eig_work_size<double>(K)) + 1;
+    std::vector<double> buf(ws), dl(K + 1), el(K + 1);
+    std::vector<Lanes::V> lbuf(ngroups > 0 ? Lanes::work_size(nmax) : 0);
+#pragma omp for schedule(dynamic, 4) nowait
+    for (int64_t gi = 0; gi < ngroups; ++gi) {
+      const int64_t g0 = groups[gi], cnt = groups[gi + 1] - g0;
+      const int n = a.counts[order[g0]];
+      Lanes lanes;
+      lanes.bind(lbuf.data(), n);
+      const S* Wk[kLanes];
+      for (int k = 0; k < kLanes; ++k)  // a short group repeats its last question in the spare lanes
+        Wk[k] = W + order[g0 + std::min<int64_t>(k, cnt - 1)] * K * K;
+      lanes.load(a.op, Wk, K);
+      lanes.ql();
+      for (int k = 0; k < cnt; ++k) {
+        GraphTask<double, S, S> t = task_of(order[g0 + k], buf.data(), dl.data(), el.data());
+        if (!lanes.ok[k]) {  // the scalar code fails the same way and writes the NaNs
+          run_graph_task(tm, t);
+          continue;
+        }
+        EigWork<double>& w = t.w;  // hand the lane to GraphTask::resume: as after its QL
+        for (int i = 0; i < n; ++i) {
+          w.d[i] = lanes.d(i, k);
+          w.e[i] = lanes.e(i, k);
+          w.beta[i] = lanes.beta(i, k);
+          w.dl[i] = lanes.eigenvalue(i, k);
+        }
+        if (o1)  // the reflectors, for Eccentricity's eigenvectors
+          for (int r = 0; r + 2 < n; ++r)
+            for (int i = r + 1; i < n; ++i) w.a[r * n + i] = lanes.a(r, i, k);
+        if (a.op == kGraphEigvalues) t.scale = lanes.scale[k];
+        t.ql.zt = nullptr;
+        t.ql.ok = true;
+        t.resume(tm);
+      }
+    }
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < nscalar; ++i) {
+      GraphTask<double, S, S> t = task_of(scalar[i], buf.data(), dl.data(), el.data());
+      run_graph_task(tm, t);
+    }
+  }
+}
+
+}  // namespace
+
+void graph(const GraphArgs& a) {
+  if (a.dtype == DType::F64) run<double>(a);
+  else run<float>(a);
+}
+
+}  // namespace FUQ_ISA
+}  // namespace cpu
+}  // namespace flashuq

@@ -1,0 +1,370 @@
+// The CPU eigenvalue path of the graph spectra: L questions of the same size n solved together,
+// one SIMD lane each. A group is NC chunks of W questions, W = the doubles in one register; a
+// chunk stores its W matrices interleaved ("structure of arrays": entry (i, j) of the W
+// questions is one register), so the reduction to tridiagonal form runs in plain vector
+// instructions without shuffles, and the root-free QL iterations of all L questions run in
+// lockstep, NC independent chains of dependent divisions overlapping each other.
+//
+// Every lane performs exactly the operations of the scalar code in flashuq/graph.h and
+// flashuq/symeig.h (GraphTask::begin, tridiagonalize, QLIteration's root-free steps), in the
+// same order, with the same tests — branches become per-lane masks — so each question's results
+// are bitwise those of the scalar path: independent of which questions share its group, of the
+// thread count, of the instruction set (compiled without FMA contraction), and of whether it ran
+// here or on the scalar path. After the QL each lane goes back to GraphTask::resume for the sort
+// and the scores.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+
+#include "flashuq/graph.h"
+
+namespace flashuq {
+namespace cpu {
+namespace FUQ_ISA {
+
+struct GraphLanes {
+#if defined(__AVX__)
+  typedef double V __attribute__((vector_size(32)));
+  typedef long long M __attribute__((vector_size(32)));  // lane masks: all ones or zero
+#else
+  typedef double V __attribute__((vector_size(16)));
+  typedef long long M __attribute__((vector_size(16)));
+#endif
+  static constexpr int W = int(sizeof(V) / sizeof(double));  // questions per chunk
+  static constexpr int NC = 4;                               // chunks per group
+  static constexpr int L = W * NC;                           // questions per group
+
+  static V splat(double x) {
+    V r;
+    for (int k = 0; k < W; ++k) r[k] = x;
+    return r;
+  }
+  static V vsqrt(V x) {
+    V r;
+    for (int k = 0; k < W; ++k) r[k] = std::sqrt(x[k]);  // sqrtpd: correctly rounded, like sqrt
+    return r;
+  }
+  // m ? a : b per lane (GCC's own vector ?:, which becomes blendvpd; spelled out with & and |
+  // GCC turns it into scalar code)
+  static V sel(M m, V a, V b) { return m ? a : b; }
+  static V vabs(V x) { return (V)((M)x & ~(M)splat(-0.0)); }
+  static V copysign_pos(V r, V h) { return (V)((M)r | ((M)h & (M)splat(-0.0))); }  // r >= 0
+  static bool any(M m) {
+    long long a = 0;
+    for (int k = 0; k < W; ++k) a |= m[k];
+    return a != 0;
+  }
+  static V zero() { return splat(0.0); }
+
+  // symeig.h dot, lane-wise: the same four partial sums in the same order.
+  static V dot(const V* __restrict__ x, const V* __restrict__ y, int lo, int hi) {
+    V s0 = zero(), s1 = s0, s2 = s0, s3 = s0;
+    int j = lo;
+    for (; j + 3 < hi; j += 4) {
+      s0 += x[j] * y[j];
+      s1 += x[j + 1] * y[j + 1];
+      s2 += x[j + 2] * y[j + 2];
+      s3 += x[j + 3] * y[j + 3];
+    }
+    for (; j < hi; ++j) s0 += x[j] * y[j];
+    return (s0 + s1) + (s2 + s3);
+  }
+
+  // W questions interleaved: the n x n matrix, its tridiagonal form and reflectors, scratch, and
+  // the QL's copies qd, qe of d, e.
+  struct Chunk {
+    V *a, *d, *e, *beta, *v, *p, *qd, *qe;
+    bool* ok;        // [W]: false sends the question to the scalar path
+    double* scale;   // [W]: kGraphEigvalues divided the matrix by this
+
+    // GraphTask::begin up to and including tridiagonalize, for op kGraphLaplacian or
+    // kGraphEigvalues: Wq[k] is question k's [n, n] block (row stride ld).
+    template <class S>
+    void load(int op, int n, const S* const* Wq, int ld) {
+      for (int k = 0; k < W; ++k) ok[k] = true;
+      for (int i = 0; i < n; ++i) {  // load_symmetric
+        V deg = zero();
+        for (int j = 0; j < n; ++j) {
+          V x;
+          for (int k = 0; k < W; ++k) x[k] = (double(Wq[k][i * ld + j]) + double(Wq[k][j * ld + i])) * 0.5;
+          a[i * n + j] = x;
+          deg += x;
+        }
+        v[i] = deg;
+      }
+      for (int i = 0; i < n; ++i)
+        for (int k = 0; k < W; ++k) ok[k] = ok[k] && std::isfinite(v[i][k]);
+      if (op == kGraphEigvalues) {  // work on a / max|a|
+        V s = zero();
+        for (int i = 0; i < n * n; ++i) {
+          const V x = vabs(a[i]);
+          s = sel(x > s, x, s);  // = fmax for the finite entries of an ok question
+        }
+        for (int k = 0; k < W; ++k) scale[k] = s[k];
+        const M pos = s > 0;
+        for (int i = 0; i < n * n; ++i) a[i] = sel(pos, a[i] / s, a[i]);
+      } else {  // L = I - D^{-1/2} W D^{-1/2}
+        for (int i = 0; i < n; ++i)
+          for (int k = 0; k < W; ++k) ok[k] = ok[k] && v[i][k] > 0;
+        for (int i = 0; i < n; ++i) p[i] = 1.0 / vsqrt(v[i]);
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j < n; ++j) a[i * n + j] = splat(i == j ? 1.0 : 0.0) - a[i * n + j] * p[i] * p[j];
+      }
+      for (int k = 0; k < W; ++k)  // a failed question gets the identity: no inf or NaN below
+        if (!ok[k])
+          for (int i = 0; i < n; ++i)
+            for (int j = 0; j < n; ++j) a[i * n + j][k] = i == j ? 1.0 : 0.0;
+      tridiagonalize(n);
+      for (int i = 0; i < n; ++i)  // sym_eig_begin's test
+        for (int k = 0; k < W; ++k) ok[k] = ok[k] && std::isfinite(d[i][k]) && std::isfinite(e[i][k]);
+      for (int k = 0; k < W; ++k)
+        if (!ok[k])
+          for (int i = 0; i < n; ++i) {
+            d[i][k] = 1.0;
+            e[i][k] = 0.0;
+          }
+    }
+
+    // symeig.h tridiagonalize, lane-wise. A question whose column is already reduced
+    // (beta == 0) skips the step, as the scalar code does; the masked update keeps its entries.
+    void tridiagonalize(int n) {
+      for (int k = 0; k + 2 < n; ++k) {
+        V sigma = zero();
+        for (int i = k + 2; i < n; ++i) sigma += a[i * n + k] * a[i * n + k];
+        const V x0 = a[(k + 1) * n + k];
+        const M pos = sigma > 0;
+        const V norm = vsqrt(x0 * x0 + sigma);
+        const V alpha = sel(pos, sel(x0 > 0, -norm, norm), x0);
+        const V b = sel(pos, 1.0 / (norm * norm + vabs(x0) * norm), zero());
+        e[k] = alpha;
+        beta[k] = b;
+        const M upd = b != 0;  // the scalar code's `if (b == 0) continue;`
+        const bool skip = any(~upd);
+        if (skip && !any(upd)) continue;
+        for (int i = k + 1; i < n; ++i) v[i] = i == k + 1 ? x0 - alpha : a[i * n + k];
+        for (int i = k + 1; i < n; ++i) p[i] = b * dot(a + i * n, v, k + 1, n);
+        V pv = zero();
+        for (int i = k + 1; i < n; ++i) pv += p[i] * v[i];
+        const V h = 0.5 * b * pv;
+        for (int i = k + 1; i < n; ++i) p[i] -= h * v[i];
+        if (!skip) {
+          for (int i = k + 1; i < n; ++i) {
+            V* __restrict__ ai = a + i * n;
+            const V vi = v[i], wi = p[i];
+            for (int j = k + 1; j < n; ++j) ai[j] -= vi * p[j] + wi * v[j];
+          }
+          for (int i = k + 1; i < n; ++i) a[k * n + i] = v[i];
+        } else {
+          for (int i = k + 1; i < n; ++i) {
+            V* __restrict__ ai = a + i * n;
+            const V vi = v[i], wi = p[i];
+            for (int j = k + 1; j < n; ++j) ai[j] = sel(upd, ai[j] - (vi * p[j] + wi * v[j]), ai[j]);
+          }
+          for (int i = k + 1; i < n; ++i) a[k * n + i] = sel(upd, v[i], a[k * n + i]);
+        }
+      }
+      for (int i = 0; i < n; ++i) d[i] = a[i * n + i];
+      if (n >= 2) {
+        e[n - 2] = a[(n - 1) * n + (n - 2)];
+        beta[n - 2] = zero();
+      }
+      e[n - 1] = zero();
+      beta[n - 1] = zero();
+    }
+  };
+
+  static size_t chunk_size(int n) { return size_t(n) * n + 8 * size_t(n); }
+  // Work space of one group, in V.
+  static size_t work_size(int n) { return NC * chunk_size(n); }
+
+  int n;
+  Chunk ch[NC];
+  bool ok[L];
+  double scale[L];
+
+  void bind(V* buf, int n_) {
+    n = n_;
+    for (int c = 0; c < NC; ++c) {
+      Chunk& h = ch[c];
+      h.a = buf + c * chunk_size(n);
+      h.d = h.a + n * n;
+      h.e = h.d + n;
+      h.beta = h.e + n;
+      h.v = h.beta + n;
+      h.p = h.v + n;
+      h.qd = h.p + n;
+      h.qe = h.qd + n;
+      h.ok = ok + c * W;
+      h.scale = scale + c * W;
+    }
+  }
+
+  // Question k's entries.
+  double d(int i, int k) const { return ch[k / W].d[i][k % W]; }
+  double e(int i, int k) const { return ch[k / W].e[i][k % W]; }
+  double beta(int i, int k) const { return ch[k / W].beta[i][k % W]; }
+  double a(int i, int j, int k) const { return ch[k / W].a[i * n + j][k % W]; }
+  double eigenvalue(int i, int k) const { return ch[k / W].qd[i][k % W]; }
+
+  // Wq[k]: question k's block.
+  template <class S>
+  void load(int op, const S* const* Wq, int ld) {
+    for (int c = 0; c < NC; ++c) ch[c].load(op, n, Wq + c * W, ld);
+  }
+
+  // QLIteration's root-free iteration (symeig.h) on the copies qd, qe, lane-wise; the
+  // eigenvalues end in qd (unsorted). The QL runs in rounds: each question deflates (scalar,
+  // the tests of step_rootfree) until it needs a sweep, then all the sweeps run in one pass
+  // down the rows, each question active in its own range of rows.
+  void ql() {
+    const double eps = std::numeric_limits<double>::epsilon();
+    for (int c = 0; c < NC; ++c)
+      for (int i = 0; i < n; ++i) {
+        ch[c].qd[i] = ch[c].d[i];
+        ch[c].qe[i] = i + 1 < n ? ch[c].e[i] * ch[c].e[i] : ch[c].e[i];
+      }
+    int l[L], m[L], iter[L];
+    bool live[L];
+    for (int k = 0; k < L; ++k) {
+      l[k] = 0;
+      iter[k] = 0;
+      live[k] = ok[k];
+    }
+    V s[NC], c[NC], pp[NC], g[NC];
+    for (;;) {
+      // step_rootfree's test of row j (e[j] negligible), for every row at or after the first
+      // unconverged one, as one bit per row and question: bit j of neg[h][w]. Row n - 1 is
+      // where the scalar scan stops. Deflation below changes no row it has yet to look at.
+      int lmin = n;
+      for (int k = 0; k < L; ++k)
+        if (live[k] && l[k] < lmin) lmin = l[k];
+      M neg[NC];
+      for (int h = 0; h < NC; ++h) neg[h] = (M)zero();
+      const V veps = splat(eps);
+      for (int j = lmin; j < n - 1; ++j) {
+        M bit;
+        for (int w = 0; w < W; ++w) bit[w] = (long long)(1ull << j);
+        for (int h = 0; h < NC; ++h) {
+          const V tol = veps * (vabs(ch[h].qd[j]) + vabs(ch[h].qd[j + 1]));
+          neg[h] |= (ch[h].qe[j] <= tol * tol) & bit;
+        }
+      }
+      int lo = n, hi = -1;
+      for (int k = 0; k < L; ++k) {  // deflation, per question
+        double* ds = reinterpret_cast<double*>(ch[k / W].qd) + k % W;  // entry i: ds[i * W]
+        double* es = reinterpret_cast<double*>(ch[k / W].qe) + k % W;
+        const unsigned long long bits = (unsigned long long)neg[k / W][k % W] | (1ull << (n - 1));
+        m[k] = -1;
+        while (live[k]) {
+          const int lk = l[k];
+          if (lk >= n) {
+            live[k] = false;
+            break;
+          }
+          const int mm = lk + __builtin_ctzll(bits >> lk);  // the first negligible row from l
+          if (mm == lk) {
+            ++l[k];
+            iter[k] = 0;
+            continue;
+          }
+          if (mm == lk + 1) {  // a 2 x 2 block in closed form
+            const double aa = ds[lk * W], cc = ds[(lk + 1) * W], b2 = es[lk * W];
+            const double sm = aa + cc, df = aa - cc;
+            const double rt = std::sqrt(df * df + 4 * b2);
+            const double big = sm >= 0 ? 0.5 * (sm + rt) : 0.5 * (sm - rt);
+            const double small = big != 0 ? (aa * cc - b2) / big : -0.5 * rt;
+            ds[lk * W] = big;
+            ds[(lk + 1) * W] = small;
+            es[lk * W] = 0;
+            l[k] += 2;
+            iter[k] = 0;
+            continue;
+          }
+          if (iter[k]++ == 64) {
+            ok[k] = false;
+            live[k] = false;
+            break;
+          }
+          m[k] = mm;
+          lo = lk < lo ? lk : lo;
+          hi = mm > hi ? mm : hi;
+          break;
+        }
+      }
+      if (hi < 0) break;
+      // each sweep's shift (Wilkinson, from the leading 2 x 2 block) and first state
+      V sigma[NC], lv[NC], mv[NC], mv1[NC];
+      for (int h = 0; h < NC; ++h) {
+        V el, dl, dl1, dm;
+        for (int w = 0; w < W; ++w) {
+          const int k = h * W + w;
+          const bool on = m[k] >= 0;
+          const int lk = on ? l[k] : 0, mk = on ? m[k] : 1;
+          el[w] = on ? ch[h].qe[lk][w] : 1.0;
+          dl[w] = ch[h].qd[lk][w];
+          dl1[w] = ch[h].qd[lk + 1][w];
+          dm[w] = ch[h].qd[mk][w];
+          lv[h][w] = on ? l[k] : double(n);  // a question without a sweep is never active
+          mv[h][w] = on ? m[k] : -1.0;
+        }
+        mv1[h] = mv[h] - 1.0;
+        const V rte = vsqrt(el);
+        const V hh = (dl1 - dl) / (2.0 * rte);
+        const V r = vsqrt(hh * hh + 1.0);
+        sigma[h] = dl - rte / (hh + copysign_pos(r, hh));
+        c[h] = splat(1.0);
+        s[h] = zero();
+        g[h] = dm - sigma[h];
+        pp[h] = g[h] * g[h];
+      }
+      // The sweeps, row by row: question k rotates at rows m_k - 1 down to l_k; elsewhere its
+      // state stands still (before its rows: the first state; after them: the last, from which
+      // its sweep is closed below). One rotation is written operation by operation across the
+      // NC chunks, so that the instruction stream interleaves their independent chains (an
+      // out-of-order window cannot overlap chains this long if they come one after another).
+      V iv = splat(double(hi - 1));
+      for (int i = hi - 1; i >= lo; --i, iv -= 1.0) {
+        M act[NC], acte[NC];
+        V bb[NC], alpha[NC], rr[NC], inv[NC], sr[NC], cn[NC], sn[NC], gn[NC], dn[NC], pn[NC];
+#define FUQ_CHUNKS for (int h = 0; h < NC; ++h)
+        FUQ_CHUNKS {
+          const M ge = iv >= lv[h];
+          act[h] = ge & (iv < mv[h]);
+          acte[h] = ge & (iv < mv1[h]);  // e[i + 1] is kept at a sweep's first row
+          bb[h] = ch[h].qe[i];
+          alpha[h] = ch[h].qd[i];
+        }
+        FUQ_CHUNKS rr[h] = pp[h] + bb[h];
+        FUQ_CHUNKS inv[h] = 1.0 / rr[h];
+        FUQ_CHUNKS sr[h] = s[h] * rr[h];
+        FUQ_CHUNKS cn[h] = pp[h] * inv[h];
+        FUQ_CHUNKS sn[h] = bb[h] * inv[h];
+        FUQ_CHUNKS gn[h] = cn[h] * (alpha[h] - sigma[h]) - sn[h] * g[h];
+        FUQ_CHUNKS dn[h] = g[h] + (alpha[h] - gn[h]);
+        FUQ_CHUNKS pn[h] = gn[h] * gn[h] / cn[h];
+        FUQ_CHUNKS pn[h] = sel(cn[h] != 0, pn[h], c[h] * bb[h]);  // c == 0: p = oldc * bb
+        FUQ_CHUNKS {
+          ch[h].qe[i + 1] = sel(acte[h], sr[h], ch[h].qe[i + 1]);
+          ch[h].qd[i + 1] = sel(act[h], dn[h], ch[h].qd[i + 1]);
+          c[h] = sel(act[h], cn[h], c[h]);
+          s[h] = sel(act[h], sn[h], s[h]);
+          g[h] = sel(act[h], gn[h], g[h]);
+          pp[h] = sel(act[h], pn[h], pp[h]);
+        }
+#undef FUQ_CHUNKS
+      }
+      for (int k = 0; k < L; ++k)  // close each sweep: e[l] = s p, d[l] = sigma + g
+        if (m[k] >= 0) {
+          const int h = k / W, w = k % W, lk = l[k];
+          ch[h].qe[lk][w] = s[h][w] * pp[h][w];
+          ch[h].qd[lk][w] = sigma[h][w] + g[h][w];
+        }
+    }
+  }
+};
+
+}  // namespace FUQ_ISA
+}  // namespace cpu
+}  // namespace flashuq
