@@ -87,26 +87,31 @@ void run(const GraphArgs& a) {
         Wk[k] = W + order[g0 + std::min<int64_t>(k, cnt - 1)] * K * K;
       lanes.load(a.op, Wk, K);
       lanes.ql();
-      for (int k = 0; k < cnt; ++k) {
-        GraphTask<double, S, S> t = task_of(order[g0 + k], buf.data(), dl.data(), el.data());
-        if (!lanes.ok[k]) {  // the scalar code fails the same way and writes the NaNs
-          run_graph_task(tm, t);
-          continue;
+      const bool lap = a.op == kGraphLaplacian;
+      for (int h = 0; h < Lanes::NC; ++h) {  // sort and scores (laplacian_scores), then the outputs
+        Lanes::Chunk& c = lanes.ch[h];
+        c.sort(n);
+        Lanes::V eigv, ecc, per_sample[kLaneMaxN];
+        if (lap) c.scores(n, a.threshold, o1 != nullptr, eigv, ecc, per_sample);
+        for (int w = 0; w < Lanes::W; ++w) {
+          const int k = h * Lanes::W + w;
+          if (k >= cnt) break;
+          const int64_t q = order[g0 + k];
+          if (!lanes.ok[k]) {  // the scalar code fails the same way and writes the NaNs
+            GraphTask<double, S, S> t = task_of(q, buf.data(), dl.data(), el.data());
+            run_graph_task(tm, t);
+            continue;
+          }
+          if (!lap) {
+            for (int i = 0; i < n; ++i) o0[q * K + i] = S(c.qd[i][w] * c.scale[w]);
+            continue;
+          }
+          o0[q] = S(eigv[w]);
+          if (o1) {
+            o1[q] = S(ecc[w]);
+            for (int i = 0; i < n; ++i) o2[q * K + i] = S(per_sample[i][w]);
+          }
         }
-        EigWork<double>& w = t.w;  // hand the lane to GraphTask::resume: as after its QL
-        for (int i = 0; i < n; ++i) {
-          w.d[i] = lanes.d(i, k);
-          w.e[i] = lanes.e(i, k);
-          w.beta[i] = lanes.beta(i, k);
-          w.dl[i] = lanes.eigenvalue(i, k);
-        }
-        if (o1)  // the reflectors, for Eccentricity's eigenvectors
-          for (int r = 0; r + 2 < n; ++r)
-            for (int i = r + 1; i < n; ++i) w.a[r * n + i] = lanes.a(r, i, k);
-        if (a.op == kGraphEigvalues) t.scale = lanes.scale[k];
-        t.ql.zt = nullptr;
-        t.ql.ok = true;
-        t.resume(tm);
       }
     }
 #pragma omp for schedule(dynamic, 16)

@@ -76,6 +76,7 @@ struct GraphLanes {
   // the QL's copies qd, qe of d, e.
   struct Chunk {
     V *a, *d, *e, *beta, *v, *p, *qd, *qe;
+    V *y, *lu;       // eigenvectors (row j), the LU factors of inverse iteration (5 n)
     bool* ok;        // [W]: false sends the question to the scalar path
     double* scale;   // [W]: kGraphEigvalues divided the matrix by this
 
@@ -84,14 +85,17 @@ struct GraphLanes {
     template <class S>
     void load(int op, int n, const S* const* Wq, int ld) {
       for (int k = 0; k < W; ++k) ok[k] = true;
-      for (int i = 0; i < n; ++i) {  // load_symmetric
-        V deg = zero();
+      for (int i = 0; i < n; ++i)  // load_symmetric: the W blocks interleaved, row by row ...
         for (int j = 0; j < n; ++j) {
           V x;
-          for (int k = 0; k < W; ++k) x[k] = (double(Wq[k][i * ld + j]) + double(Wq[k][j * ld + i])) * 0.5;
+          for (int k = 0; k < W; ++k) x[k] = double(Wq[k][i * ld + j]);
           a[i * n + j] = x;
-          deg += x;
         }
+      for (int i = 0; i < n; ++i)  // ... then (W + Wᵀ)/2 (a + b is b + a, bit for bit) and the degrees
+        for (int j = i; j < n; ++j) a[i * n + j] = a[j * n + i] = (a[i * n + j] + a[j * n + i]) * 0.5;
+      for (int i = 0; i < n; ++i) {
+        V deg = zero();
+        for (int j = 0; j < n; ++j) deg += a[i * n + j];
         v[i] = deg;
       }
       for (int i = 0; i < n; ++i)
@@ -173,9 +177,161 @@ struct GraphLanes {
       e[n - 1] = zero();
       beta[n - 1] = zero();
     }
+
+    // sort_eigen (symeig.h) of each question's eigenvalues in qd, ascending: the same selection
+    // sort (the first smallest entry moves to the front), so that ties such as +0 and -0 land
+    // where the scalar code puts them.
+    void sort(int n) {
+      for (int i = 0; i + 1 < n; ++i) {
+        V vmin = qd[i], kmin = splat(double(i));
+        for (int j = i + 1; j < n; ++j) {
+          const M lt = qd[j] < vmin;
+          vmin = sel(lt, qd[j], vmin);
+          kmin = sel(lt, splat(double(j)), kmin);
+        }
+        const V t = qd[i];
+        qd[i] = vmin;
+        for (int w = 0; w < W; ++w) qd[int(kmin[w])][w] = t[w];  // k == i: puts t back
+      }
+    }
+
+    // GraphTask::laplacian_scores, lane-wise, after sort(): EigV into eigv and, with ecc,
+    // Eccentricity into ecc and the per-sample norms into per_sample[0..n). The eigenvectors
+    // with eigenvalue < threshold come from tridiagonal_inverse_iteration and apply_reflectors
+    // (symeig.h), here for all W questions at once: question w keeps its first m[w] vectors,
+    // rows it does not keep are scratch.
+    void scores(int n, double threshold, bool ecc, V& eigv, V& ecc_out, V* per_sample) {
+      V sum = zero();
+      for (int k = 0; k < n; ++k) sum += sel(qd[k] < 1, 1.0 - qd[k], zero());
+      eigv = sum;
+      if (!ecc) return;
+      int m[W], mmax = 0;
+      for (int w = 0; w < W; ++w) {
+        m[w] = 0;
+        while (m[w] < n && qd[m[w]][w] < threshold) ++m[w];
+        mmax = m[w] > mmax ? m[w] : mmax;
+      }
+      V mv;
+      for (int w = 0; w < W; ++w) mv[w] = m[w];
+      inverse_iteration(n, mmax, mv);
+      apply_reflectors(n, mmax);
+      V total = zero();
+      for (int i = 0; i < n; ++i) per_sample[i] = zero();
+      for (int j = 0; j < mmax; ++j) {  // eigenvector means and centred sums of squares
+        const M act = splat(double(j)) < mv;
+        const V* u = y + j * n;
+        V mean = zero();
+        for (int i = 0; i < n; ++i) mean += u[i];
+        mean /= double(n);
+        V ss = zero();
+        for (int i = 0; i < n; ++i) ss += (u[i] - mean) * (u[i] - mean);
+        total += sel(act, ss, zero());
+        for (int i = 0; i < n; ++i) per_sample[i] += sel(act, (u[i] - mean) * (u[i] - mean), zero());
+      }
+      for (int i = 0; i < n; ++i) per_sample[i] = vsqrt(per_sample[i]);
+      ecc_out = vsqrt(total);
+    }
+
+    // tridiagonal_inverse_iteration (symeig.h) of (d, e) at the sorted eigenvalues qd[0..mmax):
+    // vector j into row j of y. Pivoting and the clusters are per question (masks).
+    void inverse_iteration(int n, int mmax, V mv) {
+      V* u0 = lu;
+      V* u1 = lu + n;
+      V* u2 = lu + 2 * n;
+      V* lm = lu + 3 * n;
+      V* pv = lu + 4 * n;  // masks, kept as V bits
+      const double eps = std::numeric_limits<double>::epsilon();
+      V norm = zero();
+      for (int i = 0; i < n; ++i) {
+        const V r = vabs(d[i]) + (i > 0 ? vabs(e[i - 1]) : zero()) + (i + 1 < n ? vabs(e[i]) : zero());
+        norm = sel(r > norm, r, norm);  // fmax
+      }
+      norm = sel(norm > 0, norm, splat(1.0));
+      const V tiny = eps * norm, pertol = 10 * eps * norm, ortol = 1e-3 * norm;
+      V xprev = zero(), cluster = zero();
+      for (int j = 0; j < mmax; ++j) {
+        const V jv = splat(double(j));
+        V x = qd[j];
+        if (j > 0) {
+          x = sel(x - xprev < pertol, xprev + pertol, x);
+          cluster = sel(x - xprev > ortol, jv, cluster);
+        }
+        xprev = x;
+        V diag = d[0] - x, sup = n > 1 ? e[0] : zero();
+        for (int k = 0; k + 1 < n; ++k) {  // PLU of T - xI, rows k, k+1 swapped where pv[k]
+          const V sub = e[k], nd = d[k + 1] - x, ns = k + 2 < n ? e[k + 1] : zero();
+          const M keep = vabs(diag) >= vabs(sub);
+          const V piv = sel(vabs(diag) < tiny, copysign_pos(tiny, diag), diag);
+          u0[k] = 1.0 / sel(keep, piv, sub);
+          u1[k] = sel(keep, sup, nd);
+          u2[k] = sel(keep, zero(), ns);
+          lm[k] = sel(keep, sub, diag) * u0[k];
+          pv[k] = (V)~keep;
+          const V dk = nd - lm[k] * sup, ds = sup - lm[k] * nd;
+          diag = sel(keep, dk, ds);
+          sup = sel(keep, ns, -lm[k] * ns);
+        }
+        u0[n - 1] = 1.0 / sel(vabs(diag) < tiny, copysign_pos(tiny, diag), diag);
+        V* b = y + j * n;
+        for (int i = 0; i < n; ++i) {  // the scalar code's start vector
+          const unsigned h = (unsigned(i) + 1u) * 2654435761u ^ (unsigned(j) + 1u) * 2246822519u;
+          b[i] = splat(double((h ^ (h >> 15)) % 2001u) / double(1000) - double(1) + double(1e-3));
+        }
+        int cmin = j;  // the first vector of any question's current cluster
+        for (int w = 0; w < W; ++w)
+          if (j < int(mv[w]) && int(cluster[w]) < cmin) cmin = int(cluster[w]);
+        for (int it = 0; it < 3; ++it) {
+          for (int k = 0; k + 1 < n; ++k) {  // solve L
+            const M sw = (M)pv[k];
+            const V bk = sel(sw, b[k + 1], b[k]), bk1 = sel(sw, b[k], b[k + 1]);
+            b[k] = bk;
+            b[k + 1] = bk1 - lm[k] * bk;
+          }
+          for (int k = n - 1; k >= 0; --k) {  // solve U
+            V r = b[k];
+            if (k + 1 < n) r -= u1[k] * b[k + 1];
+            if (k + 2 < n) r -= u2[k] * b[k + 2];
+            b[k] = r * u0[k];
+          }
+          V nb = zero();
+          for (int i = 0; i < n; ++i) {
+            const V ab = vabs(b[i]);
+            nb = sel(ab > nb, ab, nb);  // fmax
+          }
+          const V inb = 1.0 / nb;
+          for (int i = 0; i < n; ++i) b[i] *= inb;
+          for (int c = cmin; c < j; ++c) {  // orthogonalise within each question's cluster
+            const M in = splat(double(c)) >= cluster;
+            const V* yc = y + c * n;
+            const V pr = dot(yc, b, 0, n);
+            for (int i = 0; i < n; ++i) b[i] = sel(in, b[i] - pr * yc[i], b[i]);
+          }
+          const V in2 = 1.0 / vsqrt(dot(b, b, 0, n));
+          for (int i = 0; i < n; ++i) b[i] *= in2;
+        }
+      }
+    }
+
+    // apply_reflectors (symeig.h): rows j < mmax of y <- Q y_j.
+    void apply_reflectors(int n, int mmax) {
+      for (int j = 0; j < mmax; ++j) {
+        V* __restrict__ yj = y + j * n;
+        for (int k = n - 3; k >= 0; --k) {
+          const V b = beta[k];
+          const M upd = b != 0;
+          if (!any(upd)) continue;
+          const V* __restrict__ vk = a + k * n;
+          const V sc = b * dot(vk, yj, k + 1, n);
+          if (!any(~upd))
+            for (int i = k + 1; i < n; ++i) yj[i] -= sc * vk[i];
+          else
+            for (int i = k + 1; i < n; ++i) yj[i] = sel(upd, yj[i] - sc * vk[i], yj[i]);
+        }
+      }
+    }
   };
 
-  static size_t chunk_size(int n) { return size_t(n) * n + 8 * size_t(n); }
+  static size_t chunk_size(int n) { return 2 * size_t(n) * n + 13 * size_t(n); }
   // Work space of one group, in V.
   static size_t work_size(int n) { return NC * chunk_size(n); }
 
@@ -196,17 +352,12 @@ struct GraphLanes {
       h.p = h.v + n;
       h.qd = h.p + n;
       h.qe = h.qd + n;
+      h.y = h.qe + n;
+      h.lu = h.y + n * n;
       h.ok = ok + c * W;
       h.scale = scale + c * W;
     }
   }
-
-  // Question k's entries.
-  double d(int i, int k) const { return ch[k / W].d[i][k % W]; }
-  double e(int i, int k) const { return ch[k / W].e[i][k % W]; }
-  double beta(int i, int k) const { return ch[k / W].beta[i][k % W]; }
-  double a(int i, int j, int k) const { return ch[k / W].a[i * n + j][k % W]; }
-  double eigenvalue(int i, int k) const { return ch[k / W].qd[i][k % W]; }
 
   // Wq[k]: question k's block.
   template <class S>
