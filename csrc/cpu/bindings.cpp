@@ -11,6 +11,7 @@
 #include <string>
 
 #include "ensemble_stats.h"
+#include "flashuq/cpu_math.h"
 #include "flashuq/inv_entropy.h"
 #include "flashuq/ndarray_checks.h"
 #include "graph.h"
@@ -187,6 +188,14 @@ static int64_t count_inversions_py(Arr a) {
   const int64_t n = int64_t(a.size());
   nb::gil_scoped_release release;
   return count_inversions(p, n);
+}
+
+// The CPU's vectorisable fp64 log (flashuq/cpu_math.h), elementwise, for the tests' ulp check.
+static void log_f64_py(Arr x, Arr out) {
+  if (x.dtype() != nb::dtype<double>() || !flashuq::is_dense(x)) throw std::invalid_argument("x: expected contiguous float64");
+  double* o = static_cast<double*>(out_ptr(out, int64_t(x.size()), true, "out"));
+  const double* p = static_cast<const double*>(x.data());
+  for (size_t i = 0; i < x.size(); ++i) o[i] = flashuq::cpu::log_f64(p[i]);
 }
 
 static void isotonic_pav_py(Arr y, Arr w, Arr out) {
@@ -413,6 +422,8 @@ NB_MODULE(_C, m) {
         "(see flashuq.ensemble_stats).");
   m.def("count_inversions", &count_inversions_py, nb::arg("a").noconvert(),
         "Pairs i < j with a[i] > a[j] of an int64 array, by merge sort (flashuq.metrics.kendall_tau).");
+  m.def("_log_f64", &log_f64_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
+        "ln x by the CPU kernels' branch-free fp64 log (for tests: within 1 ulp of std::log).");
   m.def("isotonic_pav", &isotonic_pav_py, nb::arg("y").noconvert(), nb::arg("w").noconvert(),
         nb::arg("out").noconvert(), "Pool-adjacent-violators non-decreasing fit of y with weights w into out.");
   m.def("graph", &graph_py, nb::arg("op"), nb::arg("W").noconvert(), nb::arg("counts").noconvert(),

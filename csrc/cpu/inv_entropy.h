@@ -24,6 +24,8 @@ struct InvEntropyArgs {
 
 // Returns the number of negative similarities among the entries the draws read.
 int64_t inv_entropy(const InvEntropyArgs& a);
+namespace base { int64_t inv_entropy(const InvEntropyArgs& a); }
+namespace avx2 { int64_t inv_entropy(const InvEntropyArgs& a); }
 
 }  // namespace cpu
 }  // namespace flashuq

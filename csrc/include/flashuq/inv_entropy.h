@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "cpu_math.h"  // log_f64
 #include "hd.h"
 #include "symeig.h"  // dot()
 
@@ -25,8 +26,15 @@ inline namespace FUQ_ISA_NS {
 
 constexpr int kInvEntropyMaxN = 64;
 
+// x ln x, 0 ln 0 = 0. On the CPU ln is log_f64 (within 1 ulp of std::log, and loops over it
+// vectorise), so every CPU build gives the same bits.
+#if defined(__CUDA_ARCH__)
 template <class T>
 FUQ_HD T xlogx(T x) { return x == T(0) ? T(0) : x * std::log(x); }
+#else
+template <class T>
+inline T xlogx(T x) { return x == T(0) ? T(0) : x * T(cpu::log_f64(double(x))); }
+#endif
 
 // Σ x[0..n) in four interleaved partial sums (one running sum is a chain of dependent adds),
 // counting the negative entries into `negative`.
@@ -69,7 +77,7 @@ FUQ_HD T inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, 
     bad = bad || s == 0;
     ux[k] = T(1) / s;
   }
-  T inv = 0;
+  T p[kInvEntropyMaxN];  // d_i, then d_i ln d_i in a loop of its own (vectorised on the CPU)
   for (int i = 0; i < N; ++i) {
     const S* r = sy + i * N;
     const T* x = xt + i * N;
@@ -81,8 +89,11 @@ FUQ_HD T inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, 
       d += v * (x[k] * ux[k]);
     }
     bad = bad || ry == 0;
-    inv -= xlogx(d / ry);
+    p[i] = d / ry;
   }
+  for (int i = 0; i < N; ++i) p[i] = xlogx(p[i]);
+  T inv = 0;
+  for (int i = 0; i < N; ++i) inv -= p[i];
   negative += neg;
   return bad ? std::numeric_limits<T>::quiet_NaN() : inv;
 }
@@ -128,8 +139,10 @@ FUQ_HD int64_t inv_entropy_question(const S* sx, int Mx, const S* sy, int M, con
       for (int k = 0; k < N; ++k) PxT[k * N + i] = a[k] * ux;
     }
     if (!all) {
+      for (int i = 0; i < N; ++i) a[i] = dot(Py + i * N, PxT + i * N, 0, N);
+      for (int i = 0; i < N; ++i) a[i] = xlogx(a[i]);
       T inv = 0;
-      for (int i = 0; i < N; ++i) inv -= xlogx(dot(Py + i * N, PxT + i * N, 0, N));
+      for (int i = 0; i < N; ++i) inv -= a[i];
       out5[0] += bad ? nan : inv;
       continue;
     }
@@ -145,17 +158,21 @@ FUQ_HD int64_t inv_entropy_question(const S* sx, int Mx, const S* sy, int M, con
         for (int i = 0; i < N; ++i) s1 += pY[i] * Py[i * N + k];
       w[k] = s1;
     }
-    T inv = 0, ni = 0, maxpy = -std::numeric_limits<T>::infinity(), maxb = maxpy;
+    T maxpy = -std::numeric_limits<T>::infinity(), maxb = maxpy;
     for (int i = 0; i < N; ++i) {
       const T d = dot(Py + i * N, PxT + i * N, 0, N), x = dot(PxT + i * N, w, 0, N);
       pX[i] = x;
+      a[i] = d;
       const T num = d * pY[i];
       b[i] = num == 0 ? T(0) : num / x;
-      inv -= xlogx(d);
-      ni -= xlogx(b[i]);
       maxpy = pY[i] > maxpy || pY[i] != pY[i] ? pY[i] : maxpy;  // NaN wins, as torch's max
       maxb = b[i] > maxb || b[i] != b[i] ? b[i] : maxb;
     }
+    T inv = 0, ni = 0;  // the logs in loops of their own (vectorised on the CPU)
+    for (int i = 0; i < N; ++i) a[i] = xlogx(a[i]);
+    for (int i = 0; i < N; ++i) inv -= a[i];
+    for (int i = 0; i < N; ++i) a[i] = xlogx(b[i]);
+    for (int i = 0; i < N; ++i) ni -= a[i];
     // Wasserstein-1 between the two value sets (scipy with the values as samples): sorted differences
     for (int i = 0; i < N; ++i) {
       a[i] = pX[i];
