@@ -3,12 +3,12 @@
 // that both builds give bitwise the same results.
 //
 // Eigenvalues only (EigV, Eccentricity, sym_eig without vectors) of questions with 3..kLaneMaxN
-// samples: kLanes questions of the same size at a time, one SIMD lane each (graph_lanes.h),
-// then each question's sort and scores by the shared GraphTask code. Everything else (the heat
-// kernel, eigenvectors, tiny or large questions, and any lane that fails: non-finite input, a
-// non-positive degree, no convergence) runs the scalar GraphTask code, one question per OpenMP
-// iteration. A lane computes exactly what the scalar code computes, so neither the grouping, the
-// OpenMP schedule nor the thread count can change a result.
+// samples: kLanes questions of the same size at a time, one SIMD lane each (graph_lanes.h), from
+// the input to the scores. Everything else (the heat kernel, eigenvectors, tiny or large
+// questions, and any lane that fails: non-finite input, a non-positive degree, no convergence)
+// runs the scalar GraphTask code, one question per OpenMP iteration. A lane computes exactly what
+// the scalar code computes, so neither the grouping, the OpenMP schedule nor the thread count can
+// change a result.
 #include <omp.h>
 
 #include <algorithm>
@@ -25,7 +25,8 @@ namespace {
 
 using Lanes = GraphLanes;
 constexpr int kLanes = Lanes::L;
-// Larger questions are few per batch and spend their time in O(n^3) work either way.
+// Larger questions spend their time in O(n^3) work either way; and the QL's deflation tests keep
+// one bit per row in a 64-bit word (GraphLanes::ql).
 constexpr int kLaneMaxN = 64;
 
 

@@ -1,17 +1,19 @@
 // The CPU eigenvalue path of the graph spectra: L questions of the same size n solved together,
 // one SIMD lane each. A group is NC chunks of W questions, W = the doubles in one register; a
 // chunk stores its W matrices interleaved ("structure of arrays": entry (i, j) of the W
-// questions is one register), so the reduction to tridiagonal form runs in plain vector
-// instructions without shuffles, and the root-free QL iterations of all L questions run in
-// lockstep, NC independent chains of dependent divisions overlapping each other.
+// questions is one register), so everything runs in plain vector instructions without shuffles:
+// the symmetrisation and Laplacian, the reduction to tridiagonal form, the root-free QL (all L
+// questions in lockstep, NC independent chains of dependent divisions overlapping each other),
+// the sort, and for Eccentricity the inverse iteration, the reflectors and the scores.
 //
 // Every lane performs exactly the operations of the scalar code in flashuq/graph.h and
-// flashuq/symeig.h (GraphTask::begin, tridiagonalize, QLIteration's root-free steps), in the
-// same order, with the same tests — branches become per-lane masks — so each question's results
-// are bitwise those of the scalar path: independent of which questions share its group, of the
-// thread count, of the instruction set (compiled without FMA contraction), and of whether it ran
-// here or on the scalar path. After the QL each lane goes back to GraphTask::resume for the sort
-// and the scores.
+// flashuq/symeig.h (GraphTask, tridiagonalize, QLIteration's root-free steps, sort_eigen,
+// tridiagonal_inverse_iteration, apply_reflectors), in the same order, with the same tests —
+// branches become per-lane masks — so each question's results are bitwise those of the scalar
+// path (tests/ops/test_graph.py checks it): independent of which questions share its group, of
+// the thread count, of the instruction set (compiled without FMA contraction), and of whether it
+// ran here or on the scalar path (questions that fail — a non-finite entry, a zero degree, no
+// convergence — are redone there, which writes their NaNs).
 #pragma once
 
 #include <cmath>
@@ -46,8 +48,8 @@ struct GraphLanes {
     for (int k = 0; k < W; ++k) r[k] = std::sqrt(x[k]);  // sqrtpd: correctly rounded, like sqrt
     return r;
   }
-  // m ? a : b per lane (GCC's own vector ?:, which becomes blendvpd; spelled out with & and |
-  // GCC turns it into scalar code)
+  // m ? a : b per lane: GCC's own vector ?: (blendvpd; spelled out with & and |, GCC turns it
+  // into scalar code)
   static V sel(M m, V a, V b) { return m ? a : b; }
   static V vabs(V x) { return (V)((M)x & ~(M)splat(-0.0)); }
   static V copysign_pos(V r, V h) { return (V)((M)r | ((M)h & (M)splat(-0.0))); }  // r >= 0
