@@ -36,7 +36,7 @@ def test_graph_bench_quick(tmp_path, capsys):
         assert r["flashuq_ms"] > 0 and r["torch_batched_ms"] > 0 and r["numpy_loop_ms"] > 0
         assert r["max_abs_diff_vs_numpy_loop"] < 1e-9 and r["max_abs_diff_vs_torch_batched"] < 1e-9
     assert set(rows["eigv"]["targets"]) == {"vs_numpy_loop", "vs_torch_batched"}
-    assert rows["num_sem_sets"]["targets"] == {}
+    assert rows["num_sem_sets"]["targets"] == {} and rows["inv_entropy"]["targets"] == {}
 
 
 def test_flashuq_bench_lists_graph(monkeypatch):
