@@ -2,13 +2,14 @@
 // names the namespace; graph.cpp picks one at run time). Compiled without FMA contraction, so
 // that both builds give bitwise the same results.
 //
-// Eigenvalues only (EigV, Eccentricity, sym_eig without vectors) of questions with 3..kLaneMaxN
-// samples: kLanes questions of the same size at a time, one SIMD lane each (graph_lanes.h), from
-// the input to the scores. Everything else (the heat kernel, eigenvectors, tiny or large
+// EigV, Eccentricity, Kernel Language Entropy and eigenvalue-only sym_eig of questions with
+// 3..kLaneMaxN samples: kLanes questions of the same size at a time, one SIMD lane each
+// (graph_lanes.h), from the input to the scores. Everything else (eigenvectors, tiny or large
 // questions, and any lane that fails: non-finite input, a non-positive degree, no convergence)
-// runs the scalar GraphTask code, one question per OpenMP iteration. A lane computes exactly what
-// the scalar code computes, so neither the grouping, the OpenMP schedule nor the thread count can
-// change a result.
+// runs the scalar GraphTask code, one question per OpenMP iteration. A lane computes what the
+// scalar code computes — bit for bit, except the heat kernel's eigenvectors, which come from
+// inverse iteration instead of QL — so neither the grouping, the OpenMP schedule nor the thread
+// count can change a result.
 #include <omp.h>
 
 #include <algorithm>
@@ -46,7 +47,7 @@ void run(const GraphArgs& a) {
 
   // The lane path's questions, by size (a counting sort, index order within a size), in groups
   // of at most kLanes; the rest go to `scalar`.
-  const bool lanes_op = a.lanes && (a.op == kGraphLaplacian || (a.op == kGraphEigvalues && o1 == nullptr));
+  const bool lanes_op = a.lanes && (a.op != kGraphEigvalues || o1 == nullptr);
   const int nmax = std::min(K, kLaneMaxN);
   std::vector<int64_t> order, scalar, groups;  // groups: offsets into order, then order.size()
   if (lanes_op && nmax >= 3) {
@@ -88,12 +89,20 @@ void run(const GraphArgs& a) {
         Wk[k] = W + order[g0 + std::min<int64_t>(k, cnt - 1)] * K * K;
       lanes.load(a.op, Wk, K);
       lanes.ql();
-      const bool lap = a.op == kGraphLaplacian;
+      const bool lap = a.op == kGraphLaplacian, heat = a.op == kGraphHeatEntropy;
+      if (heat) {  // the heat kernel of each question, then its eigenvalues
+        for (int h = 0; h < Lanes::NC; ++h) {
+          lanes.ch[h].sort(n);
+          lanes.ch[h].heat_kernel(n, a.t);
+        }
+        lanes.ql();
+      }
       for (int h = 0; h < Lanes::NC; ++h) {  // sort and scores (laplacian_scores), then the outputs
         Lanes::Chunk& c = lanes.ch[h];
         c.sort(n);
-        Lanes::V eigv, ecc, per_sample[kLaneMaxN];
+        Lanes::V eigv, ecc, per_sample[kLaneMaxN], entropy;
         if (lap) c.scores(n, a.threshold, o1 != nullptr, eigv, ecc, per_sample);
+        if (heat) entropy = c.von_neumann_entropy(n);
         for (int w = 0; w < Lanes::W; ++w) {
           const int k = h * Lanes::W + w;
           if (k >= cnt) break;
@@ -101,6 +110,10 @@ void run(const GraphArgs& a) {
           if (!lanes.ok[k]) {  // the scalar code fails the same way and writes the NaNs
             GraphTask<double, S, S> t = task_of(q, buf.data(), dl.data(), el.data());
             run_graph_task(tm, t);
+            continue;
+          }
+          if (heat) {
+            o0[q] = S(entropy[w]);
             continue;
           }
           if (!lap) {

@@ -111,19 +111,28 @@ struct GraphLanes {
         for (int k = 0; k < W; ++k) scale[k] = s[k];
         const M pos = s > 0;
         for (int i = 0; i < n * n; ++i) a[i] = sel(pos, a[i] / s, a[i]);
-      } else {  // L = I - D^{-1/2} W D^{-1/2}
+      } else if (op == kGraphLaplacian) {  // L = I - D^{-1/2} W D^{-1/2}
         for (int i = 0; i < n; ++i)
           for (int k = 0; k < W; ++k) ok[k] = ok[k] && v[i][k] > 0;
         for (int i = 0; i < n; ++i) p[i] = 1.0 / vsqrt(v[i]);
         for (int i = 0; i < n; ++i)
           for (int j = 0; j < n; ++j) a[i * n + j] = splat(i == j ? 1.0 : 0.0) - a[i * n + j] * p[i] * p[j];
+      } else {  // kGraphHeatEntropy: L = diag(row sums) - W
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j < n; ++j) a[i * n + j] = (i == j ? v[i] : zero()) - a[i * n + j];
       }
-      for (int k = 0; k < W; ++k)  // a failed question gets the identity: no inf or NaN below
+      reduce(n);
+    }
+
+    // Sanitize (a failed question gets the identity: no inf or NaN below), tridiagonalize, and
+    // sym_eig_begin's finiteness test.
+    void reduce(int n) {
+      for (int k = 0; k < W; ++k)
         if (!ok[k])
           for (int i = 0; i < n; ++i)
             for (int j = 0; j < n; ++j) a[i * n + j][k] = i == j ? 1.0 : 0.0;
       tridiagonalize(n);
-      for (int i = 0; i < n; ++i)  // sym_eig_begin's test
+      for (int i = 0; i < n; ++i)
         for (int k = 0; k < W; ++k) ok[k] = ok[k] && std::isfinite(d[i][k]) && std::isfinite(e[i][k]);
       for (int k = 0; k < W; ++k)
         if (!ok[k])
@@ -131,6 +140,46 @@ struct GraphLanes {
             d[i][k] = 1.0;
             e[i][k] = 0.0;
           }
+    }
+
+    // Kernel Language Entropy's first stage, after the QL and sort() of L = D - W: every
+    // eigenvector by inverse iteration (as Eccentricity's, not by QL with vectors as the scalar
+    // path: results agree with it to rounding, not bit for bit), the heat kernel
+    // Kh = Z diag(e^{-t λ}) Zᵀ, normalised as GraphTask::resume does, into `a` and reduced to
+    // tridiagonal form for the second QL.
+    void heat_kernel(int n, double t) {
+      V all;
+      for (int w = 0; w < W; ++w) all[w] = n;
+      inverse_iteration(n, n, all);
+      apply_reflectors(n, n);
+      V* ek = lu;  // e^{-t λ_k}
+      for (int k = 0; k < n; ++k)
+        for (int w = 0; w < W; ++w) ek[k][w] = std::exp(-t * qd[k][w]);
+      for (int i = 0; i < n; ++i) {  // row i: Σ_k (z_ki e_k) z_k,: in k order
+        V* __restrict__ ai = a + i * n;
+        for (int j = 0; j < n; ++j) ai[j] = zero();
+        for (int k = 0; k < n; ++k) {
+          const V zk = y[k * n + i] * ek[k];
+          const V* __restrict__ zr = y + k * n;
+          for (int j = 0; j < n; ++j) ai[j] += zk * zr[j];
+        }
+      }
+      for (int i = 0; i < n; ++i) v[i] = vsqrt(a[i * n + i]) + 1e-12;
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < n; ++j) a[i * n + j] /= v[i] * v[j] * double(n);
+      reduce(n);
+    }
+
+    // The von Neumann entropy -Σ λ ln λ over |λ| > 1e-8 of the sorted eigenvalues (λ < -1e-8
+    // gives NaN, as numpy's log), as GraphTask::resume.
+    V von_neumann_entropy(int n) {
+      V h = zero();
+      for (int k = 0; k < n; ++k)
+        for (int w = 0; w < W; ++w) {
+          const double x = qd[k][w];
+          if (std::fabs(x) > 1e-8) h[w] -= x * std::log(x);
+        }
+      return h;
     }
 
     // symeig.h tridiagonalize, lane-wise. A question whose column is already reduced

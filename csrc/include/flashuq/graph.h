@@ -115,12 +115,15 @@ struct GraphTask {
     }
     if (stage == 0) {  // heat kernel Kh = Z diag(e^{-t λ}) Zᵀ, normalised; then its eigenvalues
       for (int k = 0; k < n; ++k) w.el[k] = std::exp(-t * w.dl[k]);  // private copy, every member
-      for (int i = tm.rank(); i < n; i += tm.size())
-        for (int j = 0; j < n; ++j) {
-          T s = 0;
-          for (int k = 0; k < n; ++k) s += w.zt[k * n + i] * w.el[k] * w.zt[k * n + j];
-          w.a[i * n + j] = s;
+      for (int i = tm.rank(); i < n; i += tm.size()) {  // row i: Σ_k (z_ki e_k) z_k,: in k order
+        T* __restrict__ ai = w.a + i * n;
+        for (int j = 0; j < n; ++j) ai[j] = 0;
+        for (int k = 0; k < n; ++k) {  // (a row update per k: n independent sums, contiguous)
+          const T zk = w.zt[k * n + i] * w.el[k];
+          const T* __restrict__ zr = w.zt + k * n;
+          for (int j = 0; j < n; ++j) ai[j] += zk * zr[j];
         }
+      }
       tm.sync();
       for (int i = tm.rank(); i < n; i += tm.size()) w.v[i] = std::sqrt(w.a[i * n + i]) + T(1e-12);
       tm.sync();
