@@ -90,24 +90,31 @@ void run(const GraphArgs& a) {
       lanes.load(a.op, Wk, K);
       lanes.ql();
       const bool lap = a.op == kGraphLaplacian, heat = a.op == kGraphHeatEntropy;
-      if (heat) {  // the heat kernel of each question, then its eigenvalues
-        for (int h = 0; h < Lanes::NC; ++h) {
-          lanes.ch[h].sort(n);
-          lanes.ch[h].heat_kernel(n, a.t);
-        }
+      Lanes::V mv[Lanes::NC];
+      for (int h = 0; h < Lanes::NC; ++h) lanes.ch[h].sort(n);
+      if (heat) {  // every eigenvector, the heat kernel of each question, then its eigenvalues
+        for (int h = 0; h < Lanes::NC; ++h) mv[h] = Lanes::splat(n);
+        lanes.inverse_iteration(n, mv);
+        for (int h = 0; h < Lanes::NC; ++h) lanes.ch[h].heat_kernel(n, a.t);
         lanes.ql();
+        for (int h = 0; h < Lanes::NC; ++h) lanes.ch[h].sort(n);
       }
-      for (int h = 0; h < Lanes::NC; ++h) {  // sort and scores (laplacian_scores), then the outputs
+      int mmax = 0;  // Eccentricity's kept eigenvectors
+      if (lap && o1) {
+        for (int h = 0; h < Lanes::NC; ++h) mmax = std::max(mmax, lanes.ch[h].kept(n, a.threshold, mv[h]));
+        lanes.inverse_iteration(mmax, mv);
+      }
+      for (int h = 0; h < Lanes::NC; ++h) {  // the scores, then the outputs
         Lanes::Chunk& c = lanes.ch[h];
-        c.sort(n);
         Lanes::V eigv, ecc, per_sample[kLaneMaxN], entropy;
-        if (lap) c.scores(n, a.threshold, o1 != nullptr, eigv, ecc, per_sample);
+        if (lap) eigv = c.eigv(n);
+        if (lap && o1) c.eccentricity(n, mmax, mv[h], ecc, per_sample);
         if (heat) entropy = c.von_neumann_entropy(n);
         for (int w = 0; w < Lanes::W; ++w) {
           const int k = h * Lanes::W + w;
           if (k >= cnt) break;
           const int64_t q = order[g0 + k];
-          if (!lanes.ok[k]) {  // the scalar code fails the same way and writes the NaNs
+          if (!lanes.ok[k]) {  // redone on the scalar path, which fails the same way and writes the NaNs
             GraphTask<double, S, S> t = task_of(q, buf.data(), dl.data(), el.data());
             run_graph_task(tm, t);
             continue;

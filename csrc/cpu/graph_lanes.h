@@ -142,15 +142,12 @@ struct GraphLanes {
           }
     }
 
-    // Kernel Language Entropy's first stage, after the QL and sort() of L = D - W: every
-    // eigenvector by inverse iteration (as Eccentricity's, not by QL with vectors as the scalar
-    // path: results agree with it to rounding, not bit for bit), the heat kernel
-    // Kh = Z diag(e^{-t λ}) Zᵀ, normalised as GraphTask::resume does, into `a` and reduced to
-    // tridiagonal form for the second QL.
+    // Kernel Language Entropy's first stage, once GraphLanes::inverse_iteration has left every
+    // eigenvector of L = D - W's tridiagonal form in y (not QL with vectors as the scalar path:
+    // results agree with it to rounding, not bit for bit): the vectors mapped back, the heat
+    // kernel Kh = Z diag(e^{-t λ}) Zᵀ, normalised as GraphTask::resume does, into `a` and reduced
+    // to tridiagonal form for the second QL.
     void heat_kernel(int n, double t) {
-      V all;
-      for (int w = 0; w < W; ++w) all[w] = n;
-      inverse_iteration(n, n, all);
       apply_reflectors(n, n);
       V* ek = lu;  // e^{-t λ_k}
       for (int k = 0; k < n; ++k)
@@ -246,25 +243,30 @@ struct GraphLanes {
       }
     }
 
-    // GraphTask::laplacian_scores, lane-wise, after sort(): EigV into eigv and, with ecc,
-    // Eccentricity into ecc and the per-sample norms into per_sample[0..n). The eigenvectors
-    // with eigenvalue < threshold come from tridiagonal_inverse_iteration and apply_reflectors
-    // (symeig.h), here for all W questions at once: question w keeps its first m[w] vectors,
-    // rows it does not keep are scratch.
-    void scores(int n, double threshold, bool ecc, V& eigv, V& ecc_out, V* per_sample) {
+    // GraphTask::laplacian_scores, lane-wise, after sort(), in three parts. EigV:
+    V eigv(int n) const {
       V sum = zero();
       for (int k = 0; k < n; ++k) sum += sel(qd[k] < 1, 1.0 - qd[k], zero());
-      eigv = sum;
-      if (!ecc) return;
-      int m[W], mmax = 0;
+      return sum;
+    }
+
+    // Eccentricity keeps the eigenvectors with eigenvalue < threshold, the first m of each
+    // question: m into mv, the largest m returned.
+    int kept(int n, double threshold, V& mv) const {
+      int mmax = 0;
       for (int w = 0; w < W; ++w) {
-        m[w] = 0;
-        while (m[w] < n && qd[m[w]][w] < threshold) ++m[w];
-        mmax = m[w] > mmax ? m[w] : mmax;
+        int m = 0;
+        while (m < n && qd[m][w] < threshold) ++m;
+        mv[w] = m;
+        mmax = m > mmax ? m : mmax;
       }
-      V mv;
-      for (int w = 0; w < W; ++w) mv[w] = m[w];
-      inverse_iteration(n, mmax, mv);
+      return mmax;
+    }
+
+    // ... and, once GraphLanes::inverse_iteration has left those vectors of the tridiagonal in y,
+    // maps them back (apply_reflectors) and takes Eccentricity into ecc_out and the per-sample
+    // norms into per_sample[0..n). Question w keeps its first mv[w] rows; the others are scratch.
+    void eccentricity(int n, int mmax, V mv, V& ecc_out, V* per_sample) {
       apply_reflectors(n, mmax);
       V total = zero();
       for (int i = 0; i < n; ++i) per_sample[i] = zero();
@@ -281,86 +283,6 @@ struct GraphLanes {
       }
       for (int i = 0; i < n; ++i) per_sample[i] = vsqrt(per_sample[i]);
       ecc_out = vsqrt(total);
-    }
-
-    // tridiagonal_inverse_iteration (symeig.h) of (d, e) at the sorted eigenvalues qd[0..mmax):
-    // vector j into row j of y. Pivoting and the clusters are per question (masks).
-    void inverse_iteration(int n, int mmax, V mv) {
-      V* u0 = lu;
-      V* u1 = lu + n;
-      V* u2 = lu + 2 * n;
-      V* lm = lu + 3 * n;
-      V* pv = lu + 4 * n;  // masks, kept as V bits
-      const double eps = std::numeric_limits<double>::epsilon();
-      V norm = zero();
-      for (int i = 0; i < n; ++i) {
-        const V r = vabs(d[i]) + (i > 0 ? vabs(e[i - 1]) : zero()) + (i + 1 < n ? vabs(e[i]) : zero());
-        norm = sel(r > norm, r, norm);  // fmax
-      }
-      norm = sel(norm > 0, norm, splat(1.0));
-      const V tiny = eps * norm, pertol = 10 * eps * norm, ortol = 1e-3 * norm;
-      V xprev = zero(), cluster = zero();
-      for (int j = 0; j < mmax; ++j) {
-        const V jv = splat(double(j));
-        V x = qd[j];
-        if (j > 0) {
-          x = sel(x - xprev < pertol, xprev + pertol, x);
-          cluster = sel(x - xprev > ortol, jv, cluster);
-        }
-        xprev = x;
-        V diag = d[0] - x, sup = n > 1 ? e[0] : zero();
-        for (int k = 0; k + 1 < n; ++k) {  // PLU of T - xI, rows k, k+1 swapped where pv[k]
-          const V sub = e[k], nd = d[k + 1] - x, ns = k + 2 < n ? e[k + 1] : zero();
-          const M keep = vabs(diag) >= vabs(sub);
-          const V piv = sel(vabs(diag) < tiny, copysign_pos(tiny, diag), diag);
-          u0[k] = 1.0 / sel(keep, piv, sub);
-          u1[k] = sel(keep, sup, nd);
-          u2[k] = sel(keep, zero(), ns);
-          lm[k] = sel(keep, sub, diag) * u0[k];
-          pv[k] = (V)~keep;
-          const V dk = nd - lm[k] * sup, ds = sup - lm[k] * nd;
-          diag = sel(keep, dk, ds);
-          sup = sel(keep, ns, -lm[k] * ns);
-        }
-        u0[n - 1] = 1.0 / sel(vabs(diag) < tiny, copysign_pos(tiny, diag), diag);
-        V* b = y + j * n;
-        for (int i = 0; i < n; ++i) {  // the scalar code's start vector
-          const unsigned h = (unsigned(i) + 1u) * 2654435761u ^ (unsigned(j) + 1u) * 2246822519u;
-          b[i] = splat(double((h ^ (h >> 15)) % 2001u) / double(1000) - double(1) + double(1e-3));
-        }
-        int cmin = j;  // the first vector of any question's current cluster
-        for (int w = 0; w < W; ++w)
-          if (j < int(mv[w]) && int(cluster[w]) < cmin) cmin = int(cluster[w]);
-        for (int it = 0; it < 3; ++it) {
-          for (int k = 0; k + 1 < n; ++k) {  // solve L
-            const M sw = (M)pv[k];
-            const V bk = sel(sw, b[k + 1], b[k]), bk1 = sel(sw, b[k], b[k + 1]);
-            b[k] = bk;
-            b[k + 1] = bk1 - lm[k] * bk;
-          }
-          for (int k = n - 1; k >= 0; --k) {  // solve U
-            V r = b[k];
-            if (k + 1 < n) r -= u1[k] * b[k + 1];
-            if (k + 2 < n) r -= u2[k] * b[k + 2];
-            b[k] = r * u0[k];
-          }
-          V nb = zero();
-          for (int i = 0; i < n; ++i) {
-            const V ab = vabs(b[i]);
-            nb = sel(ab > nb, ab, nb);  // fmax
-          }
-          const V inb = 1.0 / nb;
-          for (int i = 0; i < n; ++i) b[i] *= inb;
-          for (int c = cmin; c < j; ++c) {  // orthogonalise within each question's cluster
-            const M in = splat(double(c)) >= cluster;
-            const V* yc = y + c * n;
-            const V pr = dot(yc, b, 0, n);
-            for (int i = 0; i < n; ++i) b[i] = sel(in, b[i] - pr * yc[i], b[i]);
-          }
-          const V in2 = 1.0 / vsqrt(dot(b, b, 0, n));
-          for (int i = 0; i < n; ++i) b[i] *= in2;
-        }
-      }
     }
 
     // apply_reflectors (symeig.h): rows j < mmax of y <- Q y_j.
@@ -408,6 +330,115 @@ struct GraphLanes {
       h.ok = ok + c * W;
       h.scale = scale + c * W;
     }
+  }
+
+  // tridiagonal_inverse_iteration (symeig.h) of every question's (d, e) at its sorted eigenvalues
+  // qd[0..m) (m = mv[h][w]; rows up to mmax are computed for all, the extra ones are scratch):
+  // vector j into row j of y. Pivoting and the clusters are per question (masks). Each step is
+  // written across the NC chunks, so that their chains of divisions and solves overlap.
+  void inverse_iteration(int mmax, const V* mv) {
+#define FUQ_CHUNKS for (int h = 0; h < NC; ++h)
+    const double eps = std::numeric_limits<double>::epsilon();
+    V tiny[NC], pertol[NC], ortol[NC], xprev[NC], cluster[NC], x[NC], diag[NC], sup[NC];
+    FUQ_CHUNKS {
+      const V* d = ch[h].d;
+      const V* e = ch[h].e;
+      V norm = zero();
+      for (int i = 0; i < n; ++i) {
+        const V r = vabs(d[i]) + (i > 0 ? vabs(e[i - 1]) : zero()) + (i + 1 < n ? vabs(e[i]) : zero());
+        norm = sel(r > norm, r, norm);  // fmax
+      }
+      norm = sel(norm > 0, norm, splat(1.0));
+      tiny[h] = eps * norm;
+      pertol[h] = 10 * eps * norm;
+      ortol[h] = 1e-3 * norm;
+      xprev[h] = cluster[h] = zero();
+    }
+    for (int j = 0; j < mmax; ++j) {
+      const V jv = splat(double(j));
+      FUQ_CHUNKS {
+        x[h] = ch[h].qd[j];
+        if (j > 0) {
+          x[h] = sel(x[h] - xprev[h] < pertol[h], xprev[h] + pertol[h], x[h]);
+          cluster[h] = sel(x[h] - xprev[h] > ortol[h], jv, cluster[h]);
+        }
+        xprev[h] = x[h];
+        diag[h] = ch[h].d[0] - x[h];
+        sup[h] = n > 1 ? ch[h].e[0] : zero();
+      }
+      for (int k = 0; k + 1 < n; ++k)  // PLU of T - xI, rows k, k+1 swapped where pv[k]
+        FUQ_CHUNKS {
+          const V* d = ch[h].d;
+          const V* e = ch[h].e;
+          V* u = ch[h].lu;  // u0, u1, u2, lm, pv (masks as V bits), n each
+          const V sub = e[k], nd = d[k + 1] - x[h], ns = k + 2 < n ? e[k + 1] : zero();
+          const M keep = vabs(diag[h]) >= vabs(sub);
+          const V piv = sel(vabs(diag[h]) < tiny[h], copysign_pos(tiny[h], diag[h]), diag[h]);
+          const V u0 = 1.0 / sel(keep, piv, sub);
+          u[k] = u0;
+          u[n + k] = sel(keep, sup[h], nd);
+          u[2 * n + k] = sel(keep, zero(), ns);
+          const V lm = sel(keep, sub, diag[h]) * u0;
+          u[3 * n + k] = lm;
+          u[4 * n + k] = (V)~keep;
+          const V dk = nd - lm * sup[h], ds = sup[h] - lm * nd;
+          diag[h] = sel(keep, dk, ds);
+          sup[h] = sel(keep, ns, -lm * ns);
+        }
+      FUQ_CHUNKS ch[h].lu[n - 1] = 1.0 / sel(vabs(diag[h]) < tiny[h], copysign_pos(tiny[h], diag[h]), diag[h]);
+      for (int i = 0; i < n; ++i) {  // the scalar code's start vector
+        const unsigned hs = (unsigned(i) + 1u) * 2654435761u ^ (unsigned(j) + 1u) * 2246822519u;
+        const V b0 = splat(double((hs ^ (hs >> 15)) % 2001u) / double(1000) - double(1) + double(1e-3));
+        FUQ_CHUNKS ch[h].y[j * n + i] = b0;
+      }
+      int cmin = j;  // the first vector of any question's current cluster
+      FUQ_CHUNKS for (int w = 0; w < W; ++w)
+        if (j < int(mv[h][w]) && int(cluster[h][w]) < cmin) cmin = int(cluster[h][w]);
+      for (int it = 0; it < 3; ++it) {
+        for (int k = 0; k + 1 < n; ++k)  // solve L
+          FUQ_CHUNKS {
+            V* b = ch[h].y + j * n;
+            const V* u = ch[h].lu;
+            const M sw = (M)u[4 * n + k];
+            const V bk = sel(sw, b[k + 1], b[k]), bk1 = sel(sw, b[k], b[k + 1]);
+            b[k] = bk;
+            b[k + 1] = bk1 - u[3 * n + k] * bk;
+          }
+        for (int k = n - 1; k >= 0; --k)  // solve U
+          FUQ_CHUNKS {
+            V* b = ch[h].y + j * n;
+            const V* u = ch[h].lu;
+            V r = b[k];
+            if (k + 1 < n) r -= u[n + k] * b[k + 1];
+            if (k + 2 < n) r -= u[2 * n + k] * b[k + 2];
+            b[k] = r * u[k];
+          }
+        FUQ_CHUNKS {
+          V* b = ch[h].y + j * n;
+          V nb = zero();
+          for (int i = 0; i < n; ++i) {
+            const V ab = vabs(b[i]);
+            nb = sel(ab > nb, ab, nb);  // fmax
+          }
+          const V inb = 1.0 / nb;
+          for (int i = 0; i < n; ++i) b[i] *= inb;
+        }
+        for (int c = cmin; c < j; ++c)  // orthogonalise within each question's cluster
+          FUQ_CHUNKS {
+            V* b = ch[h].y + j * n;
+            const M in = splat(double(c)) >= cluster[h];
+            const V* yc = ch[h].y + c * n;
+            const V pr = dot(yc, b, 0, n);
+            for (int i = 0; i < n; ++i) b[i] = sel(in, b[i] - pr * yc[i], b[i]);
+          }
+        FUQ_CHUNKS {
+          V* b = ch[h].y + j * n;
+          const V in2 = 1.0 / vsqrt(dot(b, b, 0, n));
+          for (int i = 0; i < n; ++i) b[i] *= in2;
+        }
+      }
+    }
+#undef FUQ_CHUNKS
   }
 
   // Wq[k]: question k's block.
