@@ -18,6 +18,7 @@
 #include "inv_entropy.h"
 #include "inversions.h"
 #include "masked_reduce.h"
+#include "sem_sets.h"
 #include "token_stats.h"
 #include "uqac.h"
 
@@ -283,6 +284,31 @@ static int64_t inv_entropy_py(Arr sx, Arr sy, std::optional<Arr> keep, int64_t N
   return inv_entropy(a);
 }
 
+// ---- NumSemSets (flashuq.methods.num_sem_sets) -------------------------------------------------------
+
+static void num_sem_sets_py(Arr E, Arr C, Arr valid, Arr out, int num_threads) {
+  SemSetsArgs a{};
+  if (E.dtype() == nb::dtype<float>()) a.dtype = DType::F32;
+  else if (E.dtype() == nb::dtype<double>()) a.dtype = DType::F64;
+  else throw nb::type_error("E: expected float32 or float64");
+  if (C.dtype() != E.dtype()) throw nb::type_error("C: expected the dtype of E");
+  if (E.ndim() != 3 || E.shape(1) != E.shape(2) || !flashuq::is_dense(E))
+    throw std::invalid_argument("E: expected a contiguous [Q, K, K] array");
+  if (C.ndim() != 3 || C.shape(0) != E.shape(0) || C.shape(1) != E.shape(1) || C.shape(2) != E.shape(2) ||
+      !flashuq::is_dense(C))
+    throw std::invalid_argument("C: expected a contiguous array of E's shape");
+  const int64_t Q = int64_t(E.shape(0)), K = int64_t(E.shape(1));
+  if (K > (int64_t(1) << 30)) throw std::invalid_argument("E: K too large");
+  if ((valid.dtype() != nb::dtype<bool>() && valid.dtype() != nb::dtype<uint8_t>()) || valid.ndim() != 2 ||
+      int64_t(valid.shape(0)) != Q || int64_t(valid.shape(1)) != K || !flashuq::is_dense(valid))
+    throw std::invalid_argument("valid: expected a contiguous bool [Q, K] array");
+  a.out = out_ptr(out, Q, a.dtype == DType::F64, "out");
+  a.E = E.data(); a.C = C.data(); a.valid = static_cast<const uint8_t*>(valid.data());
+  a.Q = Q; a.K = K; a.num_threads = num_threads;
+  nb::gil_scoped_release release;
+  num_sem_sets(a);
+}
+
 // ---- UQAC (flashuq.ops.uqac) -------------------------------------------------------------------------
 
 static const int64_t* i64_vec(const Arr& x, int64_t n, const char* name) {
@@ -422,6 +448,10 @@ NB_MODULE(_C, m) {
         "(see flashuq.ensemble_stats).");
   m.def("count_inversions", &count_inversions_py, nb::arg("a").noconvert(),
         "Pairs i < j with a[i] > a[j] of an int64 array, by merge sort (flashuq.metrics.kendall_tau).");
+  m.def("num_sem_sets", &num_sem_sets_py, nb::arg("E").noconvert(), nb::arg("C").noconvert(),
+        nb::arg("valid").noconvert(), nb::arg("out").noconvert(), nb::arg("num_threads"),
+        "NumSemSets per question: components of the E > C-both-ways graph over the valid responses "
+        "(flashuq.methods.num_sem_sets).");
   m.def("_log_f64", &log_f64_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
         "ln x by the CPU kernels' branch-free fp64 log (for tests: within 1 ulp of std::log).");
   m.def("isotonic_pav", &isotonic_pav_py, nb::arg("y").noconvert(), nb::arg("w").noconvert(),

@@ -211,6 +211,66 @@ def test_num_sem_sets_many_clusters():
     assert num_sem_sets(t(E), t(C)).item() == 2 == num_sem_sets_ref(E[0], C[0])
 
 
+def _num_sem_sets_closure(E, C, mask=None, monkeypatch=None):
+    """The device-agnostic path (boolean transitive closure), which CUDA and torch.compile take."""
+    import flashuq.methods.graph as G
+
+    monkeypatch.setattr(G, "is_tracing", lambda: True)
+    try:
+        return G.num_sem_sets(E, C, sample_mask=mask)
+    finally:
+        monkeypatch.undo()
+
+
+def test_num_sem_sets_cpu_kernel_matches_closure_path(monkeypatch):
+    """On the CPU NumSemSets runs union-find in C++; elsewhere the batched closure. Both count the
+    same components: ties (E == C links nothing), NaN, half precision, masks, K = 1 and empty batches."""
+    rng = np.random.default_rng(9)
+    for K in (1, 2, 3, 7, 20, 33):
+        for n_clusters in (1, 3, K):
+            E, C = nli(rng, 12, K, n_clusters)
+            E[0] = C[0]  # every comparison a tie: K singletons
+            E[1, 0, :] = np.nan  # NaN links nothing
+            mask = ragged_mask(rng, 12, K)
+            mask[2] = False  # no valid response: NaN
+            for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+                Et, Ct, mt = t(E).to(dt), t(C).to(dt), t(mask)
+                got = num_sem_sets(Et, Ct, sample_mask=mt)
+                want = _num_sem_sets_closure(Et, Ct, mt, monkeypatch)
+                assert got.dtype == want.dtype
+                assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(-1), want.nan_to_num(-1))
+            assert num_sem_sets(t(E[:1]), t(E[:1])).item() == K
+    empty = num_sem_sets(torch.zeros(0, 4, 4), torch.zeros(0, 4, 4))
+    assert empty.shape == (0,)
+
+
+def test_num_sem_sets_binding_misuse():
+    from flashuq import _ext
+
+    f = _ext._C.num_sem_sets
+    E = np.zeros((2, 3, 3))
+    v = np.ones((2, 3), dtype=bool)
+    out = np.empty(2)
+    f(E, E, v, out, 1)
+    assert (out == 3).all()
+    with pytest.raises(TypeError):
+        f(E.astype(np.float32), E, v, np.empty(2, np.float32), 1)  # C's dtype differs
+    with pytest.raises(TypeError):
+        f(E.astype(np.int64), E.astype(np.int64), v, out, 1)
+    with pytest.raises(ValueError):
+        f(E[:, :2], E[:, :2], v, out, 1)  # not square
+    with pytest.raises(ValueError):
+        f(E, E[:1], v, out, 1)
+    with pytest.raises(ValueError):
+        f(E, E, v[:, :2], out, 1)
+    with pytest.raises(ValueError):
+        f(E, E, v.astype(np.float64), out, 1)
+    with pytest.raises(ValueError):
+        f(E, E, v, np.empty(3), 1)
+    with pytest.raises(ValueError):
+        f(E.transpose(0, 2, 1), E, v, out, 1)  # not contiguous
+
+
 # ---- symmetrisation, permutations -----------------------------------------------------------------------
 
 def test_raw_entailment_equals_symmetrised():

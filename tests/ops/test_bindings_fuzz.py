@@ -1,5 +1,5 @@
-"""Fuzz the nanobind bindings flashuq._C.token_stats, ensemble_stats, count_inversions, isotonic_pav and
-uqac_* directly: any combination of sizes, strides,
+"""Fuzz the nanobind bindings flashuq._C.token_stats, ensemble_stats, count_inversions, isotonic_pav,
+uqac_* and num_sem_sets directly: any combination of sizes, strides,
 dtypes and output buffers either works or raises ValueError/TypeError; it never crashes or reads
 outside the array (the sanitizer build in scripts/sanitize.sh runs this file too)."""
 
@@ -169,3 +169,46 @@ def test_uqac_similarity_binding(B, Rm, D, C, Am, length, A, ans, member, R, k, 
     assert dtype != torch.int64 and k >= 0 and K >= min(k, C)
     assert B == 0 or (0 <= R <= Rm and 0 <= A <= Am and 0 <= length <= C and (A == 0 or -1 <= ans <= R - 2))
     assert bool(((keep_len >= 0) & (keep_len <= min(k, C))).all())
+
+
+# ---- NumSemSets (flashuq._C.num_sem_sets) -----------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(Q=st.integers(0, 4), K=st.integers(0, 7), CQ=st.integers(0, 4), CK=st.integers(0, 7), VK=st.integers(0, 7),
+       out_n=st.integers(0, 5), dtype=st.sampled_from([torch.float64, torch.float32, torch.float16]),
+       c_dtype=st.sampled_from([torch.float64, torch.float32]), vdtype=st.sampled_from([torch.bool, torch.uint8,
+                                                                                         torch.float32]),
+       transpose=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_num_sem_sets_binding(Q, K, CQ, CK, VK, out_n, dtype, c_dtype, vdtype, transpose, seed):
+    g = torch.Generator().manual_seed(seed)
+    E = torch.rand(Q, K, K, generator=g, dtype=torch.float64).to(dtype)
+    if transpose:
+        E = E.transpose(1, 2)
+    C = torch.rand(CQ, CK, CK, generator=g, dtype=torch.float64).to(c_dtype)
+    valid = (torch.rand(Q, VK, generator=g) > 0.3).to(vdtype)
+    out = torch.full((out_n,), -1.0, dtype=c_dtype)
+    try:
+        _ext._C.num_sem_sets(E, C, valid, out, 1)
+    except (ValueError, TypeError):
+        return
+    # accepted: a consistent request, and the counts are those of the method's closure path
+    assert E.dtype == C.dtype == out.dtype and E.dtype in (torch.float32, torch.float64)
+    assert (CQ, CK) == (Q, K) and VK == K and out_n == Q and vdtype != torch.float32
+    assert E.is_contiguous() or Q * K * K <= 1
+    if Q:
+        A = (E > C) & (E > C).transpose(1, 2)
+        v = valid != 0
+        for q in range(Q):  # components by a DFS over the valid responses
+            seen, n = set(), 0
+            for s in range(K):
+                if not v[q, s] or s in seen:
+                    continue
+                n += 1
+                stack = [s]
+                while stack:
+                    i = stack.pop()
+                    if i in seen:
+                        continue
+                    seen.add(i)
+                    stack += [j for j in range(K) if v[q, j] and j != i and A[q, i, j]]
+            assert (out[q].isnan().item() and not bool(v[q].any())) or out[q].item() == n

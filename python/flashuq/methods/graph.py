@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor
 
+from .. import _ext
+from ..ops._common import is_tracing
 from ..ops.graph import heat_kernel_entropy, laplacian_spectrum
 from .samples import _dtype, _sample_mask, _shape, _tensor
 
@@ -107,16 +109,25 @@ def num_sem_sets(entail, contra, *, sample_mask=None) -> Tensor:
 
     Responses i and j are linked when ``E > C`` in **both** directions (probabilities compared
     elementwise, not the NLI argmax); the score is the number of connected components of that
-    graph over the valid responses (found by boolean transitive closure, batched over questions:
-    ``ceil(log2 K)`` squarings of ``[Q, K, K]``). NaN for a question without a valid sample.
+    graph over the valid responses. On the CPU: union-find per question in C++ (``flashuq._C``);
+    on other devices and under ``torch.compile``: boolean transitive closure batched over
+    questions, ``ceil(log2 K)`` squarings of ``[Q, K, K]``. NaN for a question without a valid
+    sample.
     """
     E = _matrix(entail, "entail")
     C = _matrix(contra, "contra", E)
     _shape(C, "contra", E.shape)
     Q, K = E.shape[:2]
     valid = _sample_mask(sample_mask, Q, K, E)
+    dt = _dtype(E, C)
     if K == 0:
-        return torch.full((Q,), torch.nan, dtype=_dtype(E, C), device=E.device)
+        return torch.full((Q,), torch.nan, dtype=dt, device=E.device)
+    if E.device.type == "cpu" and not is_tracing():
+        out = torch.empty(Q, dtype=dt)
+        if Q:  # the comparisons are exact in fp32/fp64, whatever the input's floating type
+            _ext._C.num_sem_sets(E.detach().to(dt).contiguous(), C.detach().to(dt).contiguous(),
+                                 valid.contiguous(), out, torch.get_num_threads())
+        return out
     A = E > C
     A = A & A.transpose(1, 2) & valid[:, :, None] & valid[:, None, :]
     A = A | torch.eye(K, dtype=torch.bool, device=A.device)
