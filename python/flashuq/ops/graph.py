@@ -3,8 +3,11 @@ a time, thousands at once (METHODS.md §5.7-5.9).
 
 The kernel is ``csrc/include/flashuq/graph.h`` + ``symeig.h``: Householder tridiagonalisation and
 implicit QL, written once for a team of workers and compiled for the CPU (``flashuq._C``, one
-question per OpenMP thread, fp64 arithmetic) and CUDA (``flashuq._cuda``, one question per block,
-fp64 arithmetic). Every matrix is symmetrised as ``(W + Wᵀ)/2`` first, which is LM-Polygraph's step
+question per OpenMP iteration, fp64 arithmetic) and CUDA (``flashuq._cuda``, one question per
+block, fp64 arithmetic). On the CPU, eigenvalue-only work on questions of 3..64 samples (EigV,
+Eccentricity, the heat kernel, ``sym_eig`` without vectors) runs 8 or 16 questions of one size
+at a time in SIMD lanes (``csrc/cpu/graph_lanes.h``), bitwise equal to the scalar code except the
+heat kernel's eigenvectors (inverse iteration there; equal to rounding). Every matrix is symmetrised as ``(W + Wᵀ)/2`` first, which is LM-Polygraph's step
 for an entailment matrix and changes nothing for a symmetric one.
 
 Ragged questions (K varies because empty samples were dropped) come as ``sample_mask [Q, K]``;
