@@ -26,6 +26,7 @@ namespace flashuq {
 namespace cpu {
 namespace FUQ_ISA {
 
+// dot() below is symeig.h's, on vectors of lanes: the same four partial sums in the same order.
 struct GraphLanes {
 #if defined(__AVX__)
   typedef double V __attribute__((vector_size(32)));
@@ -59,20 +60,6 @@ struct GraphLanes {
     return a != 0;
   }
   static V zero() { return splat(0.0); }
-
-  // symeig.h dot, lane-wise: the same four partial sums in the same order.
-  static V dot(const V* __restrict__ x, const V* __restrict__ y, int lo, int hi) {
-    V s0 = zero(), s1 = s0, s2 = s0, s3 = s0;
-    int j = lo;
-    for (; j + 3 < hi; j += 4) {
-      s0 += x[j] * y[j];
-      s1 += x[j + 1] * y[j + 1];
-      s2 += x[j + 2] * y[j + 2];
-      s3 += x[j + 3] * y[j + 3];
-    }
-    for (; j < hi; ++j) s0 += x[j] * y[j];
-    return (s0 + s1) + (s2 + s3);
-  }
 
   // W questions interleaved: the n x n matrix, its tridiagonal form and reflectors, scratch, and
   // the QL's copies qd, qe of d, e.
@@ -387,8 +374,7 @@ struct GraphLanes {
         }
       FUQ_CHUNKS ch[h].lu[n - 1] = 1.0 / sel(vabs(diag[h]) < tiny[h], copysign_pos(tiny[h], diag[h]), diag[h]);
       for (int i = 0; i < n; ++i) {  // the scalar code's start vector
-        const unsigned hs = (unsigned(i) + 1u) * 2654435761u ^ (unsigned(j) + 1u) * 2246822519u;
-        const V b0 = splat(double((hs ^ (hs >> 15)) % 2001u) / double(1000) - double(1) + double(1e-3));
+        const V b0 = splat(inverse_iteration_start<double>(i, j));
         FUQ_CHUNKS ch[h].y[j * n + i] = b0;
       }
       int cmin = j;  // the first vector of any question's current cluster

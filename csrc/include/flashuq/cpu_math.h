@@ -13,16 +13,18 @@ namespace flashuq {
 namespace cpu {
 inline namespace FUQ_ISA_NS {
 
-inline float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
+// The bits of x as a To of the same size (std::bit_cast before C++20).
+template <class To, class From>
+inline To bits_as(From x) {
+  static_assert(sizeof(To) == sizeof(From), "bits_as: sizes differ");
+  To t;
+  std::memcpy(&t, &x, sizeof t);
+  return t;
 }
-inline uint32_t float_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
+inline float bits_to_float(uint32_t u) { return bits_as<float>(u); }
+inline uint32_t float_to_bits(float f) { return bits_as<uint32_t>(f); }
+inline double bits_to_double(uint64_t u) { return bits_as<double>(u); }
+inline uint64_t double_to_bits(double f) { return bits_as<uint64_t>(f); }
 
 // bf16 is the top half of an fp32: exact.
 inline float bf16_to_float(uint16_t h) { return bits_to_float(uint32_t(h) << 16); }
@@ -36,17 +38,6 @@ inline float half_to_float(uint16_t h) {
   const float special = bits_to_float(sign | 0x7f800000u | (mant << 13));
   const float sub = bits_to_float(sign | float_to_bits(float(mant) * 5.9604644775390625e-8f));
   return e == 0 ? sub : (e == 31 ? special : normal);
-}
-
-inline double bits_to_double(uint64_t u) {
-  double f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-inline uint64_t double_to_bits(double f) {
-  uint64_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
 }
 
 // ln x in fp64, within 1 ulp (checked against std::log in the tests), without branches so that

@@ -35,10 +35,11 @@ struct SerialTeam {
 };
 
 // Σ_{j in [lo, hi)} x[j] y[j] in four interleaved partial sums (a fixed order: deterministic),
-// which breaks the dependency chain of one running sum.
+// which breaks the dependency chain of one running sum. T may also be a vector of SIMD lanes
+// (csrc/cpu/graph_lanes.h), each lane summing in this same order.
 template <class T>
 FUQ_HD T dot(const T* __restrict__ x, const T* __restrict__ y, int lo, int hi) {
-  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  T s0 = T(), s1 = T(), s2 = T(), s3 = T();
   int j = lo;
   for (; j + 3 < hi; j += 4) {
     s0 += x[j] * y[j];
@@ -318,6 +319,14 @@ FUQ_HD void sort_eigen(const Team& tm, T* d, int n, T* zt) {
   }
 }
 
+// Entry i of inverse iteration's fixed start vector j: pseudo-random in (-1, 1), different for
+// every j.
+template <class T>
+FUQ_HD T inverse_iteration_start(int i, int j) {
+  const unsigned h = (unsigned(i) + 1u) * 2654435761u ^ (unsigned(j) + 1u) * 2246822519u;
+  return T((h ^ (h >> 15)) % 2001u) / T(1000) - T(1) + T(1e-3);
+}
+
 // Eigenvectors of the symmetric tridiagonal (d, e) (e[k] = T[k+1][k]) for m of its eigenvalues
 // lam[0..m), ascending, by inverse iteration as LAPACK's dstein does it: factor T - λI = PLU
 // with partial pivoting (tiny pivots raised to eps·‖T‖), three solves from a fixed
@@ -368,10 +377,7 @@ FUQ_HD void tridiagonal_inverse_iteration(const T* d, const T* e, int n, const T
     }
     u0[n - 1] = T(1) / (std::fabs(diag) < tiny ? std::copysign(tiny, diag) : diag);
     T* b = y + j * n;
-    for (int i = 0; i < n; ++i) {  // fixed start vector in (-1, 1), different for every j
-      const unsigned h = (unsigned(i) + 1u) * 2654435761u ^ (unsigned(j) + 1u) * 2246822519u;
-      b[i] = T((h ^ (h >> 15)) % 2001u) / T(1000) - T(1) + T(1e-3);
-    }
+    for (int i = 0; i < n; ++i) b[i] = inverse_iteration_start<T>(i, j);
     for (int it = 0; it < 3; ++it) {
       for (int k = 0; k + 1 < n; ++k) {  // solve L: forward, with the row swaps
         if (pv[k] != 0) {
