@@ -583,6 +583,8 @@ def test_simd_lanes_match_scalar_path_bitwise(fp64):
         _ext._C.graph(op, W, counts, 0.9, 0.3, outs[0], o1, o2, num_threads, lanes=lanes)
         return outs
 
+    with pytest.raises(TypeError):  # lanes is a bool
+        _ext._C.graph(1, W, counts, 0.9, 0.3, torch.empty(Q, dtype=W.dtype), None, None, 1, lanes="no")
     for op, vectors in ((0, False), (1, False), (1, True), (2, False)):
         scalar = run(op, vectors, False, 1)
         for num_threads in (1, 2):
