@@ -139,8 +139,11 @@ def main() -> int:
         return 2
     rc = 0
     if not args.skip_tests:
-        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-x", "tests/gpu", "tests/kernels",
-                              f"--junitxml={os.path.join(args.out, 'gpu-tests.xml')}"], cwd=ROOT)
+        # from /, with absolute paths: `-m` puts the working directory on sys.path, and the repository
+        # root there would let its kernels/ folder shadow Hugging Face's `kernels` package
+        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-x", os.path.join(ROOT, "tests", "gpu"),
+                              os.path.join(ROOT, "tests", "kernels"),
+                              f"--junitxml={os.path.abspath(os.path.join(args.out, 'gpu-tests.xml'))}"], cwd="/")
     bw = copy_bandwidth()
     print(f"device-to-device copy: {bw:.0f} GB/s on {torch.cuda.get_device_name()}")
     sys.path.insert(0, HERE)

@@ -11,9 +11,13 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu-info.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu-info.txt"
-FLASHUQ_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -q --no-build-isolation --no-deps \
-  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 . 2>&1 | tail -5
+root=$PWD
+# Python runs from / here: the repository root on sys.path would let its kernels/ folder shadow
+# Hugging Face's `kernels` package (docs/environment.md)
+(cd / && python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)") \
+  | tee -a "$OUT/gpu-info.txt"
+(cd / && FLASHUQ_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -q --no-build-isolation --no-deps \
+  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 -C build-dir="$root/build/gpu" "$root") 2>&1 | tail -5
 if command -v compute-sanitizer >/dev/null 2>&1; then
   timeout 180 compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/memcheck.py \
     > "$OUT/memcheck.log" 2>&1 && echo "memcheck: clean" || echo "memcheck: FAILED or timed out (see memcheck.log)"

@@ -2,12 +2,15 @@
 # Build the CPU module once with -fsanitize=address,undefined and run the CPU op tests (tests/ops:
 # token statistics, reductions, graph spectra, UQAC reduction / backtracking / similarity), the binding
 # fuzzers and the tests of the C++ graph / Inv-Entropy / UQAC kernels through the methods against it.
-# Usage: bash scripts/sanitize.sh   (needs the dev requirements installed)
+# Usage: PYTHON=.venv/bin/python bash scripts/sanitize.sh   (a Python with requirements/dev.lock installed;
+# default: the python on PATH). -P keeps the repository root off sys.path (docs/environment.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$(mktemp -d)
 trap 'rm -rf "$target"' EXIT
-FLASHUQ_CUDA=OFF python -m pip install -q --no-build-isolation --no-deps --target "$target" \
+py=${PYTHON:-python}
+export PATH="$(dirname "$("$py" -P -c 'import sys; print(sys.executable)')"):$PATH"   # cmake, ninja of the venv
+FLASHUQ_CUDA=OFF "$py" -P -m pip install -q --no-build-isolation --no-deps --target "$target" \
   -C cmake.define.FLASHUQ_SANITIZE=ON -C build-dir=build/sanitize .
 extra=()  # the attention methods run the UQAC kernels end to end
 for f in tests/methods/test_attention_methods.py; do [[ -f $f ]] && extra+=("$f"); done
@@ -20,5 +23,5 @@ import flashuq, pytest; assert flashuq.__file__.startswith(sys.argv[1]), flashuq
 sys.exit(pytest.main(sys.argv[2:]))'
 LD_PRELOAD="$asan:$ubsan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH="$target" \
-  python -c "$run_pytest" "$target" -q -p no:cacheprovider tests/ops tests/methods/test_graph_methods.py \
+  "$py" -P -c "$run_pytest" "$target" -q -p no:cacheprovider tests/ops tests/methods/test_graph_methods.py \
   tests/methods/test_inv_entropy.py "${extra[@]}" -k "not compile and not opcheck" "$@"

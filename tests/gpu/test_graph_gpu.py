@@ -5,7 +5,7 @@ Skipped without a GPU."""
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 import flashuq as fuq  # noqa: E402
 from flashuq import methods as M  # noqa: E402

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 import flashuq as fuq  # noqa: E402
 from flashuq.ops import token_stats as ts_mod  # noqa: E402

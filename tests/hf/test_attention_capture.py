@@ -291,6 +291,14 @@ def test_too_many_heads_raise():
         cap.uqac_reduced
 
 
+def continued(out):
+    """The keyword that hands a forward's cache to the next one: ``cache`` in the transformers releases
+    that renamed it, ``past_key_values`` before (the capture reads either)."""
+    if hasattr(out, "cache"):
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
+
+
 def test_rows_in_low_precision_and_after_a_prefill(model):
     ids, mask = batch("right", B=1, N=14)
     maps, _ = eager_maps(model, ids, mask)
@@ -299,7 +307,7 @@ def test_rows_in_low_precision_and_after_a_prefill(model):
                              rows_dtype=torch.bfloat16) as cap:
         with torch.no_grad():
             out = model(ids[:, :8], use_cache=True)  # prefill the instruction
-            model(ids[:, 8:], cache=out.cache if hasattr(out, "cache") else out.past_key_values, use_cache=True)
+            model(ids[:, 8:], use_cache=True, **continued(out))
     got = cap.response_rows[0]
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), rows, atol=4e-3, rtol=1e-2)
@@ -309,7 +317,7 @@ def test_rows_in_low_precision_and_after_a_prefill(model):
         with torch.no_grad():
             out = model(ids[:, :10], use_cache=True)
             with pytest.raises(ValueError, match="one forward"):
-                model(ids[:, 10:], cache=out.cache if hasattr(out, "cache") else out.past_key_values)
+                model(ids[:, 10:], **continued(out))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ def test_kernels_compile_for_sm90_without_atomics():
     # ensemble_stats x 3 dtype/member-count settings
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900,
+                          cwd="/")
     assert proc.returncode == 0, proc.stderr[-4000:]
     import json
 

@@ -240,7 +240,8 @@ def test_compiles_for_sm90_without_atomics():
     # what the interpreter cannot check: the kernel lowers for Hopper, with no atomics (determinism)
     # and the barriers that order the workspace writes before their reads
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600,
+                          cwd="/")
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.split("REPORT", 1)[1])
     assert len(report) == 4

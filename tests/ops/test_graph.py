@@ -751,7 +751,7 @@ def test_binding_negative_stride_output_does_not_corrupt_memory():
             np.empty(Q * K)
         import gc; gc.collect()
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
     assert r.returncode == 0, f"process died with {r.returncode}: {r.stderr[-500:]}"
     assert "raised" in r.stdout
 

@@ -126,11 +126,13 @@ def test_html_report_in_headless_chromium(tmp_path):
     res = _eval_result()
     path = report.write_html(res, evaluate.leaderboard(res, n_resamples=20), tmp_path / "r.html")
     shot = tmp_path / "shot.png"
-    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={shot}", "--window-size=1000,1400", f"file://{path}"],
+    # no sandbox: CI runs as root; no network, first-run or GPU work: the page is self-contained
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run(flags + ["--hide-scrollbars", f"--screenshot={shot}", "--window-size=1000,1400", f"file://{path}"],
                    check=True, capture_output=True, timeout=120)
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", f"file://{path}"],
+    dom = subprocess.run(flags + ["--dump-dom", f"file://{path}"],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     assert dom.count("class=\"tok\"") == sum(len(t) for t in res.tokens)  # the spans survive the real parser
