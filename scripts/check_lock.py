@@ -5,6 +5,7 @@ Exits 1 and lists the differences when a package is missing, at another version,
 without being in the lock (flashuq itself, the project under test, is the one exception). Run by
 scripts/setup.sh after every install, so nothing but the lock decides what runs:
     python scripts/check_lock.py [requirements/min.lock]
+    python scripts/check_lock.py --not-locked [LOCK]   # only list what the lock does not name (for pip uninstall)
 """
 
 from __future__ import annotations
@@ -48,15 +49,24 @@ def differences(pins: dict, have: dict) -> list:
             out.append(f"missing: {name}=={version}")
         elif have[name] != [version]:
             out.append(f"version: {name} is {', '.join(have[name])}, the lock says {version}")
-    for name in sorted(set(have) - set(pins) - NOT_LOCKED):
+    for name in not_locked(pins, have):
         out.append(f"not in the lock: {name}=={', '.join(have[name])}")
     return out
 
 
+def not_locked(pins: dict, have: dict) -> list:
+    return sorted(set(have) - set(pins) - NOT_LOCKED)
+
+
 def main(argv=None) -> int:
-    argv = argv if argv is not None else sys.argv[1:]
+    argv = list(argv if argv is not None else sys.argv[1:])
+    list_only = "--not-locked" in argv
+    argv = [a for a in argv if a != "--not-locked"]
     lock = pathlib.Path(argv[0]) if argv else LOCK
     pins = read_lock(lock)
+    if list_only:
+        print("\n".join(not_locked(pins, installed())))
+        return 0
     diff = differences(pins, installed())
     if diff:
         print(f"check_lock: the environment of {sys.prefix} differs from {lock.name}:", file=sys.stderr)

@@ -37,6 +37,9 @@ fi
 # The machines' pip.conf lists local extra indexes; each package missing from one prints a warning.
 quiet_pip() { "$VENV/bin/pip" "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 echo "setup: installing $LOCK into $VENV"
+# a reused venv: first remove what the lock no longer names (the lock is the whole environment)
+stale=$("$VENV/bin/python" scripts/check_lock.py --not-locked "$LOCK")
+[ -z "$stale" ] || { echo "setup: removing packages the lock does not name:" $stale; quiet_pip uninstall -q -y $stale; }
 quiet_pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$LOCK"
 
 if [ -z "${WHEEL:-}" ]; then

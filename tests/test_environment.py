@@ -146,6 +146,9 @@ def test_check_lock_reports_every_difference():
     assert got == ["version: numpy is 2.4.0, the lock says 2.3.5", "missing: scipy==1.17.1",
                    "not in the lock: torchvision==0.28.0"]
     assert check.differences({"a": "1"}, {"a": ["1", "2"]}) == ["version: a is 1, 2, the lock says 1"]
+    # what scripts/setup.sh uninstalls from a reused venv: never flashuq itself
+    assert check.not_locked(pins, {"torch": ["2.13.0+cpu"], "torchvision": ["0.28.0"], "flashuq": ["0.1.0"],
+                                   "aaa": ["1"]}) == ["aaa", "torchvision"]
 
 
 def test_the_lock_pins_every_package_once_with_a_hash_and_leaves_out_the_broken_ones():
