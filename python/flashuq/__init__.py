@@ -21,13 +21,13 @@ __version__ = "0.1.0"
 __all__ = ["TokenStats", "token_stats", "token_stats_linear", "EnsembleStats", "ensemble_stats", "masked_reduce",
            "masked_quantile", "segment_reduce", "sequence_scores", "similarity", "sym_eig", "laplacian_spectrum",
            "LaplacianSpectrum", "heat_kernel_entropy", "uqac_reduce_attention", "uqac_backtrack",
-           "uqac_similarity_filter", "uqac_marginal", "methods", "metrics", "models", "reference", "report", "hf",
+           "uqac_similarity_filter", "uqac_marginal", "methods", "metrics", "models", "reference", "report", "hf", "vllm",
            "__version__"]
 
 
 def __getattr__(name):
-    # flashuq.hf imports transformers: loaded on first use, so `import flashuq` stays light
-    if name == "hf":
+    # flashuq.hf imports transformers, flashuq.vllm vLLM: loaded on first use, so `import flashuq` stays light
+    if name in ("hf", "vllm"):
         import importlib
 
         return importlib.import_module(".hf", __name__)
