@@ -50,3 +50,27 @@ def check_against_vllm(completion, stats, covered, *, temperature=1.0, topk=0, r
     if renyi:
         torch.testing.assert_close(stats.renyi_term.double(), ref.renyi_term, rtol=2e-4, atol=2e-4)
         torch.testing.assert_close(stats.fisher_rao.double(), ref.fisher_rao, rtol=2e-4, atol=2e-5)
+
+
+def check_against_vllm_topk(completion, stats, covered):
+    """The cheaper check (``logprobs=k``, the option ``topk=k``): the emitted token's log-prob, the largest
+    log-prob and the top-k ids and log-probs of every position against vLLM's top-k log-probs."""
+    k = stats.topk_ids.shape[1]
+    assert k > 0 and covered.all() and len(completion.token_ids) == stats.logprob.shape[0] > 0
+    for t, (tok, d) in enumerate(zip(completion.token_ids, completion.logprobs)):
+        top = sorted((lp.rank, tid, lp.logprob) for tid, lp in d.items() if lp.rank <= k)
+        np.testing.assert_allclose(stats.topk_logprobs[t].numpy(), [lp for _, _, lp in top], rtol=2e-4, atol=5e-5)
+        # bf16 logits tie often, and vLLM orders ties its own way: each id of ours has its value in vLLM's list
+        for tid, lp in zip(stats.topk_ids[t].tolist(), stats.topk_logprobs[t].tolist()):
+            if tid in d:
+                assert d[tid].logprob == pytest_approx(lp), (t, tid)
+            else:  # a tie at the boundary of vLLM's top k
+                assert lp == pytest_approx(top[-1][2]), (t, tid)
+        assert stats.max_logprob[t].item() == pytest_approx(top[0][2])
+        assert stats.logprob[t].item() == pytest_approx(d[tok].logprob)
+
+
+def pytest_approx(x):
+    import pytest
+
+    return pytest.approx(x, rel=2e-4, abs=5e-5)
