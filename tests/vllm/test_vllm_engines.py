@@ -41,7 +41,7 @@ def test_in_process_float32_engine_agrees_with_transformers(smollm2_dir, tmp_pat
     r = subprocess.run([sys.executable, "-c", IN_PROCESS, smollm2_dir, json.dumps(PROMPTS)], capture_output=True,
                        text=True, timeout=600, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
-    got = json.loads(r.stdout.split("RESULT", 1)[1])
+    got = json.loads(r.stdout.split("RESULT", 1)[1].splitlines()[0])
 
     import transformers
 
@@ -60,6 +60,48 @@ def test_in_process_float32_engine_agrees_with_transformers(smollm2_dir, tmp_pat
             np.testing.assert_allclose(g[f], getattr(h.stats, f)[0][:n].double().numpy(), rtol=1e-3, atol=1e-3,
                                        err_msg=f"{prompt}: {f}")
         np.testing.assert_allclose(g["kurtosis"], h.stats.kurtosis[0][:n].double().numpy(), rtol=1e-3)
+
+
+TENSOR_PARALLEL = r"""
+import json, sys
+import flashuq.vllm as fv
+from vllm import SamplingParams
+from vllm_cases import vllm_logprobs
+llm = fv.LLM(sys.argv[1], tensor_parallel_size=2, max_model_len=128, enforce_eager=True, seed=0, max_logprobs=-1)
+p = fv.opt_in(SamplingParams(max_tokens=6, temperature=0, logprobs=-1), "tp")
+out = llm.generate(["The capital of France is"], [p])[0]
+ranks = llm.collective_rpc("flashuq_fetch", args=(["tp"], False))
+g = fv.collect(out, fv.fetch(llm, ["tp"])["tp"])
+print("RESULT" + json.dumps({"ranks": ranks, "tokens": list(out.outputs[0].token_ids), "logprobs": vllm_logprobs(
+    out.outputs[0]).tolist(), "covered": bool(g.covered[0].all()), "entropy": g.stats[0].entropy.tolist()}))
+"""
+
+
+def test_tensor_parallel_2_ranks_record_the_same_rank_0_answers(smollm2_dir, tmp_path):
+    # SmolLM2-135M has 9 attention heads, so TP = 2 needs another model: a config-built Llama with 4
+    # heads of 64 dims (random weights) and SmolLM2's tokenizer. On this 2-core machine vLLM's CPU
+    # backend binds one core per rank only when told (VLLM_CPU_OMP_THREADS_BIND="0|1").
+    import transformers
+
+    from flashuq.reference import token_stats as ref_stats
+
+    tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    r = subprocess.run([sys.executable, "-c", TENSOR_PARALLEL, str(tmp_path / "m")], capture_output=True, text=True,
+                       timeout=600, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    got = json.loads(r.stdout.split("RESULT", 1)[1].splitlines()[0])
+    assert len(got["ranks"]) == 2 and got["ranks"][0] == got["ranks"][1]  # every rank recorded the same
+    assert got["covered"]
+    ref = ref_stats(torch.tensor(got["logprobs"], dtype=torch.float64), torch.tensor(got["tokens"]))
+    np.testing.assert_allclose(got["entropy"], ref.entropy.numpy(), rtol=2e-4, atol=5e-5)
 
 
 def test_async_llm(smollm2_dir):
