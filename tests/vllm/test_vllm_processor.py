@@ -14,6 +14,7 @@ vllm = pytest.importorskip("vllm")
 
 import flashuq as fuq  # noqa: E402
 import flashuq.vllm as fv  # noqa: E402
+from flashuq.reference import token_stats as ref_stats  # noqa: E402
 from flashuq.vllm._record import as_arrays  # noqa: E402
 
 from vllm_cases import check_against_vllm, check_against_vllm_topk, shutdown, vllm_logprobs  # noqa: E402
@@ -88,6 +89,27 @@ def test_no_opted_in_request_no_kernel_launch(llm):
     before = llm.collective_rpc("flashuq_status")[0]["steps"]
     llm.generate(PROMPTS[:2], SamplingParams(max_tokens=4, temperature=0))
     assert llm.collective_rpc("flashuq_status")[0]["steps"] == before
+
+
+def test_logit_bias_is_part_of_the_recorded_distribution(llm):
+    # vLLM's logprobs are of the raw logits; custom processors run after the bias: the reference adds it.
+    # Without a bias no row is copied (the model's bf16 output is read after sampling); with one, the rows
+    # are copied for the step.
+    copied = llm.collective_rpc("flashuq_status")[0]["copied_rows"]
+    fv.generate(llm, ["1, 2, 3,"], SamplingParams(max_tokens=4, temperature=0))
+    assert llm.collective_rpc("flashuq_status")[0]["copied_rows"] == copied
+    bias = {28: 4.0, 216: -3.0, 1000: 6.5}
+    (g,) = fv.generate(llm, ["1, 2, 3,"], SamplingParams(max_tokens=6, temperature=0, logit_bias=bias, logprobs=-1))
+    assert llm.collective_rpc("flashuq_status")[0]["copied_rows"] > copied
+    c = g.output.outputs[0]
+    lp = vllm_logprobs(c)
+    for t, b in bias.items():
+        lp[:, t] += b
+    tok = torch.tensor(c.token_ids)
+    ref = ref_stats(torch.from_numpy(lp), tok)
+    for f in ("logprob", "entropy", "max_logprob", "margin"):
+        torch.testing.assert_close(getattr(g.stats[0], f).double(), getattr(ref, f), rtol=2e-4, atol=5e-5, msg=f)
+    assert torch.equal(g.stats[0].argmax, tok)
 
 
 def test_stop_string(llm):

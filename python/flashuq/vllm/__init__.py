@@ -19,6 +19,8 @@ records -> :class:`Generation`). How it works, and what is recorded when: docs/v
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -34,7 +36,7 @@ PROCESSOR = "flashuq.vllm.processor:FlashUQLogitsProcessor"
 WORKER_EXTENSION = "flashuq.vllm.worker.FlashUQWorkerExtension"
 
 __all__ = ["LLM", "Generation", "generate", "agenerate", "engine_kwargs", "opt_in", "fetch", "afetch", "collect",
-           "Options", "PROCESSOR", "WORKER_EXTENSION"]
+           "children_without_cwd_on_path", "shutdown", "Options", "PROCESSOR", "WORKER_EXTENSION"]
 
 
 def _vllm():
@@ -55,6 +57,13 @@ class Generation:
     covered: List[np.ndarray]        #: per completion ``[T_k]`` bool: positions with recorded statistics
 
 
+def shutdown(llm) -> None:
+    """Stop a ``vllm.LLM``'s engine processes now rather than when the object is collected."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+
+
 def engine_kwargs(**kwargs) -> dict:
     """``kwargs`` for ``vllm.LLM`` / ``AsyncEngineArgs`` with flashuq's processor added to
     ``logits_processors`` and its worker extension set. Raises ValueError when ``worker_extension_cls``
@@ -71,9 +80,30 @@ def engine_kwargs(**kwargs) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def children_without_cwd_on_path():
+    """While an engine starts, its helper processes get ``PYTHONSAFEPATH=1``: vLLM runs some with
+    ``python -m`` (the model registry's inspection), which would put the working directory first on
+    their ``sys.path``, where a folder named like an installed package shadows it (a flashuq checkout's
+    top-level ``kernels/`` shadows Hugging Face's ``kernels``, which transformers imports). vLLM's
+    processes import only installed packages, so they never need it. The variable is restored after."""
+    old = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = old
+
+
 def LLM(model: str, **kwargs):
-    """``vllm.LLM(model, **kwargs)`` with flashuq's processor and worker extension (:func:`engine_kwargs`)."""
-    return _vllm().LLM(model, **engine_kwargs(**kwargs))
+    """``vllm.LLM(model, **kwargs)`` with flashuq's processor and worker extension (:func:`engine_kwargs`),
+    started under :func:`children_without_cwd_on_path`."""
+    vllm = _vllm()
+    with children_without_cwd_on_path():
+        return vllm.LLM(model, **engine_kwargs(**kwargs))
 
 
 def opt_in(params=None, key: Optional[str] = None, *, topk: int = 0, temperature: str = "model",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -109,7 +110,7 @@ class _Batch:
     """The results of one ``step`` group: field tensors of ``k`` rows, plus the emitted tokens and
     their log-probabilities once the sampler has run."""
 
-    __slots__ = ("fields", "L", "tokens", "logprob", "real", "snapshot", "rows", "inv_temp", "order")
+    __slots__ = ("fields", "L", "tokens", "logprob", "real", "snapshot", "source", "rows", "inv_temp", "order", "host")
 
     def __init__(self, fields, L, rows, snapshot, inv_temp, order):
         self.fields = fields
@@ -121,6 +122,8 @@ class _Batch:
         self.tokens = None
         self.logprob = None
         self.real = None
+        self.source = None
+        self.host = None  # the batch's columns as numpy, made once at fetch time
 
 
 class Record:
@@ -128,10 +131,11 @@ class Record:
     comes back). ``output`` is the engine's live list of the request's output tokens when it has one
     (V1), used to tell real steps from discarded ones."""
 
-    __slots__ = ("options", "temperature", "entries", "Ls", "output", "seen_len")
+    __slots__ = ("options", "temperature", "entries", "Ls", "output", "seen_len", "bias")
 
-    def __init__(self, options: Options, temperature: float, output: Optional[list]):
+    def __init__(self, options: Options, temperature: float, output: Optional[list], bias: bool = False):
         self.options = options
+        self.bias = bias  # the request has a logit bias: its recorded logits differ from the model's output
         self.temperature = temperature
         self.entries: List[tuple] = []   # (batch, index in batch)
         self.Ls: List[int] = []          # host copy of each entry's L, when the engine gives it on the host
@@ -156,10 +160,13 @@ class Recorder:
         self.dropped_keys = 0
         self._order = itertools.count()
         self.steps = 0  # steps with at least one opted-in row (for tests and benchmarks)
+        self.seconds = 0.0  # wall time spent in step() and sampled() (host side; for benchmarks)
+        self.copied_rows = 0  # rows copied because no untouched source was at hand
 
     # -- bookkeeping ------------------------------------------------------------------------------
-    def open(self, options: Options, sampling_temperature: float, output: Optional[list] = None) -> Record:
-        rec = Record(options, stats_temperature(options, sampling_temperature), output)
+    def open(self, options: Options, sampling_temperature: float, output: Optional[list] = None,
+             bias: bool = False) -> Record:
+        rec = Record(options, stats_temperature(options, sampling_temperature), output, bias)
         recs = self.records.get(options.key)
         if recs is None:
             recs = self.records[options.key] = []
@@ -170,14 +177,21 @@ class Recorder:
         return rec
 
     # -- the step ---------------------------------------------------------------------------------
-    def step(self, logits: torch.Tensor, entries: Sequence[tuple], L_device: Optional[torch.Tensor] = None) -> None:
+    def step(self, logits: torch.Tensor, entries: Sequence[tuple], L_device: Optional[torch.Tensor] = None,
+             source: Optional[torch.Tensor] = None) -> None:
         """Record the rows ``entries = [(row, record, L)]`` of this step's ``logits [rows, V]``. ``L``
-        is a host int (V1), or None with ``L_device [len(entries)]`` given (V2)."""
+        is a host int (V1), or None with ``L_device [len(entries)]`` given (V2).
+
+        The emitted token's log-probability is gathered after sampling, when later stages have edited
+        ``logits`` in place: from ``source`` when the caller has a tensor with the same values at the
+        sampled tokens that nothing edits (V1: the model's output, which vLLM converted into ``logits``),
+        else from a copy of the rows taken here."""
         from ..ops.token_stats import token_stats
 
         self.pending = []
         if not entries:
             return
+        t0 = time.perf_counter()
         self.steps += 1
         groups: Dict[tuple, List[int]] = {}
         for j, (_, rec, _) in enumerate(entries):
@@ -185,9 +199,17 @@ class Recorder:
             groups.setdefault((rec.temperature, o.topk, o.renyi), []).append(j)
         dev = logits.device
         for (temp, topk, renyi), js in groups.items():
-            rows = torch.tensor([entries[j][0] for j in js], dtype=torch.int64).to(dev, non_blocking=True)
-            snap = logits.index_select(0, rows)  # the rows as recorded: later stages edit logits in place
-            s = token_stats(snap, temperature=temp, topk=topk, renyi=renyi)
+            row_list = [entries[j][0] for j in js]
+            rows = torch.tensor(row_list, dtype=torch.int64).to(dev, non_blocking=True)
+            first, n = row_list[0], len(row_list)
+            if row_list == list(range(first, first + n)):  # a run of rows: a view, no copy
+                block = logits[first:first + n]
+                snap = None if source is not None else block.clone()
+            else:
+                block = snap = logits.index_select(0, rows)
+            if snap is not None:
+                self.copied_rows += n
+            s = token_stats(block if snap is None else snap, temperature=temp, topk=topk, renyi=renyi)
             fields = {f: getattr(s, f) for f in STAT_FIELDS}
             if topk:
                 fields["topk_logprobs"], fields["topk_ids"] = s.topk_logprobs, s.topk_ids
@@ -197,31 +219,39 @@ class Recorder:
                 L = torch.tensor([entries[j][2] for j in js], dtype=torch.int64)
             else:
                 L = L_device.index_select(0, torch.tensor(js, dtype=torch.int64).to(dev, non_blocking=True))
-            b = _Batch(fields, L, rows, snap, 1.0 / temp, next(self._order))
+            b = _Batch(fields, L, rows, snap if source is None else None, 1.0 / temp, next(self._order))
+            b.source = source
             for i, j in enumerate(js):
                 _, rec, Lj = entries[j]
                 rec.entries.append((b, i))
                 if Lj is not None:
                     rec.Ls.append(Lj)
             self.pending.append(b)
+        self.seconds += time.perf_counter() - t0
 
     def sampled(self, tokens: torch.Tensor, num_sampled: Optional[torch.Tensor] = None) -> None:
         """This step's sampled tokens ``[rows]`` (the sampler's output, on the device); with
         ``num_sampled [rows]`` (V2) a row that emitted nothing (a chunk of a prefill) is not real."""
+        t0 = time.perf_counter()
         for b in self.pending:
             tok = tokens.index_select(0, b.rows).to(torch.int64)
-            x = b.snapshot.gather(1, tok.clamp(0, b.snapshot.shape[1] - 1)[:, None])[:, 0].float()
+            if b.source is not None:
+                V = b.source.shape[1]
+                x = b.source[b.rows, tok.clamp(0, V - 1)].float()
+            else:
+                x = b.snapshot.gather(1, tok.clamp(0, b.snapshot.shape[1] - 1)[:, None])[:, 0].float()
             b.logprob = x * b.inv_temp - b.fields["lse"]
             b.tokens = tok
             if num_sampled is not None:
                 b.real = num_sampled.index_select(0, b.rows) > 0
-            b.snapshot = None
+            b.snapshot = b.source = None
         self.pending = []
+        self.seconds += time.perf_counter() - t0
 
     def abandon_step(self) -> None:
         """The sampler did not report back (no hook): drop the step's rows (logprob stays unknown)."""
         for b in self.pending:
-            b.snapshot = None
+            b.snapshot = b.source = None
         self.pending = []
 
     # -- results ----------------------------------------------------------------------------------
@@ -237,31 +267,35 @@ class Recorder:
         return out
 
 
+def _host(b: _Batch) -> dict:
+    """A batch's columns as numpy arrays (converted once, shared by every record that uses the batch)."""
+    if b.host is None:
+        k = b.L.shape[0]
+        known = b.tokens is not None
+        cols = {"order": np.full(k, b.order, dtype=np.int64), "L": b.L.cpu().numpy(),
+                "token": b.tokens.cpu().numpy() if known else np.full(k, -1, dtype=np.int64),
+                "logprob": b.logprob.cpu().numpy() if known else np.full(k, np.nan, dtype=np.float32),
+                "_real": b.real.cpu().numpy() if b.real is not None else np.ones(k, dtype=bool)}
+        cols.update({f: t.cpu().numpy() for f, t in b.fields.items()})
+        b.host = cols
+    return b.host
+
+
 def _export(rec: Record) -> dict:
     rec.observe()
-    n = len(rec.entries)
     res = {"temperature": rec.temperature, "topk": rec.options.topk, "renyi": rec.options.renyi}
-    if n == 0:
+    if not rec.entries:
         res.update(order=[], L=[], token=[], logprob=[])
         return res
-    cols: Dict[str, list] = collections.defaultdict(list)
-    by_batch: Dict[int, tuple] = {}
+    # one gather per column over every batch the record touched (entries are in step order)
+    batches, where = {}, []
     for b, i in rec.entries:
-        by_batch.setdefault(id(b), (b, []))[1].append(i)
-    for b, idx in by_batch.values():  # one gather per batch, in entry order
-        ix = torch.tensor(idx, dtype=torch.int64)
-        cols["order"].append(torch.full((len(idx),), b.order, dtype=torch.int64))
-        cols["L"].append(b.L.index_select(0, ix.to(b.L.device)).cpu())
-        known = b.tokens is not None
-        cols["token"].append(b.tokens.index_select(0, ix.to(b.tokens.device)).cpu() if known
-                             else torch.full((len(idx),), -1, dtype=torch.int64))
-        cols["logprob"].append(b.logprob.index_select(0, ix.to(b.logprob.device)).cpu() if known
-                               else torch.full((len(idx),), math.nan))
-        cols["_real"].append(b.real.index_select(0, ix.to(b.real.device)).cpu() if b.real is not None
-                             else torch.ones(len(idx), dtype=torch.bool))
-        for f, t in b.fields.items():
-            cols[f].append(t.index_select(0, ix.to(t.device)).cpu())
-    arr = {f: torch.cat(v).numpy() for f, v in cols.items()}
+        slot = batches.setdefault(id(b), (len(batches), b))[0]
+        where.append((slot, i))
+    hosts = [_host(b) for _, b in sorted(batches.values(), key=lambda t: t[0])]
+    offsets = np.cumsum([0] + [len(h["L"]) for h in hosts])
+    idx = np.fromiter((offsets[sl] + i for sl, i in where), dtype=np.int64, count=len(where))
+    arr = {f: np.concatenate([h[f] for h in hosts])[idx] for f in hosts[0]}
     order = np.argsort(arr["order"], kind="stable")
     arr = {f: v[order] for f, v in arr.items()}
     real = arr.pop("_real")

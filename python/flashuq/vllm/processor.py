@@ -81,7 +81,7 @@ class FlashUQLogitsProcessor(_V1, _V2):
                 old.detach()
             opts = parse_options(params.extra_args)
             if opts is not None:
-                self.slots[i] = self.recorder.open(opts, params.temperature, output)
+                self.slots[i] = self.recorder.open(opts, params.temperature, output, bool(params.logit_bias))
         for a, b, direction in batch_update.moved:
             ra, rb = self.slots.pop(a, None), self.slots.pop(b, None)
             if direction == MoveDirectionality.SWAP:
@@ -130,11 +130,20 @@ class FlashUQLogitsProcessor(_V1, _V2):
 
     def _apply_v1(self, logits: torch.Tensor) -> None:
         entries = []
+        bias = False
         for row in sorted(self.slots):
             rec = self.slots[row]
             rec.observe()
+            bias |= rec.bias
             entries.append((row, rec, len(rec.output) if rec.output is not None else 0))
-        self.recorder.step(logits, entries)
+        # The model's output, when vLLM converted it into a new float32 tensor (bf16/fp16 models) and
+        # only masks came before us, holds exactly our values at any token the sampler can pick: the
+        # emitted tokens' logits are then gathered from it after sampling, and no row is copied.
+        src = _CALL.logits_in
+        if (src is None or bias or not _CALL.raw_ok or src.shape != logits.shape
+                or src.data_ptr() == logits.data_ptr()):
+            src = None
+        self.recorder.step(logits, entries, source=src)
 
     def _apply_v2(self, logits: torch.Tensor, ctx) -> None:
         slots = np.asarray(ctx.idx_mapping_np)
@@ -178,6 +187,27 @@ def _device_view(buf, device):
     return torch.from_numpy(np.asarray(buf.np)).to(device)
 
 
+class _SamplerCall:
+    """What the wrapped V1 sampler is doing right now (set around its forward)."""
+
+    logits_in = None  # the logits the sampler was handed
+    raw_ok = False    # the processors before ours only mask: no value differs at a sampleable token
+
+
+_CALL = _SamplerCall()
+_MASKS_ONLY = ("MinTokensLogitsProcessor",)  # and LogitBias, which records flag per request
+
+
+def _raw_ok(metadata) -> bool:
+    procs = getattr(getattr(metadata, "logitsprocs", None), "non_argmax_invariant", ())
+    for p in procs:
+        if isinstance(p, FlashUQLogitsProcessor):
+            return True
+        if type(p).__name__ not in _MASKS_ONLY + ("LogitBiasLogitsProcessor",):
+            return False
+    return False
+
+
 def _report(out) -> None:
     num_sampled = getattr(out, "num_sampled", None)  # V2 only
     for p in list(PROCESSORS):
@@ -194,7 +224,12 @@ def _wrap_sampler(sampler) -> None:
         original = sampler.forward
 
         def forward(*args, **kwargs):
-            out = original(*args, **kwargs)
+            _CALL.logits_in = kwargs.get("logits", args[0] if args else None)
+            _CALL.raw_ok = _raw_ok(kwargs.get("sampling_metadata", args[1] if len(args) > 1 else None))
+            try:
+                out = original(*args, **kwargs)
+            finally:
+                _CALL.logits_in = None
             _report(out)
             return out
 

@@ -34,5 +34,6 @@ class FlashUQWorkerExtension:
     def flashuq_status(self):
         """What this worker's processors hold: processors, steps recorded, unfetched keys, dropped keys."""
         recs = _recorders()
-        return {"processors": len(recs), "steps": sum(r.steps for r in recs),
+        return {"processors": len(recs), "steps": sum(r.steps for r in recs), "seconds": sum(r.seconds for r in recs),
+                "copied_rows": sum(r.copied_rows for r in recs),
                 "keys": sum(len(r.records) for r in recs), "dropped_keys": sum(r.dropped_keys for r in recs)}
