@@ -112,25 +112,24 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   a.n = A(len);
   if (!(bm > ninf)) return a;  // no finite entry: only the column count matters
 
-  int bidx = 0;
-  while (buf[bidx] != bm) ++bidx;
-  A m2a = ninf, m2b = ninf;
-#pragma omp simd reduction(max : m2a)
-  for (int i = 0; i < bidx; ++i) m2a = buf[i] > m2a ? buf[i] : m2a;
-#pragma omp simd reduction(max : m2b)
-  for (int i = bidx + 1; i < len; ++i) m2b = buf[i] > m2b ? buf[i] : m2b;
+  // first index of the maximum: a vectorised min-reduction over the matching columns
+  int bidx = len;
+#pragma omp simd reduction(min : bidx)
+  for (int i = 0; i < len; ++i) bidx = (buf[i] == bm && i < bidx) ? i : bidx;
 
   // The maximum itself is left out of R and Q2 (its e^0 = 1 is implicit) and contributes
-  // d = 0 to T and sd. Sums run over sub-blocks of kSub columns, then add up: even a build that
-  // does not vectorise (sanitizers, other compilers) never chains more than kSub fp32 additions.
+  // d = 0 to T and sd; with it set aside, the largest value the pass sees is the second largest.
+  // Sums run over sub-blocks of kSub columns, then add up: even a build that does not vectorise
+  // (sanitizers, other compilers) never chains more than kSub fp32 additions.
   buf[bidx] = ninf;
-  A R = 0, T = 0, Q2 = 0, Qh = 0, Qq = 0, sd = 0, nf = 0;
+  A R = 0, T = 0, Q2 = 0, Qh = 0, Qq = 0, sd = 0, nf = 0, m2 = ninf;
   for (int s0 = 0; s0 < len; s0 += kSub) {
     const int s1 = std::min(len, s0 + kSub);
     A r = 0, t = 0, q = 0, qh = 0, qq = 0, dd = 0, f = 0;
-#pragma omp simd reduction(+ : r, t, q, qh, qq, dd, f)
+#pragma omp simd reduction(+ : r, t, q, qh, qq, dd, f) reduction(max : m2)
     for (int i = s0; i < s1; ++i) {
       const A x = buf[i];
+      m2 = x > m2 ? x : m2;
       const bool fin = x > ninf;
       const A d = fin ? (x - bm) * inv_temp : A(0);
       A e;
@@ -171,7 +170,7 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
     M2 += m2; M3 += m3; M4 += m4;
   }
   a.m = bm;
-  a.m2 = m2a > m2b ? m2a : m2b;
+  a.m2 = m2;
   a.idx = base + bidx;
   a.R = R;
   a.T = T;
