@@ -36,6 +36,18 @@ import torch  # noqa: E402
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+# vLLM's CPU backend otherwise sizes its KV cache to most of the machine's memory (tests/vllm)
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The offline SmolLM2-135M-Instruct checkpoint directory that flashuq.models writes (what vLLM
+    loads), converted once per session."""
+    from flashuq.models import smollm2_checkpoint
+
+    return str(smollm2_checkpoint(tmp_path_factory.mktemp("smollm2")))
+
 
 def _installed_from_wheel() -> str:
     """Why the imported flashuq is not an installed wheel ('' when it is)."""

