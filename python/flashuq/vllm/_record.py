@@ -106,6 +106,19 @@ def stats_temperature(options: Options, sampling_temperature: float) -> float:
     return 1.0
 
 
+def _index(ids: List[int], device):
+    """Rows to take: a slice for a run of consecutive ids (no host-to-device copy, views), else an
+    index tensor on ``device``."""
+    first = ids[0]
+    if ids == list(range(first, first + len(ids))):
+        return slice(first, first + len(ids))
+    return torch.tensor(ids, dtype=torch.int64).to(device, non_blocking=True)
+
+
+def _take(t: torch.Tensor, rows):
+    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
+
+
 class _Batch:
     """The results of one ``step`` group: field tensors of ``k`` rows, plus the emitted tokens and
     their log-probabilities once the sampler has run."""
@@ -200,13 +213,13 @@ class Recorder:
         dev = logits.device
         for (temp, topk, renyi), js in groups.items():
             row_list = [entries[j][0] for j in js]
-            rows = torch.tensor(row_list, dtype=torch.int64).to(dev, non_blocking=True)
-            first, n = row_list[0], len(row_list)
-            if row_list == list(range(first, first + n)):  # a run of rows: a view, no copy
-                block = logits[first:first + n]
+            rows = _index(row_list, dev)
+            if isinstance(rows, slice):  # a run of rows: a view, no copy
+                block = logits[rows]
                 snap = None if source is not None else block.clone()
             else:
                 block = snap = logits.index_select(0, rows)
+            n = len(row_list)
             if snap is not None:
                 self.copied_rows += n
             s = token_stats(block if snap is None else snap, temperature=temp, topk=topk, renyi=renyi)
@@ -218,7 +231,7 @@ class Recorder:
             if L_device is None:
                 L = torch.tensor([entries[j][2] for j in js], dtype=torch.int64)
             else:
-                L = L_device.index_select(0, torch.tensor(js, dtype=torch.int64).to(dev, non_blocking=True))
+                L = _take(L_device, _index(js, dev))
             b = _Batch(fields, L, rows, snap if source is None else None, 1.0 / temp, next(self._order))
             b.source = source
             for i, j in enumerate(js):
@@ -234,16 +247,18 @@ class Recorder:
         ``num_sampled [rows]`` (V2) a row that emitted nothing (a chunk of a prefill) is not real."""
         t0 = time.perf_counter()
         for b in self.pending:
-            tok = tokens.index_select(0, b.rows).to(torch.int64)
-            if b.source is not None:
-                V = b.source.shape[1]
-                x = b.source[b.rows, tok.clamp(0, V - 1)].float()
-            else:
-                x = b.snapshot.gather(1, tok.clamp(0, b.snapshot.shape[1] - 1)[:, None])[:, 0].float()
+            tok = _take(tokens, b.rows).to(torch.int64)
+            if b.source is None:
+                x = b.snapshot.gather(1, tok.clamp(0, b.snapshot.shape[1] - 1)[:, None])[:, 0]
+            elif isinstance(b.rows, slice):
+                x = b.source[b.rows].gather(1, tok.clamp(0, b.source.shape[1] - 1)[:, None])[:, 0]
+            else:  # one element per row, not the rows
+                x = b.source[b.rows, tok.clamp(0, b.source.shape[1] - 1)]
+            x = x.float()
             b.logprob = x * b.inv_temp - b.fields["lse"]
             b.tokens = tok
             if num_sampled is not None:
-                b.real = num_sampled.index_select(0, b.rows) > 0
+                b.real = _take(num_sampled, b.rows) > 0
             b.snapshot = b.source = None
         self.pending = []
         self.seconds += time.perf_counter() - t0

@@ -35,7 +35,7 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as _V1
 
-from ._record import Recorder, parse_options
+from ._record import Recorder, _index, _take, parse_options
 
 try:  # model runner V2's interface (import-light by design)
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as _V2
@@ -153,10 +153,10 @@ class FlashUQLogitsProcessor(_V1, _V2):
         if not rows:
             return
         dev = logits.device
-        ix = torch.tensor(rows, dtype=torch.int64).to(dev, non_blocking=True)
-        prompt_len = _device_view(self.req_states.prompt_len, dev).index_select(0, ctx.idx_mapping.index_select(0, ix))
+        ix = _index(rows, dev)  # a slice in the usual case: nothing crosses to the device
+        prompt_len = _device_view(self.req_states.prompt_len, dev).index_select(0, _take(ctx.idx_mapping, ix))
         # L = tokens emitted before this row's token: its position + 1 - the prompt's length
-        L = ctx.pos.index_select(0, ix).to(torch.int64) + 1 - prompt_len.to(torch.int64)
+        L = _take(ctx.pos, ix).to(torch.int64) + 1 - prompt_len.to(torch.int64)
         self.recorder.step(logits, [(r, self.slots[int(slots[r])], None) for r in rows], L_device=L)
 
     def _hook_sampler(self, frame) -> None:
