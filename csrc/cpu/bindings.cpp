@@ -25,7 +25,6 @@
 namespace nb = nanobind;
 using namespace flashuq::cpu;
 
-namespace flashuq { namespace cpu { const char* isa(); } }
 
 using Arr = nb::ndarray<nb::device::cpu>;
 
@@ -197,6 +196,13 @@ static void log_f64_py(Arr x, Arr out) {
   double* o = static_cast<double*>(out_ptr(out, int64_t(x.size()), true, "out"));
   const double* p = static_cast<const double*>(x.data());
   for (size_t i = 0; i < x.size(); ++i) o[i] = flashuq::cpu::log_f64(p[i]);
+}
+
+// The token-statistics kernel's fp32 exp (the variant in use), elementwise, for the tests' error bound.
+static void exp_nonpos_f32_py(Arr x, Arr out) {
+  if (x.dtype() != nb::dtype<float>() || !flashuq::is_dense(x)) throw std::invalid_argument("x: expected contiguous float32");
+  float* o = static_cast<float*>(out_ptr(out, int64_t(x.size()), false, "out"));
+  exp_nonpos_f32(static_cast<const float*>(x.data()), o, int64_t(x.size()));
 }
 
 static void isotonic_pav_py(Arr y, Arr w, Arr out) {
@@ -452,6 +458,8 @@ NB_MODULE(_C, m) {
         nb::arg("valid").noconvert(), nb::arg("out").noconvert(), nb::arg("num_threads"),
         "NumSemSets per question: components of the E > C-both-ways graph over the valid responses "
         "(flashuq.methods.num_sem_sets).");
+  m.def("_exp_nonpos_f32", &exp_nonpos_f32_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
+        "The token-statistics kernel's fp32 e^x for x <= 0 (the variant in use), elementwise (tests).");
   m.def("_log_f64", &log_f64_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
         "ln x by the CPU kernels' branch-free fp64 log (for tests: within 1 ulp of std::log).");
   m.def("isotonic_pav", &isotonic_pav_py, nb::arg("y").noconvert(), nb::arg("w").noconvert(),
@@ -479,7 +487,12 @@ NB_MODULE(_C, m) {
         nb::arg("R").noconvert(), nb::arg("k"), nb::arg("threshold"), nb::arg("keep").noconvert(),
         nb::arg("keep_len").noconvert(), nb::arg("num_threads"),
         "UQAC step 4: chain members kept by similarity to the answer (flashuq.ops.uqac).");
-  m.def("isa", []() { return std::string(isa()); }, "The CPU kernel variant in use.");
+  m.def("isa", []() { return std::string(isa()); },
+        "The token-statistics kernel's variant in use: baseline, avx2+fma or avx512 (the graph kernels: avx2+fma "
+        "where the processor has it).");
+  m.def("limit_isa", [](int level) { return std::string(limit_isa(level)); }, nb::arg("level"),
+        "Run no token-statistics variant wider than level (0 baseline, 1 AVX2, 2 AVX-512, the default); returns the "
+        "variant now in use. For tests and benchmarks that compare the variants.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;
 }

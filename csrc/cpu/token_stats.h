@@ -42,9 +42,26 @@ void token_stats(const TokenStatsArgs& a);
 
 // Whether this processor runs the AVX2 + FMA variants (false where none was built).
 bool has_avx2_fma();
+// Whether it runs the AVX-512 (F, BW, DQ, VL) variant of token_stats (false where none was built).
+bool has_avx512();
+// The token_stats variant in use: "baseline", "avx2+fma" or "avx512".
+const char* isa();
+// Use no variant wider than level (0 baseline, 1 AVX2, 2 AVX-512; the default is 2): for tests and
+// benchmarks that compare the variants on one machine. Returns the variant now in use.
+const char* limit_isa(int level);
 
-namespace base { void token_stats(const TokenStatsArgs& a); }
-namespace avx2 { void token_stats(const TokenStatsArgs& a); }
+// e^x for x <= 0 as the kernel computes it (0 below -104), elementwise, for the tests' error bound.
+void exp_nonpos_f32(const float* x, float* out, int64_t n);
+
+#define FUQ_TOKEN_STATS_VARIANT(ns)                              \
+  namespace ns {                                                 \
+  void token_stats(const TokenStatsArgs& a);                     \
+  void exp_nonpos_f32(const float* x, float* out, int64_t n);    \
+  }
+FUQ_TOKEN_STATS_VARIANT(base)
+FUQ_TOKEN_STATS_VARIANT(avx2)
+FUQ_TOKEN_STATS_VARIANT(avx512)
+#undef FUQ_TOKEN_STATS_VARIANT
 
 }  // namespace cpu
 }  // namespace flashuq

@@ -1,6 +1,7 @@
 """flashuq.token_stats on the CPU (C++ kernel) and the public API around it."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -9,9 +10,71 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashuq as fuq
+from flashuq import _ext
 from stats_cases import FLOAT_FIELDS, ROW_KINDS, assert_close_stats, make_logits, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _variants():
+    """The CPU kernel's variants this processor runs, as (level, name): the baseline, AVX2, AVX-512."""
+    names = {}
+    for level in (0, 1, 2):
+        names.setdefault(_ext._C.limit_isa(level), level)
+    _ext._C.limit_isa(2)
+    return [(level, name) for name, level in names.items()]
+
+
+VARIANTS = _variants()
+
+
+@pytest.fixture(autouse=True, params=VARIANTS, ids=[name for _, name in VARIANTS])
+def cpu_variant(request):
+    """Every test of this module runs on each variant of the kernel this processor has."""
+    level, name = request.param
+    assert _ext._C.limit_isa(level) == name
+    yield name
+    _ext._C.limit_isa(2)
+
+
+def _cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        return set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the processor's flags from /proc/cpuinfo")
+def test_dispatch_takes_the_widest_variant(cpu_variant):
+    # by default the kernel runs the widest variant the processor's flags allow
+    flags = _cpu_flags()
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma"} <= flags:
+        want = "avx512"
+    elif {"avx2", "fma"} <= flags:
+        want = "avx2+fma"
+    else:
+        want = "baseline"
+    assert VARIANTS[-1][1] == want
+    _ext._C.limit_isa(2)
+    assert _ext._C.isa() == want
+
+
+def test_exp_error_bound(cpu_variant):
+    # the kernel's fp32 e^x on x <= 0 (docs/kernels.md): within 1.5 ulp of the exact value for normal
+    # results, every 97th float of [-104, 0] plus the ends; gradual underflow below e^-87.3; 0 below -104
+    lo, hi = 0x80000000, int(np.float32(-104.0).view(np.uint32))
+    bits = np.concatenate([np.arange(lo, hi + 1, 97, dtype=np.uint64), np.arange(hi - 4096, hi + 1, dtype=np.uint64)])
+    x = bits.astype(np.uint32).view(np.float32)
+    out = np.empty_like(x)
+    _ext._C._exp_nonpos_f32(x, out)
+    ref = np.exp(x.astype(np.float64))
+    r32 = ref.astype(np.float32)
+    err = np.abs(out.astype(np.float64) - ref) / np.spacing(r32).astype(np.float64)
+    normal = r32 >= np.finfo(np.float32).tiny
+    assert err[normal].max() <= 1.5
+    assert err[~normal].max() <= 1.0 and (out[~normal] > 0).sum() > 1000  # subnormals, not flushed
+    edge = np.array([0.0, -0.0, -104.0, np.nextafter(np.float32(-104.0), np.float32(-200)), -1e30, -np.inf], np.float32)
+    got = np.empty_like(edge)
+    _ext._C._exp_nonpos_f32(edge, got)
+    assert got[0] == 1.0 and got[1] == 1.0 and 0 <= got[2] < 1e-44 and (got[3:] == 0).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

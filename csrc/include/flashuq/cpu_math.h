@@ -68,16 +68,13 @@ inline double log_f64(double x) {
   return x > 0 ? (x < inf ? r : x) : (x == 0 ? -inf : std::numeric_limits<double>::quiet_NaN());
 }
 
-// e^x for finite x (the kernels call it with x <= 0), about 1-2 ulp; written without branches so
-// that compilers vectorise the loops that call it. Cody-Waite reduction x = n ln2 + r, a degree-6
-// polynomial on |r| <= ln2/2, and 2^n applied as two factors so that results fall gradually into
-// the subnormal range instead of flushing. Below -104 the result is 0 (it underflows anyway).
-inline float exp_f32(float x) {
-  float xc = x > -104.0f ? x : -104.0f;
-  xc = xc < 88.0f ? xc : 88.0f;
-  const float t = xc * 1.44269504088896341f + 12582912.0f;  // round-to-nearest via 1.5 * 2^23
+// e^x for -104 <= x <= 88, about 1-2 ulp, without branches or selects. Cody-Waite reduction
+// x = n ln2 + r, a degree-6 polynomial on |r| <= ln2/2, and 2^n applied as two factors so that
+// results fall gradually into the subnormal range instead of flushing.
+inline float exp_f32_core(float x) {
+  const float t = x * 1.44269504088896341f + 12582912.0f;  // round-to-nearest via 1.5 * 2^23
   const float n = t - 12582912.0f;
-  float r = xc - n * 0.693359375f;
+  float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -86,12 +83,21 @@ inline float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const int32_t ni = int32_t(float_to_bits(t) & 0x7fffffu) - 0x400000;  // n as an integer
+  const int32_t ni = int32_t(n);  // exact: n is an integer in [-150, 127]
   const int32_t n1 = ni >> 1;
   const int32_t n2 = ni - n1;
   const float s1 = bits_to_float(uint32_t(n1 + 127) << 23);
   const float s2 = bits_to_float(uint32_t(n2 + 127) << 23);
-  return x >= -104.0f ? p * s1 * s2 : 0.0f;
+  return p * s1 * s2;
+}
+
+// e^x for finite x (the kernels call it with x <= 0), about 1-2 ulp, written without branches so
+// that compilers vectorise the loops that call it. Below -104 the result is 0 (it underflows
+// anyway); above 88 it is e^88.
+inline float exp_f32(float x) {
+  float xc = x > -104.0f ? x : -104.0f;
+  xc = xc < 88.0f ? xc : 88.0f;
+  return x >= -104.0f ? exp_f32_core(xc) : 0.0f;
 }
 
 }  // namespace FUQ_ISA_NS
