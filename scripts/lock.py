@@ -1,7 +1,9 @@
 """Write requirements/<name>.lock for each environment of LOCKS: every package at an exact version with
 the hash of the file pip chose, resolved from requirements/<name>.in and requirements/no-deps.in.
 
-Run through `bash scripts/lock.sh` (a throw-away venv of the target Python). For each lock:
+Run through `bash scripts/lock.sh` (a throw-away venv of the target Python); `--keep` leaves every
+package already locked at its version and resolves only what is new (after adding a requirement).
+For each lock:
 
 1. pip resolves requirements/<name>.in (`pip install --dry-run --report`, nothing installed);
 2. the packages of EXCLUDED are cut out of the dependency graph, with whatever only they needed;
@@ -123,8 +125,21 @@ def check_consistent(kept: dict, env: dict, no_deps: set) -> None:
         raise SystemExit("lock: inconsistent resolution:\n  " + "\n  ".join(problems))
 
 
-def write_lock(name: str) -> None:
-    main_report = resolve(REQ / f"{name}.in")
+def pins_of(lock: pathlib.Path) -> list:
+    """``name==version`` of every package of an existing lock."""
+    return [line.split()[0] for line in lock.read_text().splitlines() if "==" in line and not line.startswith("#")]
+
+
+def write_lock(name: str, keep: bool = False) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        extra = []
+        if keep and (REQ / f"{name}.lock").exists():
+            # --keep: every package already locked stays at its version (pip constraints); only
+            # what is new gets resolved afresh
+            constraints = pathlib.Path(d) / "constraints.txt"
+            constraints.write_text("\n".join(pins_of(REQ / f"{name}.lock")) + "\n")
+            extra = ["-c", str(constraints)]
+        main_report = resolve(REQ / f"{name}.in", *extra)
     kept = closure(main_report)
     nodeps_report = resolve(REQ / "no-deps.in", "--no-deps")
     no_deps = set()
@@ -158,11 +173,13 @@ def write_lock(name: str) -> None:
 
 
 def main(argv=None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or LOCKS
+    args = list(argv if argv is not None else sys.argv[1:])
+    keep = "--keep" in args
+    names = [a for a in args if a != "--keep"] or LOCKS
     for name in names:
         if name not in LOCKS:
             raise SystemExit(f"lock: unknown lock {name!r}; one of {', '.join(LOCKS)}")
-        write_lock(name)
+        write_lock(name, keep)
     return 0
 
 
