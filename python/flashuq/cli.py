@@ -3,6 +3,8 @@
     flashuq demo                          SmolLM2-135M-Instruct (offline) on the bundled questions
     flashuq eval --model PATH --data F    a transformers model directory/name and a JSONL dataset
     flashuq bench                         the benchmark suites (bench/*.py of a source checkout)
+    flashuq score --model M --data F --out O   uncertainty of each (prompt, response) row of a dataset
+                                          (teacher-forced; one process, or Ray Data with --workers N)
     flashuq demo|eval --engine vllm       generate with vLLM instead (flashuq's processor in its sampler)
 
 ``demo`` and ``eval`` generate a greedy answer and ``--samples`` K sampled answers per question with
@@ -108,6 +110,21 @@ def _load_vllm(args):
     return llm, tok
 
 
+def _score(args) -> int:
+    from . import data
+
+    try:
+        run = data.score(args.model, args.data, args.out, tokens=args.tokens, raw=args.raw, batch_size=args.batch_size,
+                         workers=args.workers, ray_address=args.ray_address, dtype=args.dtype,
+                         max_length=args.max_length, progress=None if args.quiet else sys.stderr)
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as ex:
+        print(f"flashuq score: {ex}", file=sys.stderr)
+        return 2
+    print(f"flashuq score: {run.scored} rows scored ({run.engine}), {run.skipped} already in {run.out}, "
+          f"{run.failed} bad rows in {run.errors}; {run.seconds:.1f} s")
+    return 0
+
+
 def _common(p):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--batch-size", type=int, default=16)
@@ -142,7 +159,21 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="run the benchmark suites of a source checkout and print their tables")
     b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation", "graph",
                                                  "attention", "vllm_sampler"])
+    sc = sub.add_parser("score", help="teacher-forced uncertainty of every (prompt, response) row of a dataset")
+    sc.add_argument("--model", required=True, help="'smollm2' (offline SmolLM2-135M-Instruct) or a checkpoint directory")
+    sc.add_argument("--data", required=True, help="JSONL or Parquet rows with prompt + response, or chat messages")
+    sc.add_argument("--out", required=True, help="the output: a directory of Parquet files (rerun to resume)")
+    sc.add_argument("--workers", type=int, default=0, help="Ray Data scoring actors (0: one process, no Ray)")
+    sc.add_argument("--batch-size", type=int, default=64, help="rows per Ray batch")
+    sc.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    sc.add_argument("--tokens", action="store_true", help="also the response tokens' log-probs and entropies")
+    sc.add_argument("--raw", action="store_true", help="the prompt as plain text, never through the chat template")
+    sc.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    sc.add_argument("--max-length", type=int, default=None, help="context limit (default: the model's)")
+    sc.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)
+    if args.cmd == "score":
+        return _score(args)
     if args.cmd != "bench":
         if args.samples < 0:
             ap.error("--samples must be >= 0")
