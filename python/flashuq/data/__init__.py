@@ -499,10 +499,11 @@ def _score_on_ray(model, todo, out, run_id, *, tokens, dtype, batch_size, worker
         if table is None:
             return
         ds = ray.data.from_arrow(table).repartition(max(1, -(-len(todo) // batch_size)))
+        # A killed actor is restarted and its batch retried: Ray Data's actor pools default to
+        # unlimited restarts and task retries (Ray 2.60; tests/data kills one mid-run)
         ds = ds.map_batches(Scorer, fn_constructor_kwargs={"model": str(model), "dtype": dtype, "tokens": tokens,
                                                            "threads": per},
-                            batch_size=batch_size, batch_format="pyarrow", concurrency=workers, num_cpus=per,
-                            max_restarts=-1, max_task_retries=-1)
+                            batch_size=batch_size, batch_format="pyarrow", concurrency=workers, num_cpus=per)
         ds.write_parquet(str(out), filename_provider=_part_names(run_id))
     finally:
         if started and ray_address is None:
