@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     _common(e)
     b = sub.add_parser("bench", help="run the benchmark suites of a source checkout and print their tables")
     b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation", "graph",
-                                                 "attention", "vllm_sampler"])
+                                                 "attention", "vllm_sampler", "score"])
     sc = sub.add_parser("score", help="teacher-forced uncertainty of every (prompt, response) row of a dataset")
     sc.add_argument("--model", required=True, help="'smollm2' (offline SmolLM2-135M-Instruct) or a checkpoint directory")
     sc.add_argument("--data", required=True, help="JSONL or Parquet rows with prompt + response, or chat messages")
