@@ -25,8 +25,16 @@ constexpr int kBlock = 1024;
 // Sums run over sub-blocks of kSub columns, each reduced across the vector's lanes at its end: 64
 // additions per lane in each vectorised build (16 fp32 lanes with AVX-512, 8 with AVX2, 4 with SSE2)
 // keep the fp32 rounding small, and the lanes' reduction, a few dozen scalar additions per sum, is
-// paid once per 64 vectors. A build that does not vectorise (sanitizers) chains at most kSub.
-#if defined(__AVX512F__)
+// paid once per 64 vectors. Sanitizer builds, whose instrumented loops may not vectorise, take 128
+// columns: no build chains more than 128 fp32 additions without vectors.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FUQ_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(FUQ_SANITIZED)
+constexpr int kSub = 128;
+#elif defined(__AVX512F__)
 constexpr int kSub = 1024;
 #elif defined(__AVX2__)
 constexpr int kSub = 512;
