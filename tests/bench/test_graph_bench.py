@@ -49,3 +49,13 @@ def test_flashuq_bench_lists_graph(monkeypatch):
     called.clear()
     assert cli.main(["bench", "graph"]) == 0
     assert [pathlib.Path(c[-1]).name for c in called] == ["graph.py"]
+
+
+def test_graph_bench_exits_1_on_a_missed_target(tmp_path, monkeypatch, capsys):
+    graph = _load()
+    monkeypatch.setattr(graph, "TARGET_VS_NUMPY", 1e9)  # a target no machine meets
+    out = tmp_path / "graph.json"
+    assert graph.main(["--Q", "40", "--repeats", "1", "--loop-repeats", "1", "--threads", "1", "--out", str(out)]) == 1
+    assert "target missed: eigv" in capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert {m.split(":")[0] for m in res["missed"]} == set(graph.SPECTRAL)
