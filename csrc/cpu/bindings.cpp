@@ -87,6 +87,49 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
 }
 
 
+// The same kernel on raw data pointers: what flashuq.ops.token_stats calls on CPU tensors. Handing
+// nanobind 14 tensors costs about 2 us each (DLPack, through Python), more than a decode-sized
+// kernel; the op allocates every output itself and derives the row layout from the tensor, so only
+// sizes are checked here. Internal: token_stats above is the checked entry point.
+static void token_stats_ptrs_py(int dtype, uintptr_t logits, int64_t rows, int64_t V, int64_t n1, int64_t s0,
+                                int64_t s1, uintptr_t tokens, double inv_temp, int k, uintptr_t lse,
+                                uintptr_t max_logprob, uintptr_t logprob, uintptr_t entropy, uintptr_t margin,
+                                uintptr_t collision, uintptr_t kurtosis, uintptr_t self_certainty, uintptr_t argmax,
+                                uintptr_t topk_logprobs, uintptr_t topk_ids, int num_threads, uintptr_t renyi_term,
+                                uintptr_t fisher_rao) {
+  if (dtype < 0 || dtype > 3) throw std::invalid_argument("token_stats: bad dtype code");
+  if (V < 1 || rows < 0 || n1 < 1 || s0 < 0 || s1 < 0) throw std::invalid_argument("token_stats: bad sizes");
+  if (k < 0 || k > kMaxTopK || k > V) throw std::invalid_argument("token_stats: bad top-k size");
+  if (bool(renyi_term) != bool(fisher_rao)) throw std::invalid_argument("renyi_term/fisher_rao: give both or neither");
+  if (rows == 0) return;
+  for (uintptr_t p : {logits, lse, max_logprob, logprob, entropy, margin, collision, kurtosis, self_certainty, argmax})
+    if (!p) throw std::invalid_argument("token_stats: null data pointer");
+  if (k > 0 && (!topk_logprobs || !topk_ids)) throw std::invalid_argument("token_stats: null top-k pointer");
+  TokenStatsArgs a{};
+  a.dtype = DType(dtype);
+  a.logits = reinterpret_cast<const void*>(logits);
+  a.rows = rows; a.V = V; a.n1 = n1; a.s0 = s0; a.s1 = s1;
+  a.tokens = reinterpret_cast<const int64_t*>(tokens);
+  a.inv_temp = inv_temp;
+  a.k = k;
+  a.lse = reinterpret_cast<void*>(lse);
+  a.max_logprob = reinterpret_cast<void*>(max_logprob);
+  a.logprob = reinterpret_cast<void*>(logprob);
+  a.entropy = reinterpret_cast<void*>(entropy);
+  a.margin = reinterpret_cast<void*>(margin);
+  a.collision = reinterpret_cast<void*>(collision);
+  a.kurtosis = reinterpret_cast<void*>(kurtosis);
+  a.self_certainty = reinterpret_cast<void*>(self_certainty);
+  a.renyi_term = reinterpret_cast<void*>(renyi_term);
+  a.fisher_rao = reinterpret_cast<void*>(fisher_rao);
+  a.argmax = reinterpret_cast<int64_t*>(argmax);
+  a.topk_logprobs = reinterpret_cast<void*>(topk_logprobs);
+  a.topk_ids = reinterpret_cast<int64_t*>(topk_ids);
+  a.num_threads = num_threads;
+  nb::gil_scoped_release release;
+  token_stats(a);
+}
+
 // op 0..4: masked_reduce (see ReduceOp); op kQuantileOp: masked_quantile at the float64 levels q.
 constexpr int kQuantileOp = 5;
 
@@ -431,6 +474,13 @@ static void uqac_similarity_py(Arr h, Arr chain, Arr lengths, Arr ans, Arr A, Ar
 
 NB_MODULE(_C, m) {
   m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
+  m.def("_token_stats_ptrs", &token_stats_ptrs_py, nb::arg("dtype"), nb::arg("logits"), nb::arg("rows"), nb::arg("V"),
+        nb::arg("n1"), nb::arg("s0"), nb::arg("s1"), nb::arg("tokens"), nb::arg("inv_temp"), nb::arg("k"),
+        nb::arg("lse"), nb::arg("max_logprob"), nb::arg("logprob"), nb::arg("entropy"), nb::arg("margin"),
+        nb::arg("collision"), nb::arg("kurtosis"), nb::arg("self_certainty"), nb::arg("argmax"),
+        nb::arg("topk_logprobs"), nb::arg("topk_ids"), nb::arg("num_threads"), nb::arg("renyi_term"),
+        nb::arg("fisher_rao"),
+        "token_stats on data pointers (internal: flashuq.ops.token_stats lays out and allocates every array).");
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
         nb::arg("n1"), nb::arg("s0"), nb::arg("s1"), nb::arg("tokens").noconvert().none(),
         nb::arg("inv_temp"), nb::arg("k"), nb::arg("lse").noconvert(), nb::arg("max_logprob").noconvert(),

@@ -424,3 +424,33 @@ def test_import_and_cpu_op_without_triton():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/")
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_op_path_equals_the_checked_binding():
+    # fuq.token_stats hands the kernel data pointers (tensors through DLPack cost ~2 us each); the
+    # checked ndarray binding must give bitwise the same results on the same rows, views included
+    from flashuq.ops import token_stats as T
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(3, 5, 700, generator=g).to(torch.bfloat16)
+    x = base[:, 1:4]  # rows that do not form one contiguous block
+    tok = torch.randint(0, 700, (3, 3), generator=g)
+    got = fuq.token_stats(x, tok, topk=4, renyi=True)
+    out = T._alloc(x, 4, True)
+    n1, s0, s1 = T.row_layout(x)
+    _ext._C.token_stats(x, 9, 700, n1, s0, s1, tok.reshape(-1).contiguous(), 1.0, 4, *out[:2], *out[3:9], out[2],
+                        out[9], out[10], 2, *out[11:])
+    for a, b in zip(got, out):
+        assert torch.equal(a, b)
+
+
+def test_pointer_binding_refuses_bad_arguments():
+    C = _ext._C
+    good = dict(dtype=0, logits=1, rows=1, V=4, n1=1, s0=0, s1=4, tokens=0, inv_temp=1.0, k=0, lse=1,
+                max_logprob=1, logprob=1, entropy=1, margin=1, collision=1, kurtosis=1, self_certainty=1,
+                argmax=1, topk_logprobs=0, topk_ids=0, num_threads=1, renyi_term=0, fisher_rao=0)
+    for bad in ({"dtype": 7}, {"V": 0}, {"n1": 0}, {"s0": -1}, {"k": 65}, {"k": 5}, {"renyi_term": 1},
+                {"lse": 0}, {"argmax": 0}, {"k": 2}):
+        with pytest.raises(ValueError):
+            C._token_stats_ptrs(**{**good, **bad})
+    C._token_stats_ptrs(**{**good, "rows": 0, "logits": 0})  # nothing to do, nothing touched

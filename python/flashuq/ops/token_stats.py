@@ -145,6 +145,10 @@ def _(logits, tokens, temperature, topk, renyi=False):
     return _alloc(logits, topk, renyi)
 
 
+#: the CPU kernel's dtype codes (csrc/cpu/token_stats.h, DType)
+_DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
 def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: int, *, backend: str,
             renyi: bool = False, **launch) -> _Out:
     """Run one backend on validated inputs: ``"cpu"`` (C++), ``"triton"`` or ``"cuda"`` (CUDA C++,
@@ -163,9 +167,16 @@ def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: 
     tok = None if tokens is None else tokens.reshape(-1).to(torch.int64).contiguous()
     inv_temp = 1.0 / temperature
     if backend == "cpu":
-        _ext._C.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk,
-                            *out[:2], *out[3:9], out[2], out[9], out[10], torch.get_num_threads(),
-                            *(out[11:] if renyi else (None, None)))
+        # data pointers, not tensors: the layout above and the outputs just allocated are what the
+        # kernel reads and writes (the checked binding, _C.token_stats, costs ~2 us per tensor)
+        if logits.stride(-1) != 1:
+            logits = logits.contiguous()
+            n1, s0, s1 = row_layout(logits)
+        ptr = [t.data_ptr() for t in out]
+        _ext._C._token_stats_ptrs(_DTYPE_CODE[logits.dtype], logits.data_ptr(), rows, V, n1, s0, s1,
+                                  0 if tok is None else tok.data_ptr(), inv_temp, topk,
+                                  *ptr[:2], *ptr[3:9], ptr[2], ptr[9] if topk else 0, ptr[10] if topk else 0,
+                                  torch.get_num_threads(), *(ptr[11:] if renyi else (0, 0)))
     elif backend == "triton":
         with device_guard(logits):  # Triton launches on the current device
             _launch_triton(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk, out, **launch)
