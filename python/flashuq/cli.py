@@ -5,6 +5,8 @@
     flashuq bench                         the benchmark suites (bench/*.py of a source checkout)
     flashuq score --model M --data F --out O   uncertainty of each (prompt, response) row of a dataset
                                           (teacher-forced; one process, or Ray Data with --workers N)
+    flashuq select --scored O --keep-samples R --keep-tokens R' --out KEPT.jsonl
+                                          Q-Tuning's subset of a scored SFT set (Error-Uncertainty plane)
     flashuq demo|eval --engine vllm       generate with vLLM instead (flashuq's processor in its sampler)
 
 ``demo`` and ``eval`` generate a greedy answer and ``--samples`` K sampled answers per question with
@@ -125,6 +127,25 @@ def _score(args) -> int:
     return 0
 
 
+def _select(args) -> int:
+    from .data import qtuning
+
+    try:
+        run = qtuning.select(args.scored, args.out, keep_samples=args.keep_samples, keep_tokens=args.keep_tokens,
+                              lam=args.lam, plot=None if args.plot == "" else (args.plot or ""))
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as ex:
+        print(f"flashuq select: {ex}", file=sys.stderr)
+        return 2
+    p = run.plane
+    print(f"flashuq select: kept {run.kept} of {run.samples} samples (at most {p.budget}); "
+          f"{run.tokens_kept} of {run.tokens} response tokens keep their loss -> {run.out}")
+    print(f"  level a = {p.level:.4f}: PPL {p.ppl_low:.4g} | {p.ppl_high:.4g}, entropy {p.ent_low:.4g} | {p.ent_high:.4g}")
+    print("  " + ", ".join(f"{k}: {v}" for k, v in run.counts.items() if v or k != "none"))
+    if run.plot:
+        print(f"  plane: {run.plot}")
+    return 0
+
+
 def _common(p):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--batch-size", type=int, default=16)
@@ -171,9 +192,19 @@ def main(argv=None) -> int:
     sc.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     sc.add_argument("--max-length", type=int, default=None, help="context limit (default: the model's)")
     sc.add_argument("--quiet", action="store_true", help="no progress line")
+    se = sub.add_parser("select", help="Q-Tuning: keep the Error-Uncertainty plane's Q2 and Q4 rows of a scored set")
+    se.add_argument("--scored", required=True, help="the output of flashuq score (with --tokens to prune tokens)")
+    se.add_argument("--keep-samples", type=float, required=True, help="the most samples kept, as a ratio in (0, 1]")
+    se.add_argument("--keep-tokens", type=float, default=1.0,
+                    help="ratio of each Q2 sample's response tokens that keep their loss (default 1: all)")
+    se.add_argument("--lambda", dest="lam", type=float, default=0.5, help="neighbour weight of the token score")
+    se.add_argument("--out", required=True, help="the kept rows, JSONL (with a per-token loss_mask)")
+    se.add_argument("--plot", default=None, help="the plane's PNG (default: OUT with .png; '' for none)")
     args = ap.parse_args(argv)
     if args.cmd == "score":
         return _score(args)
+    if args.cmd == "select":
+        return _select(args)
     if args.cmd != "bench":
         if args.samples < 0:
             ap.error("--samples must be >= 0")

@@ -498,3 +498,76 @@ def rauq_ref(attn, logprobs, response_start, alpha=None, confidence="prob", entr
             best = max(best, u)
         out[b] = best
     return out
+
+
+# ---- Q-Tuning's Error–Uncertainty plane (docs/eu_plane.md) ------------------------------------------
+
+def _quantile_ref(values, q: float) -> float:
+    """The linear-interpolation quantile of a list (numpy's default), written out."""
+    v = sorted(float(x) for x in values)
+    h = (len(v) - 1) * q
+    lo = math.floor(h)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (h - lo) * (v[hi] - v[lo])
+
+
+def eu_kept_ref(ppl, ent, level: float):
+    """The samples kept at quantile level ``a``: Q2 (PPL >= Q_PPL(1-a), Ent <= Q_Ent(a)) and Q4
+    (PPL <= Q_PPL(a), Ent >= Q_Ent(1-a)); returns ``(thresholds, [quadrant or 0 per sample])``."""
+    pl, ph = _quantile_ref(ppl, level), _quantile_ref(ppl, 1 - level)
+    el, eh = _quantile_ref(ent, level), _quantile_ref(ent, 1 - level)
+    out = []
+    for p, e in zip(ppl, ent):
+        if p >= ph and e <= el:
+            out.append(2)
+        elif p <= pl and e >= eh:
+            out.append(4)
+        else:
+            out.append(0)
+    return (pl, ph, el, eh), out
+
+
+def eu_plane_ref(ppl, ent, keep_samples: float):
+    """float64 transcription of :func:`flashuq.data.eu_plane` on samples without NaN: the largest
+    level (bisection, 60 halvings of [0, 1/2]) whose kept set holds at most floor(keep * N) samples,
+    then every other sample labelled by the midlines. Returns ``(level, thresholds, quadrants, kept)``."""
+    N = len(ppl)
+    budget = math.floor(keep_samples * N + 1e-9)
+    lo, hi = 0.0, 0.5
+    if sum(1 for q in eu_kept_ref(ppl, ent, hi)[1] if q) <= budget:
+        lo = hi
+    else:
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if sum(1 for q in eu_kept_ref(ppl, ent, mid)[1] if q) <= budget:
+                lo = mid
+            else:
+                hi = mid
+    (pl, ph, el, eh), region = eu_kept_ref(ppl, ent, lo)
+    pm, em = (pl + ph) / 2, (el + eh) / 2
+    quadrant = []
+    for p, e, r in zip(ppl, ent, region):
+        if r:
+            quadrant.append(r)
+        elif p >= pm:
+            quadrant.append(1 if e >= em else 2)
+        else:
+            quadrant.append(4 if e >= em else 3)
+    return lo, (pl, ph, el, eh), quadrant, [bool(r) for r in region]
+
+
+def context_token_scores_ref(token_logprob, lam: float = 0.5):
+    """``s_i = (1-λ) PPL_i + λ (PPL_{i-1} + PPL_{i+1})`` with ``PPL_i = exp(-log p_i)``; a missing
+    neighbour counts as the token itself."""
+    t = [math.exp(-float(x)) for x in token_logprob]
+    n = len(t)
+    return [(1 - lam) * t[i] + lam * (t[i - 1 if i > 0 else i] + t[i + 1 if i < n - 1 else i]) for i in range(n)]
+
+
+def token_keep_mask_ref(token_logprob, keep: float, lam: float = 0.5):
+    """1 for the ceil(keep * T) tokens with the lowest context-aware score (ties: the earlier)."""
+    s = context_token_scores_ref(token_logprob, lam)
+    n = math.ceil(keep * len(s) - 1e-9)
+    order = sorted(range(len(s)), key=lambda i: (s[i], i))
+    keep_set = set(order[:n])
+    return [1 if i in keep_set else 0 for i in range(len(s))]

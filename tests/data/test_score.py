@@ -62,8 +62,10 @@ def check_against_direct(table, rows, model, tok, *, tokens=True):
             assert g[name] == pytest.approx(float(v[0]), rel=2e-5, abs=1e-6), name
         if tokens:
             m = ref.mask[0]
-            assert g["token_logprob"] == pytest.approx(ref.stats.logprob[0][m].tolist(), rel=2e-5, abs=1e-6)
-            assert g["token_entropy"] == pytest.approx(ref.stats.entropy[0][m].tolist(), rel=2e-5, abs=1e-6)
+            # float32 forwards of a padded batch and of the row alone differ by a few 1e-6 nats
+            assert g["token_logprob"] == pytest.approx(ref.stats.logprob[0][m].tolist(), rel=2e-5, abs=1e-5)
+            assert g["token_entropy"] == pytest.approx(ref.stats.entropy[0][m].tolist(), rel=2e-5, abs=1e-5)
+            assert g["response_ids"] == ids[start:]
 
 
 def test_one_process_equals_hf_score(smollm2, tmp_path):

@@ -11,8 +11,9 @@ response's own tokens follow it, and only the response tokens are scored, by :fu
 (the logits are never materialised). The output, a directory of Parquet files, holds one row per
 scored input row: ``row`` (its 0-based index in the input; the JSONL line is ``row + 1``), the
 input's own columns, ``response_tokens``, and every score of :func:`flashuq.sequence_scores`
-(higher = less trustworthy); with ``tokens=True`` also the response tokens' ``token_logprob`` and
-``token_entropy``.
+(higher = less trustworthy); with ``tokens=True`` also the response tokens' ids (``response_ids``),
+``token_logprob`` and ``token_entropy``. :func:`select` (``flashuq select``) places the rows on the
+Error–Uncertainty plane and keeps Q-Tuning's subset (:mod:`flashuq.data.qtuning`).
 
 Bad rows (not JSON, missing or non-string fields, an empty response, over the model's context) go
 to ``<out>.errors.jsonl`` with their row, line and reason; they never stop the run. A rerun with the
@@ -34,7 +35,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 ERRORS_SUFFIX = ".errors.jsonl"
 #: the output's own columns (the input's columns of the same names are renamed ``input_<name>``)
-OWN_COLUMNS = ("row", "response_tokens", "token_logprob", "token_entropy")
+OWN_COLUMNS = ("row", "response_tokens", "response_ids", "token_logprob", "token_entropy")
 
 
 @dataclasses.dataclass
@@ -313,6 +314,7 @@ class Scorer:
                     m = sc.mask[b]
                     res["token_logprob"] = sc.stats.logprob[b][m].tolist()
                     res["token_entropy"] = sc.stats.entropy[b][m].tolist()
+                    res["response_ids"] = [int(t) for t in r["input_ids"][int(r["response_start"]):]]
                 results[id(r)] = res
             i = j
             del L
@@ -542,3 +544,6 @@ def _part_names(run_id: str):
             return f"part-{run_id}-{task_index:06d}-{block_index:06d}-{row_index:06d}.parquet"
 
     return PartNames()
+
+
+from .qtuning import EUPlane, context_token_scores, eu_plane, select, token_keep_mask  # noqa: E402
