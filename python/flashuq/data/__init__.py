@@ -13,7 +13,8 @@ scored input row: ``row`` (its 0-based index in the input; the JSONL line is ``r
 input's own columns, ``response_tokens``, and every score of :func:`flashuq.sequence_scores`
 (higher = less trustworthy); with ``tokens=True`` also the response tokens' ids (``response_ids``),
 ``token_logprob`` and ``token_entropy``. :func:`select` (``flashuq select``) places the rows on the
-Error–Uncertainty plane and keeps Q-Tuning's subset (:mod:`flashuq.data.qtuning`).
+Error–Uncertainty plane and keeps Q-Tuning's subset (:mod:`flashuq.data.qtuning`). With
+``generate=...`` each row's prompt is answered and the answers scored (:mod:`flashuq.data.generate`).
 
 Bad rows (not JSON, missing or non-string fields, an empty response, over the model's context) go
 to ``<out>.errors.jsonl`` with their row, line and reason; they never stop the run. A rerun with the
@@ -49,7 +50,7 @@ class ScoreRun:
     skipped: int               #: rows already in the output (resume)
     failed: int                #: bad rows (in the errors file)
     seconds: float
-    engine: str                #: "process" or "ray"
+    engine: str                #: "process", "ray" or "vllm"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,9 +152,11 @@ def _columns_of(obj: dict) -> Dict[str, Any]:
 
 
 def _score_names() -> Tuple[str, ...]:
+    from ..evaluate import SAMPLE_SCORES
     from ..methods.scores import SCORES
+    from .generate import GEN_COLUMNS
 
-    return tuple(SCORES)
+    return tuple(SCORES) + SAMPLE_SCORES + GEN_COLUMNS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -381,8 +384,9 @@ def prepare(data, tokenizer: Tokenizer, skip: Iterable[int] = ()) -> Tuple[List[
 def score(model, data, out, *, tokens: bool = False, raw: bool = False, batch_size: int = 64,
           workers: Optional[int] = None, ray_address: Optional[str] = None, dtype: str = "float32",
           max_length: Optional[int] = None, progress=sys.stderr, part_rows: int = 1024,
-          cpus_per_worker: Optional[int] = None, tokenizer=None) -> ScoreRun:
-    """Score every (prompt, response) row of ``data`` into the Parquet directory ``out``.
+          cpus_per_worker: Optional[int] = None, tokenizer=None, generate=False, engine: str = "hf") -> ScoreRun:
+    """Score every (prompt, response) row of ``data`` into the Parquet directory ``out``; with
+    ``generate``, answer every prompt row and score the answers (:mod:`flashuq.data.generate`).
 
     Args:
         model: ``"smollm2"`` or a transformers checkpoint directory (each worker loads it), or, on the
@@ -400,6 +404,10 @@ def score(model, data, out, *, tokens: bool = False, raw: bool = False, batch_si
         progress: a stream for the progress line (None: quiet).
         cpus_per_worker: CPUs (and torch threads) per actor; default: this machine's cores / workers.
         tokenizer: the tokenizer of a loaded ``model`` (one-process path).
+        generate: False (teacher-forced), True or a :class:`GenerateOptions` (answers generated: K
+            samples, token limits, temperature, seed).
+        engine: ``"hf"`` (transformers, one process or Ray) or ``"vllm"`` (generation only, one process:
+            vLLM with flashuq's processor).
 
     Returns:
         :class:`ScoreRun`.
@@ -415,6 +423,24 @@ def score(model, data, out, *, tokens: bool = False, raw: bool = False, batch_si
         raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    if engine not in ("hf", "vllm"):
+        raise ValueError(f"engine must be 'hf' or 'vllm', got {engine!r}")
+    if generate is True:
+        generate = GenerateOptions()
+    elif generate is False or generate is None:
+        generate = None
+    elif not isinstance(generate, GenerateOptions):
+        raise TypeError(f"generate must be a bool or a GenerateOptions, got {type(generate).__name__}")
+    if generate is not None:
+        generate.check()
+    if engine == "vllm":
+        if generate is None:
+            raise ValueError("engine='vllm' generates answers (generate=True / --generate): flashuq's processor sees "
+                             "the logits vLLM samples from, not a given response's; teacher-forced scoring runs on hf")
+        if workers or ray_address is not None:
+            raise ValueError("engine='vllm' runs in one process (vLLM batches the requests itself): leave workers at 0")
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError("model: engine='vllm' loads a checkpoint directory; pass 'smollm2' or a path")
     try:
         import pyarrow  # noqa: F401
     except ImportError as ex:
@@ -432,7 +458,7 @@ def score(model, data, out, *, tokens: bool = False, raw: bool = False, batch_si
             raise ImportError("distributed scoring needs Ray Data: pip install 'flashuq[ray]' "
                               "(or run with workers=0, one process)") from ex
     if isinstance(model, (str, os.PathLike)):
-        if use_ray:  # the workers load the weights; the driver needs the tokenizer only
+        if use_ray or engine == "vllm":  # the workers (vLLM) load the weights; the driver needs the tokenizer
             loaded, (tok, ctx_len) = None, load_tokenizer(model)
         else:
             loaded, tok = load_model(model, dtype=dtype)
@@ -445,6 +471,8 @@ def score(model, data, out, *, tokens: bool = False, raw: bool = False, batch_si
         raise TypeError("tokenizer: a loaded model needs its tokenizer (tokenizer=...)")
     limit = max_length if max_length is not None else ctx_len
     tokenizer = Tokenizer(tok, raw=raw, max_length=limit)
+    if generate is not None:
+        tokenizer = PromptTokenizer(tokenizer, longest=generate.longest)
 
     out.mkdir(parents=True, exist_ok=True)
     todo, errors, n, skipped = prepare(data, tokenizer, done_rows(out))
@@ -454,21 +482,25 @@ def score(model, data, out, *, tokens: bool = False, raw: bool = False, batch_si
             f.write(json.dumps(e) + "\n")
     run_id = uuid.uuid4().hex[:12]
     if not use_ray:
-        scorer = Scorer(loaded, dtype=dtype, tokens=tokens)
+        if engine == "vllm":
+            llm = load_vllm(model, seed=generate.seed, dtype=dtype) if todo else None
+            score_rows = lambda rows: answer_rows_vllm(llm, tok, rows, generate, tokens=tokens)  # noqa: E731
+        elif generate is not None:
+            score_rows = Answerer(loaded, options=generate, tokenizer=tok, dtype=dtype, tokens=tokens).score_rows
+        else:
+            score_rows = Scorer(loaded, dtype=dtype, tokens=tokens).score_rows
         bar = _Progress(len(todo), progress, "flashuq score")
-        import pyarrow as pa
-
         for k in range(0, len(todo), part_rows):
             part = todo[k:k + part_rows]
-            _write_part(out, _table(scorer.score_rows(part)), f"part-{run_id}-{k // part_rows:06d}.parquet")
+            _write_part(out, _table(score_rows(part)), f"part-{run_id}-{k // part_rows:06d}.parquet")
             bar.add(len(part))
-        engine = "process"
+        ran = "vllm" if engine == "vllm" else "process"
     else:
         _score_on_ray(model, todo, out, run_id, tokens=tokens, dtype=dtype, batch_size=batch_size,
                       workers=workers or 1, ray_address=ray_address, cpus_per_worker=cpus_per_worker,
-                      progress=progress is not None)
-        engine = "ray"
-    return ScoreRun(out, errors_path, n, len(todo), skipped, len(errors), time.perf_counter() - t0, engine)
+                      progress=progress is not None, generate=generate)
+        ran = "ray"
+    return ScoreRun(out, errors_path, n, len(todo), skipped, len(errors), time.perf_counter() - t0, ran)
 
 
 def ray_resources(workers: int, cpus_per_worker: Optional[int] = None, cores: Optional[int] = None) -> Tuple[int, int]:
@@ -482,7 +514,7 @@ def ray_resources(workers: int, cpus_per_worker: Optional[int] = None, cores: Op
 
 
 def _score_on_ray(model, todo, out, run_id, *, tokens, dtype, batch_size, workers, ray_address,
-                  cpus_per_worker, progress):
+                  cpus_per_worker, progress, generate=None):
     import pyarrow as pa
     import ray
     import ray.data
@@ -503,8 +535,10 @@ def _score_on_ray(model, todo, out, run_id, *, tokens, dtype, batch_size, worker
         ds = ray.data.from_arrow(table).repartition(max(1, -(-len(todo) // batch_size)))
         # A killed actor is restarted and its batch retried: Ray Data's actor pools default to
         # unlimited restarts and task retries (Ray 2.60; tests/data kills one mid-run)
-        ds = ds.map_batches(Scorer, fn_constructor_kwargs={"model": str(model), "dtype": dtype, "tokens": tokens,
-                                                           "threads": per},
+        kwargs = {"model": str(model), "dtype": dtype, "tokens": tokens, "threads": per}
+        if generate is not None:
+            kwargs["options"] = generate
+        ds = ds.map_batches(Scorer if generate is None else Answerer, fn_constructor_kwargs=kwargs,
                             batch_size=batch_size, batch_format="pyarrow", concurrency=workers, num_cpus=per)
         ds.write_parquet(str(out), filename_provider=_part_names(run_id))
     finally:
@@ -546,4 +580,5 @@ def _part_names(run_id: str):
     return PartNames()
 
 
+from .generate import Answerer, GenerateOptions, PromptTokenizer, answer_rows_vllm, load_vllm  # noqa: E402
 from .qtuning import EUPlane, context_token_scores, eu_plane, select, token_keep_mask  # noqa: E402
