@@ -8,6 +8,8 @@
                                           --generate: answer each prompt, then score the answers)
     flashuq select --scored O --keep-samples R --keep-tokens R' --out KEPT.jsonl
                                           Q-Tuning's subset of a scored SFT set (Error-Uncertainty plane)
+    flashuq calibrate --model M --data F --method NAME --risk A --delta D --out policy.json
+                                          a threshold whose kept answers have error rate <= A (prob. >= 1 - D)
     flashuq demo|eval --engine vllm       generate with vLLM instead (flashuq's processor in its sampler)
 
 ``demo`` and ``eval`` generate a greedy answer and ``--samples`` K sampled answers per question with
@@ -143,6 +145,29 @@ def _select(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from . import policy
+
+    try:
+        pol = policy.calibrate(args.model, args.data, method=args.method, risk=args.risk, delta=args.delta,
+                               bound=args.bound, samples=args.samples, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, seed=args.seed,
+                               progress=None if args.quiet else sys.stderr)
+        pol.save(args.out)
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as ex:
+        print(f"flashuq calibrate: {ex}", file=sys.stderr)
+        return 2
+    c = pol.calibration
+    if c["kept"]:
+        print(f"flashuq calibrate: answer when {pol.method} <= {pol.threshold:.6g}: keeps {c['kept']} of {c['n']} "
+              f"calibration answers (coverage {c['coverage']:.3f}, error rate {c['risk_hat']:.3f}); with probability "
+              f">= {1 - pol.delta:g} the error rate of kept answers is <= {pol.risk:g} -> {args.out}")
+    else:
+        print(f"flashuq calibrate: no threshold of {pol.method} is certified at risk {pol.risk:g}, delta {pol.delta:g} "
+              f"on {c['n']} answers: the policy always abstains (more data or a larger risk) -> {args.out}")
+    return 0
+
+
 def _common(p):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--batch-size", type=int, default=16)
@@ -176,7 +201,7 @@ def main(argv=None) -> int:
     _common(e)
     b = sub.add_parser("bench", help="run the benchmark suites of a source checkout and print their tables")
     b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation", "graph",
-                                                 "attention", "vllm_sampler", "score"])
+                                                 "attention", "vllm_sampler", "score", "abstention"])
     sc = sub.add_parser("score", help="teacher-forced uncertainty of every (prompt, response) row of a dataset")
     sc.add_argument("--model", required=True, help="'smollm2' (offline SmolLM2-135M-Instruct) or a checkpoint directory")
     sc.add_argument("--data", required=True, help="JSONL or Parquet rows with prompt + response, or chat messages")
@@ -210,7 +235,22 @@ def main(argv=None) -> int:
     se.add_argument("--lambda", dest="lam", type=float, default=0.5, help="neighbour weight of the token score")
     se.add_argument("--out", required=True, help="the kept rows, JSONL (with a per-token loss_mask)")
     se.add_argument("--plot", default=None, help="the plane's PNG (default: OUT with .png; '' for none)")
+    ca = sub.add_parser("calibrate", help="an abstention threshold with a guaranteed error rate among kept answers")
+    ca.add_argument("--model", required=True, help="'smollm2' or a transformers checkpoint directory")
+    ca.add_argument("--data", required=True, help="labelled questions, JSONL: {\"question\": ..., \"answers\": [...]}")
+    ca.add_argument("--method", required=True, help="the uncertainty method (e.g. msp, mean_token_entropy)")
+    ca.add_argument("--risk", type=float, required=True, help="alpha: the highest error rate among kept answers")
+    ca.add_argument("--delta", type=float, default=0.1, help="delta: the allowed probability of exceeding it")
+    ca.add_argument("--bound", choices=("binomial", "hoeffding_bentkus"), default="binomial")
+    ca.add_argument("--samples", type=int, default=0, help="sampled answers per question (for sample-based methods)")
+    ca.add_argument("--max-new-tokens", type=int, default=24)
+    ca.add_argument("--temperature", type=float, default=1.0)
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--out", required=True, help="the policy file (JSON)")
+    ca.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.cmd == "calibrate":
+        return _calibrate(args)
     if args.cmd == "score":
         return _score(args)
     if args.cmd == "select":

@@ -1,7 +1,6 @@
 """bench/attention.py: the torch "reference way" baseline agrees with flashuq.reference, and a tiny
 run writes its JSON with both paths agreeing on the chain."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -11,20 +10,13 @@ import torch
 
 from flashuq import cli, reference
 
+from bench_loader import load_bench
+
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "attention.py"
 
 
-def _load():
-    if not BENCH.exists():
-        pytest.skip("bench/ is not in this checkout")
-    spec = importlib.util.spec_from_file_location("flashuq_bench_attention", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_inputs_are_causal_attention():
-    b = _load()
+    b = load_bench("attention")
     full = b.full_maps(3, 2, 3, 20, 8)
     assert full.shape == (2, 3, 20, 20)
     torch.testing.assert_close(full.sum(-1), torch.ones(2, 3, 20))
@@ -35,7 +27,7 @@ def test_inputs_are_causal_attention():
 
 @pytest.mark.parametrize("reduction", ["max", "mean"])
 def test_torch_baseline_matches_reference(reduction):
-    b = _load()
+    b = load_bench("attention")
     N, R, A = 40, 24, 2
     full = b.full_maps(1, 2, 3, N, R, dtype=torch.float64)
     red = b.torch_reduce(full, R, 4, reduction)
@@ -51,7 +43,7 @@ def test_torch_baseline_matches_reference(reduction):
 
 
 def test_attention_bench_tiny(tmp_path, capsys):
-    b = _load()
+    b = load_bench("attention")
     out = tmp_path / "attention.json"
     argv = ["--N", "48", "--L", "2", "--H", "3", "--R", "24", "--A", "2", "--n-heads", "4", "--repeats", "2",
             "--threads", "1", "--out", str(out)]

@@ -1,27 +1,16 @@
 """bench/gpu.py's result checks (the benchmark itself needs a GPU; its checks run anywhere)."""
 
-import importlib.util
-import pathlib
 
 import pytest
 import torch
 
 import flashuq as fuq
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
-
-
-def _load():
-    if not BENCH.exists():
-        pytest.skip("bench/ is not in this checkout")
-    spec = importlib.util.spec_from_file_location("flashuq_bench_gpu", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_loader import load_bench
 
 
 def test_check_linear_accepts_agreement_and_refuses_a_wrong_field(monkeypatch):
-    bench = _load()
+    bench = load_bench("gpu")
     g = torch.Generator().manual_seed(0)
     h = torch.randn(16, 32, generator=g)
     w = torch.randn(300, 32, generator=g) * 32 ** -0.5

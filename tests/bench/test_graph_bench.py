@@ -1,7 +1,6 @@
 """bench/graph.py: the --quick mode runs in seconds, checks flashuq against both baselines and writes
 its JSON; `flashuq bench` lists the suite."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -9,20 +8,13 @@ import pytest
 
 from flashuq import cli
 
+from bench_loader import load_bench
+
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "graph.py"
 
 
-def _load():
-    if not BENCH.exists():
-        pytest.skip("bench/ is not in this checkout")
-    spec = importlib.util.spec_from_file_location("flashuq_bench_graph", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_graph_bench_quick(tmp_path, capsys):
-    graph = _load()
+    graph = load_bench("graph")
     out = tmp_path / "graph.json"
     assert graph.main(["--quick", "--Q", "40", "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -52,7 +44,7 @@ def test_flashuq_bench_lists_graph(monkeypatch):
 
 
 def test_graph_bench_exits_1_on_a_missed_target(tmp_path, monkeypatch, capsys):
-    graph = _load()
+    graph = load_bench("graph")
     monkeypatch.setattr(graph, "TARGET_VS_NUMPY", 1e9)  # a target no machine meets
     out = tmp_path / "graph.json"
     assert graph.main(["--Q", "40", "--repeats", "1", "--loop-repeats", "1", "--threads", "1", "--out", str(out)]) == 1

@@ -1,26 +1,15 @@
 """bench/score.py: a small run checks every way's output against direct hf.score, starts a real local
 Ray, and writes its JSON; a wrong result stops it."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "score.py"
-
-
-def _load():
-    if not BENCH.exists():
-        pytest.skip("bench/ is not in this checkout")
-    spec = importlib.util.spec_from_file_location("flashuq_bench_score", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_loader import load_bench
 
 
 def test_score_bench_quick(tmp_path, capsys, smollm2_dir):
-    bench = _load()
+    bench = load_bench("score")
     out = tmp_path / "score.json"
     assert bench.main(["--quick", "--pairs", "24", "--batch-size", "8", "--model", smollm2_dir, "--out", str(out)]) == 0
     assert "| flashuq score, Ray, 2 workers |" in capsys.readouterr().out
@@ -37,7 +26,7 @@ def test_score_bench_check_refuses_a_wrong_row(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    bench = _load()
+    bench = load_bench("score")
     out = tmp_path / "o"
     out.mkdir()
     rows = [{"row": i, **{k: 1.0 for k in ("msp", "gnll", "perplexity", "mean_token_entropy", "max_token_entropy",

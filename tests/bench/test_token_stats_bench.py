@@ -2,29 +2,18 @@
 exp pass and each kernel variant, writes its JSON, and exits non-zero on a wrong result or a missed
 target."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 import torch
 
 import flashuq as fuq
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "token_stats.py"
-
-
-def _load():
-    if not BENCH.exists():
-        pytest.skip("bench/ is not in this checkout")
-    spec = importlib.util.spec_from_file_location("flashuq_bench_token_stats", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_loader import load_bench
 
 
 def test_token_stats_bench_quick(tmp_path, capsys):
-    bench = _load()
+    bench = load_bench("token_stats")
     out = tmp_path / "ts.json"
     assert bench.main(["--shapes", "4x3000,2x70000", "--repeats", "2", "--no-compile", "--out", str(out)]) == 0
     assert "| shape | dtype | flashuq ms | ns/elem·core | exp pass ms | × exp |" in capsys.readouterr().out
@@ -41,7 +30,7 @@ def test_token_stats_bench_quick(tmp_path, capsys):
 
 
 def test_token_stats_bench_refuses_a_wrong_result(monkeypatch):
-    bench = _load()
+    bench = load_bench("token_stats")
     x = torch.randn(4, 500)
     tok = torch.randint(0, 500, (4,))
     assert bench.check(x, tok, 0) < 1e-5
@@ -57,7 +46,7 @@ def test_token_stats_bench_refuses_a_wrong_result(monkeypatch):
 
 
 def test_token_stats_bench_reports_a_missed_target():
-    bench = _load()
+    bench = load_bench("token_stats")
     hit = {"shape": list(bench.TARGET_SHAPE), "dtype": "fp32", "x_exp": 1.2, "speedup_vs_compile": 7.0}
     slow = dict(hit, dtype="bf16", x_exp=1.8, speedup_vs_compile=5.0)
     other = dict(slow, shape=[8, 4096])  # the targets are for [256, 128256] only

@@ -1,24 +1,18 @@
 """bench/vllm_sampler.py: the --quick mode checks the opted-in results against vLLM's own log-probs,
 runs the three ways and writes its JSON (no target in --quick mode)."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-pytest.importorskip("vllm")
+from bench_loader import load_bench
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "vllm_sampler.py"
+pytest.importorskip("vllm")
 
 
 def test_vllm_bench_quick(tmp_path, capsys, smollm2_dir):
-    if not BENCH.exists():
-        pytest.skip("bench/ is not in this checkout")
     model = smollm2_dir
-    spec = importlib.util.spec_from_file_location("flashuq_bench_vllm", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("vllm_sampler")
     out = tmp_path / "vllm.json"
     assert mod.main(["--quick", "--model", str(model), "--out", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -26,9 +26,11 @@ items with a NaN quality are dropped).
 ``ap_ratio_prr``                 Inv-Entropy's "PRR": an average-precision ratio (quote it as AP)
 ``isotonic_brier``               Brier score after an in-sample isotonic fit (Inv-Entropy)
 ``bootstrap``                    percentile bootstrap interval of any of them
+``abstention_threshold``         a threshold with a guaranteed error rate among kept answers (Learn then Test)
 ===============================  =========================================================================
 """
 
+from .abstention import AbstentionThreshold, abstention_threshold
 from .bootstrap import BootstrapResult, bootstrap
 from .classification import ReliabilityBins, ap_ratio_prr, ece, isotonic_brier, pr_auc, reliability_bins, roc_auc
 from .correlation import kendall_tau, reversed_pairs_proportion, spearman
@@ -37,4 +39,5 @@ from .rejection import RejectionCurve, prr, rejection_curve, risk_coverage_auc
 
 __all__ = ["prr", "rejection_curve", "RejectionCurve", "roc_auc", "pr_auc", "ece", "reliability_bins",
            "ReliabilityBins", "spearman", "kendall_tau",
-           "tsu", "misleading_rate", "risk_coverage_auc", "reversed_pairs_proportion", "ap_ratio_prr", "isotonic_brier", "MisleadingRate", "bootstrap", "BootstrapResult"]
+           "tsu", "misleading_rate", "risk_coverage_auc", "reversed_pairs_proportion", "ap_ratio_prr", "isotonic_brier", "MisleadingRate", "bootstrap", "BootstrapResult",
+           "abstention_threshold", "AbstentionThreshold"]
