@@ -246,6 +246,9 @@ def load_model(model, *, dtype: str = "float32"):
 
         tok = transformers.AutoTokenizer.from_pretrained(model)
         m = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+        tok.padding_side = "left"  # as flashuq.models and flashuq eval set it: batched generation
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
     return m.to(getattr(torch, dtype)), tok
 
 
