@@ -121,6 +121,13 @@ def calibrate(model, data, *, method: str, risk: float, delta: float = 0.1, boun
     from . import evaluate
     from .data import load_model
 
+    for name, v, lo in (("samples", samples, 0), ("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if v < lo:
+            raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if method not in method_names(samples):
         raise ValueError(f"method {method!r} is not computed with samples={samples} (choose from "
                          f"{', '.join(method_names(samples))})")

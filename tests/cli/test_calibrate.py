@@ -77,3 +77,8 @@ def test_calibrate_refuses_bad_arguments(calib, tmp_path, capsys):
     assert cli.main(["calibrate", "--model", "smollm2", "--data", str(tmp_path / "none.jsonl"), "--method", "msp",
                      "--risk", "0.2", "--out", out]) == 2
     assert not (tmp_path / "p.json").exists()
+    for kw, err, why in (({"samples": -1}, ValueError, "samples"), ({"max_new_tokens": 0}, ValueError, "max_new_tokens"),
+                         ({"samples": 2.0}, TypeError, "samples"), ({"temperature": 0.0}, ValueError, "temperature"),
+                         ({"batch_size": 0}, ValueError, "batch_size")):
+        with pytest.raises(err, match=why):
+            policy.calibrate("smollm2", path, method="msp", risk=0.2, **kw)

@@ -83,8 +83,11 @@ def test_nan_samples_take_no_part():
     ppl[0] = math.nan
     plane = E.eu_plane(ppl, ent, 0.5)
     assert plane.quadrant[0] == 0 and not plane.kept[0]
-    ref = E.eu_plane(ppl[1:], ent[1:], 0.5)
-    assert plane.quadrant[1:].tolist() == ref.quadrant.tolist() or plane.budget != ref.budget
+    # the other 19 are placed as if the NaN sample were not there (under the same budget of 10)
+    ref = E.eu_plane(ppl[1:], ent[1:], plane.budget / 19)
+    assert ref.budget == plane.budget == 10
+    assert plane.quadrant[1:].tolist() == ref.quadrant.tolist() and plane.kept[1:].tolist() == ref.kept.tolist()
+    assert plane.level == ref.level
 
 
 def test_token_scores_and_mask():

@@ -128,7 +128,7 @@ def _encoder(embeddings: bool):
     return SentenceEncoder() if minilm_available() else None
 
 
-def _output_rows(rows: List[dict], a, tok, tokens: bool) -> List[dict]:
+def _output_rows(rows: List[dict], a, tokens: bool) -> List[dict]:
     from ..evaluate import is_correct
 
     out = []
@@ -140,7 +140,7 @@ def _output_rows(rows: List[dict], a, tok, tokens: bool) -> List[dict]:
         if a.samples:
             res.update(samples=a.samples[b], sample_log_probs=[float(x) for x in a.sample_log_probs[b]],
                        sample_lengths=[int(x) for x in a.sample_lengths[b]])
-        accepted = r.get("answers")
+        accepted = r["columns"].get("answers")
         if accepted is not None:
             res["correct"] = bool(is_correct(a.texts[b], accepted))
         if tokens:
@@ -191,8 +191,7 @@ class Answerer:
             a = answer_batch(self.model, self.tok, ids, attn, max_new_tokens=o.max_new_tokens, num_samples=o.samples,
                              temperature=o.temperature, sample_max_new_tokens=o.sample_max_new_tokens,
                              encoder=self.encoder)
-            out += _output_rows([{**r, "answers": r["columns"].get("answers")} for r in batch], a, self.tok,
-                                self.tokens)
+            out += _output_rows(batch, a, self.tokens)
         return out
 
     def __call__(self, batch):
@@ -219,4 +218,4 @@ def answer_rows_vllm(llm, tok, rows: List[dict], options: GenerateOptions, *, to
     a = answer_vllm(llm, tok, prompts, max_new_tokens=options.max_new_tokens, num_samples=options.samples,
                     temperature=options.temperature, sample_max_new_tokens=options.sample_max_new_tokens,
                     encoder=enc, seeds=[options.seed + int(r["row"]) for r in rows], progress=progress)
-    return _output_rows([{**r, "answers": r["columns"].get("answers")} for r in rows], a, tok, tokens)
+    return _output_rows(rows, a, tokens)
