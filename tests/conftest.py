@@ -49,6 +49,18 @@ def smollm2_dir(tmp_path_factory):
     return str(smollm2_checkpoint(tmp_path_factory.mktemp("smollm2")))
 
 
+@pytest.fixture(scope="session")
+def flashuq_server(smollm2_dir, tmp_path_factory):
+    """One real ``flashuq serve smollm2`` per session, with an API key and a policy (tests/serve_cases.py):
+    ``{"base": url, "key": api key, "log": path}``."""
+    pytest.importorskip("vllm")
+    import serve_cases
+
+    proc, base, log = serve_cases.start(smollm2_dir, tmp_path_factory.mktemp("serve"))
+    yield {"base": base, "key": serve_cases.KEY, "log": log}
+    serve_cases.stop(proc)
+
+
 def _installed_from_wheel() -> str:
     """Why the imported flashuq is not an installed wheel ('' when it is)."""
     import importlib.metadata as md

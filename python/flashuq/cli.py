@@ -10,6 +10,8 @@
                                           Q-Tuning's subset of a scored SFT set (Error-Uncertainty plane)
     flashuq calibrate --model M --data F --method NAME --risk A --delta D --out policy.json
                                           a threshold whose kept answers have error rate <= A (prob. >= 1 - D)
+    flashuq serve MODEL [--policy P]      vLLM's OpenAI-compatible server; opted-in responses carry the
+                                          uncertainty (and the policy's abstain decision)
     flashuq demo|eval --engine vllm       generate with vLLM instead (flashuq's processor in its sampler)
 
 ``demo`` and ``eval`` generate a greedy answer and ``--samples`` K sampled answers per question with
@@ -168,6 +170,17 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _serve(args, vllm_args) -> int:
+    from .vllm import serve
+
+    try:
+        return serve.run(args.model, vllm_args, host=args.host, port=args.port, api_key=args.api_key,
+                         policy=args.policy)
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as ex:
+        print(f"flashuq serve: {ex}", file=sys.stderr)
+        return 2
+
+
 def _common(p):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--batch-size", type=int, default=16)
@@ -201,7 +214,7 @@ def main(argv=None) -> int:
     _common(e)
     b = sub.add_parser("bench", help="run the benchmark suites of a source checkout and print their tables")
     b.add_argument("suites", nargs="*", default=["token_stats", "sequence", "metrics", "generation", "graph",
-                                                 "attention", "vllm_sampler", "score", "abstention"])
+                                                 "attention", "vllm_sampler", "score", "abstention", "serve"])
     sc = sub.add_parser("score", help="teacher-forced uncertainty of every (prompt, response) row of a dataset")
     sc.add_argument("--model", required=True, help="'smollm2' (offline SmolLM2-135M-Instruct) or a checkpoint directory")
     sc.add_argument("--data", required=True, help="JSONL or Parquet rows with prompt + response, or chat messages")
@@ -248,7 +261,20 @@ def main(argv=None) -> int:
     ca.add_argument("--seed", type=int, default=0)
     ca.add_argument("--out", required=True, help="the policy file (JSON)")
     ca.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
+    sv = sub.add_parser("serve", help="vLLM's OpenAI-compatible server; responses carry flashuq's uncertainty",
+                        description="vLLM's OpenAI-compatible server with flashuq's processor: a request with "
+                                    "\"flashuq\": {...} gets a flashuq object per choice. Options not listed here go "
+                                    "to vLLM (any `vllm serve` option, e.g. --max-model-len 2048).")
+    sv.add_argument("model", help="'smollm2' (offline SmolLM2-135M-Instruct) or a checkpoint directory / hub name")
+    sv.add_argument("--host", default="127.0.0.1", help="the address to bind (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None, help="requests must send it as a bearer token (401 otherwise)")
+    sv.add_argument("--policy", default=None, help="a flashuq calibrate policy: responses get abstain/threshold/method")
+    args, rest = ap.parse_known_args(argv)
+    if args.cmd == "serve":
+        return _serve(args, rest)
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.cmd == "calibrate":
         return _calibrate(args)
     if args.cmd == "score":

@@ -145,6 +145,8 @@ def test_chunked_prefill_and_preempted_requests(llm):
     ({"key": "k", "entropy_only": True}, "unknown option"),
     ({"topk": 3}, "key"),
     ("yes", "dict"),
+    ("[1, 2]", "dict"),
+    ('{"key": "k", "topk": -1}', "topk"),
 ])
 def test_bad_options_are_refused_and_the_engine_keeps_serving(llm, bad, match):
     sp = SamplingParams(max_tokens=3, temperature=0, extra_args={"flashuq": bad})

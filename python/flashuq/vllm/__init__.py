@@ -36,7 +36,7 @@ PROCESSOR = "flashuq.vllm.processor:FlashUQLogitsProcessor"
 WORKER_EXTENSION = "flashuq.vllm.worker.FlashUQWorkerExtension"
 
 __all__ = ["LLM", "Generation", "generate", "agenerate", "engine_kwargs", "opt_in", "fetch", "afetch", "collect",
-           "children_without_cwd_on_path", "shutdown", "Options", "PROCESSOR", "WORKER_EXTENSION"]
+           "completion_stats", "children_without_cwd_on_path", "shutdown", "Options", "PROCESSOR", "WORKER_EXTENSION"]
 
 
 def _vllm():
@@ -174,24 +174,33 @@ def _scores(stats: List[TokenStats]) -> List[Dict[str, float]]:
     return [{name: float(v[i]) for name, v in out.items()} for i in range(len(stats))]
 
 
-def collect(output, records: Sequence[dict]) -> Generation:
-    """A :class:`Generation` from one RequestOutput and the records of its key (``fetch(...)[key]``):
-    each completion takes the records whose tokens it emitted (vLLM's ``n > 1`` completions share a key)."""
+def completion_stats(records: Sequence[dict], token_ids: Sequence[Sequence[int]]):
+    """The statistics of completions ``token_ids`` (a list of token-id lists) from the records of their
+    shared key: ``(stats [TokenStats], scores [dict], covered [bool array])``, one each per completion.
+    Each completion takes the records whose tokens it emitted; a position without any holds NaN."""
     stats, covered = [], []
-    for c in output.outputs:
+    for ids in token_ids:
+        ids = list(ids)
         if records:
-            fields, cov = resolve(records, list(c.token_ids))
+            fields, cov = resolve(records, ids)
         else:
-            fields, cov = {}, np.zeros(len(c.token_ids), dtype=bool)
+            fields, cov = {}, np.zeros(len(ids), dtype=bool)
         if "lse" not in fields:  # nothing recorded (a request that did not opt in)
-            n = len(c.token_ids)
+            n = len(ids)
             nan = np.full(n, np.nan, dtype=np.float32)
             fields = {f: nan for f in ("lse", "max_logprob", "logprob", "entropy", "margin", "collision",
                                        "kurtosis", "self_certainty")}
             fields["argmax"] = np.full(n, -1, dtype=np.int64)
         stats.append(_token_stats(fields))
         covered.append(cov)
-    return Generation(output, stats, _scores(stats), covered)
+    return stats, _scores(stats), covered
+
+
+def collect(output, records: Sequence[dict]) -> Generation:
+    """A :class:`Generation` from one RequestOutput and the records of its key (``fetch(...)[key]``):
+    each completion takes the records whose tokens it emitted (vLLM's ``n > 1`` completions share a key)."""
+    stats, scores, covered = completion_stats(records, [c.token_ids for c in output.outputs])
+    return Generation(output, stats, scores, covered)
 
 
 def generate(llm, prompts, sampling_params=None, *, topk: int = 0, temperature: str = "model",

@@ -1,9 +1,8 @@
 """What flashuq's vLLM logits processors share: the per-request options, and the recorder that turns
 each step's logits rows into token statistics kept per request until they are fetched.
 
-Engine-agnostic on purpose (no vLLM import): ``processor.py`` (vLLM's V1 interface) and
-``processor_v2.py`` (model runner V2) only translate their engine's batch bookkeeping into calls of
-:class:`Recorder`:
+Engine-agnostic on purpose (no vLLM import): ``processor.py`` (one class with vLLM's V1 interface and
+model runner V2's) only translates the engine's batch bookkeeping into calls of :class:`Recorder`:
 
 * ``open(options, ...)`` when an opted-in request enters the batch (again, after a preemption);
 * ``step(logits, entries)`` once per step, on the rows of the opted-in requests: one
@@ -23,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -64,13 +64,21 @@ class Options:
 
 
 def parse_options(extra_args) -> Optional[Options]:
-    """``Options`` of a request, None when it did not opt in. Raises ValueError (a bad value) or
+    """``Options`` of a request, None when it did not opt in. ``extra_args["flashuq"]``: a dict, or its
+    JSON text (what an OpenAI-server request can carry in ``vllm_xargs``). Raises ValueError (a bad value) or
     :class:`OptionTypeError` (a wrong type) naming the option."""
     if not extra_args or EXTRA_ARGS_KEY not in extra_args:
         return None
     raw = extra_args[EXTRA_ARGS_KEY]
+    if isinstance(raw, str):  # vLLM's server passes vllm_xargs values as str/int/float only: JSON text
+        try:
+            raw = json.loads(raw)
+        except ValueError as ex:
+            raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be a dict of options or its JSON text; the "
+                             f"text is not JSON ({ex})") from None
     if not isinstance(raw, dict):
-        raise OptionTypeError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be a dict of options, got {type(raw).__name__}")
+        raise OptionTypeError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be a dict of options or its JSON text, got "
+                              f"{type(raw).__name__}")
     unknown = sorted(set(raw) - {"key", "topk", "temperature", "renyi"})
     if unknown:
         raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}]: unknown option(s) {', '.join(map(repr, unknown))}; "
