@@ -153,7 +153,7 @@ def test_samples_from_a_shared_prompt_cache_score_like_teacher_forcing(kind):
     torch.manual_seed(3)
     g = hf.generate(model, ids, mask, num_samples=4, max_new_tokens=5, pad_token_id=0, eos_token_id=EOS,
                     sample_kwargs={"max_new_tokens": 4})
-    assert hf._shared_prompt_cache(model, ids, mask, 4)  # the shared path, not the fallback
+    assert hf.generation._shared_prompt_cache(model, ids, mask, 4)  # the shared path, not the fallback
     B, K = ids.shape[0], 4
     seqs = g.sample_sequences.reshape(B * K, -1)
     T = seqs.shape[1] - ids.shape[1]
@@ -174,7 +174,7 @@ def test_samples_fall_back_to_num_return_sequences(monkeypatch):
     # bookkeeping (log-probs equal to teacher forcing, K per prompt)
     model = tiny("llama")
     ids, mask = prompts()
-    monkeypatch.setattr(hf, "_shared_prompt_cache", lambda *a: {})
+    monkeypatch.setattr(hf.generation, "_shared_prompt_cache", lambda *a: {})  # where generate looks it up
     torch.manual_seed(4)
     g = hf.generate(model, ids, mask, num_samples=3, max_new_tokens=4, pad_token_id=0, eos_token_id=EOS)
     B, K = ids.shape[0], 3

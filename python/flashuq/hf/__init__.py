@@ -1,0 +1,37 @@
+"""transformers integration: record token statistics inside ``generate``, score (prompt, response)
+pairs teacher-forced without materialising logits.
+
+``transformers`` is imported lazily (it is not a dependency of flashuq). ECOSYSTEM.md §1 has the
+patterns; METHODS.md §1.1 the orientation of every score (uncertainties: higher = less trustworthy).
+
+- :class:`UncertaintyRecorder` — a ``LogitsProcessor`` that runs ``fuq.token_stats`` on each step's
+  scores on their device (no host synchronisation, nothing of size V kept beyond the current
+  step) and returns the scores unchanged; or, with :meth:`UncertaintyRecorder.attach`, forward
+  hooks that read the raw ``lm_head`` logits before any processor.
+- :func:`generate` — the greedy answer (and optional samples) with per-token statistics, the
+  response mask, every sequence score that applies, and the samples' log-probabilities.
+- :func:`score` — teacher-forced statistics of given responses from the final hidden states and the
+  head weight through ``fuq.token_stats_linear``.
+- :class:`AttentionCapture` — memory-lean attention capture (ECOSYSTEM.md §1.3): a custom attention
+  implementation (``"fuq_capture_sdpa"``) that computes the real output with SDPA and records only what
+  the attention methods need (diagonals ``a_ii`` for RAUQ / AttentionScore, the UQAC response rows,
+  or UQAC's streaming lowest-entropy reduction), so ``output_attentions``' ``[L, H, N, N]`` maps are
+  never built. :func:`attention_diagonals` and :func:`uqac_inputs` are one-call helpers;
+  ``generate(..., capture_attention=True)`` records the diagonals during generation.
+
+One module per concern: ``recorder.py`` (the recorder, the response mask), ``generation.py``
+(``generate``, ``score``), ``attention.py`` (the capture), ``uqac.py`` (UQAC's constants and stop
+tokens), ``uqac_inputs.py`` (UQAC's per-sequence inputs) and ``_model.py`` (what they read from a
+model). Everything is importable from ``flashuq.hf``.
+"""
+
+from .attention import ATTN_IMPLEMENTATION, AttentionCapture, attention_diagonals
+from .generation import Generation, Scored, generate, score
+from .recorder import UncertaintyRecorder, response_mask
+from ._model import position_ids_from_mask
+from .uqac import UQAC_CALIBRATION, UQAC_INSTR_TOKEN, UQAC_STOP_WORDS, uqac_is_stop
+from .uqac_inputs import UQACInputs, uqac_inputs
+
+__all__ = ["UncertaintyRecorder", "Generation", "Scored", "generate", "score", "response_mask",
+           "position_ids_from_mask", "AttentionCapture", "attention_diagonals", "uqac_inputs", "UQACInputs",
+           "uqac_is_stop", "UQAC_STOP_WORDS", "UQAC_CALIBRATION", "ATTN_IMPLEMENTATION"]
