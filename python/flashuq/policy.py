@@ -21,6 +21,7 @@ import pathlib
 import sys
 from typing import Any, Dict, Iterable, Optional
 
+from ._checks import check_int, check_real
 from .metrics.abstention import BOUNDS, abstention_threshold
 
 POLICY_VERSION = 1
@@ -122,12 +123,8 @@ def calibrate(model, data, *, method: str, risk: float, delta: float = 0.1, boun
     from .data import load_model
 
     for name, v, lo in (("samples", samples, 0), ("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if v < lo:
-            raise ValueError(f"{name} must be >= {lo}, got {v}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        check_int(v, name, lo)
+    check_real(temperature, "temperature", 0.0, lo_open=True)
     if method not in method_names(samples):
         raise ValueError(f"method {method!r} is not computed with samples={samples} (choose from "
                          f"{', '.join(method_names(samples))})")

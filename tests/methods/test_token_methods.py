@@ -268,7 +268,7 @@ def test_bad_method_arguments():
         (lambda: M.renyi_neg(tempered, mask, variant="paper"), ValueError, "vocab_size"),
         (lambda: M.renyi_neg(tempered, mask, variant="paper", vocab_size=0), ValueError, "vocab_size"),
         (lambda: M.chow_quantile(stats, mask, alpha=1.5), ValueError, "alpha"),
-        (lambda: M.chow_quantile(stats, mask, alpha="low"), ValueError, "alpha"),
+        (lambda: M.chow_quantile(stats, mask, alpha="low"), TypeError, "alpha"),  # as everywhere: test_checks.py
         (lambda: M.token_sar(stats, torch.ones(B, T + 1), mask), ValueError, "relevance"),
         (lambda: M.token_sar(stats, [[1.0] * T] * B, mask), TypeError, "relevance"),
         (lambda: M.token_sar(stats, torch.ones(B, T, dtype=torch.long), mask), TypeError, "relevance"),

@@ -91,8 +91,11 @@ def test_coverage_grid():
     assert metrics.abstention_threshold(u, correct, risk=0.1, delta=0.1, grid=None).kept == 100
     r = metrics.abstention_threshold(u, correct, risk=0.02, delta=0.1, grid=4)
     assert r.kept == 0 or r.kept in (25, 50, 75)
-    for grid in (0, -1, 2.5, True):
+    for grid in (0, -1):
         with pytest.raises(ValueError, match="grid"):
+            metrics.abstention_threshold(u, correct, risk=0.1, grid=grid)
+    for grid in (2.5, True, "4"):  # not an int: the same TypeError as everywhere (tests/test_checks.py)
+        with pytest.raises(TypeError, match="grid"):
             metrics.abstention_threshold(u, correct, risk=0.1, grid=grid)
 
 

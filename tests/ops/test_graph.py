@@ -670,10 +670,15 @@ def test_errors():
             fn(W, sample_mask=torch.ones(2, 4))
         with pytest.raises(TypeError, match="sample_mask"):
             fn(W, sample_mask=[[True] * 4] * 2)
-    for bad in (float("nan"), float("inf"), "0.9", None, True):
+    for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="threshold"):
             fuq.laplacian_spectrum(W, threshold=bad)
         with pytest.raises(ValueError, match=r"^t must"):
+            fuq.heat_kernel_entropy(W, t=bad)
+    for bad in ("0.9", None, True):  # not a number: TypeError, as everywhere (tests/test_checks.py)
+        with pytest.raises(TypeError, match="threshold"):
+            fuq.laplacian_spectrum(W, threshold=bad)
+        with pytest.raises(TypeError, match=r"^t must"):
             fuq.heat_kernel_entropy(W, t=bad)
 
 

@@ -54,7 +54,7 @@ def test_padding_and_nan():
 @pytest.mark.parametrize(
     "q, exc",
     [(1.5, ValueError), (-0.1, ValueError), ([], ValueError), ([[0.5]], ValueError), ("a", TypeError),
-     (True, TypeError), (float("nan"), ValueError)],
+     (True, TypeError), (float("nan"), ValueError), (["a"], TypeError), ([0.5, True], TypeError)],
 )
 def test_bad_levels(q, exc):
     with pytest.raises(exc, match="q"):

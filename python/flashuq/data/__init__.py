@@ -416,16 +416,14 @@ def score(model, data, out, *, tokens: bool = False, raw: bool = False, batch_si
         :class:`ScoreRun`.
     """
     t0 = time.perf_counter()
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
-        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not isinstance(part_rows, int) or isinstance(part_rows, bool) or part_rows < 1:
-        raise ValueError(f"part_rows must be an int >= 1, got {part_rows!r}")
+    if workers is not None:
+        check_int(workers, "workers", 0)
+    check_int(batch_size, "batch_size", 1)
+    check_int(part_rows, "part_rows", 1)
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
-        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    if max_length is not None:
+        check_int(max_length, "max_length", 2)
     if engine not in ("hf", "vllm"):
         raise ValueError(f"engine must be 'hf' or 'vllm', got {engine!r}")
     if generate is True:
@@ -583,5 +581,6 @@ def _part_names(run_id: str):
     return PartNames()
 
 
+from .._checks import check_int
 from .generate import Answerer, GenerateOptions, PromptTokenizer, answer_rows_vllm, load_vllm  # noqa: E402
 from .qtuning import EUPlane, context_token_scores, eu_plane, select, token_keep_mask  # noqa: E402

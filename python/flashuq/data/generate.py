@@ -18,6 +18,8 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+from .._checks import check_int, check_real
+
 #: the output columns of generation mode (input columns of these names are renamed input_<name>)
 GEN_COLUMNS = ("answer", "answer_tokens", "answer_ids", "samples", "sample_log_probs", "sample_lengths", "correct")
 
@@ -35,20 +37,11 @@ class GenerateOptions:
     batch_rows: int = 16                    #: prompts per generate call (hf)
 
     def check(self) -> "GenerateOptions":
-        for name in ("samples", "max_new_tokens", "seed", "batch_rows"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if self.samples < 0:
-            raise ValueError(f"samples must be >= 0, got {self.samples}")
-        if self.max_new_tokens < 1 or self.batch_rows < 1:
-            raise ValueError("max_new_tokens and batch_rows must be >= 1")
-        if self.sample_max_new_tokens is not None and (not isinstance(self.sample_max_new_tokens, int)
-                                                        or self.sample_max_new_tokens < 1):
-            raise ValueError(f"sample_max_new_tokens must be an int >= 1, got {self.sample_max_new_tokens!r}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
-                or not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        for name, lo in (("samples", 0), ("max_new_tokens", 1), ("seed", None), ("batch_rows", 1)):
+            check_int(getattr(self, name), name, lo)
+        if self.sample_max_new_tokens is not None:
+            check_int(self.sample_max_new_tokens, "sample_max_new_tokens", 1)
+        check_real(self.temperature, "temperature", 0.0, lo_open=True)
         return self
 
     @property

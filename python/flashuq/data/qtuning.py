@@ -38,6 +38,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .._checks import check_real
+
 #: quadrant codes in the output: 1..4 as in the paper, 0 for a sample without coordinates (NaN)
 QUADRANT_NAMES = {0: "none", 1: "Q1 harmful noise", 2: "Q2 valuable misconception", 3: "Q3 redundant knowledge",
                   4: "Q4 calibration data"}
@@ -67,12 +69,7 @@ class EUPlane:
 
 
 def _ratio(name: str, value, *, allow_one: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number in (0, 1], got {type(value).__name__}")
-    value = float(value)
-    if not (0.0 < value <= 1.0) or (value == 1.0 and not allow_one):
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
-    return value
+    return check_real(value, name, 0.0, 1.0, lo_open=True, hi_open=not allow_one)
 
 
 def _coords(name: str, x) -> np.ndarray:
@@ -146,11 +143,7 @@ def context_token_scores(token_logprob, lam: float = 0.5) -> np.ndarray:
 
 
 def _lambda(lam) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
-        raise TypeError(f"lam must be a number in [0, 1], got {type(lam).__name__}")
-    if not 0.0 <= float(lam) <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
-    return float(lam)
+    return check_real(lam, "lam", 0.0, 1.0)
 
 
 def token_keep_mask(token_logprob, keep: float, lam: float = 0.5) -> np.ndarray:

@@ -29,7 +29,7 @@ from .attention import ATTN_IMPLEMENTATION, AttentionCapture, attention_diagonal
 from .generation import Generation, Scored, generate, score
 from .recorder import UncertaintyRecorder, response_mask
 from ._model import position_ids_from_mask
-from .uqac import UQAC_CALIBRATION, UQAC_INSTR_TOKEN, UQAC_STOP_WORDS, uqac_is_stop
+from .uqac import UQAC_CALIBRATION, UQAC_INSTR_TOKEN, UQAC_STOP_WORDS, uqac_is_stop  # noqa: F401
 from .uqac_inputs import UQACInputs, uqac_inputs
 
 __all__ = ["UncertaintyRecorder", "Generation", "Scored", "generate", "score", "response_mask",

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ._model import position_ids_from_mask
 from .uqac import UQAC_CALIBRATION
 
@@ -144,10 +145,8 @@ class AttentionCapture:
             raise ValueError("AttentionCapture: nothing to capture (diagonals, response_rows, uqac_reduced all False)")
         if reduction not in ("max", "mean"):
             raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
-        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
-            raise ValueError(f"n_heads must be an int >= 1, got {n_heads!r}")
-        if isinstance(chunk_elems, bool) or not isinstance(chunk_elems, int) or chunk_elems < 1:
-            raise ValueError(f"chunk_elems must be an int >= 1, got {chunk_elems!r}")
+        n_heads = check_int(n_heads, "n_heads", 1)
+        chunk_elems = check_int(chunk_elems, "chunk_elems", 1)
         self.model = model
         self.want_diagonals = bool(diagonals)
         self.want_rows = bool(response_rows)

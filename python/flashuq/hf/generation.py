@@ -9,6 +9,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ..methods.scores import sequence_scores
 from ..ops.token_stats import TokenStats
 from ..ops.token_stats_linear import token_stats_linear
@@ -106,8 +107,7 @@ def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, 
     extended by ones and positions from :func:`position_ids_from_mask`, as ``generate`` runs it).
     ``attention_layers`` restricts the capture to those layers (ascending).
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}")
+    num_samples = check_int(num_samples, "num_samples", 0)
     for k in ("do_sample", "num_return_sequences", "logits_processor", "return_dict_in_generate"):
         if k in generate_kwargs:
             raise ValueError(f"{k}: set by flashuq.hf.generate itself")

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .samples import _bool_mask, _dtype, _shape, _tensor
+from .._checks import check_int, check_real
+from ._inputs import bool_mask, check_shape, compute_dtype, input_tensor
 
 #: RAUQ's default α by (model_type, confidence) (LM-Polygraph ``RAUQ.get_alpha``)
 RAUQ_ALPHA = {("instruct", "prob"): 0.5, ("instruct", "entropy"): 0.9,
@@ -52,9 +53,7 @@ def _diagonals(attn, name: str = "attn") -> Tensor:
 
 
 def _int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    return int(v)
+    return check_int(v, name)
 
 
 def _response_start(response_start, B: int, N: int, like: Tensor) -> Tensor:
@@ -74,7 +73,7 @@ def _response_start(response_start, B: int, N: int, like: Tensor) -> Tensor:
             raise TypeError(f"response_start must hold integers, got {rs.dtype}")
         if rs.dim() == 0:
             rs = rs.expand(B)
-        _shape(rs, "response_start", (B,))
+        check_shape(rs, "response_start", (B,))
         rs = rs.long()
     rs = rs.to(like.device)
     if B and (bool((rs < 0).any()) or bool((rs >= N).any())):
@@ -84,7 +83,7 @@ def _response_start(response_start, B: int, N: int, like: Tensor) -> Tensor:
 
 
 def _mask(mask, B: int, N: int, like: Tensor) -> Tensor:
-    return _bool_mask(mask, "mask", (B, N), like, other="the attention maps")
+    return bool_mask(mask, "mask", (B, N), like, other="the attention maps")
 
 
 def _response_run(rs: Tensor, valid: Tensor):
@@ -137,7 +136,7 @@ def attention_score(attn, response_start=None, *, layer: Optional[int] = None, m
         valid = (pos >= rs[:, None]) & (pos < (rs + T - 1)[:, None])
     logd = torch.log(d[:, layer].double() + 1e-12)                      # [B, H, N]
     total = torch.where(valid[:, None, :], logd, 0.0).sum((1, 2))
-    return (-total / H).to(_dtype(d))
+    return (-total / H).to(compute_dtype(d))
 
 
 # ---- RAUQ -------------------------------------------------------------------------------------------------
@@ -189,19 +188,17 @@ def rauq(attn, logprobs, response_start, *, alpha: Optional[float] = None, confi
         raise ValueError(f"model_type must be 'instruct' or 'base', got {model_type!r}")
     if alpha is None:
         alpha = RAUQ_ALPHA[(model_type, confidence)]
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    alpha = float(alpha)
+    alpha = check_real(alpha, "alpha", 0.0, 1.0)
     if confidence == "prob":
-        lp = _tensor(logprobs, "logprobs", 2, "float", d)
-        _shape(lp, "logprobs", (B, N))
+        lp = input_tensor(logprobs, "logprobs", 2, "float", d)
+        check_shape(lp, "logprobs", (B, N))
         conf = lp.double().exp()
         inputs = (d, lp)
     else:
         if entropies is None or vocab_size is None:
             raise ValueError("confidence='entropy' needs entropies [B, N] and vocab_size")
-        ent = _tensor(entropies, "entropies", 2, "float", d)
-        _shape(ent, "entropies", (B, N))
+        ent = input_tensor(entropies, "entropies", 2, "float", d)
+        check_shape(ent, "entropies", (B, N))
         V = _int(vocab_size, "vocab_size")
         if V < 1:
             raise ValueError(f"vocab_size must be >= 1, got {V}")
@@ -235,7 +232,7 @@ def rauq(attn, logprobs, response_start, *, alpha: Optional[float] = None, confi
     u = 1.0 - logsum / T.clamp(min=1).double()[:, None]                  # [B, nL]
     out = u.max(1).values if nL else torch.full((B,), math.nan, dtype=torch.float64, device=dev)
     out = torch.where(T > 0, out, math.nan)
-    return out.to(_dtype(*inputs))
+    return out.to(compute_dtype(*inputs))
 
 
 # ---- UQAC -------------------------------------------------------------------------------------------------
@@ -252,14 +249,14 @@ def uqac_top5_logprobs(top5_ids, top5_probs, resp_ids) -> Tensor:
     produced response token 0. For the paper's definition pass true log-probabilities instead.
     """
     ids = torch.as_tensor(top5_ids)
-    probs = _tensor(top5_probs, "top5_probs", ids.dim(), "float") if ids.dim() >= 2 else None
+    probs = input_tensor(top5_probs, "top5_probs", ids.dim(), "float") if ids.dim() >= 2 else None
     if ids.dim() < 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise ValueError(f"top5_ids must be an integer tensor [..., R, k], got {ids.dtype} {tuple(ids.shape)}")
-    _shape(probs, "top5_probs", ids.shape)
+    check_shape(probs, "top5_probs", ids.shape)
     resp = torch.as_tensor(resp_ids)
     if resp.dtype.is_floating_point or resp.dtype == torch.bool:
         raise TypeError(f"resp_ids must be an integer tensor, got {resp.dtype}")
-    _shape(resp, "resp_ids", ids.shape[:-1])
+    check_shape(resp, "resp_ids", ids.shape[:-1])
     src_ids = torch.roll(ids, 1, dims=-2)                                # row r <- row r - 1 (row 0 <- row R - 1)
     src_probs = torch.roll(probs, 1, dims=-2)
     eq = src_ids == resp.to(ids.device)[..., None]
@@ -319,10 +316,10 @@ def _uqac_batch(ops, attn, ans_src, is_stop, h_last, token_logprobs, va_list, vs
         if bool((ans < -1).any()) or bool((ans + 1 >= R).any()):
             raise ValueError(f"ans_src must lie in [-1, R - 2 = {R - 2}] (a source predicts the next token), "
                              f"got {ans.tolist()}")
-        h = _tensor(h_last[b], "h_last", 2, "float")
-        _shape(h, "h_last", (R, h.shape[1]))
+        h = input_tensor(h_last[b], "h_last", 2, "float")
+        check_shape(h, "h_last", (R, h.shape[1]))
         stop = torch.as_tensor(is_stop[b])
-        _shape(stop, "is_stop", (N,))
+        check_shape(stop, "is_stop", (N,))
         items.append((b, a, ans, stop, h))
     if not items:
         return out
@@ -361,16 +358,16 @@ def _uqac_batch(ops, attn, ans_src, is_stop, h_last, token_logprobs, va_list, vs
         va, vs = va_list[b], vs_list[b]
         R = a.shape[-2]
         if va is None:
-            lp = _tensor(token_logprobs[b], "token_logprobs", 1, "float")
-            _shape(lp, "token_logprobs", (R,))
+            lp = input_tensor(token_logprobs[b], "token_logprobs", 1, "float")
+            check_shape(lp, "token_logprobs", (R,))
             lp = lp.cpu()
             va, vs = lp[ans + 1][None, :], lp[keep + 1][None, :]
         else:
-            va = _tensor(va, "variant_ans_logprobs", 2, "float")
-            _shape(va, "variant_ans_logprobs", (va.shape[0], ans.numel()))
+            va = input_tensor(va, "variant_ans_logprobs", 2, "float")
+            check_shape(va, "variant_ans_logprobs", (va.shape[0], ans.numel()))
             if vs is None:
                 raise ValueError("variant_seq_logprobs is needed with variant_ans_logprobs")
-            vs = _tensor(vs, "variant_seq_logprobs", 2, "float", va)
+            vs = input_tensor(vs, "variant_seq_logprobs", 2, "float", va)
             if tuple(vs.shape) != (va.shape[0], keep.numel()):
                 raise ValueError(f"variant_seq_logprobs must have shape ({va.shape[0]}, {keep.numel()}) "
                                  f"(variants x kept members {keep.tolist()}), got {tuple(vs.shape)}")
@@ -460,10 +457,10 @@ def uqac_terms(attn, ans_src, is_stop, h_last, token_logprobs, *, n_heads: int =
     ans = _ans(ans_src)
     if ans is None:
         raise ValueError("ans_src must hold at least one answer source (a failed span has no UQAC terms)")
-    lp = _tensor(token_logprobs, "token_logprobs", 1, "float")
-    _shape(lp, "token_logprobs", (R,))
-    h = _tensor(h_last, "h_last", 2, "float")
-    _shape(h, "h_last", (R, h.shape[1]))
+    lp = input_tensor(token_logprobs, "token_logprobs", 1, "float")
+    check_shape(lp, "token_logprobs", (R,))
+    h = input_tensor(h_last, "h_last", 2, "float")
+    check_shape(h, "h_last", (R, h.shape[1]))
     chain, scores = ops.uqac_backtrack(red, ans.to(red.device), torch.as_tensor(is_stop).to(red.device),
                                        buffer=buffer, threshold=threshold, min_chain_len=min_chain_len,
                                        max_steps=max_steps)

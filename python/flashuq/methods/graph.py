@@ -19,11 +19,11 @@ from torch import Tensor
 from .. import _ext
 from ..ops._common import is_tracing
 from ..ops.graph import heat_kernel_entropy, laplacian_spectrum
-from .samples import _dtype, _sample_mask, _shape, _tensor
+from ._inputs import check_shape, compute_dtype, input_tensor, sample_mask_of
 
 
 def _matrix(W, name: str = "W", like=None) -> Tensor:
-    W = _tensor(W, name, 3, "float", like)
+    W = input_tensor(W, name, 3, "float", like)
     if W.shape[1] != W.shape[2]:
         raise ValueError(f"{name} must have shape [Q, K, K], got {tuple(W.shape)}")
     return W
@@ -38,10 +38,10 @@ def degree(W, *, sample_mask=None) -> Tensor:
     """
     W = _matrix(W)
     Q, K = W.shape[:2]
-    x = W.to(_dtype(W))
+    x = W.to(compute_dtype(W))
     if sample_mask is None:
         return 1 - x.mean((1, 2))  # K = 0: 0/0 = NaN
-    valid = _sample_mask(sample_mask, Q, K, W)
+    valid = sample_mask_of(sample_mask, Q, K, W)
     pair = valid[:, :, None] & valid[:, None, :]
     return 1 - torch.where(pair, x, 0).sum((1, 2)) / pair.sum((1, 2)).to(x.dtype)
 
@@ -90,11 +90,11 @@ def kernel_language_entropy(entail, contra, *, t: float = 0.3, sample_mask=None)
     """
     E = _matrix(entail, "entail")
     C = _matrix(contra, "contra", E)
-    _shape(C, "contra", E.shape)
-    dt = _dtype(E, C)
+    check_shape(C, "contra", E.shape)
+    dt = compute_dtype(E, C)
     E, C = E.to(dt), C.to(dt)
     Q, K = E.shape[:2]
-    valid = _sample_mask(sample_mask, Q, K, E)
+    valid = sample_mask_of(sample_mask, Q, K, E)
     Es, Cs = E + E.transpose(1, 2), C + C.transpose(1, 2)
     W = Es + 0.5 * (2 - Es - Cs)
     vne = heat_kernel_entropy(W, t=t, sample_mask=valid)
@@ -116,10 +116,10 @@ def num_sem_sets(entail, contra, *, sample_mask=None) -> Tensor:
     """
     E = _matrix(entail, "entail")
     C = _matrix(contra, "contra", E)
-    _shape(C, "contra", E.shape)
+    check_shape(C, "contra", E.shape)
     Q, K = E.shape[:2]
-    valid = _sample_mask(sample_mask, Q, K, E)
-    dt = _dtype(E, C)
+    valid = sample_mask_of(sample_mask, Q, K, E)
+    dt = compute_dtype(E, C)
     if K == 0:
         return torch.full((Q,), torch.nan, dtype=dt, device=E.device)
     if E.device.type == "cpu" and not is_tracing():
@@ -137,7 +137,7 @@ def num_sem_sets(entail, contra, *, sample_mask=None) -> Tensor:
     # a component is counted at its lowest-numbered valid member
     first = R.argmax(dim=2)  # the first index reachable from i (R[i, i] = 1, so <= i)
     roots = (first == torch.arange(K, device=A.device)) & valid
-    n = roots.sum(1).to(_dtype(E, C))
+    n = roots.sum(1).to(compute_dtype(E, C))
     return torch.where(valid.any(1), n, torch.nan)
 
 

@@ -34,14 +34,14 @@ question; NaN inputs give NaN for their question only.
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from .. import _ext
-from ..ops._common import as_tensor, capturing_cuda_graph, is_tracing
+from ..ops._common import acc_dtype, as_tensor, is_tracing, values_readable
 
 #: default number of bootstrap draws per variant: the repository's 20 and the paper's S = 30
 #: (the authors' ``inventropy`` package uses 10)
@@ -78,12 +78,7 @@ def _compute_dtype(*dtypes) -> torch.dtype:
     dt = dtypes[0]
     for d in dtypes[1:]:
         dt = torch.promote_types(dt, d)
-    return torch.float64 if dt == torch.float64 else torch.float32
-
-
-def _checks_on(x: Tensor) -> bool:
-    """Whether value checks (which read the data back) may run."""
-    return not is_tracing() and not capturing_cuda_graph(x) and x.device.type != "meta"
+    return acc_dtype(dt)
 
 
 def _negative_error(name: str) -> ValueError:
@@ -92,7 +87,7 @@ def _negative_error(name: str) -> ValueError:
 
 
 def _check_sign(x: Tensor, name: str) -> None:
-    if x.numel() and _checks_on(x) and bool(x.amin() < 0):  # one reduction, no [Q, M, M] temporary
+    if x.numel() and values_readable(x) and bool(x.amin() < 0):  # one reduction, no [Q, M, M] temporary
         raise _negative_error(name)
 
 
@@ -112,11 +107,7 @@ def _similarity(x, name: str, check_sign: bool = True) -> Tensor:
 
 
 def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if int(value) < 1:
-        raise ValueError(f"{name} must be >= 1, got {int(value)}")
-    return int(value)
+    return check_int(value, name, 1)
 
 
 def _check_keep(keep, Q: int, N: int, r: int, device) -> Tensor:
@@ -126,7 +117,7 @@ def _check_keep(keep, Q: int, N: int, r: int, device) -> Tensor:
     if keep.dim() != 3 or keep.shape[0] != Q or keep.shape[2] != N or keep.shape[1] < 1:
         raise ValueError(f"keep must be [Q={Q}, S>=1, N={N}], got shape {tuple(keep.shape)}")
     keep = keep.to(device=device, dtype=torch.int64)
-    if keep.numel() and _checks_on(keep):
+    if keep.numel() and values_readable(keep):
         lo = torch.arange(N, device=device) * r
         if bool(((keep < lo) | (keep >= lo + r)).any()):
             raise ValueError(f"keep[q, s, i] must lie in block i of the outputs, [i·r, i·r + r) with r = {r}")
@@ -387,7 +378,7 @@ def nli_similarity(p_entail) -> Tensor:
         raise TypeError(f"p_entail must be a floating tensor, got {p.dtype}")
     if p.dim() != 3 or p.shape[-1] != p.shape[-2]:
         raise ValueError(f"p_entail must be a batch of square matrices [Q, N, N], got shape {tuple(p.shape)}")
-    if p.numel() and _checks_on(p) and bool(((p < 0) | (p > 1)).any()):
+    if p.numel() and values_readable(p) and bool(((p < 0) | (p > 1)).any()):
         raise ValueError("p_entail must hold probabilities in [0, 1]")
     p = p.to(_compute_dtype(p.dtype))
     s = (p + p.transpose(-1, -2)) / 2.0

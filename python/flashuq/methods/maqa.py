@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ..ops._common import as_tensor
 from ..ops.masked_reduce import masked_reduce
 from ..ops.token_stats import token_stats
@@ -33,8 +34,7 @@ def topk_stats_at_positions(logits, pos, pos_mask=None, *, k: int = 10) -> TopKA
     """Top-k statistics of ``logits [B, T, V]`` at positions ``pos [B, A]`` (one pass over those rows only)."""
     logits = as_tensor(logits, "logits")
     pos = as_tensor(pos, "pos")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
-        raise ValueError(f"k must be an int in [1, 64], got {k!r}")
+    k = check_int(k, "k", 1, 64)
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
     if pos.dim() != 2 or pos.shape[0] != logits.shape[0] or pos.dtype.is_floating_point or pos.dtype == torch.bool:

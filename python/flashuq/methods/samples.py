@@ -19,12 +19,14 @@ Common conventions:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._checks import check_int, check_real
+from ._inputs import bool_mask, check_shape, compute_dtype, input_tensor, sample_mask_of
 
 __all__ = [
     "similarity", "symmetrize", "nli_argmax_is_entail", "greedy_bidirectional_clusters",
@@ -34,59 +36,8 @@ __all__ = [
 ]
 
 
-# ---- input handling --------------------------------------------------------------------------------
-
-def _tensor(x, name: str, ndim: int, kind: str, like: Optional[Tensor] = None) -> Tensor:
-    """``x`` as a tensor of ``ndim`` dims; ``kind`` is "float", "int" or "bool"; same device as ``like``."""
-    if not isinstance(x, (Tensor, np.ndarray)):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-    x = torch.as_tensor(x)
-    if x.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
-    real = not x.dtype.is_complex and x.dtype != torch.bool
-    ok = {"float": x.dtype.is_floating_point, "int": real and not x.dtype.is_floating_point,
-          "real": real, "bool": x.dtype == torch.bool}[kind]
-    if not ok:
-        what = {"float": "floating", "int": "integer", "real": "real (integer or floating)", "bool": "bool"}[kind]
-        raise TypeError(f"{name} must be a {what} tensor, got {x.dtype}")
-    if like is not None and x.device != like.device:
-        raise ValueError(f"{name} is on {x.device} but the other inputs are on {like.device}")
-    return x
-
-
-def _shape(x: Tensor, name: str, shape) -> None:
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
-
-
-def _dtype(*xs) -> torch.dtype:
-    """fp64 if any floating input is fp64, else fp32."""
-    return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in xs) else torch.float32
-
-
-def _bool_mask(mask, name: str, shape, like: Tensor, other: str = "the other inputs") -> Tensor:
-    """A validated bool mask of ``shape`` on ``like``'s device (None: all True)."""
-    if mask is None:
-        return torch.ones(*shape, dtype=torch.bool, device=like.device)
-    if not isinstance(mask, (Tensor, np.ndarray)):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
-    m = torch.as_tensor(mask)
-    if m.dtype.is_floating_point or m.dtype.is_complex:
-        raise TypeError(f"{name} must be a bool (or integer) tensor, got {m.dtype}")
-    _shape(m, name, tuple(shape))
-    if m.device != like.device:
-        raise ValueError(f"{name} is on {m.device} but {other} are on {like.device}")
-    return m != 0
-
-
-def _sample_mask(sample_mask, Q: int, K: int, like: Tensor) -> Tensor:
-    return _bool_mask(sample_mask, "sample_mask", (Q, K), like)
-
-
 def _temperature(t) -> float:
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
-    return float(t)
+    return check_real(t, "temperature", 0.0, lo_open=True)
 
 
 def _choice(value, name: str, options) -> None:
@@ -117,9 +68,9 @@ def _pair_mean(S: Tensor, valid: Tensor, *, upper: bool = False) -> Tensor:
 
 def _class_ids(class_ids, sample_mask, name: str = "class_ids", like: Optional[Tensor] = None):
     """Validated int64 class ids [Q, K] (valid entries in [0, K)) and the sample mask."""
-    c = _tensor(class_ids, name, 2, "int", like)
+    c = input_tensor(class_ids, name, 2, "int", like)
     Q, K = c.shape
-    valid = _sample_mask(sample_mask, Q, K, c)
+    valid = sample_mask_of(sample_mask, Q, K, c)
     if bool((valid & ((c < 0) | (c >= K))).any()):
         raise ValueError(f"{name}: the class id of every valid sample must lie in [0, K={K})")
     return c.long(), valid
@@ -155,8 +106,8 @@ def similarity(emb, *, kind: str = "cosine") -> Tensor:
     the downstream score NaN, while a zero-padded, masked one is ignored like any padding).
     """
     _choice(kind, "kind", ("cosine", "abs_cosine", "half_cosine"))
-    e = _tensor(emb, "emb", 3, "float")
-    cos = _cosine(e.to(_dtype(e)))
+    e = input_tensor(emb, "emb", 3, "float")
+    cos = _cosine(e.to(compute_dtype(e)))
     if kind == "abs_cosine":
         return cos.abs()
     if kind == "half_cosine":
@@ -174,7 +125,7 @@ def symmetrize(E) -> Tensor:
         raise ValueError(f"E must be [..., K, K] square matrices, got shape {tuple(E.shape)}")
     if not E.dtype.is_floating_point:
         raise TypeError(f"E must be a floating tensor, got {E.dtype}")
-    E = E.to(_dtype(E))
+    E = E.to(compute_dtype(E))
     return (E + E.transpose(-1, -2)) / 2
 
 
@@ -185,11 +136,9 @@ def nli_argmax_is_entail(probs, entail_index: int) -> Tensor:
     logits: the argmax is the same). Ties go to the first label, as numpy's argmax. The result is the
     ``entail_is_argmax`` input of :func:`greedy_bidirectional_clusters`. DeBERTa-MNLI's labels are
     (contradiction, neutral, entailment): ``entail_index=2``."""
-    p = _tensor(probs, "probs", 4, "float")
+    p = input_tensor(probs, "probs", 4, "float")
     n = p.shape[-1]
-    if isinstance(entail_index, bool) or not isinstance(entail_index, numbers.Integral) or not 0 <= entail_index < n:
-        raise ValueError(f"entail_index must be an integer in [0, {n}), got {entail_index!r}")
-    return p.argmax(-1) == int(entail_index)
+    return p.argmax(-1) == check_int(entail_index, "entail_index", 0, n - 1)
 
 
 def greedy_bidirectional_clusters(entail_is_argmax, *, rule: str = "polygraph", sample_mask=None,
@@ -215,10 +164,10 @@ def greedy_bidirectional_clusters(entail_is_argmax, *, rule: str = "polygraph", 
     The loop runs over K; every step is batched over the Q questions.
     """
     _choice(rule, "rule", ("polygraph", "uqlm"))
-    E = _tensor(entail_is_argmax, "entail_is_argmax", 3, "bool")
+    E = input_tensor(entail_is_argmax, "entail_is_argmax", 3, "bool")
     Q, K = E.shape[0], E.shape[1]
-    _shape(E, "entail_is_argmax", (Q, K, K))
-    valid = _sample_mask(sample_mask, Q, K, E)
+    check_shape(E, "entail_is_argmax", (Q, K, K))
+    valid = sample_mask_of(sample_mask, Q, K, E)
     dev = E.device
     ids = torch.full((Q, K), -1, dtype=torch.long, device=dev)
     first = torch.zeros(Q, K, dtype=torch.long, device=dev)   # first member of each class
@@ -249,9 +198,9 @@ def monte_carlo_sequence_entropy(sample_logprobs, *, sample_mask=None) -> Tensor
     """``-mean_k log p(s_k)`` over the valid samples, with ``sample_logprobs [Q, K]`` the summed token
     log-probs of each sample. LM-Polygraph ``MonteCarloSequenceEntropy``; with the summed NLL of the
     SAR repository it is its predictive entropy PE. Uncertainty."""
-    lp = _tensor(sample_logprobs, "sample_logprobs", 2, "float")
-    valid = _sample_mask(sample_mask, *lp.shape, lp)
-    return -_mean(lp.to(_dtype(lp)), valid)
+    lp = input_tensor(sample_logprobs, "sample_logprobs", 2, "float")
+    valid = sample_mask_of(sample_mask, *lp.shape, lp)
+    return -_mean(lp.to(compute_dtype(lp)), valid)
 
 
 def monte_carlo_normalized_sequence_entropy(sample_logprobs, sample_lengths, *, eos_consistent: bool = False,
@@ -269,13 +218,13 @@ def monte_carlo_normalized_sequence_entropy(sample_logprobs, sample_lengths, *, 
 
     With per-token mean NLL this is the SAR repository's length-normalised PE.
     """
-    lp = _tensor(sample_logprobs, "sample_logprobs", 2, "float")
-    ln = _tensor(sample_lengths, "sample_lengths", 2, "real", lp)
-    _shape(ln, "sample_lengths", lp.shape)
-    valid = _sample_mask(sample_mask, *lp.shape, lp)
+    lp = input_tensor(sample_logprobs, "sample_logprobs", 2, "float")
+    ln = input_tensor(sample_lengths, "sample_lengths", 2, "real", lp)
+    check_shape(ln, "sample_lengths", lp.shape)
+    valid = sample_mask_of(sample_mask, *lp.shape, lp)
     if bool((valid & (ln < 0)).any()):
         raise ValueError("sample_lengths must be >= 0 for every valid sample")
-    dt = _dtype(lp, ln)
+    dt = compute_dtype(lp, ln)
     denom = ln.to(dt) + (1.0 if eos_consistent else 0.0)
     use = valid & (denom > 0)
     return -_mean(lp.to(dt) / torch.where(use, denom, 1.0), use)
@@ -309,19 +258,19 @@ def semantic_entropy(sample_logprobs, class_ids, *, estimator: str = "mean", mod
     if sample_logprobs is not None or mode == "sum":
         if sample_logprobs is None:
             raise ValueError("sample_logprobs: mode='sum' needs the sample log-probabilities")
-        lp = _tensor(sample_logprobs, "sample_logprobs", 2, "float")
+        lp = input_tensor(sample_logprobs, "sample_logprobs", 2, "float")
     c, valid = _class_ids(class_ids, sample_mask, like=lp)
     if lp is not None:
-        _shape(c, "class_ids", lp.shape)
+        check_shape(c, "class_ids", lp.shape)
     Q, K = c.shape
-    dt = _dtype(lp)
+    dt = compute_dtype(lp)
     if mode == "sum":
         if unique:
             members = _members(c, valid)
             if text_ids is None:
                 raise ValueError("text_ids: unique=True needs text_ids [Q, K] (same id = same text)")
-            t = _tensor(text_ids, "text_ids", 2, "int", lp)
-            _shape(t, "text_ids", (Q, K))
+            t = input_tensor(text_ids, "text_ids", 2, "int", lp)
+            check_shape(t, "text_ids", (Q, K))
             same = (t[:, :, None] == t[:, None, :]) & (c[:, :, None] == c[:, None, :]) & _pair_valid(valid)
             dup = torch.tril(same, diagonal=-1).any(-1)  # an earlier valid sample has the same text and class
             members = members & ~dup[:, None, :]
@@ -361,12 +310,12 @@ def _sentence_relevance(lp: Tensor, S: Tensor, t: float, valid: Tensor) -> Tenso
 
 
 def _sar_inputs(values, vname: str, similarity, sample_mask):
-    v = _tensor(values, vname, 2, "float")
-    S = _tensor(similarity, "similarity", 3, "float", v)
+    v = input_tensor(values, vname, 2, "float")
+    S = input_tensor(similarity, "similarity", 3, "float", v)
     Q, K = v.shape
-    _shape(S, "similarity", (Q, K, K))
-    dt = _dtype(v, S)
-    return v.to(dt), S.to(dt), _sample_mask(sample_mask, Q, K, v)
+    check_shape(S, "similarity", (Q, K, K))
+    dt = compute_dtype(v, S)
+    return v.to(dt), S.to(dt), sample_mask_of(sample_mask, Q, K, v)
 
 
 def sentence_sar(sample_logprobs, similarity, *, temperature: float = 0.001, sample_mask=None) -> Tensor:
@@ -404,13 +353,13 @@ def luq(entail_logits, contra_logits, *, sample_mask=None) -> Tensor:
     ``s_ij = e^{E_ij} / (e^{E_ij} + e^{C_ij}) = sigmoid(E_ij - C_ij)`` and
     ``LUQ = 1 - mean_i mean_{j≠i} s_ij``. One valid sample gives NaN (the reference divides 0 by 0).
     """
-    El = _tensor(entail_logits, "entail_logits", 3, "float")
-    Cl = _tensor(contra_logits, "contra_logits", 3, "float", El)
+    El = input_tensor(entail_logits, "entail_logits", 3, "float")
+    Cl = input_tensor(contra_logits, "contra_logits", 3, "float", El)
     Q, K = El.shape[:2]
-    _shape(El, "entail_logits", (Q, K, K))
-    _shape(Cl, "contra_logits", (Q, K, K))
-    valid = _sample_mask(sample_mask, Q, K, El)
-    dt = _dtype(El, Cl)
+    check_shape(El, "entail_logits", (Q, K, K))
+    check_shape(Cl, "contra_logits", (Q, K, K))
+    valid = sample_mask_of(sample_mask, Q, K, El)
+    dt = compute_dtype(El, Cl)
     return 1.0 - _pair_mean(torch.sigmoid(El.to(dt) - Cl.to(dt)), valid)
 
 
@@ -425,13 +374,13 @@ def vr(similarity=None, *, embeddings=None, sample_mask=None) -> Tensor:
     if (similarity is None) == (embeddings is None):
         raise ValueError("similarity/embeddings: give exactly one of similarity [Q, K, K] or embeddings=[Q, K, D]")
     if similarity is None:
-        e = _tensor(embeddings, "embeddings", 3, "float")
-        S = _cosine(e.to(_dtype(e)))
+        e = input_tensor(embeddings, "embeddings", 3, "float")
+        S = _cosine(e.to(compute_dtype(e)))
     else:
-        S = _tensor(similarity, "similarity", 3, "float")
-        _shape(S, "similarity", (S.shape[0], S.shape[1], S.shape[1]))
-        S = S.to(_dtype(S))
-    valid = _sample_mask(sample_mask, S.shape[0], S.shape[1], S)
+        S = input_tensor(similarity, "similarity", 3, "float")
+        check_shape(S, "similarity", (S.shape[0], S.shape[1], S.shape[1]))
+        S = S.to(compute_dtype(S))
+    valid = sample_mask_of(sample_mask, S.shape[0], S.shape[1], S)
     return 1.0 - _pair_mean(S, valid)
 
 
@@ -448,17 +397,17 @@ def vro(similarity=None, *, embeddings=None, reference=None, sample_mask=None) -
     if similarity is None:
         if reference is None:
             raise ValueError("reference: embeddings=... needs the reference embedding [Q, D]")
-        e = _tensor(embeddings, "embeddings", 3, "float")
-        r = _tensor(reference, "reference", 2, "float", e)
-        _shape(r, "reference", (e.shape[0], e.shape[2]))
-        dt = _dtype(e, r)
+        e = input_tensor(embeddings, "embeddings", 3, "float")
+        r = input_tensor(reference, "reference", 2, "float", e)
+        check_shape(r, "reference", (e.shape[0], e.shape[2]))
+        dt = compute_dtype(e, r)
         s = (_unit(e.to(dt)) * _unit(r.to(dt))[:, None, :]).sum(-1).clamp(-1.0, 1.0)
     else:
         if reference is not None:
             raise ValueError("reference: only used with embeddings=...; similarity is already to the reference")
-        s = _tensor(similarity, "similarity", 2, "float")
-        s = s.to(_dtype(s))
-    valid = _sample_mask(sample_mask, *s.shape, s)
+        s = input_tensor(similarity, "similarity", 2, "float")
+        s = s.to(compute_dtype(s))
+    valid = sample_mask_of(sample_mask, *s.shape, s)
     return 1.0 - _mean(s, valid)
 
 
@@ -467,10 +416,10 @@ def lexical_similarity(pair_scores, *, sample_mask=None) -> Tensor:
     ``pair_scores [Q, K, K]`` holds the text metric (ROUGE-1/2/L F, BLEU...) computed outside flashuq;
     only the upper triangle (i < j) is read. Fewer than two valid samples give NaN. Uncertainty
     (a negated mean similarity)."""
-    S = _tensor(pair_scores, "pair_scores", 3, "float")
-    _shape(S, "pair_scores", (S.shape[0], S.shape[1], S.shape[1]))
-    valid = _sample_mask(sample_mask, S.shape[0], S.shape[1], S)
-    return -_pair_mean(S.to(_dtype(S)), valid, upper=True)
+    S = input_tensor(pair_scores, "pair_scores", 3, "float")
+    check_shape(S, "pair_scores", (S.shape[0], S.shape[1], S.shape[1]))
+    valid = sample_mask_of(sample_mask, S.shape[0], S.shape[1], S)
+    return -_pair_mean(S.to(compute_dtype(S)), valid, upper=True)
 
 
 # ---- class-count scores ----------------------------------------------------------------------------
@@ -509,10 +458,10 @@ def uqlm_semantic_negentropy(clusters, *, response_probs=None, sample_mask=None)
     if not isinstance(clusters, (Tensor, np.ndarray)):
         raise TypeError(f"clusters must be a torch.Tensor or numpy.ndarray, got {type(clusters).__name__}")
     if torch.as_tensor(clusters).dtype == torch.bool:
-        member = _tensor(clusters, "clusters", 3, "bool")
+        member = input_tensor(clusters, "clusters", 3, "bool")
         Q, K = member.shape[0], member.shape[2]
-        _shape(member, "clusters", (Q, K, K))
-        valid = _sample_mask(sample_mask, Q, K, member)
+        check_shape(member, "clusters", (Q, K, K))
+        valid = sample_mask_of(sample_mask, Q, K, member)
         member = member & valid[:, None, :]
     else:
         c, valid = _class_ids(clusters, sample_mask, "clusters")
@@ -521,9 +470,9 @@ def uqlm_semantic_negentropy(clusters, *, response_probs=None, sample_mask=None)
     if response_probs is None:
         w, dt = torch.ones(Q, K, device=member.device), torch.float32
     else:
-        w = _tensor(response_probs, "response_probs", 2, "float", member)
-        _shape(w, "response_probs", (Q, K))
-        dt = _dtype(w)
+        w = input_tensor(response_probs, "response_probs", 2, "float", member)
+        check_shape(w, "response_probs", (Q, K))
+        dt = compute_dtype(w)
         w = w.to(dt)
     P = torch.where(member, w[:, None, :], 0).sum(-1).to(dt)  # [Q, C]
     P = P / P.sum(-1, keepdim=True)

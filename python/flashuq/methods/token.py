@@ -11,12 +11,12 @@ empty sequence gives NaN. Reductions run in flashuq's own kernels (``masked_redu
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_int, check_real
 from ..ops.masked_quantile import masked_quantile
 from ..ops.masked_reduce import masked_reduce
 from ..ops.segment_reduce import segment_reduce
@@ -98,9 +98,7 @@ def chow_quantile(stats: TokenStats, mask=None, *, alpha: float = 0.0) -> Tensor
 
     α = 0 is the least likely token. Gupta et al., ICLR 2024.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    return -masked_quantile(stats.logprob, float(alpha), mask)
+    return -masked_quantile(stats.logprob, check_real(alpha, "alpha", 0.0, 1.0), mask)
 
 
 def self_certainty(stats: TokenStats, mask=None) -> Tensor:
@@ -134,9 +132,9 @@ def renyi_neg(stats: TokenStats, mask=None, *, variant: str = "reference", vocab
         raise ValueError(f"variant must be 'reference' or 'paper', got {variant!r}")
     out = -masked_reduce(stats.renyi_term, mask, op="mean")
     if variant == "paper":
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or vocab_size < 1:
-            raise ValueError(f"vocab_size: variant='paper' needs the vocabulary size V >= 1, got {vocab_size!r}")
-        out = out - 2.0 * float(np.log(int(vocab_size)))
+        if vocab_size is None:
+            raise ValueError("vocab_size: variant='paper' needs the vocabulary size V >= 1")
+        out = out - 2.0 * float(np.log(check_int(vocab_size, "vocab_size", 1)))
     return out
 
 

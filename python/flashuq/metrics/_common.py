@@ -15,9 +15,10 @@ uncertain items); an infinite quality is always an error.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from .._checks import check_int  # noqa: F401 - one set of validators for the package
+from .._checks import check_real as _check_real
 
 NAN_POLICIES = ("raise", "omit", "polygraph")
 
@@ -106,18 +107,8 @@ def check_binary(y: np.ndarray, name: str) -> np.ndarray:
 
 
 def check_real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def check_int(value, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
-    return value
+    """Any real number, infinities included (NaN refused): flashuq._checks.check_real."""
+    return _check_real(value, name, finite=False)
 
 
 def tie_groups(sorted_values: np.ndarray):

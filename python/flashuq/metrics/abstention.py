@@ -34,6 +34,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .._checks import check_int, check_real
 from ._common import as_float_1d, check_same_length
 
 BOUNDS = ("binomial", "hoeffding_bentkus")
@@ -119,12 +120,7 @@ def start_count(alpha: float, delta: float) -> int:
 
 
 def _probability(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number in (0, 1), got {type(v).__name__}")
-    v = float(v)
-    if not 0.0 < v < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {v!r}")
-    return v
+    return check_real(v, name, 0.0, 1.0, lo_open=True, hi_open=True)
 
 
 def abstention_threshold(uncertainty, correct, *, risk: float, delta: float = 0.1,
@@ -144,8 +140,8 @@ def abstention_threshold(uncertainty, correct, *, risk: float, delta: float = 0.
     delta = _probability("delta", delta)
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
-    if grid is not None and (isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1):
-        raise ValueError(f"grid must be an int >= 1 or None, got {grid!r}")
+    if grid is not None:
+        grid = check_int(grid, "grid", 1)
     u = as_float_1d(uncertainty, "uncertainty")
     c = as_float_1d(correct, "correct")
     check_same_length(u, c, "uncertainty", "correct")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import numbers
 
 import numpy as np
 import torch
+
+from .._checks import check_int, check_real  # noqa: F401 - the ops' validators (one set for the package)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -38,21 +39,8 @@ def check_logits(logits, name: str = "logits") -> torch.Tensor:
 
 
 def check_positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (value > 0.0) or value == float("inf"):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return value
-
-
-def check_int(value, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return value
+    """A finite real number > 0 (a temperature, a scale)."""
+    return check_real(value, name, 0.0, lo_open=True)
 
 
 def is_tracing() -> bool:
@@ -62,6 +50,17 @@ def is_tracing() -> bool:
 
 def capturing_cuda_graph(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether the values of ``t`` may be inspected for validation: not while torch.compile traces, not
+    during CUDA-graph capture (a host sync would break it), not on the meta device."""
+    return not is_tracing() and not capturing_cuda_graph(t) and t.device.type != "meta"
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of the ops: float64 for float64 inputs, float32 for the others."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def row_layout(x: torch.Tensor, trailing: int = 1):

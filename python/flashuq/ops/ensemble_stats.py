@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import FLOAT_DTYPES, as_tensor, check_logits, check_positive_float, device_guard, row_layout
+from ._common import (FLOAT_DTYPES, acc_dtype, as_tensor, check_logits, check_positive_float, device_guard,
+                      row_layout)
 
 MIN_TEMPERATURE = 1e-30
 MODES = ("pe", "ep")
@@ -144,7 +145,7 @@ _Out = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 def _alloc(logits: Tensor, dim: int) -> _Out:
     shape = [n for i, n in enumerate(logits.shape[:-1]) if i != dim]
-    fdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    fdt = acc_dtype(logits.dtype)
     return tuple(torch.empty(shape, dtype=fdt, device=logits.device) for _ in range(5))
 
 

@@ -20,13 +20,12 @@ uncertainties are in :mod:`flashuq.methods.graph`.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .._checks import check_real
 from .. import _ext
 from ._common import as_tensor, device_guard
 
@@ -90,9 +89,7 @@ def _scatter_rows(x: Tensor, perm: Optional[Tensor]) -> Tensor:
 
 
 def _num(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return check_real(value, name)
 
 
 # ---------------------------------------------------------------------------------------------

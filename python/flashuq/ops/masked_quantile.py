@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import as_tensor, device_guard
+from ._common import acc_dtype, as_tensor, device_guard
 from .masked_reduce import _validate as _validate_layout
 
 _QUANTILE_OP = 5  # the op code of the shared CPU binding
@@ -54,8 +54,10 @@ def _levels(q):
             raise ValueError(f"q must be a non-empty 1-d sequence of levels, got shape {tuple(arr.shape)}")
         levels, scalar = [float(v) for v in arr.double().tolist()], False
     elif isinstance(q, (list, tuple)):
-        if not q or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in q):
+        if not q or any(isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) for v in q):
             raise ValueError(f"q must be a non-empty 1-d sequence of levels, got {q!r}")
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in q):
+            raise TypeError(f"q must be a sequence of numbers in [0, 1], got {q!r}")
         levels, scalar = [float(v) for v in q], False
     else:
         raise TypeError(bad)
@@ -66,7 +68,7 @@ def _levels(q):
 
 
 def _out(values: Tensor, cu: Optional[Tensor], nq: int) -> Tensor:
-    dt = torch.float64 if values.dtype == torch.float64 else torch.float32
+    dt = acc_dtype(values.dtype)
     lead = (cu.numel() - 1,) if cu is not None else tuple(values.shape[:-1])
     return torch.empty((*lead, nq), dtype=dt, device=values.device)
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import as_tensor, capturing_cuda_graph, device_guard, is_tracing
+from ._common import acc_dtype, as_tensor, device_guard, values_readable
 
 OPS = {"sum": 0, "mean": 1, "max": 2, "min": 3, "logsumexp": 4}
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -60,7 +60,7 @@ def _validate(values, mask, op, weights, cu_seqlens):
         if cu_seqlens.device != values.device:
             raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but values is on {values.device}")
         cu_seqlens = cu_seqlens.to(torch.int64)
-        if not is_tracing() and not capturing_cuda_graph(cu_seqlens) and cu_seqlens.device.type != "meta":
+        if values_readable(cu_seqlens):
             c = cu_seqlens.cpu()
             if int(c[0]) != 0 or int(c[-1]) != values.numel() or bool((c[1:] < c[:-1]).any()):
                 raise ValueError("cu_seqlens must start at 0, never decrease and end at len(values) "
@@ -84,14 +84,14 @@ def _validate(values, mask, op, weights, cu_seqlens):
             raise ValueError(f"weights must have the shape of values {tuple(values.shape)}, got {tuple(weights.shape)}")
         if weights.device != values.device:
             raise ValueError(f"weights is on {weights.device} but values is on {values.device}")
-        if not is_tracing() and not capturing_cuda_graph(weights) and weights.device.type != "meta":
+        if values_readable(weights):
             if bool((weights < 0).any()):
                 raise ValueError("weights must be non-negative")
     return values, mask, weights, cu_seqlens, OPS[op]
 
 
 def _out(values: Tensor, cu: Optional[Tensor]) -> Tensor:
-    dt = torch.float64 if values.dtype == torch.float64 else torch.float32
+    dt = acc_dtype(values.dtype)
     shape = (cu.numel() - 1,) if cu is not None else values.shape[:-1]
     return torch.empty(shape, dtype=dt, device=values.device)
 

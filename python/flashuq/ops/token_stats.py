@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import (as_tensor, capturing_cuda_graph, check_int, check_logits, check_positive_float,
-                      device_guard, is_tracing, row_layout)
+from ._common import (acc_dtype, as_tensor, check_int, check_logits, check_positive_float, device_guard, row_layout,
+                      values_readable)
 
 MAX_TOPK = 64
 MIN_TEMPERATURE = 1e-30
@@ -103,7 +103,7 @@ def _validate(logits, tokens, temperature, topk):
             raise ValueError(f"tokens is on {tokens.device} but logits is on {logits.device}")
         if tokens.dtype != torch.int64:
             tokens = tokens.to(torch.int64)
-        if tokens.numel() and not is_tracing() and not capturing_cuda_graph(tokens) and tokens.device.type != "meta":
+        if tokens.numel() and values_readable(tokens):
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= V:
                 raise ValueError(f"tokens must be in [0, V={V}), got values in [{lo}, {hi}]")
@@ -121,7 +121,7 @@ def _alloc(logits: Tensor, topk: int, renyi: bool) -> _Out:
     """The 13 outputs: the 11 TokenStats fields, then renyi_term and fisher_rao (shape ``[0]`` when
     not requested)."""
     lead = logits.shape[:-1]
-    fdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    fdt = acc_dtype(logits.dtype)
     dev = logits.device
 
     def f(shape=lead):
@@ -242,7 +242,7 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
             chunk, BLOCK=block, K=topk, KP=kp, HAS_TOKENS=has_tok, ACC=acc, PRECISE=on_gpu, FRAC=frac,
             num_warps=num_warps)
         return
-    fdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    fdt = acc_dtype(x.dtype)
     ws_f = torch.empty((rows, n_chunks, k.WS_FIELDS), dtype=fdt, device=x.device)
     ws_i = torch.empty((rows, n_chunks), dtype=torch.int64, device=x.device)
     ws_tv = torch.empty((rows, n_chunks, kp) if topk else (1,), dtype=fdt, device=x.device)
@@ -269,7 +269,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, g_lse, g_maxlp, _g_argmax, g_lp, g_ent, *_rest):
     logits, tokens, argmax = ctx.saved_tensors
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(logits.dtype)
     x = logits.to(acc) / ctx.temperature
     lp = torch.log_softmax(x, dim=-1)
     p = lp.exp()

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _ext
-from ._common import as_tensor, check_int, check_positive_float, device_guard
+from ._common import acc_dtype, as_tensor, check_int, check_positive_float, device_guard
 from .token_stats import TokenStats, _alloc, _validate, token_stats
 
 #: logits kept at once by default (per block): 64 MiB of fp32
@@ -125,7 +125,7 @@ def token_stats_linear(hidden, weight, tokens=None, *, bias=None, temperature: f
 
 def _head_logits(h2, weight, bias, idx, logit_scale, softcap):
     """The logits of the columns ``idx [rows, k]`` only, in the accumulation dtype (a small gather)."""
-    acc = torch.float64 if h2.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(h2.dtype)
     z = torch.einsum("rd,rkd->rk", h2.to(acc), weight[idx].to(acc))
     if bias is not None:
         z = z + bias[idx].to(acc)
@@ -158,7 +158,7 @@ def compute_fused(h2, weight, bias, t2, temperature, *, renyi=False, logit_scale
         raise ValueError(f"chunk ({chunk}) must be a multiple of block_n ({block_n})")
     h2 = h2.contiguous()
     weight = weight.contiguous()
-    fdt = torch.float64 if h2.dtype == torch.float64 else torch.float32
+    fdt = acc_dtype(h2.dtype)
     acc = tl.float64 if fdt == torch.float64 else tl.float32
     out = list(_alloc(torch.empty((rows, 1), dtype=h2.dtype, device=h2.device), 0, renyi))
     n_chunks = triton.cdiv(V, chunk)

@@ -26,14 +26,13 @@ Answer sources ``ans_src`` predict the answer tokens, hence ``-1 <= ans_src <= R
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import FLOAT_DTYPES, as_tensor, capturing_cuda_graph, device_guard, is_tracing
+from ._common import FLOAT_DTYPES, acc_dtype, as_tensor, check_int, check_real, device_guard, values_readable
 
 REDUCTIONS = ("max", "mean")
 _INT64_MIN = -(2 ** 63)
@@ -54,24 +53,6 @@ class UqacChains(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------------
-
-def _int(value, name: str, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}], got {value}")
-    return value
-
-
-def _real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return value
-
 
 def _float_tensor(x, name: str, dim: Optional[int] = None, min_dim: Optional[int] = None) -> Tensor:
     x = as_tensor(x, name)
@@ -95,15 +76,6 @@ def _int_tensor(x, name: str, device) -> Tensor:
     return x
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _checkable(t: Tensor) -> bool:
-    """Whether values may be inspected (not under torch.compile or CUDA-graph capture)."""
-    return not is_tracing() and not capturing_cuda_graph(t) and t.device.type != "meta"
-
-
 def _cuda_module():
     if _ext._cuda is None:
         raise RuntimeError("flashuq was built without CUDA (no nvcc at install time): move the tensors to the CPU")
@@ -117,7 +89,7 @@ def _cuda_module():
 @torch.library.custom_op("flashuq::uqac_reduce", mutates_args=())
 def _reduce_op(attn: Tensor, n_heads: int, mean: bool) -> Tensor:
     B, L, H, R, N = attn.shape
-    out = torch.empty((B, R, N), dtype=_acc_dtype(attn.dtype), device=attn.device)
+    out = torch.empty((B, R, N), dtype=acc_dtype(attn.dtype), device=attn.device)
     if out.numel() == 0:
         return out
     if attn.device.type == "cpu":
@@ -132,7 +104,7 @@ def _reduce_op(attn: Tensor, n_heads: int, mean: bool) -> Tensor:
 @_reduce_op.register_fake
 def _(attn, n_heads, mean):
     B, L, H, R, N = attn.shape
-    return attn.new_empty((B, R, N), dtype=_acc_dtype(attn.dtype))
+    return attn.new_empty((B, R, N), dtype=acc_dtype(attn.dtype))
 
 
 @torch.library.custom_op("flashuq::uqac_backtrack", mutates_args=())
@@ -212,7 +184,7 @@ def uqac_reduce_attention(attn, *, n_heads: int = 16, reduction: str = "max") ->
     *lead, L, H, R, N = attn.shape
     if N < R:
         raise ValueError(f"attn has R = {R} response rows but only Ntok = {N} columns (need Ntok >= R)")
-    n_heads = _int(n_heads, "n_heads", 1)
+    n_heads = check_int(n_heads, "n_heads", 1)
     if n_heads > L * H:
         raise ValueError(f"n_heads = {n_heads} exceeds the L*H = {L * H} (layer, head) maps of attn")
     x = attn.detach()
@@ -265,15 +237,15 @@ def uqac_chain_batched(attn_reduced, ans_src, is_stop, *, response_len=None, n_t
     R = _seq_lengths(response_len, "response_len", B, Rmax, dev)
     N = _seq_lengths(n_tokens, "n_tokens", B, Nmax, dev)
     A = _seq_lengths(ans_len, "ans_len", B, Amax, dev)
-    buffer = _int(buffer, "buffer", 0)
-    max_steps = _int(max_steps, "max_steps", 0)
-    threshold = _real(threshold, "threshold")
+    buffer = check_int(buffer, "buffer", 0)
+    max_steps = check_int(max_steps, "max_steps", 0)
+    threshold = check_real(threshold, "threshold", finite=False)
     if min_chain_len is None:
         min_len = A + 5
     else:
-        min_len = torch.full((B,), _int(min_chain_len, "min_chain_len", 0), dtype=torch.int64, device=dev)
+        min_len = torch.full((B,), check_int(min_chain_len, "min_chain_len", 0), dtype=torch.int64, device=dev)
     ans = ans.to(torch.int64).contiguous()
-    if _checkable(attn) and B > 0:
+    if values_readable(attn) and B > 0:
         if bool(((R < 0) | (R > Rmax)).any()):
             raise ValueError(f"response_len must lie in [0, {Rmax}]")
         if bool(((N < R) | (N > Nmax)).any()):
@@ -291,7 +263,7 @@ def uqac_chain_batched(attn_reduced, ans_src, is_stop, *, response_len=None, n_t
     stop_u8 = (stop != 0).to(torch.uint8).contiguous()
     C = Amax + (min(max_steps * buffer, Nmax) if buffer > 0 else 0)
     chain, scores, lengths = _backtrack_op(x, stop_u8, ans, R, N, A, min_len, buffer, threshold, max_steps, C)
-    if _checkable(attn) and B > 0 and bool((lengths < 0).any()):
+    if values_readable(attn) and B > 0 and bool((lengths < 0).any()):
         raise ValueError("ans_src out of range for its sequence")  # only reachable on CUDA (the CPU checks first)
     if h_last is None:
         return UqacChains(chain, scores, lengths, None, None)
@@ -300,10 +272,10 @@ def uqac_chain_batched(attn_reduced, ans_src, is_stop, *, response_len=None, n_t
         raise ValueError(f"h_last must have shape [{B}, {Rmax}, D], got {tuple(h.shape)}")
     if h.device != dev:
         raise ValueError(f"h_last is on {h.device} but attn_reduced is on {dev}")
-    k = _int(k, "k", 0)
-    sim_thr = _real(similarity_threshold, "similarity_threshold")
+    k = check_int(k, "k", 0)
+    sim_thr = check_real(similarity_threshold, "similarity_threshold", finite=False)
     keep, keep_len = _similarity_op(h.detach().contiguous(), chain, lengths, ans, A, R, k, sim_thr)
-    if _checkable(h) and B > 0 and bool((keep_len < 0).any()):
+    if values_readable(h) and B > 0 and bool((keep_len < 0).any()):
         raise ValueError("similarity filter: sequence lengths or answer sources out of range")
     return UqacChains(chain, scores, lengths, keep, keep_len)
 
@@ -337,7 +309,7 @@ def uqac_backtrack(attn_reduced, ans_src, is_stop, *, buffer: int = 3, threshold
         raise ValueError(f"attn_reduced is [R, Ntok] with Ntok >= R, got shape {tuple(attn.shape)}")
     out = uqac_chain_batched(attn[None], ans[None], stop[None], buffer=buffer, threshold=threshold,
                              min_chain_len=min_chain_len, max_steps=max_steps)
-    n = int(out.lengths[0]) if _checkable(attn) else out.chain.shape[1]
+    n = int(out.lengths[0]) if values_readable(attn) else out.chain.shape[1]
     return out.chain[0, :n], out.scores[0, :n]
 
 
@@ -359,9 +331,9 @@ def uqac_similarity_filter(h_last, chain, ans_src, *, k: int = 10, threshold: fl
     R = h.shape[0]
     ch = ch.to(torch.int64).contiguous()
     ans = ans.to(torch.int64).contiguous()
-    k = _int(k, "k", 0)
-    thr = _real(threshold, "threshold")
-    if _checkable(h):
+    k = check_int(k, "k", 0)
+    thr = check_real(threshold, "threshold", finite=False)
+    if values_readable(h):
         if ans.numel() and bool(((ans < -1) | (ans > R - 2)).any()):
             raise ValueError(f"ans_src must lie in [-1, R - 2 = {R - 2}]")
         if ch.numel() and bool(((ch < -1) | (ch > R - 2)).any()):
@@ -370,7 +342,7 @@ def uqac_similarity_filter(h_last, chain, ans_src, *, k: int = 10, threshold: fl
     one = lambda v: torch.tensor([v], dtype=torch.int64, device=dev)  # noqa: E731
     keep, n = _similarity_op(h.detach().contiguous()[None], ch[None], one(ch.numel()), ans[None], one(ans.numel()),
                              one(R), k, thr)
-    m = int(n[0]) if _checkable(h) else keep.shape[1]
+    m = int(n[0]) if values_readable(h) else keep.shape[1]
     return keep[0, :m]
 
 
@@ -389,7 +361,7 @@ def uqac_marginal(ans_logprobs, seq_logprobs) -> Tensor:
                          "in every dimension but the last ([..., n_variants, A] and [..., n_variants, J])")
     if a.device != s.device:
         raise ValueError(f"ans_logprobs is on {a.device} but seq_logprobs is on {s.device}")
-    dt = torch.float64 if torch.float64 in (a.dtype, s.dtype) else torch.float32
+    dt = acc_dtype(torch.promote_types(a.dtype, s.dtype))
     a, s = a.to(dt), s.to(dt)
     # clamp_min keeps NaN (torch.clamp propagates it)
     return (a.clamp_min(LOG_EPS).sum(-1).exp() * s.clamp_min(LOG_EPS).sum(-1).exp()).sum(-1)
