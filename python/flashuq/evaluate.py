@@ -25,9 +25,12 @@ from .hf import generate
 
 @dataclass
 class Item:
+    """One question of an evaluation set (a JSONL line): the answers that count as correct, and the
+    line it came from (for error messages)."""
+
     question: str
-    answers: List[str]
-    line: int
+    answers: List[str]      #: accepted answers; an answer is correct when one occurs in it (:func:`is_correct`)
+    line: int               #: 1-based line number in the JSONL file
 
 
 def load_questions(path=None, *, errors: Optional[list] = None) -> List[Item]:
@@ -75,8 +78,11 @@ def is_correct(answer: str, accepted: Sequence[str]) -> bool:
 
 @dataclass
 class EvalResult:
+    """What an evaluation produced for N questions: the greedy answers, whether each is correct, every
+    method's uncertainty (higher = less trustworthy), and what the report shows."""
+
     items: List[Item]
-    answers: List[str]
+    answers: List[str]                        #: the greedy answer to each question
     correct: np.ndarray                       #: [N] bool
     scores: Dict[str, np.ndarray]             #: method -> [N] uncertainty
     tokens: List[List[str]] = field(default_factory=list)        #: answer tokens (for the report)

@@ -117,6 +117,8 @@ def test_sym_eig_random_fp64(K):
         check_eig(A[q], vals[q].numpy(), vecs[q].numpy())
     vals_only, none = fuq.sym_eig(t(A))
     assert none is None
+    r = fuq.sym_eig(t(A), eigenvectors=True)  # a NamedTuple with torch.linalg.eigh's field names
+    assert isinstance(r, fuq.SymEig) and torch.equal(r.eigenvalues, vals) and torch.equal(r.eigenvectors, vecs)
     # without vectors the root-free QL runs: the same eigenvalues to rounding
     scale = max(1.0, float(np.abs(A).max()))
     assert torch.allclose(vals_only, vals, rtol=0, atol=1e-13 * K * scale)

@@ -30,9 +30,12 @@ from .token import (arithmetic_mean_prob, chow_avg, chow_quantile, chow_sum, cpm
 
 @dataclass(frozen=True)
 class Method:
+    """A registered uncertainty method: the function, the inputs it takes besides ``mask`` (``"stats"``:
+    a :class:`~flashuq.TokenStats`; others are named after the argument), and its source."""
+
     fn: Callable
-    inputs: Tuple[str, ...]  # what the function takes besides `mask`
-    paper: str
+    inputs: Tuple[str, ...]  #: what the function takes besides ``mask``
+    paper: str               #: the paper or reference implementation it follows
 
 
 _STATS = ("stats",)

@@ -143,14 +143,22 @@ def _run(W: Tensor, mask, op: int, vectors: bool, threshold: float = 0.0, t: flo
 # Public ops
 # ---------------------------------------------------------------------------------------------
 
-def sym_eig(A, *, sample_mask=None, eigenvectors: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+class SymEig(NamedTuple):
+    """What :func:`sym_eig` returns (the field names of ``torch.linalg.eigh``'s result)."""
+
+    eigenvalues: Tensor               #: ``[Q, K]`` ascending; NaN after question q's ``n_q`` values
+    eigenvectors: Optional[Tensor]    #: ``[Q, K, K]`` eigenvector j in column j, or None
+
+
+def sym_eig(A, *, sample_mask=None, eigenvectors: bool = False) -> SymEig:
     """Eigenvalues (ascending) and optionally eigenvectors of many small symmetric matrices.
 
     ``A [Q, K, K]`` floating (fp16/bf16 computed as fp32; fp64 results for fp64 input), symmetrised
     as ``(A + Aᵀ)/2``. With ``sample_mask [Q, K]`` question q uses the ``n_q x n_q`` submatrix of its
     valid rows and columns.
 
-    Returns ``(values [Q, K], vectors [Q, K, K] or None)``: question q's ``n_q`` eigenvalues
+    Returns :class:`SymEig` ``(eigenvalues [Q, K], eigenvectors [Q, K, K] or None)``, a NamedTuple
+    like ``torch.linalg.eigh``'s that unpacks as ``values, vectors``: question q's ``n_q`` eigenvalues
     ascending in ``values[q, :n_q]`` (NaN after), eigenvector j in column j of ``vectors[q]``
     (rows follow the original sample order; masked rows and padded columns are NaN). A matrix
     with a non-finite entry gives NaN. Like ``torch.linalg.eigh``, computed in fp64 on the CPU
@@ -160,8 +168,8 @@ def sym_eig(A, *, sample_mask=None, eigenvectors: bool = False) -> Tuple[Tensor,
     mask = _check_mask(sample_mask, A)
     values, vectors, _, perm = _run(A, mask, OP_EIG, bool(eigenvectors))
     if not eigenvectors:
-        return values, None
-    return values, _scatter_rows(vectors, perm)
+        return SymEig(values, None)
+    return SymEig(values, _scatter_rows(vectors, perm))
 
 
 def laplacian_spectrum(W, *, sample_mask=None, threshold: float = 0.9,
