@@ -185,7 +185,7 @@ def ensemble_stats(logits, *, dim=0, mode="pe", member_ll=None, temperature=1.0)
 #         (thresholded_topk_1d, find_column_indices), run/eval/eval.py, src/args.py, scripts/infer-*.sh.
 #   RAUQ / AttentionScore: IINemo/lm-polygraph estimators/rauq.py, estimators/attention_score.py,
 #         stat_calculators/greedy_probs.py, stat_calculators/attention_forward_pass.py.
-# Ties are broken by the lower index everywhere (the reference sorts on CPU; see issue 8's contract).
+# Ties are broken by the lower index everywhere (the reference sorts on the CPU, and so do the kernels).
 
 import numpy as np  # noqa: E402
 

@@ -264,14 +264,6 @@ def uqac_top5_logprobs(top5_ids, top5_probs, resp_ids) -> Tensor:
     return torch.log(src_probs.gather(-1, col[..., None]).squeeze(-1))
 
 
-def _ops():
-    try:
-        from ..ops import uqac as ops  # written for issue 8 (uqac_reduce_attention & co.)
-    except ImportError as e:  # pragma: no cover - only before the ops exist
-        raise ImportError("flashuq.methods.uqac needs the UQAC ops (flashuq.ops.uqac)") from e
-    return ops
-
-
 def _as_list(x, B, name):
     if x is None:
         return [None] * B
@@ -411,7 +403,7 @@ def uqac(attn, ans_src, is_stop, h_last, token_logprobs, *, variant_ans_logprobs
 
     Returns a 0-dim tensor for one sequence, ``[B]`` for a list; float64.
     """
-    ops = _ops()
+    from ..ops import uqac as ops
     kw = dict(n_heads=n_heads, reduction=reduction, buffer=buffer, threshold=threshold, min_chain_len=min_chain_len,
               max_steps=max_steps, k=k, similarity_threshold=similarity_threshold)
     if isinstance(attn, (list, tuple)):

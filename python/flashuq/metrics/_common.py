@@ -26,11 +26,9 @@ NAN_POLICIES = ("raise", "omit", "polygraph")
 def to_numpy(x, name: str) -> np.ndarray:
     """``x`` (numpy array, torch tensor, list, tuple or scalar) as a numpy array, dtype preserved
     where numpy has it (torch half/bfloat16 become float64)."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
-    if torch is not None and isinstance(x, torch.Tensor):
+    import torch
+
+    if isinstance(x, torch.Tensor):
         t = x.detach()
         if t.is_complex():
             raise TypeError(f"{name} must be real, got a complex tensor ({t.dtype})")
