@@ -1,4 +1,4 @@
-"""Benchmark: UQAC's attention reduction + backtracking (METHODS.md §6.1 steps 1-3), flashuq against
+"""Benchmark: UQAC's attention reduction + backtracking (docs/methods.md#uqac), flashuq against
 the reference's way of doing it in eager torch.
 
     python bench/attention.py                   # N = 2048 tokens, L = 30 layers, H = 9 heads, R = N/2

@@ -212,7 +212,7 @@ def _vn_entropy(K, normalize=True, scale=True, jitter=0.0):
 
 def lmp_kle(E, C, t=KLE_T):
     """KLE(K_heat) with LM-Polygraph's helpers (scipy.linalg.expm, vn_entropy) per question, on the
-    paper's per-question graph (METHODS.md §5.9): LM-Polygraph itself sums the degrees over the batch
+    paper's per-question graph (docs/methods.md#kle): LM-Polygraph itself sums the degrees over the batch
     axis and uses W - D, which is no per-question function (see flashuq.methods.kernel_language_entropy)."""
     Es, Cs = E + E.T, C + C.T
     W = Es + 0.5 * (2 - Es - Cs)

@@ -1,9 +1,9 @@
-"""Triton kernel for ``flashuq.ensemble_stats``: the ensemble decomposition of METHODS.md §4.
+"""Triton kernel for ``flashuq.ensemble_stats``: the ensemble decomposition of docs/methods.md#ensemble.
 
 One program per position works on ``[MP, BLOCK]`` tiles (all members, BLOCK columns; MP = M
 rounded up to a power of two) and reads the members' logits twice:
 
-1. per member, the shifted online accumulator of KERNELS.md §2-3 restricted to (max, R, T):
+1. per member, the shifted online accumulator of docs/numerics.md#accumulator restricted to (max, R, T):
    ``log P_mv = (z_mv - max_m)/T - log1p(R_m)`` and ``H_m = log1p(R_m) - T_m/(1 + R_m)``;
 2. per column, ``log p̄_v = logsumexp_m(log w_m + log P_mv)`` and ``r_mv = log P_mv - log p̄_v``,
    accumulating ``MI = Σ_v p̄_v Σ_m w_m φ(r_mv)`` and ``RMI = Σ_v p̄_v Σ_m w_m ψ(r_mv)`` with
@@ -67,7 +67,7 @@ def ensemble_stats_kernel(
         e = tl.where(fin, tl.exp(d), 0.0)
         bR = tl.sum(tl.where(cols[None, :] == bidx[:, None], 0.0, e), axis=1)  # the max's 1 stays implicit
         bT = tl.sum(tl.where(e > 0.0, e * d, 0.0), axis=1)
-        # merge (KERNELS.md §3.2): the running partial covers earlier columns, so it wins ties
+        # merge (docs/numerics.md#merge): the running partial covers earlier columns, so it wins ties
         b_top = bm > m
         Xm = tl.where(b_top, bm, m)
         XR = tl.where(b_top, bR, R)

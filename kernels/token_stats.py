@@ -1,6 +1,6 @@
 """Triton kernels for ``flashuq.token_stats``: every statistic from one read of the logits.
 
-Numerics follow KERNELS.md §2-3 and mirror ``csrc/include/flashuq/accumulator.h``: each block of
+Numerics follow docs/numerics.md#accumulator and mirror ``csrc/include/flashuq/accumulator.h``: each block of
 ``BLOCK`` columns becomes a partial (max, argmax, second max, R, T, Q2, Σd, n_finite, the
 centred moments of e^d and, with ``FRAC``, the tempered sums Qh, Qq of e^{d/2}, e^{d/4}),
 partials fold into a chunk's partial, and chunk partials fold into the row's in column order. A row is cut into chunks of ``CHUNK`` columns whatever the launch shape,
@@ -22,7 +22,7 @@ _BIG = tl.constexpr(2**62)  # index sentinel: worse than any real column on ties
 
 
 # The once-per-row functions. On a GPU (PRECISE) they come from libdevice; the interpreter has no
-# libdevice (KERNELS.md §7.2), so there Kahan's formulations over tl.log are used (KERNELS.md §2.5).
+# libdevice (docs/numerics.md#triton-interpreter), so there Kahan's formulations over tl.log are used (docs/numerics.md#log1p-without-libdevice).
 @triton.jit
 def _log1p(r, PRECISE: tl.constexpr):
     if PRECISE:
@@ -89,7 +89,7 @@ def _moments_merge(n, mean, M2, M3, M4, nb, meanb, M2b, M3b, M4b):
 def _merge(am, am2, aidx, aR, aT, aQ2, aQh, aQq, asd, anf, an, amean, aM2, aM3, aM4, abad,
            bm, bm2, bidx, bR, bT, bQ2, bQh, bQq, bsd, bnf, bn, bmean, bM2, bM3, bM4, bbad, scale,
            FRAC: tl.constexpr):
-    # Merge two partials of one row (KERNELS.md §3.2); ties of the max keep the smaller index.
+    # Merge two partials of one row (docs/numerics.md#merge); ties of the max keep the smaller index.
     a_top = (am > bm) | ((am == bm) & ((bidx < 0) | ((aidx >= 0) & (aidx <= bidx))))
     Xm = tl.where(a_top, am, bm)
     Xm2 = tl.where(a_top, am2, bm2)
@@ -189,7 +189,7 @@ def _block_partial(row_ptr, cols0, hi, scale, BLOCK: tl.constexpr, ACC: tl.const
     is_max = cols == bidx
     fin = x > float("-inf")
     d = tl.where(fin, (x - bm) * scale, 0.0)
-    if FRAC:  # one exponential e^{d/4}; e^{d/2} and e^d are its squares (KERNELS.md §2: saves MUFU work)
+    if FRAC:  # one exponential e^{d/4}; e^{d/2} and e^d are its squares (docs/numerics.md#accumulator: saves MUFU work)
         e4 = tl.where(fin, tl.exp(d * 0.25), 0.0)
         eh = e4 * e4
         e = eh * eh
@@ -267,7 +267,7 @@ def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, M2, M4, bad
     tl.store(sc_ptr + row, tl.where(valid, _log(S / nfs, PRECISE) - sd / nfs, nan))
     tl.store(argmax_ptr + row, tl.where(valid, idx, -1))
     if FRAC:
-        # q = softmax(z / 2T) against uniform over all n = V columns (accumulator.h, METHODS.md §2.2)
+        # q = softmax(z / 2T) against uniform over all n = V columns (accumulator.h, docs/numerics.md#closed-forms)
         l1h = _log1p(Qh, PRECISE)
         l1q = _log1p(Qq, PRECISE)
         logV = _log(n, PRECISE)

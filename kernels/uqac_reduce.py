@@ -1,4 +1,4 @@
-"""Triton kernel for the UQAC head/layer reduction (METHODS.md §6.1 step 1-2).
+"""Triton kernel for the UQAC head/layer reduction (docs/methods.md#uqac-reduction).
 
 Input ``attn [B, L, H, R, Ntok]`` (contiguous; fp16/bf16/fp32/fp64): the R response rows of every
 (layer, head), I = Ntok - R instruction columns first. One program per (batch, response row r):

@@ -1,4 +1,4 @@
-"""The float64 reference against independent transcriptions (scipy/numpy) and METHODS.md §10."""
+"""The float64 reference against independent transcriptions (scipy/numpy) and docs/methods.md#golden-values."""
 
 import math
 
@@ -40,7 +40,7 @@ def test_reference_matches_scipy_on_random_rows():
 
 
 def test_golden_kurtosis_methods_md():
-    # METHODS.md §10: kurtosis of p = [.7, .2, .05, .03, .02], Fisher biased
+    # docs/methods.md#golden-values: kurtosis of p = [.7, .2, .05, .03, .02], Fisher biased
     p = torch.tensor([0.7, 0.2, 0.05, 0.03, 0.02], dtype=torch.float64)
     ref = fuq.reference.token_stats(p.log())
     assert ref.kurtosis.item() == pytest.approx(-0.08805425549826396, rel=1e-12)
@@ -48,7 +48,7 @@ def test_golden_kurtosis_methods_md():
 
 
 def test_golden_maqa_methods_md():
-    # METHODS.md §10 (MAQA): logits [3, 2, .5, .1, -1], k = 3
+    # docs/methods.md#golden-values (MAQA): logits [3, 2, .5, .1, -1], k = 3
     ref = fuq.reference.token_stats(torch.tensor([3.0, 2.0, 0.5, 0.1, -1.0], dtype=torch.float64), topk=3)
     assert ref.max_logprob.exp().item() == pytest.approx(0.6564680853949656, rel=1e-14)
     assert ref.margin.item() == pytest.approx(0.41496697299297897, rel=1e-13)

@@ -1,4 +1,4 @@
-"""The attention-method references of flashuq.reference (METHODS.md §6) against hand-worked cases and
+"""The attention-method references of flashuq.reference (docs/methods.md#attention-methods) against hand-worked cases and
 against second, literal-style ports (written here, in torch/numpy like the originals) of UQAC's
 ``attn_mat_preprocessing`` / ``attn_mat_reduction`` / ``backtrack`` / ``get_tkattn_to_tkans_sims`` +
 ``thresholded_topk_1d`` and of LM-Polygraph's ``RAUQ`` (on ``attention_all`` built as

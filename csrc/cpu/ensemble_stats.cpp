@@ -1,7 +1,7 @@
 // Ensemble decomposition on the CPU: one position per OpenMP iteration, everything in fp64.
 //
 // Pass 1 reads each member's row once in blocks and keeps the shifted online accumulator of
-// KERNELS.md §2-3 restricted to (m, R, T): log1p(R) gives log P_mv = (z - m) / T - log1p(R), and
+// docs/numerics.md#accumulator restricted to (m, R, T): log1p(R) gives log P_mv = (z - m) / T - log1p(R), and
 // H_m = log1p(R) - T / (1 + R). Pass 2 reads the M members' logits column by column and, with
 // log p̄_v = logsumexp_m(log w_m + log P_mv) and r_mv = log P_mv - log p̄_v, accumulates
 //
@@ -12,7 +12,7 @@
 // Σ_m w_m KL(p̄ || P_m)). Every term is non-negative, so nothing cancels: TU = AU + MI and
 // EPKL - AU = MI + RMI come out accurate even when the members nearly agree, and MI >= 0 holds
 // exactly. φ and ψ use their Taylor series for |r| < 1/2. A member with P_mv = 0 where p̄_v > 0
-// gives ψ = +inf: EPKL and RMI are +inf (METHODS.md §4 with xlogy semantics).
+// gives ψ = +inf: EPKL and RMI are +inf (docs/methods.md#ensemble with xlogy semantics).
 //
 // A position is summed by one thread in column order: results do not depend on the thread count.
 #include "ensemble_stats.h"
@@ -52,7 +52,7 @@ struct MemberAcc {
   bool bad;
 };
 
-// Fold partial b (columns after a's) into a: the merge of KERNELS.md §3.2 restricted to (m, R, T).
+// Fold partial b (columns after a's) into a: the merge of docs/numerics.md#merge restricted to (m, R, T).
 inline void merge_into(MemberAcc& a, const MemberAcc& b, double inv_temp) {
   const bool a_top = a.m >= b.m;  // a tie keeps a's (earlier) argmax implicit
   const MemberAcc X = a_top ? a : b;

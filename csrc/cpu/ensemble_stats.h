@@ -1,4 +1,4 @@
-// CPU ensemble decomposition (METHODS.md §4): total / aleatoric / epistemic uncertainty, EPKL and
+// CPU ensemble decomposition (docs/methods.md#ensemble): total / aleatoric / epistemic uncertainty, EPKL and
 // reverse mutual information of M member distributions at each position.
 #pragma once
 

@@ -1,4 +1,4 @@
-// CPU similarity-graph spectra (METHODS.md §5.7-5.9), everything in fp64: the shared team code
+// CPU similarity-graph spectra (docs/methods.md#graph-methods), everything in fp64: the shared team code
 // of flashuq/graph.h run by a team of one, and the SIMD eigenvalue path of graph_lanes.h.
 #pragma once
 

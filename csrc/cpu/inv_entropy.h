@@ -1,4 +1,4 @@
-// CPU Inv-Entropy family (METHODS.md §5.18): one question per OpenMP iteration, fp64 arithmetic.
+// CPU Inv-Entropy family (docs/methods.md#inv-entropy): one question per OpenMP iteration, fp64 arithmetic.
 #pragma once
 
 #include <cstdint>

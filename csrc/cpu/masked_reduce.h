@@ -1,4 +1,4 @@
-// CPU masked / ragged reductions over sequences (METHODS.md §3.1).
+// CPU masked / ragged reductions over sequences (docs/methods.md#masked-reductions).
 #pragma once
 
 #include <cstdint>

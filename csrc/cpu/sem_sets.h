@@ -1,4 +1,4 @@
-// NumSemSets on the CPU (METHODS.md; LM-Polygraph num_sem_sets.py): per question, the connected
+// NumSemSets on the CPU (docs/methods.md#methods; LM-Polygraph num_sem_sets.py): per question, the connected
 // components of the graph linking responses i and j when E > C in both directions, over the valid
 // responses. Union-find per question, one question per OpenMP iteration.
 #pragma once

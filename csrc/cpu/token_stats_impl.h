@@ -169,7 +169,7 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
       const A de = Frac ? d * A(0.25) : d;
       const bool live = de >= Math<A>::kMinArg;
       const A ex = Math<A>::exp_nonpos(live ? de : Math<A>::kMinArg);
-      if (Frac) {  // one exponential, e^{d/4}; two squarings give e^{d/2} and e^d (KERNELS.md §2)
+      if (Frac) {  // one exponential, e^{d/4}; two squarings give e^{d/2} and e^d (docs/numerics.md#accumulator)
         const A e4 = live ? ex : A(0);
         const A eh = e4 * e4;
         e = eh * eh;

@@ -1,4 +1,4 @@
-// CPU UQAC kernels (METHODS.md §6.1): the shared code of flashuq/uqac.h, OpenMP over query rows
+// CPU UQAC kernels (docs/methods.md#uqac): the shared code of flashuq/uqac.h, OpenMP over query rows
 // (reduction) and over sequences (backtracking, similarity filter). No atomics: every output
 // element is written by one thread, so results do not depend on the thread count.
 #pragma once

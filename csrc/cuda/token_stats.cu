@@ -62,7 +62,7 @@ __device__ Acc<A> group_partial(const In* row, int64_t base, int len, A inv_temp
   for (int i = 0; i < kGroup; ++i) {
     const bool fin = x[i] > ninf;
     const A d = fin ? (x[i] - bm) * inv_temp : A(0);
-    // with Frac one exponential e^{d/4}, squared twice for e^{d/2} and e^d (KERNELS.md §2)
+    // with Frac one exponential e^{d/4}, squared twice for e^{d/2} and e^d (docs/numerics.md#accumulator)
     const A e4 = Frac && fin ? Math<A>()(d * A(0.25)) : A(0);
     const A ei = Frac ? (e4 * e4) * (e4 * e4) : (fin ? Math<A>()(d) : A(0));
     e[i] = i == bidx ? A(1) : ei;

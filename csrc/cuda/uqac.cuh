@@ -1,4 +1,4 @@
-// CUDA UQAC kernels (METHODS.md §6.1): backtracking and the similarity filter, one thread block per
+// CUDA UQAC kernels (docs/methods.md#uqac): backtracking and the similarity filter, one thread block per
 // sequence, the shared code of flashuq/uqac.h. (The reduction, steps 1-2, is the Triton kernel
 // kernels/uqac_reduce.py.)
 #pragma once

@@ -203,7 +203,8 @@ def _common(p):
                    help="generate with transformers (default) or vLLM (flashuq's processor in vLLM's sampler)")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flashuq`` command line's parser (one subcommand each)."""
     ap = argparse.ArgumentParser(prog="flashuq", description="Fast, exact uncertainty quantification for LMs.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="SmolLM2-135M-Instruct (offline) on ~200 bundled questions")
@@ -270,6 +271,31 @@ def main(argv=None) -> int:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", default=None, help="requests must send it as a bearer token (401 otherwise)")
     sv.add_argument("--policy", default=None, help="a flashuq calibrate policy: responses get abstain/threshold/method")
+    return ap
+
+
+def _bench(args) -> int:
+    """The bench/ suites of a source checkout, each in its own interpreter."""
+    # the bench/ of a source checkout: next to python/ (editable install), or in the working directory
+    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                               "bench"), os.path.join(os.getcwd(), "bench")]
+    here = next((c for c in candidates if os.path.isfile(os.path.join(c, "graph.py"))), None)
+    if here is None:
+        print("flashuq bench needs a source checkout: run it in the repository (its bench/ directory)",
+              file=sys.stderr)
+        return 2
+    rc = 0
+    for s in args.suites:
+        script = os.path.join(here, f"{s}.py")
+        if not os.path.exists(script):
+            print(f"unknown suite {s!r}", file=sys.stderr)
+            return 2
+        rc |= subprocess.call([sys.executable, script])
+    return rc
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args, rest = ap.parse_known_args(argv)
     if args.cmd == "serve":
         return _serve(args, rest)
@@ -290,25 +316,13 @@ def main(argv=None) -> int:
             ap.error("--sample-max-new-tokens must be >= 1")
         if args.engine == "vllm" and args.attention:
             ap.error("--attention needs --engine hf (vLLM does not hand attention weights to flashuq)")
-
     if args.cmd == "bench":
-        # the bench/ of a source checkout: next to python/ (editable install), or in the working directory
-        candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                   "bench"), os.path.join(os.getcwd(), "bench")]
-        here = next((c for c in candidates if os.path.isfile(os.path.join(c, "graph.py"))), None)
-        if here is None:
-            print("flashuq bench needs a source checkout: run it in the repository (its bench/ directory)",
-                  file=sys.stderr)
-            return 2
-        rc = 0
-        for s in args.suites:
-            script = os.path.join(here, f"{s}.py")
-            if not os.path.exists(script):
-                print(f"unknown suite {s!r}", file=sys.stderr)
-                return 2
-            rc |= subprocess.call([sys.executable, script])
-        return rc
+        return _bench(args)
+    return _demo_or_eval(args)
 
+
+def _demo_or_eval(args) -> int:
+    """flashuq demo / eval: answer the questions, judge them, rank every method, write the report."""
     from . import evaluate
 
     errors: list = []

@@ -115,7 +115,7 @@ SAME_MEANING_COSINE = 0.8
 
 def sample_scores(samples: Sequence[Sequence[str]], greedy: Sequence[str], sample_log_probs, sample_lengths,
                   encoder=None, *, same_meaning: float = SAME_MEANING_COSINE) -> Dict[str, torch.Tensor]:
-    """The sample-based methods (METHODS.md §5) for B questions with K sampled answers each.
+    """The sample-based methods (docs/methods.md#sample-methods) for B questions with K sampled answers each.
 
     Without an encoder: the Monte-Carlo sequence entropies. With a sentence encoder (texts ->
     unit-norm embeddings, e.g. :class:`flashuq.models.SentenceEncoder`), the similarity-graph

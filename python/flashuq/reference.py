@@ -87,7 +87,7 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0,
 
 
 # ---------------------------------------------------------------------------------------------
-# Sequence level: masked and ragged reductions (METHODS.md §3.1)
+# Sequence level: masked and ragged reductions (docs/methods.md#masked-reductions)
 # ---------------------------------------------------------------------------------------------
 
 def _rows(values, mask=None, cu_seqlens=None):
@@ -131,7 +131,7 @@ def masked_reduce(values, mask=None, *, op="mean", weights=None, cu_seqlens=None
 
 
 # ---------------------------------------------------------------------------------------------
-# Ensemble decomposition (METHODS.md §4)
+# Ensemble decomposition (docs/methods.md#ensemble)
 # ---------------------------------------------------------------------------------------------
 
 def ensemble_stats(logits, *, dim=0, mode="pe", member_ll=None, temperature=1.0):
@@ -176,7 +176,7 @@ def ensemble_stats(logits, *, dim=0, mode="pe", member_ll=None, temperature=1.0)
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention methods (METHODS.md §6)
+# Attention methods (docs/methods.md#attention-methods)
 # ---------------------------------------------------------------------------------------------
 # Plain float64 numpy transcriptions, loops written out. Sources read for them:
 #   UQAC: Yinghao-Li/UQAC src/attrs/processor.py (attn_mat_preprocessing, attention_calibration,
@@ -196,7 +196,7 @@ UQAC_CALIBRATION = (0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
 
 
 def uqac_reduce_attention_ref(attn, n_heads: int = 16, reduction: str = "max") -> np.ndarray:
-    """float64 reference of :func:`flashuq.uqac_reduce_attention` for one sequence (METHODS.md §6.1 steps 1-2).
+    """float64 reference of :func:`flashuq.uqac_reduce_attention` for one sequence (docs/methods.md#uqac-reduction).
 
     ``attn [L, H, R, Ntok]``: the R response rows over all Ntok = I + R tokens. Per (layer, head):
     zero each row's self-attention (column I + r), zero column 0, multiply the 10 keys before the query
@@ -241,7 +241,7 @@ def uqac_reduce_attention_ref(attn, n_heads: int = 16, reduction: str = "max") -
 
 def uqac_backtrack_ref(attn_reduced, ans_src, is_stop, buffer: int = 3, threshold: float = 0.5,
                        min_chain_len=None, max_steps: int = 1000):
-    """float64 reference of :func:`flashuq.uqac_backtrack` (METHODS.md §6.1 step 3, UQAC ``backtrack``).
+    """float64 reference of :func:`flashuq.uqac_backtrack` (docs/methods.md#uqac-backtrack, UQAC ``backtrack``).
 
     ``attn_reduced [R, Ntok]``, ``ans_src [A]`` response positions, ``is_stop [Ntok]``. Works in absolute
     positions: I = Ntok - R zero rows are put on top, the chain starts as the answer sources (score 0).
@@ -311,7 +311,7 @@ def _cos_torch_style(x: np.ndarray, y: np.ndarray, eps: float = 1e-8) -> float:
 
 
 def uqac_similarity_filter_ref(h_last, chain, ans_src, k: int = 10, threshold: float = 0.0) -> np.ndarray:
-    """float64 reference of :func:`flashuq.uqac_similarity_filter` (METHODS.md §6.1 step 4).
+    """float64 reference of :func:`flashuq.uqac_similarity_filter` (docs/methods.md#uqac-similarity).
 
     Rules, as UQAC's ``get_tkattn_to_tkans_sims`` (``sim-mean``) and ``expand_samples_for_ens_inference``
     (``thresholded_topk_1d``) apply them:
@@ -342,7 +342,7 @@ def uqac_similarity_filter_ref(h_last, chain, ans_src, k: int = 10, threshold: f
 
 
 def uqac_marginal_ref(ans_logprobs, seq_logprobs) -> np.ndarray:
-    """float64 reference of :func:`flashuq.uqac_marginal` (METHODS.md §6.1 step 6).
+    """float64 reference of :func:`flashuq.uqac_marginal` (docs/methods.md#uqac-marginal).
 
     ``ans_logprobs [..., V, A]``, ``seq_logprobs [..., V, J]`` (row 0 = the original sequence). As
     ``infer_ens`` + ``eval.py``: every factor is clamped on its own, ``p -> max(p, 1e-12)`` before the log

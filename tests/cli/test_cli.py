@@ -168,7 +168,7 @@ def test_sentence_encoder_errors(tmp_path):
     with pytest.raises(TypeError, match="texts"):
         enc(["a", 3])
     e = enc(["The capital of France is Paris.", "Paris is France's capital city.", "I like turtles."])
-    cos = e @ e.T  # ECOSYSTEM.md §7.2's reference cosines
+    cos = e @ e.T  # docs/architecture.md#minilm's reference cosines
     assert e.shape == (3, 384) and cos[0, 1].item() == pytest.approx(0.966, abs=2e-3)
     assert cos[0, 2].item() == pytest.approx(0.007, abs=2e-3)
 

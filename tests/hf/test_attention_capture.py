@@ -198,7 +198,7 @@ CAL = torch.tensor(hf.UQAC_CALIBRATION, dtype=torch.float64)
 
 
 def reduce_transcription(attn, n_heads=16, reduction="max"):
-    """METHODS.md §6.1 steps 1-2 in float64 (test transcription): attn [L, H, R, Ntok] -> [R, Ntok]."""
+    """docs/methods.md#uqac-reduction in float64 (test transcription): attn [L, H, R, Ntok] -> [R, Ntok]."""
     A = attn.double().clone()
     L, H, R, Ntok = A.shape
     I = Ntok - R

@@ -1,7 +1,7 @@
 """The Triton ensemble-statistics kernel: on a CUDA device when there is one, otherwise through the
 Triton interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1 before any import).
 
-Shapes are interpreter-sized (KERNELS.md §7.4): few positions, V <= 4096, small member counts.
+Shapes are interpreter-sized (docs/numerics.md#triton-interpreter): few positions, V <= 4096, small member counts.
 """
 
 import math

@@ -1,7 +1,7 @@
 """The Triton token-statistics kernels: on a CUDA device when there is one, otherwise through the
 Triton interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1 before any import).
 
-Shapes are interpreter-sized (KERNELS.md §7.4): few rows, V around BLOCK ± 1, large BLOCK.
+Shapes are interpreter-sized (docs/numerics.md#triton-interpreter): few rows, V around BLOCK ± 1, large BLOCK.
 """
 
 import math

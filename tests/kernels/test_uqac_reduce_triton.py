@@ -1,5 +1,5 @@
 """The Triton UQAC head/layer reduction (kernels/uqac_reduce.py; CUDA when present, else the
-interpreter on CPU tensors) against a float64 numpy transcription of METHODS.md §6.1 steps 1-2 and
+interpreter on CPU tensors) against a float64 numpy transcription of docs/methods.md#uqac-reduction and
 against flashuq.reference.uqac_reduce_attention_ref."""
 
 import json
@@ -24,7 +24,7 @@ CAL = np.array([0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
 
 
 def numpy_reduce(attn, n_heads, reduction):
-    """METHODS.md §6.1 steps 1-2 in float64, written independently of the kernel: returns the reduced
+    """docs/methods.md#uqac-reduction in float64, written independently of the kernel: returns the reduced
     rows [..., R, Ntok] and the selected flat head indices [..., R, n_heads] (ascending entropy,
     ties -> lower index, i.e. a stable argsort)."""
     a = np.array(attn, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""flashuq.methods.attention (METHODS.md §6): attention_score and rauq against the float64 references of
+"""flashuq.methods.attention (docs/methods.md#attention-methods): attention_score and rauq against the float64 references of
 flashuq.reference (themselves checked against LM-Polygraph ports in tests/test_reference_attention.py) on
 random causal attention, ragged batches (every item its own maps: LM-Polygraph's batch-element-0 bug
 would fail here), full maps vs diagonals, α defaults, padding masks, dtypes and argument errors; uqac

@@ -1,6 +1,6 @@
-"""flashuq.methods.graph (METHODS.md §5.5-5.9): degree, eigv, eccentricity, kernel_language_entropy and
+"""flashuq.methods.graph (docs/methods.md#graph-methods): degree, eigv, eccentricity, kernel_language_entropy and
 num_sem_sets against per-question numpy/scipy transcriptions of LM-Polygraph (deg_mat.py,
-eig_val_laplacian.py, eccentricity.py, num_sem_sets.py; KLE as the METHODS.md §5.9 formula) on random
+eig_val_laplacian.py, eccentricity.py, num_sem_sets.py; KLE as the docs/methods.md#kle formula) on random
 NLI-like ragged batches, symmetrisation, permutation invariance, graphs with known answers, empty
 questions, dtypes and argument errors."""
 
@@ -112,7 +112,7 @@ def num_sem_sets_ref(E, C):
 
 
 def kle_ref(E, C, t=0.3):
-    """METHODS.md §5.9 (the paper's kernel; see the estimator's docstring for LM-Polygraph's deviations)."""
+    """docs/methods.md#kle (the paper's kernel; see the estimator's docstring for LM-Polygraph's deviations)."""
     Es, Cs = E + E.T, C + C.T
     W = Es + 0.5 * (2 - Es - Cs)
     L = np.diag(W.sum(axis=1)) - W

@@ -1,4 +1,4 @@
-"""Inv-Entropy and its family (METHODS.md §5.18): §10 golden values, a numpy/scipy float64
+"""Inv-Entropy and its family (docs/methods.md#inv-entropy): golden values (docs/methods.md#golden-values), a numpy/scipy float64
 transcription of the repository's per-question computation and bootstrap on random batches, the
 bootstrap draws (distinct, in range, reproducible, global RNG untouched), invariances, errors."""
 

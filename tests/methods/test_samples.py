@@ -1,4 +1,4 @@
-"""flashuq.methods.samples: METHODS.md §10 golden values (SAR, VR/VRO), numpy transcriptions of the
+"""flashuq.methods.samples: docs/methods.md#golden-values golden values (SAR, VR/VRO), numpy transcriptions of the
 LM-Polygraph / uqlm / Look Before You Leap formulas on ragged batches, padding and permutation
 invariance, the greedy clustering rules, dtypes and error messages."""
 
@@ -19,7 +19,7 @@ def t64(x):
     return torch.as_tensor(np.asarray(x, dtype=np.float64))
 
 
-# ---- §10 golden values ------------------------------------------------------------------------------
+# ---- golden values (docs/methods.md#golden-values) ------------------------------------------------------------------------------
 
 NLL = [[.1, 2, .3], [.2, .1], [1.5, .4, .9, .2]]
 SIMS = [[.9, .2, .95], [.3, .8], [.5, .99, .6, .97]]
@@ -57,7 +57,7 @@ def test_golden_vr_vro():
 
 
 def test_single_sample_edge_cases():
-    # K = 1: SentenceSAR is -log p, SAR is TokenSAR (§5.4), LUQ / VR / lexical similarity have no pair: NaN
+    # K = 1: SentenceSAR is -log p, SAR is TokenSAR (docs/methods.md#sar), LUQ / VR / lexical similarity have no pair: NaN
     S1 = t64([[[1.0]]])
     assert M.sentence_sar(t64([[-2.5]]), S1).item() == pytest.approx(2.5, rel=1e-15)
     assert M.sar(t64([[0.7]]), S1).item() == pytest.approx(0.7, rel=1e-15)

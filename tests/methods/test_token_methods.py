@@ -1,4 +1,4 @@
-"""flashuq.methods from token statistics: METHODS.md §10 golden values, numpy transcriptions on
+"""flashuq.methods from token statistics: docs/methods.md#golden-values golden values, numpy transcriptions on
 ragged batches, padding invariance."""
 
 import math
@@ -17,8 +17,8 @@ def stats_from_logprobs(lp):
 
 
 def test_golden_values_methods_md():
-    # METHODS.md §10, greedy token probabilities [.9, .5, .99, .7]; estimators return the negation of
-    # the natural confidence where §1.1 says so
+    # docs/methods.md#golden-values, greedy token probabilities [.9, .5, .99, .7]; estimators return the negation of
+    # the natural confidence where docs/methods.md#orientation says so
     s = stats_from_logprobs(np.log([[0.9, 0.5, 0.99, 0.7]]))
     assert M.gnll(s).item() == pytest.approx(1.1652329760100053, rel=1e-14)
     assert M.msp(s).item() == pytest.approx(1.1652329760100053, rel=1e-14)
@@ -54,7 +54,7 @@ def lm_polygraph_renyi_fisher(logits):
 
 
 def numpy_method(name, lp, ent, kurt, sc, maxlp, logits):
-    """Direct transcriptions of METHODS.md §3.2 / §2.3 for one sequence (natural log)."""
+    """Direct transcriptions of docs/methods.md#sequence-scores / #token-statistics for one sequence (natural log)."""
     if lp.size == 0:
         return math.nan
     r, f = lm_polygraph_renyi_fisher(logits)
@@ -187,7 +187,7 @@ def test_segment_reduce_bad_input():
 
 
 def test_maqa_golden_values_and_mean_over_answers():
-    # METHODS.md §10, MAQA: logits [3, 2, .5, .1, -1], k = 3
+    # docs/methods.md#golden-values, MAQA: logits [3, 2, .5, .1, -1], k = 3
     row = torch.tensor([3.0, 2.0, 0.5, 0.1, -1.0], dtype=torch.float64)
     logits = torch.zeros(2, 4, 5, dtype=torch.float64)
     logits[0, 1] = row

@@ -1,4 +1,4 @@
-"""Test-only transcriptions of LM-Polygraph's metric code paths (METHODS.md §9.2-9.3, §9.6), written
+"""Test-only transcriptions of LM-Polygraph's metric code paths (docs/methods.md#prr-polygraph, docs/methods.md#ece), written
 from the spec, run as the reference runs them (global numpy RNG, default argsort, loops)."""
 
 import numpy as np

@@ -1,5 +1,5 @@
-"""risk_coverage_auc, reversed_pairs_proportion (LM-Polygraph, METHODS.md §9.7), ap_ratio_prr and
-isotonic_brier (Inv-Entropy, §9.8): against direct transcriptions and scikit-learn."""
+"""risk_coverage_auc, reversed_pairs_proportion (LM-Polygraph, docs/methods.md#other-ranking-metrics), ap_ratio_prr and
+isotonic_brier (Inv-Entropy, docs/methods.md#inv-entropy-evaluation): against direct transcriptions and scikit-learn."""
 
 import itertools
 

@@ -8,7 +8,7 @@ M = fuq.metrics
 
 
 def test_misleading_rate_golden():
-    # METHODS.md §10
+    # docs/methods.md#golden-values
     mr = M.misleading_rate([1, 1, 1, 0, 0, 1], [0, 1, 0, 1, 0, 0])
     assert mr == (0.75, 0.5)
     assert mr.t_to_f == 0.75 and mr.f_to_t == 0.5
@@ -28,7 +28,7 @@ def test_misleading_rate_degenerate():
 
 
 def test_tsu_golden():
-    # METHODS.md §10
+    # docs/methods.md#golden-values
     U = [[.1, .2, .3], [.3, .2, .4], [.1, .1, .2]]
     assert M.tsu(U) == pytest.approx(100 / 3)
     assert f"{M.tsu(U):.2f}" == "33.33"

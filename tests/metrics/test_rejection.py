@@ -61,7 +61,7 @@ def test_polygraph_leaves_global_rng_alone():
 
 
 def test_polygraph_random_baseline_close_to_exact():
-    # §9.3: the Monte-Carlo baseline estimates mean(normalised target)
+    # docs/methods.md#prr-polygraph: the Monte-Carlo baseline estimates mean(normalised target)
     u, q = _data(400, 1)
     a = M.prr(u, q, baseline="polygraph")
     b = M.prr(u, q, baseline="exact")

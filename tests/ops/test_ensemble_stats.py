@@ -13,7 +13,7 @@ import flashuq as fuq
 from flashuq.reference import ensemble_stats as reference
 
 FIELDS = fuq.EnsembleStats._fields
-# METHODS.md §4 golden values: three members, logits = log P
+# docs/methods.md#ensemble golden values: three members, logits = log P
 GOLDEN_P = [[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.9, 0.05, 0.05]]
 GOLDEN = dict(total=0.7881169759375681, aleatoric=0.7131882121066063, epistemic=0.07492876383096181,
               epkl=0.166262760762798, rmi=0.09133399693183619)

@@ -1,4 +1,4 @@
-"""flashuq.ops.graph (METHODS.md §5.7-5.9): the batched symmetric eigensolver ``fuq.sym_eig`` against
+"""flashuq.ops.graph (docs/methods.md#graph-methods): the batched symmetric eigensolver ``fuq.sym_eig`` against
 scipy.linalg.eigh, the normalised-Laplacian spectrum (EigV / Eccentricity) and the heat-kernel entropy
 against per-question numpy/scipy transcriptions of LM-Polygraph, sample masks, non-finite input,
 dtypes, determinism, torch.compile, argument errors and misuse of the ``flashuq._C.graph`` binding."""

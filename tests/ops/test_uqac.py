@@ -1,4 +1,4 @@
-"""flashuq.ops.uqac (METHODS.md §6.1): the UQAC reduction, backtracking, similarity filter and marginal
+"""flashuq.ops.uqac (docs/methods.md#uqac): the UQAC reduction, backtracking, similarity filter and marginal
 against the float64 transcriptions of the reference in flashuq.reference (uqac_*_ref), on causal softmax
 attention, quantised inputs with ties, chains that reach the prompt, empty answers, every input dtype,
 Ntok up to ~600, ragged batches (= per-sequence results), thread-count determinism, argument errors,

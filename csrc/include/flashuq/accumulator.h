@@ -1,4 +1,4 @@
-// The mergeable one-pass accumulator for token statistics (KERNELS.md §2-3, METHODS.md §2).
+// The mergeable one-pass accumulator for token statistics (docs/numerics.md#accumulator, docs/methods.md#token-statistics).
 //
 // One header, compiled into the CPU module and the CUDA module alike, so every backend combines
 // partials with the same arithmetic. A partial describes a contiguous range of one row of logits
@@ -116,7 +116,7 @@ FUQ_HD Acc<A> merge(const Acc<A>& a, const Acc<A>& b, A inv_temp, ExpFn expf_, b
   return r;
 }
 
-// The statistics of TokenStats (API.md), from a whole row's accumulator.
+// The statistics of TokenStats (docs/architecture.md#public-api), from a whole row's accumulator.
 template <typename A>
 struct RowStats {
   A lse, max_logprob, entropy, margin, collision, kurtosis, self_certainty;
@@ -162,8 +162,8 @@ FUQ_HD RowStats<A> finalize(const Acc<A>& a, A inv_temp, ExpFn expf_, Log1pFn lo
   // KL(U || p) over the finite entries = log(S / nf) - sd / nf: two terms of the row's scale,
   // not of log V, so near-uniform rows (KL ~ 0) keep their digits
   s.self_certainty = logf_(S / a.nf) - a.sd / a.nf;
-  // q = softmax(z / 2T) against the uniform distribution over all V = n columns (METHODS.md
-  // §2.2): log sum sqrt(q / V) = log1p(Qq) - log1p(Qh) / 2 - log(V) / 2, and R cancels.
+  // q = softmax(z / 2T) against the uniform distribution over all V = n columns
+  // (docs/numerics.md#closed-forms): log sum sqrt(q / V) = log1p(Qq) - log1p(Qh) / 2 - log(V) / 2, and R cancels.
   //   renyi_term = LM-Polygraph's per-step RenyiNeg value, D_1/2(q || U) - 2 log V
   //   fisher_rao = (2 / pi) arccos(sum sqrt(q / V)), the Fisher-Rao distance of q from uniform
   const A l1h = log1pf_(a.Qh), l1q = log1pf_(a.Qq), logV = logf_(a.n);

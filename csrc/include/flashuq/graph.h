@@ -1,4 +1,4 @@
-// Per-question similarity-graph spectra (METHODS.md §5.7-5.9), written once for a team of
+// Per-question similarity-graph spectra (docs/methods.md#graph-methods), written once for a team of
 // workers (see symeig.h) and compiled for the CPU (one question per OpenMP thread, several
 // questions' QL iterations interleaved) and CUDA (one question per block). Each question reads
 // the leading n x n block of its similarity matrix W (any floating type S, row stride K),

@@ -1,4 +1,4 @@
-// Inv-Entropy and its family for one question (METHODS.md §5.18; Song, Ji, Shi, Lai, Al Kontar,
+// Inv-Entropy and its family for one question (docs/methods.md#inv-entropy; Song, Ji, Shi, Lai, Al Kontar,
 // NeurIPS 2025): two random walks, on the inputs' and the outputs' similarity graphs, composed by
 // Bayes' rule. Serial per question (N is ~10); the CPU runs one question per OpenMP iteration.
 //

@@ -1,4 +1,4 @@
-// UQAC attention chains (METHODS.md §6.1; Li et al., arXiv 2503.19168), written once and compiled
+// UQAC attention chains (docs/methods.md#uqac; Li et al., arXiv 2503.19168), written once and compiled
 // for the CPU (csrc/cpu/uqac.cpp, OpenMP) and CUDA (csrc/cuda/uqac.cu, one block per sequence).
 //
 // (a) Reduction, steps 1-2, one query row r at a time: each of the L·H attention rows of r is

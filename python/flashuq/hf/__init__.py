@@ -1,8 +1,8 @@
 """transformers integration: record token statistics inside ``generate``, score (prompt, response)
 pairs teacher-forced without materialising logits.
 
-``transformers`` is imported lazily (it is not a dependency of flashuq). ECOSYSTEM.md §1 has the
-patterns; METHODS.md §1.1 the orientation of every score (uncertainties: higher = less trustworthy).
+``transformers`` is imported lazily (it is not a dependency of flashuq). docs/architecture.md#transformers has the
+patterns; docs/methods.md#orientation the orientation of every score (uncertainties: higher = less trustworthy).
 
 - :class:`UncertaintyRecorder` — a ``LogitsProcessor`` that runs ``fuq.token_stats`` on each step's
   scores on their device (no host synchronisation, nothing of size V kept beyond the current
@@ -12,7 +12,7 @@ patterns; METHODS.md §1.1 the orientation of every score (uncertainties: higher
   response mask, every sequence score that applies, and the samples' log-probabilities.
 - :func:`score` — teacher-forced statistics of given responses from the final hidden states and the
   head weight through ``fuq.token_stats_linear``.
-- :class:`AttentionCapture` — memory-lean attention capture (ECOSYSTEM.md §1.3): a custom attention
+- :class:`AttentionCapture` — memory-lean attention capture (docs/architecture.md#attention-capture): a custom attention
   implementation (``"fuq_capture_sdpa"``) that computes the real output with SDPA and records only what
   the attention methods need (diagonals ``a_ii`` for RAUQ / AttentionScore, the UQAC response rows,
   or UQAC's streaming lowest-entropy reduction), so ``output_attentions``' ``[L, H, N, N]`` maps are

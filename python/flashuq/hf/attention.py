@@ -111,7 +111,7 @@ class AttentionCapture:
       over the ``Ntok_b`` non-pad columns (instruction ``I_b = Ntok_b − R_b`` first), stored in
       ``rows_dtype`` (default float32; fp16/bf16 halve the memory).
     - ``uqac_reduced=True`` -> :attr:`uqac_reduced`, per sequence ``[R_b, Ntok_b]`` float32: UQAC
-      steps 1–2 streamed over the layers (METHODS.md §6.1): each layer's rows are preprocessed (own
+      steps 1–2 streamed over the layers (docs/methods.md#uqac): each layer's rows are preprocessed (own
       column, column 0 and the 10 calibration factors), renormalised (``/(sum + 1e-12)``) and their
       entropies taken; per response row only the ``n_heads`` lowest-entropy ``(layer, head)`` rows so
       far are kept (ties: lower flat index ``l·H + h`` first), so the state is

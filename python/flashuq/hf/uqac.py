@@ -8,7 +8,7 @@ import re
 import torch
 from torch import Tensor
 
-#: UQAC's recency calibration (METHODS.md §6.1 step 1): factor ``c`` multiplies the key at absolute
+#: UQAC's recency calibration (docs/methods.md#uqac-reduction): factor ``c`` multiplies the key at absolute
 #: column ``I + r − 10 + c`` of response row ``r`` (the reversed ``CALIBRATION_RATIO`` of the UQAC
 #: repository, full precision); the immediately preceding key gets 0.16644488.
 UQAC_CALIBRATION = (0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
@@ -35,7 +35,7 @@ with won’t would wouldn’t you your yours yourself yourselves you’d you’l
 
 
 def uqac_is_stop(response_tokens, n_instr: int, *, tokenizer=None, stop_words=None) -> Tensor:
-    """UQAC's ``is_stop`` ``[n_instr + R]`` bool (METHODS.md §6.1 inputs): every instruction position
+    """UQAC's ``is_stop`` ``[n_instr + R]`` bool (docs/methods.md#uqac-inputs): every instruction position
     True; response token ``t`` True when its text, all whitespace removed and lower-cased, is in
     ``stop_words`` (default :data:`UQAC_STOP_WORDS`).
 

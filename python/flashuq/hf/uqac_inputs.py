@@ -33,7 +33,7 @@ def uqac_inputs(model, input_ids: Tensor, response_start: int, *, attention_mask
                 reduced: bool = True, n_heads: int = 16, reduction: str = "max",
                 rows_dtype: Optional[torch.dtype] = None, layers: Optional[Sequence[int]] = None,
                 tokenizer=None, response_tokens=None, stop_words=None, temperature: float = 1.0) -> UQACInputs:
-    """UQAC's per-sequence inputs (METHODS.md §6.1) from ONE teacher-forced pass over
+    """UQAC's per-sequence inputs (docs/methods.md#uqac) from ONE teacher-forced pass over
     ``[instruction; response]`` under :class:`AttentionCapture`, without ``[L, H, N, N]`` maps.
 
     Args:

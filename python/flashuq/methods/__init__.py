@@ -1,4 +1,4 @@
-"""Named uncertainty estimators (METHODS.md). Every one returns an uncertainty: higher = less
+"""Named uncertainty estimators (docs/methods.md#methods). Every one returns an uncertainty: higher = less
 trustworthy. ``REGISTRY`` maps each name to its function, the inputs it needs and its paper."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ REGISTRY: Dict[str, Method] = {
     "gnll": Method(gnll, _STATS, "Aichberger, Schweighofer, Hochreiter, arXiv 2412.15176"),
     "perplexity": Method(perplexity, _STATS, "LM-Polygraph Perplexity (Fomicheva et al. 2020)"),
     "mean_token_entropy": Method(mean_token_entropy, _STATS, "LM-Polygraph MeanTokenEntropy (Fomicheva et al. 2020)"),
-    "max_token_entropy": Method(max_token_entropy, _STATS, "METHODS.md §3.2"),
+    "max_token_entropy": Method(max_token_entropy, _STATS, "docs/methods.md#sequence-scores"),
     "geometric_mean_prob": Method(geometric_mean_prob, _STATS, "Park et al., arXiv 2501.17187"),
     "arithmetic_mean_prob": Method(arithmetic_mean_prob, _STATS, "Park et al., arXiv 2501.17187"),
     "mean_kurtosis": Method(mean_kurtosis, _STATS, "Park et al., arXiv 2501.17187"),
@@ -65,7 +65,7 @@ REGISTRY: Dict[str, Method] = {
     **{name: Method(fn, ("logits", "pos"), "Yang, Yoo, Lee (MAQA), NAACL Findings 2025, arXiv 2408.06816")
        for name, fn in (("maqa_max_prob", maqa_max_prob), ("maqa_margin", maqa_margin),
                         ("maqa_entropy", maqa_entropy), ("maqa_greedy_entropy", maqa_greedy_entropy))},
-    # ---- sample- and similarity-graph methods (METHODS.md §5), batched over Q questions
+    # ---- sample- and similarity-graph methods (docs/methods.md#sample-methods), batched over Q questions
     "monte_carlo_sequence_entropy": Method(monte_carlo_sequence_entropy, ("sample_logprobs",),
                                            "LM-Polygraph MonteCarloSequenceEntropy (Kuhn et al. 2023)"),
     "monte_carlo_normalized_sequence_entropy": Method(
@@ -93,7 +93,7 @@ REGISTRY: Dict[str, Method] = {
     "vro": Method(vro, ("similarity",), "Huang et al., Look Before You Leap, arXiv 2307.10236"),
     "inv_entropy": Method(inv_entropy, ("sx", "sy"),
                           "Song, Ji, Shi, Lai, Al Kontar, Inv-Entropy, NeurIPS 2025, arXiv 2506.09684"),
-    # ---- attention methods (METHODS.md §6)
+    # ---- attention methods (docs/methods.md#attention-methods)
     "attention_score": Method(attention_score, ("attn", "response_start"),
                               "Sriramanan et al., LLM-Check, NeurIPS 2024; LM-Polygraph AttentionScore"),
     "rauq": Method(rauq, ("attn", "logprobs", "response_start"),

@@ -1,4 +1,4 @@
-"""Attention-based estimators (METHODS.md §6): AttentionScore, RAUQ and UQAC.
+"""Attention-based estimators (docs/methods.md#attention-methods): AttentionScore, RAUQ and UQAC.
 
 Every function returns an uncertainty (higher = less trustworthy).
 
@@ -8,7 +8,7 @@ diagonals ``[B, L, H, N]`` (``diag[..., i] = attn[..., i, i]``, what ``flashuq.h
 maps); both give the same numbers. Positions are absolute over the N tokens ``[prompt; response]``;
 ``response_start [B]`` (an int or one per item, so ragged prompts are fine) is the first response position
 and ``mask [B, N]`` (optional, True = real token) marks padding. Every item uses its own maps:
-LM-Polygraph's attention extraction reads batch element 0 for every item (METHODS.md §6.6); that bug is
+LM-Polygraph's attention extraction reads batch element 0 for every item (docs/methods.md#attention-batch-element); that bug is
 not reproduced.
 
 ``uqac`` runs the four UQAC ops (:func:`flashuq.uqac_reduce_attention`, :func:`flashuq.uqac_backtrack`,
@@ -239,7 +239,7 @@ def rauq(attn, logprobs, response_start, *, alpha: Optional[float] = None, confi
 
 def uqac_top5_logprobs(top5_ids, top5_probs, resp_ids) -> Tensor:
     """Token log-probabilities as UQAC's ``eval.py`` reads them from the teacher-forced top-5 table
-    (METHODS.md §6.1 step 5, ``variant="reference"``), to pass as ``token_logprobs`` to :func:`uqac`.
+    (docs/methods.md#uqac-scores, ``variant="reference"``), to pass as ``token_logprobs`` to :func:`uqac`.
 
     ``top5_ids, top5_probs [..., R, 5]`` (row r: the top-5 next-token predictions at response position r,
     i.e. for token r + 1), ``resp_ids [..., R]``. Returns ``[..., R]`` indexed by token:
@@ -372,7 +372,7 @@ def uqac(attn, ans_src, is_stop, h_last, token_logprobs, *, variant_ans_logprobs
          min_chain_len: Optional[int] = None, max_steps: int = 1000, k: int = 10,
          similarity_threshold: float = 0.0) -> Tensor:
     """UQAC, attention-chain UQ (Li, Qiang, Moukheiber, Zhang, arXiv 2503.19168; ``Yinghao-Li/UQAC``):
-    ``-UQAC``, an uncertainty. METHODS.md §6.1.
+    ``-UQAC``, an uncertainty. docs/methods.md#uqac.
 
     Per sequence (chains and similarity filters of a list run in one ``uqac_chain_batched`` call;
     one teacher-forced pass over ``[instruction; response]``, I instruction and R response
@@ -397,7 +397,7 @@ def uqac(attn, ans_src, is_stop, h_last, token_logprobs, *, variant_ans_logprobs
         token_logprobs: ``[R]``, ``token_logprobs[r]`` = log p(response token r | prefix) (token-indexed;
             :func:`uqac_top5_logprobs` gives the reference's top-5 lookup).
         variant_ans_logprobs, variant_seq_logprobs: ``[V, A]`` and ``[V, J]`` (J = the number of kept
-            members, row 0 the original; see METHODS.md §6.1 step 6) for the full P̃_M; per-sequence lists for
+            members, row 0 the original; see docs/methods.md#uqac-marginal) for the full P̃_M; per-sequence lists for
             a list input. An empty ``keep`` reduces UQAC to the answer probability (the reference fails there).
         the rest: the UQAC defaults of ``src/args.py`` (``min_chain_len`` None = 5 + A, the total length).
 
@@ -431,7 +431,7 @@ class UqacTerms(NamedTuple):
 def uqac_terms(attn, ans_src, is_stop, h_last, token_logprobs, *, n_heads: int = 16, reduction: str = "max",
                buffer: int = 3, threshold: float = 0.5, min_chain_len: Optional[int] = None, max_steps: int = 1000,
                k: int = 10, similarity_threshold: float = 0.0) -> UqacTerms:
-    """UQAC's chain, kept members and confidence terms of **one** sequence (METHODS.md §6.1 steps 1-5):
+    """UQAC's chain, kept members and confidence terms of **one** sequence (docs/methods.md#uqac):
     the answer probability, P̃_attn (all chain members) and P̃_sim (kept members and the answer), as the
     reference's ``eval.py`` computes them -- plain products of the token probabilities, no clamping
     (that belongs to the marginal). The chain and the similarity filter run in the C++ / CUDA kernels

@@ -1,4 +1,4 @@
-"""Similarity-graph estimators over K sampled responses (METHODS.md §5.5-5.9): DegMat, EigV,
+"""Similarity-graph estimators over K sampled responses (docs/methods.md#graph-methods): DegMat, EigV,
 Eccentricity, Kernel Language Entropy and the number of semantic sets.
 
 All take ``[Q, K, K]`` matrices and an optional ``sample_mask [Q, K]`` and return an uncertainty
@@ -83,7 +83,7 @@ def kernel_language_entropy(entail, contra, *, t: float = 0.3, sample_mask=None)
         Kh  = expm(-t L),  normalised to unit diagonal and divided by n
         KLE = -Σ λ ln λ (|λ| > 1e-8) / ln n
 
-    This is METHODS.md §5.9, the paper's kernel. The LM-Polygraph code differs in two ways that
+    This is docs/methods.md#kle, the paper's kernel. The LM-Polygraph code differs in two ways that
     make it no per-question function: its Laplacian is ``W - D`` (so it computes expm(+tL)), and
     its degrees ``np.diag(np.sum(W, axis=0))`` sum over the *batch* axis of the ``[B, K, K]``
     stack. NaN for fewer than two valid responses (ln 1 = 0).

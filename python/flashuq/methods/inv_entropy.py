@@ -1,5 +1,5 @@
 """Inv-Entropy and its family (Song, Ji, Shi, Lai, Al Kontar; NeurIPS 2025, arXiv 2506.09684;
-METHODS.md §5.18).
+docs/methods.md#inv-entropy).
 
 Inputs are similarity matrices of ``N`` perturbed inputs (the question and its paraphrases) and of the
 answers to them, one answer per input: ``sx [Q, N, N]`` and ``sy [Q, N, N]``, non-negative. Each is
@@ -18,7 +18,7 @@ Inv-Entropy and NI-Entropy (``-Σ_i b_i ln b_i`` with ``b = diag(Bm)``) are **un
 means less trustworthy. Inv-Entropy does not depend on ``pX``, so ``variant`` changes only NI-Entropy,
 P(y_i|x_i) and the WD measure (and the default number of bootstrap draws). The WD and max-P measures
 have no documented orientation and are exposed only through :func:`inv_entropy_measures`
-(METHODS.md §1.1).
+(docs/methods.md#orientation).
 
 **Bootstrap** (the repository's procedure): every input is answered ``r`` times and the full output
 matrix ``sy [Q, N·r, N·r]`` holds the answers in blocks of ``r`` rows per input (rows ``i·r .. i·r+r-1``
@@ -288,7 +288,7 @@ def _compute(sx: Tensor, sy: Tensor, keep: Optional[Tensor], N: int, variant: st
 def inv_entropy(sx, sy, *, keep=None, variant: str = "reference", replicates: Optional[int] = None,
                 num_bootstrap: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
     """Inv-Entropy ``-Σ_i d_i ln d_i`` with ``d_i = P(x_i | y_i) = Σ_k Py[i, k]·Px[k, i]`` -> ``[Q]``,
-    an **uncertainty** (Song, Ji, Shi, Lai, Al Kontar; NeurIPS 2025, arXiv 2506.09684; METHODS.md §5.18).
+    an **uncertainty** (Song, Ji, Shi, Lai, Al Kontar; NeurIPS 2025, arXiv 2506.09684; docs/methods.md#inv-entropy).
 
     ``Px``, ``Py`` are the row-normalised input and output similarity matrices (see the module
     docstring); natural log; an unnormalised entropy over the diagonal of ``A = Py·Px``.
@@ -318,7 +318,7 @@ def inv_entropy(sx, sy, *, keep=None, variant: str = "reference", replicates: Op
 def inv_entropy_measures(sx, sy, *, variant: str = "reference", keep=None, replicates: Optional[int] = None,
                          num_bootstrap: Optional[int] = None,
                          generator: Optional[torch.Generator] = None) -> InvEntropyMeasures:
-    """Every measure of the Inv-Entropy framework (METHODS.md §5.18) -> :class:`InvEntropyMeasures`.
+    """Every measure of the Inv-Entropy framework (docs/methods.md#inv-entropy) -> :class:`InvEntropyMeasures`.
 
     Inputs, draws and defaults as :func:`inv_entropy`; with a bootstrap every field is the mean over the
     draws. Fields (repository column -> paper name):
@@ -333,7 +333,7 @@ def inv_entropy_measures(sx, sy, *, variant: str = "reference", keep=None, repli
     - ``max_py_given_x``: ``max_i P(y_i | x_i) = max_i b_i``, the paper's MAX-py-x (depends on ``variant``).
     - ``p_x``, ``p_y``: the marginals ``[Q, N]``.
 
-    The WD and max-P measures have no documented orientation (METHODS.md §1.1); they are reported in
+    The WD and max-P measures have no documented orientation (docs/methods.md#orientation); they are reported in
     their natural orientation, as computed.
     """
     sx, sy, keep, N = _prepare(sx, sy, keep, variant, replicates, num_bootstrap, generator)

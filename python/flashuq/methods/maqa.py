@@ -1,5 +1,5 @@
 """MAQA's first-answer-token scores (Yang, Yoo, Lee, NAACL Findings 2025, arXiv 2408.06816;
-METHODS.md §2.3.7).
+docs/methods.md#maqa).
 
 For each answer of a multi-answer output, the distribution at the answer's **first token** is
 scored through its top-k probabilities ``q`` (from the full softmax, not renormalised). Per answer:

@@ -1,4 +1,4 @@
-"""Sample- and similarity-graph estimators over K sampled responses per question (METHODS.md §5).
+"""Sample- and similarity-graph estimators over K sampled responses per question (docs/methods.md#sample-methods).
 
 Every estimator is batched over Q questions: it takes ``[Q, K]`` per-sample values and/or ``[Q, K, K]``
 pair matrices (computed outside flashuq by an NLI model, a cross-encoder, ROUGE, embeddings...) and
@@ -99,7 +99,7 @@ def similarity(emb, *, kind: str = "cosine") -> Tensor:
 
     - ``kind="cosine"``: ``cos(e_i, e_j)`` (Look Before You Leap's VR/VRO, uqlm ``cosine_sim`` before its
       affine map).
-    - ``kind="abs_cosine"``: ``|cos|`` (Inv-Entropy's code, §1.7 ``variant="reference"``).
+    - ``kind="abs_cosine"``: ``|cos|`` (Inv-Entropy's code, ``variant="reference"``, docs/methods.md#variant).
     - ``kind="half_cosine"``: ``(1 + cos)/2`` (Inv-Entropy's paper; uqlm's per-pair ``0.5 + cos/2``).
 
     A zero-norm embedding has no direction: its row and column are NaN (so a valid zero embedding makes
@@ -117,7 +117,7 @@ def similarity(emb, *, kind: str = "cosine") -> Tensor:
 
 def symmetrize(E) -> Tensor:
     """``(E + Eᵀ)/2`` over the last two axes: LM-Polygraph's W from an entailment matrix (DegMat, EigV,
-    Eccentricity, §5.6). ``E [..., K, K]`` floating; fp64 stays fp64, other floats give fp32."""
+    Eccentricity, docs/methods.md#degree). ``E [..., K, K]`` floating; fp64 stays fp64, other floats give fp32."""
     if not isinstance(E, (Tensor, np.ndarray)):
         raise TypeError(f"E must be a torch.Tensor or numpy.ndarray, got {type(E).__name__}")
     E = torch.as_tensor(E)
@@ -149,10 +149,10 @@ def greedy_bidirectional_clusters(entail_is_argmax, *, rule: str = "polygraph", 
     hypothesis j is ENTAILMENT. Samples are visited in index order (valid ones only); each is compared
     with the **first member** of every class opened so far:
 
-    - ``rule="polygraph"`` (LM-Polygraph ``SemanticClassesCalculator``, METHODS.md §5.2a): the sample
+    - ``rule="polygraph"`` (LM-Polygraph ``SemanticClassesCalculator``, docs/methods.md#semantic-entropy): the sample
       joins the **first** class whose first member c has entailment c→i **and** i→c, else it opens a
       new class.
-    - ``rule="uqlm"`` (uqlm ``NLIScorer._cluster_responses``, §5.2b): entailment in **either** direction.
+    - ``rule="uqlm"`` (uqlm ``NLIScorer._cluster_responses``, docs/methods.md#uqlm-semantic-negentropy): entailment in **either** direction.
       uqlm has no break, so a response joins *every* matching cluster; ``class_ids`` holds the first one
       (the clusters opened and their first members are the same as uqlm's), and
       ``return_membership=True`` gives uqlm's multi-membership. uqlm also counts two identical strings
@@ -192,7 +192,7 @@ def greedy_bidirectional_clusters(entail_is_argmax, *, rule: str = "polygraph", 
     return (ids, member) if return_membership else ids
 
 
-# ---- Monte-Carlo entropies (§5.1) ------------------------------------------------------------------
+# ---- Monte-Carlo entropies (docs/methods.md#monte-carlo-entropy) ------------------------------------------------------------------
 
 def monte_carlo_sequence_entropy(sample_logprobs, *, sample_mask=None) -> Tensor:
     """``-mean_k log p(s_k)`` over the valid samples, with ``sample_logprobs [Q, K]`` the summed token
@@ -210,7 +210,7 @@ def monte_carlo_normalized_sequence_entropy(sample_logprobs, sample_lengths, *, 
 
     ``sample_lengths [Q, K]`` (integer or floating, >= 0 where valid) are token counts.
 
-    - ``eos_consistent=False`` (the reference, §5.1/§1.7): divides by ``sample_lengths`` as given. In
+    - ``eos_consistent=False`` (the reference; docs/methods.md#monte-carlo-entropy): divides by ``sample_lengths`` as given. In
       LM-Polygraph the log-prob sums **include** EOS while the lengths **exclude** it; this is kept.
       Samples of length 0 are left out of the mean, as the reference does (``if len(t_i)``).
     - ``eos_consistent=True``: divides by ``sample_lengths + 1``, counting the EOS step the log-prob
@@ -230,12 +230,12 @@ def monte_carlo_normalized_sequence_entropy(sample_logprobs, sample_lengths, *, 
     return -_mean(lp.to(dt) / torch.where(use, denom, 1.0), use)
 
 
-# ---- semantic entropy (§5.2a) ----------------------------------------------------------------------
+# ---- semantic entropy (docs/methods.md#semantic-entropy) ----------------------------------------------------------------------
 
 def semantic_entropy(sample_logprobs, class_ids, *, estimator: str = "mean", mode: str = "sum",
                      unique: bool = False, text_ids=None, sample_mask=None) -> Tensor:
     """Semantic entropy as LM-Polygraph computes it (Kuhn et al. 2023; ``semantic_entropy.py`` with
-    ``utils/semantic_entropy.py``, METHODS.md §5.2a). Uncertainty.
+    ``utils/semantic_entropy.py``, docs/methods.md#semantic-entropy). Uncertainty.
 
     ``sample_logprobs [Q, K]`` are the summed log-probs of each sample, ``class_ids [Q, K]`` integer
     semantic classes (any ids in [0, K) for the valid samples, e.g. from
@@ -295,7 +295,7 @@ def semantic_entropy(sample_logprobs, class_ids, *, estimator: str = "mean", mod
     return torch.where(valid.any(-1), out, math.nan)
 
 
-# ---- SAR (§5.3, §5.4) ------------------------------------------------------------------------------
+# ---- SAR (docs/methods.md#sentence-sar, #sar) ------------------------------------------------------------------------------
 
 def _sentence_relevance(lp: Tensor, S: Tensor, t: float, valid: Tensor) -> Tensor:
     """``mean_k -log(p_k + Σ_{j≠k} S[k,j]·p_j / t)`` with ``p = exp(lp)``, computed as
@@ -319,14 +319,14 @@ def _sar_inputs(values, vname: str, similarity, sample_mask):
 
 
 def sentence_sar(sample_logprobs, similarity, *, temperature: float = 0.001, sample_mask=None) -> Tensor:
-    """SentenceSAR (Duan et al., SAR, ACL 2024; LM-Polygraph ``SentenceSAR``, METHODS.md §5.3). Uncertainty.
+    """SentenceSAR (Duan et al., SAR, ACL 2024; LM-Polygraph ``SentenceSAR``, docs/methods.md#sentence-sar). Uncertainty.
 
     With ``p_k = exp(sample_logprobs_k)`` (sequence probability, not length-normalised) and the
     similarity ``S [Q, K, K]`` of the samples (cross-encoder; its diagonal is never used)::
 
         ES(k) = -log(p_k + Σ_{j≠k} S[k, j]·p_j / t),   SentenceSAR = mean_k ES(k)
 
-    over the valid samples. With t = 0.001 the value is usually negative (§10). One valid sample gives
+    over the valid samples. With t = 0.001 the value is usually negative (docs/methods.md#golden-values). One valid sample gives
     ``-log p_1`` (the reference's formula with no other sample). Computed with the largest log-prob
     factored out, so long samples do not underflow to ``-log 0``.
     """
@@ -336,7 +336,7 @@ def sentence_sar(sample_logprobs, similarity, *, temperature: float = 0.001, sam
 
 
 def sar(token_sar_values, similarity, *, temperature: float = 0.001, sample_mask=None) -> Tensor:
-    """SAR (Duan et al.; LM-Polygraph ``SAR``, METHODS.md §5.4): :func:`sentence_sar` with
+    """SAR (Duan et al.; LM-Polygraph ``SAR``, docs/methods.md#sar): :func:`sentence_sar` with
     ``p_k = exp(-TokenSAR(s_k))``; ``token_sar_values [Q, K]`` is the TokenSAR of each sample
     (``flashuq.methods.token_sar``). One valid sample gives its TokenSAR. Uncertainty."""
     t = _temperature(temperature)
@@ -347,7 +347,7 @@ def sar(token_sar_values, similarity, *, temperature: float = 0.001, sample_mask
 # ---- graph / pair scores ---------------------------------------------------------------------------
 
 def luq(entail_logits, contra_logits, *, sample_mask=None) -> Tensor:
-    """LUQ (Zhang et al., EMNLP 2024; LM-Polygraph ``LUQ``, METHODS.md §5.10). Uncertainty.
+    """LUQ (Zhang et al., EMNLP 2024; LM-Polygraph ``LUQ``, docs/methods.md#luq). Uncertainty.
 
     From the raw NLI logits ``[Q, K, K]`` (premise i, hypothesis j):
     ``s_ij = e^{E_ij} / (e^{E_ij} + e^{C_ij}) = sigmoid(E_ij - C_ij)`` and
@@ -364,7 +364,7 @@ def luq(entail_logits, contra_logits, *, sample_mask=None) -> Tensor:
 
 
 def vr(similarity=None, *, embeddings=None, sample_mask=None) -> Tensor:
-    """VR (Look Before You Leap, ``utils.compute_VR``; METHODS.md §5.12). Uncertainty.
+    """VR (Look Before You Leap, ``utils.compute_VR``; docs/methods.md#vr-vro). Uncertainty.
 
     ``VR = 1 - (1/K) Σ_a (1/(K-1)) Σ_{b≠a} sim(y_a, y_b)``, one minus the mean pairwise similarity over the
     valid samples. Give exactly one of ``similarity [Q, K, K]`` (``1 - dist``; its diagonal is not used)
@@ -385,7 +385,7 @@ def vr(similarity=None, *, embeddings=None, sample_mask=None) -> Tensor:
 
 
 def vro(similarity=None, *, embeddings=None, reference=None, sample_mask=None) -> Tensor:
-    """VRO (Look Before You Leap, ``utils.compute_VRO``; METHODS.md §5.12). Uncertainty.
+    """VRO (Look Before You Leap, ``utils.compute_VRO``; docs/methods.md#vr-vro). Uncertainty.
 
     ``VRO = 1 - mean_a sim(y_a, y_ref)`` over the valid samples, against the greedy (original) output.
     Give either ``similarity [Q, K]`` (each sample's similarity to the reference output) or
@@ -412,7 +412,7 @@ def vro(similarity=None, *, embeddings=None, reference=None, sample_mask=None) -
 
 
 def lexical_similarity(pair_scores, *, sample_mask=None) -> Tensor:
-    """``-mean_{i<j} sim(s_i, s_j)`` over the valid pairs (LM-Polygraph ``LexicalSimilarity``, §5.11).
+    """``-mean_{i<j} sim(s_i, s_j)`` over the valid pairs (LM-Polygraph ``LexicalSimilarity``, docs/methods.md#lexical-similarity).
     ``pair_scores [Q, K, K]`` holds the text metric (ROUGE-1/2/L F, BLEU...) computed outside flashuq;
     only the upper triangle (i < j) is read. Fewer than two valid samples give NaN. Uncertainty
     (a negated mean similarity)."""
@@ -430,7 +430,7 @@ def _counts(class_ids, sample_mask):
 
 
 def label_prob(class_ids, *, sample_mask=None) -> Tensor:
-    """LabelProb: ``1 - max_c |c| / n`` over the n valid samples (LM-Polygraph ``LabelProb``, §5.5).
+    """LabelProb: ``1 - max_c |c| / n`` over the n valid samples (LM-Polygraph ``LabelProb``, docs/methods.md#class-counts).
     Uncertainty, fp32."""
     counts, n = _counts(class_ids, sample_mask)
     return 1.0 - counts.amax(-1) / n
@@ -439,14 +439,14 @@ def label_prob(class_ids, *, sample_mask=None) -> Tensor:
 def semantic_sets_confidence(class_ids, *, sample_mask=None) -> Tensor:
     """uqlm ``semantic_sets_confidence`` **negated**: ``-(n - n_sets)/(n - 1)`` with n the valid responses
     **including** the original one (uqlm's ``(m + 1 - n_sets)/m`` with m sampled responses, PR #371 bounds;
-    §5.5) and n_sets the distinct classes. One response gives NaN. fp32."""
+    docs/methods.md#class-counts) and n_sets the distinct classes. One response gives NaN. fp32."""
     counts, n = _counts(class_ids, sample_mask)
     sets = (counts > 0).sum(-1).float()
     return torch.where(n > 1, -(n - sets) / (n - 1), math.nan)
 
 
 def uqlm_semantic_negentropy(clusters, *, response_probs=None, sample_mask=None) -> Tensor:
-    """uqlm ``semantic_negentropy`` **negated** (§5.2b, §5.15): ``SE / log n - 1``.
+    """uqlm ``semantic_negentropy`` **negated** (docs/methods.md#uqlm-semantic-negentropy): ``SE / log n - 1``.
 
     ``clusters`` is either ``class_ids [Q, K]`` (integer) or uqlm's multi-membership ``[Q, K, K]`` bool
     (``membership[q, c, k]``, from ``greedy_bidirectional_clusters(..., rule="uqlm",

@@ -1,4 +1,4 @@
-"""Sequence-level estimators built from per-token statistics (METHODS.md §2-3).
+"""Sequence-level estimators built from per-token statistics (docs/methods.md#token-statistics).
 
 Every function takes the :class:`~flashuq.TokenStats` of ``[B, T]`` rows (``fuq.token_stats`` of
 the logits that produced each generated token, with the generated ``tokens``) and an optional
@@ -59,7 +59,7 @@ def mean_token_entropy(stats: TokenStats, mask=None) -> Tensor:
 
 
 def max_token_entropy(stats: TokenStats, mask=None) -> Tensor:
-    """``max_t H_t`` (METHODS.md §3.2)."""
+    """``max_t H_t`` (docs/methods.md#sequence-scores)."""
     return masked_reduce(stats.entropy, mask, op="max")
 
 
@@ -78,7 +78,7 @@ def arithmetic_mean_prob(stats: TokenStats, mask=None) -> Tensor:
 
 def mean_kurtosis(stats: TokenStats, mask=None) -> Tensor:
     """``-mean_t kurt(p_t)``: mean excess kurtosis of the next-token distributions, **negated**
-    (a peaked distribution is a confident one). Park et al.; the definition is unverified (METHODS.md §2.3.6).
+    (a peaked distribution is a confident one). Park et al.; the definition is unverified (docs/methods.md#kurtosis).
     """
     return -masked_reduce(stats.kurtosis, mask, op="mean")
 
@@ -121,7 +121,7 @@ def renyi_neg(stats: TokenStats, mask=None, *, variant: str = "reference", vocab
 
     - ``variant="reference"`` (default): ``-mean_t r_t`` with LM-Polygraph's per-step value
       ``r_t = D_½(q_t‖U) − 2·log V``, i.e. exactly LM-Polygraph's number negated (its sign rises with
-      confidence: LM-Polygraph issue #284; METHODS.md §2.3.3).
+      confidence: LM-Polygraph issue #284; docs/methods.md#renyi-neg).
     - ``variant="paper"``: ``-mean_t D_½(q_t‖U)``; needs ``vocab_size`` (V of the logits, -inf entries
       included). The two differ by the constant ``2·log V`` and rank identically.
 
@@ -141,7 +141,7 @@ def renyi_neg(stats: TokenStats, mask=None, *, variant: str = "reference", vocab
 def fisher_rao(stats: TokenStats, mask=None) -> Tensor:
     """FisherRao with the orientation fixed: ``-mean_t (2/π)·arccos(Σ_v √(q_t,v / V))``, the Fisher–Rao
     distance of ``q_t = softmax(log p_t / 2)`` from uniform (in [0, 1]), averaged and **negated**.
-    LM-Polygraph ``FisherRao`` negated (METHODS.md §2.3.4). ``stats`` from ``token_stats(..., renyi=True)``.
+    LM-Polygraph ``FisherRao`` negated (docs/methods.md#fisher-rao). ``stats`` from ``token_stats(..., renyi=True)``.
     """
     stats = _tempered(stats, "fisher_rao")
     return -masked_reduce(stats.fisher_rao, mask, op="mean")
@@ -197,7 +197,7 @@ def cpmi(stats: TokenStats, lm_logprobs, mask=None, *, tau: float = 0.0656, lam:
     return -masked_reduce(s, mask, op="mean")
 
 
-# ---- Look Before You Leap: sentence-level scores (Huang et al., arXiv 2307.10236, METHODS.md §3.4) ----
+# ---- Look Before You Leap: sentence-level scores (Huang et al., arXiv 2307.10236, docs/methods.md#look-before-you-leap) ----
 # seg_ids [B, T] marks the sentence of each token (from the caller's sentencizer); every score is
 # the mean over sentences of a per-sentence max or mean. Uncertainties.
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics for uncertainty estimators (METHODS.md §9; API.md "Evaluation").
+"""Evaluation metrics for uncertainty estimators (docs/methods.md#evaluation-metrics; docs/architecture.md#public-api "Evaluation").
 
 Conventions: ``uncertainty`` higher = less trustworthy; ``quality`` higher = better; ``correct`` is
 binary (1/True = correct). Inputs may be numpy arrays, lists or torch tensors; everything is

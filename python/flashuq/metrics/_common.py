@@ -1,4 +1,4 @@
-"""Input handling shared by the evaluation metrics (METHODS.md §9.1).
+"""Input handling shared by the evaluation metrics (docs/methods.md#nan-policy).
 
 Every metric accepts numpy arrays, Python sequences and (CPU or CUDA) torch tensors, and computes
 in float64 numpy. ``nan_policy`` decides what happens to non-finite inputs:

@@ -1,4 +1,4 @@
-"""Binary-correctness metrics: ROC-AUC, PR-AUC (average precision) and ECE (METHODS.md §9.5-9.6).
+"""Binary-correctness metrics: ROC-AUC, PR-AUC (average precision) and ECE (docs/methods.md#roc-auc-pr-auc).
 
 ``uncertainty`` higher = less trustworthy; ``correct`` is 1/True for a correct (or true) item and
 0/False otherwise. The two AUCs have scikit-learn's exact tie semantics (``roc_auc_score``,
@@ -31,7 +31,7 @@ def _split_sorted(score: np.ndarray, pos: np.ndarray):
 
 
 def roc_auc(uncertainty, correct, *, nan_policy="raise") -> float:
-    """ROC-AUC of uncertainty as a detector of incorrect items (METHODS.md §9.5).
+    """ROC-AUC of uncertainty as a detector of incorrect items (docs/methods.md#roc-auc-pr-auc).
 
     ``P(u_incorrect > u_correct) + ½ P(u_incorrect = u_correct)`` over all (incorrect, correct)
     pairs: the Mann-Whitney statistic, equal to ``sklearn.metrics.roc_auc_score(1 − correct, u)``
@@ -61,7 +61,7 @@ def roc_auc(uncertainty, correct, *, nan_policy="raise") -> float:
 
 
 def pr_auc(uncertainty, correct, *, positive="incorrect", nan_policy="raise") -> float:
-    """PR-AUC as average precision (METHODS.md §9.5; LM-Polygraph ``PRAUC``).
+    """PR-AUC as average precision (docs/methods.md#roc-auc-pr-auc; LM-Polygraph ``PRAUC``).
 
     ``AP = Σ_n (R_n − R_{n−1}) · P_n`` over the distinct score thresholds in decreasing order, all
     items of a tie group entering at once (scikit-learn's ``average_precision_score``; no
@@ -69,7 +69,7 @@ def pr_auc(uncertainty, correct, *, positive="incorrect", nan_policy="raise") ->
     of LM-Polygraph, whose target 1 is a false claim) it equals
     ``average_precision_score(1 − correct, uncertainty)``; with ``positive="correct"`` it equals
     ``average_precision_score(correct, −uncertainty)``, which is the Inv-Entropy repository's "PRR"
-    (METHODS.md §9.8). Chance level is the positive rate.
+    (docs/methods.md#inv-entropy-evaluation). Chance level is the positive rate.
 
     Returns:
         A Python float; NaN when there is no positive item.
@@ -140,7 +140,7 @@ def reliability_bins(uncertainty, correct, *, n_bins=20, normalize=True, nan_pol
 
 
 def ece(uncertainty, correct, *, n_bins=20, normalize=True, nan_policy="raise") -> float:
-    """Expected calibration error of the confidence ``−uncertainty`` (LM-Polygraph ``ECE``; §9.6).
+    """Expected calibration error of the confidence ``−uncertainty`` (LM-Polygraph ``ECE``; docs/methods.md#ece).
 
     ``conf = −uncertainty``, min-max scaled to [0, 1] when ``normalize`` (LM-Polygraph's
     ``ECE(normalize=True)`` used by polygraph_eval; a constant confidence becomes 0). ``n_bins`` equal
@@ -170,7 +170,7 @@ def ece(uncertainty, correct, *, n_bins=20, normalize=True, nan_policy="raise") 
 
 
 def ap_ratio_prr(uncertainty, correct, *, nan_policy="raise") -> float:
-    """The Inv-Entropy repository's "PRR" (METHODS.md §9.8), an average-precision ratio:
+    """The Inv-Entropy repository's "PRR" (docs/methods.md#inv-entropy-evaluation), an average-precision ratio:
     ``AP(correct, 1 − u) / AP(correct, correct)`` with scikit-learn's average precision. For a
     binary ``correct`` with at least one correct item the denominator is 1, so this is the AP of
     finding the correct items by low uncertainty: quote it as "AP", it is **not** the
@@ -185,7 +185,7 @@ def ap_ratio_prr(uncertainty, correct, *, nan_policy="raise") -> float:
 
 def isotonic_brier(confidence, correct, *, nan_policy="raise") -> float:
     """Brier score after an in-sample isotonic fit of ``correct`` on ``confidence`` (the Inv-Entropy
-    evaluation, METHODS.md §9.8): ``mean_i (f(conf_i) − correct_i)²`` with ``f`` the non-decreasing
+    evaluation, docs/methods.md#inv-entropy-evaluation): ``mean_i (f(conf_i) − correct_i)²`` with ``f`` the non-decreasing
     least-squares fit (scikit-learn ``IsotonicRegression().fit_transform``: tied confidences pooled
     first, then pool adjacent violators, in C++). Note the input is a **confidence** (higher = more
     trustworthy), as in the reference. Lower is better.

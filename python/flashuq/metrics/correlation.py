@@ -1,4 +1,4 @@
-"""Rank correlation of uncertainty with quality (LM-Polygraph ``spearmanr.py``, ``kendalltau.py``; §9.7).
+"""Rank correlation of uncertainty with quality (LM-Polygraph ``spearmanr.py``, ``kendalltau.py``; docs/methods.md#rank-correlation).
 
 Orientation as LM-Polygraph: the correlation of ``uncertainty`` with ``−quality``, so higher is
 better (+1 = uncertainty ranks the items exactly in reverse order of quality). Both are
@@ -105,7 +105,7 @@ def kendall_tau(uncertainty, quality, *, nan_policy="raise") -> float:
 
 
 def reversed_pairs_proportion(uncertainty, quality, *, nan_policy="raise") -> float:
-    """LM-Polygraph ``ReversedPairsProportion`` ("rpp"; METHODS.md §9.7): the share of ordered pairs
+    """LM-Polygraph ``ReversedPairsProportion`` ("rpp"; docs/methods.md#other-ranking-metrics): the share of ordered pairs
     ``(i, j)`` where ``j`` is strictly more confident (``u_j < u_i``) yet strictly worse
     (``q_j < q_i``), over all ``N²`` ordered pairs::
 

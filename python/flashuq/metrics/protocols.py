@@ -1,5 +1,5 @@
-"""Evaluation protocols that are not per-item scores: TSU (METHODS.md §5.20, §9.9) and the
-misleading rate (§9.10)."""
+"""Evaluation protocols that are not per-item scores: TSU (docs/methods.md#tsu) and the
+misleading rate (docs/methods.md#misleading-rate)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ._common import as_float_1d, check_binary, check_same_length, to_numpy
 
 
 def tsu(uncertainty_by_temperature, *, columns=None) -> float:
-    """Temperature Sensitivity of Uncertainty, in percent (Inv-Entropy paper; METHODS.md §5.20)::
+    """Temperature Sensitivity of Uncertainty, in percent (Inv-Entropy paper; docs/methods.md#tsu)::
 
         TSU(T1 < … < Tm) = 100 · mean_x 1[ U(x,T1) < U(x,T2) < … < U(x,Tm) ]
 
@@ -56,7 +56,7 @@ class MisleadingRate(NamedTuple):
 
 
 def misleading_rate(correct_before, correct_after) -> MisleadingRate:
-    """Misleading rates of Dang et al. (EMNLP 2025, arXiv 2411.02708; METHODS.md §9.10)::
+    """Misleading rates of Dang et al. (EMNLP 2025, arXiv 2411.02708; docs/methods.md#misleading-rate)::
 
         MR_T→F = #(correct before ∧ incorrect after) / #(correct before)
         MR_F→T = #(incorrect before ∧ correct after) / #(incorrect before)

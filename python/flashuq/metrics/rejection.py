@@ -1,4 +1,4 @@
-"""Prediction-rejection ratio (PRR) and the prediction-rejection curve (METHODS.md §9.2-9.4).
+"""Prediction-rejection ratio (PRR) and the prediction-rejection curve (docs/methods.md#prr).
 
 Orientation: ``uncertainty`` higher = less trustworthy, ``quality`` higher = better. Rejecting the
 most uncertain items first should raise the mean quality of what is kept; PRR measures how much of
@@ -32,7 +32,7 @@ def _normalize_quality(q: np.ndarray) -> np.ndarray:
 
 def _tie_averaged(u: np.ndarray, t: np.ndarray) -> np.ndarray:
     """``t`` ordered by ascending ``u``, each run of tied ``u`` replaced by its mean: the expectation
-    over all orderings of the tied items (METHODS.md §9.4). The order inside a tie group is
+    over all orderings of the tied items (docs/methods.md#prr-exact). The order inside a tie group is
     irrelevant, so the faster non-stable sort is used."""
     order = np.argsort(u)
     ts = t[order]
@@ -83,7 +83,7 @@ def _check_max_rejection(max_rejection, n: int) -> int:
 
 
 def prr(uncertainty, quality, *, max_rejection=1.0, normalize=True, baseline="exact", nan_policy=None) -> float:
-    """Prediction-rejection ratio (LM-Polygraph ``prr`` / ``prr_normalized``; METHODS.md §9.2-9.4).
+    """Prediction-rejection ratio (LM-Polygraph ``prr`` / ``prr_normalized``; docs/methods.md#prr).
 
     With ``t`` = quality min-max normalised to [0, 1] (a constant quality maps to 0.5), items sorted
     by ascending uncertainty, ``cs_m`` the sum of ``t`` over the ``m`` least uncertain items and
@@ -193,7 +193,7 @@ def rejection_curve(uncertainty, quality, *, nan_policy="raise") -> RejectionCur
 
 
 def risk_coverage_auc(uncertainty, quality, *, normalize=True, ties="average", nan_policy="raise") -> float:
-    """Area under the risk-coverage curve (LM-Polygraph ``RiskCoverageCurveAUC``, "rcc-auc"; METHODS.md §9.7).
+    """Area under the risk-coverage curve (LM-Polygraph ``RiskCoverageCurveAUC``, "rcc-auc"; docs/methods.md#other-ranking-metrics).
 
     Items by ascending uncertainty; ``risk = 1 − normalised quality`` (LM-Polygraph's min-max);
     the cumulative risk, divided by the number of items covered when ``normalize``; its mean.

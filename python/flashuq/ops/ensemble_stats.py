@@ -1,6 +1,6 @@
 """``flashuq.ensemble_stats``: the total / aleatoric / epistemic decomposition of an ensemble.
 
-METHODS.md §4 (Malinin & Gales 2021, "Uncertainty estimation in autoregressive structured
+docs/methods.md#ensemble (Malinin & Gales 2021, "Uncertainty estimation in autoregressive structured
 prediction"; LM-Polygraph ``utils/ensemble_utils``; ValUES ``calculate_uncertainty``). CPU
 tensors run the C++ kernel of ``flashuq._C`` (OpenMP, fp64 arithmetic); CUDA tensors run the
 Triton kernel of ``flashuq.kernels.ensemble_stats`` (fp32 accumulation, fp64 for fp64 input).
@@ -71,7 +71,7 @@ def ensemble_stats(logits, *, dim: int = 0, mode: str = "pe", member_ll=None,
     epistemic`` and ``epkl = epistemic + rmi``. Every term is non-negative, so nothing cancels:
     ``epistemic`` keeps its relative accuracy when the members nearly agree (where ``TU - AU``
     would be a difference of two nearly equal numbers) and is never negative. The member
-    entropies use the shifted accumulator of KERNELS.md §2 (``log1p(R) - T/(1 + R)``).
+    entropies use the shifted accumulator of docs/numerics.md#accumulator (``log1p(R) - T/(1 + R)``).
 
     Special values: ``-inf`` logits are masked vocabulary. Where a member gives a token
     probability 0 (a ``-inf`` logit) that another member with weight gives probability > 0,

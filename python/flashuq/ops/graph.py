@@ -1,5 +1,5 @@
 """Batched spectra of many small symmetric matrices: one question's ``[K, K]`` similarity graph at
-a time, thousands at once (METHODS.md §5.7-5.9).
+a time, thousands at once (docs/methods.md#graph-methods).
 
 The kernel is ``csrc/include/flashuq/graph.h`` + ``symeig.h``: Householder tridiagonalisation and
 implicit QL, written once for a team of workers and compiled for the CPU (``flashuq._C``, one

@@ -3,7 +3,7 @@
 Sequences come padded (``values [..., T]`` with ``mask [..., T]``, 1 = real token) or packed
 (``values [N]`` with ``cu_seqlens [B+1]``, the flash-attn convention). Padding never enters a
 reduction, so padded values (NaN included) and the padding side cannot change a result
-(METHODS.md §1.3, §3.1). CPU: C++ (OpenMP, fp64 accumulation); CUDA: Triton.
+(docs/methods.md#padding-and-masks, docs/methods.md#masked-reductions). CPU: C++ (OpenMP, fp64 accumulation); CUDA: Triton.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``flashuq.segment_reduce``: reduce within segments (e.g. sentences), then average over segments.
 
-Look Before You Leap's sentence-level scores (METHODS.md §3.4): per sentence the max or mean of a
+Look Before You Leap's sentence-level scores (docs/methods.md#look-before-you-leap): per sentence the max or mean of a
 per-token value, then the mean over the sentences of each sequence. A segment is a maximal run of
 equal ``seg_ids`` among a row's real tokens (segmentation itself stays with the caller). Built from
 two ``masked_reduce`` calls over packed segments, so it runs in flashuq's kernels on CPU and CUDA;

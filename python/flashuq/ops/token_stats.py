@@ -1,7 +1,7 @@
 """``flashuq.token_stats``: every per-token statistic from one read of the logits.
 
 CPU tensors run the C++ kernel of ``flashuq._C`` (OpenMP); CUDA tensors run the Triton kernels of
-``flashuq.kernels.token_stats``. Both use the shifted one-pass accumulator of KERNELS.md §2-3, so
+``flashuq.kernels.token_stats``. Both use the shifted one-pass accumulator of docs/numerics.md#accumulator, so
 confident rows keep their digits (an entropy of 1e-20 keeps ~1e-7 relative error), and both are
 deterministic: a row's result does not depend on the thread count, the batch it came in, or
 whether its vocabulary was split across workers.
@@ -27,7 +27,7 @@ MIN_TEMPERATURE = 1e-30
 class TokenStats(NamedTuple):
     """Statistics of ``p = softmax(logits / temperature)``, each with the leading shape ``[...]``.
 
-    All in nats, natural orientation (METHODS.md §1.1). Rows with a NaN or +inf logit, or with
+    All in nats, natural orientation (docs/methods.md#orientation). Rows with a NaN or +inf logit, or with
     only -inf logits, hold NaN in every float field and -1 in ``argmax``/``topk_ids``.
     """
 
@@ -64,14 +64,14 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0,
         topk: number of top log-probabilities and ids to return, 0..64 (and at most V).
         renyi: also accumulate ``Σ e^{d/2}`` and ``Σ e^{d/4}`` in the same pass and return
             ``renyi_term`` and ``fisher_rao``, the per-token terms of RenyiNeg and FisherRao (Darrin et
-            al. 2022, RAINPROOF; METHODS.md §2.3.3-2.3.4). The one exponential per entry is then
-            ``e^{d/4}``, squared for ``e^{d/2}`` and ``e^d`` (KERNELS.md §2), so the other fields can
+            al. 2022, RAINPROOF; docs/methods.md#renyi-neg). The one exponential per entry is then
+            ``e^{d/4}``, squared for ``e^{d/2}`` and ``e^d`` (docs/numerics.md#accumulator), so the other fields can
             differ from ``renyi=False`` in the last few ulps (both are within the accuracy tested
             against ``flashuq.reference``).
 
     Returns:
         :class:`TokenStats`. See ``flashuq.reference.token_stats`` for the float64 definition of
-        every field, and METHODS.md §2 for the formulas and the papers that use them.
+        every field, and docs/methods.md#token-statistics for the formulas and the papers that use them.
 
     Differentiable (``register_autograd``) in ``lse``, ``max_logprob``, ``logprob`` and ``entropy``
     with respect to ``logits``; the other fields are marked non-differentiable.

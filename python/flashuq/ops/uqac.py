@@ -1,5 +1,5 @@
 """UQAC ops: the attention-chain pieces of Li et al., "Uncertainty Quantification for LLMs through
-Attention Chains" (arXiv 2503.19168; METHODS.md §6.1), after the reference code Yinghao-Li/UQAC.
+Attention Chains" (arXiv 2503.19168; docs/methods.md#uqac), after the reference code Yinghao-Li/UQAC.
 
 * :func:`uqac_reduce_attention` (steps 1-2): preprocessing, per-query-row choice of the ``n_heads``
   lowest-entropy (layer, head) maps, max / mean. CPU: ``flashuq._C`` (C++, OpenMP over query rows);
