@@ -47,6 +47,24 @@ def _gather_rows(x: torch.Tensor, rows: int, V: int, n1: int, s0: int, s1: int) 
     return torch.stack([flat[(r // n1) * s0 + (r % n1) * s1:][:V] for r in range(rows)])
 
 
+def _check_token_stats(x, layout, tokens, k, outs, topk_lp, renyi_term=None):
+    """The binding's outputs against the float64 reference on the rows ``layout`` (rows, V, n1, s0, s1)
+    describes."""
+    rows = layout[0]
+    want = ref.token_stats(_gather_rows(x, *layout), tokens, topk=k, renyi=renyi_term is not None)
+    lse, max_lp, logprob, entropy, margin, collision, _kurtosis, self_certainty = outs
+    pairs = [(lse, want.lse), (max_lp, want.max_logprob), (entropy, want.entropy), (margin, want.margin),
+             (collision, want.collision), (self_certainty, want.self_certainty)]
+    if tokens is not None:
+        pairs.append((logprob, want.logprob))
+    if k:
+        pairs.append((topk_lp.view(rows, k), want.topk_logprobs))
+    if renyi_term is not None:
+        pairs.append((renyi_term, want.renyi_term))
+    for got, w in pairs:
+        torch.testing.assert_close(got.double(), w, rtol=1e-4, atol=1e-4)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     shape=st.tuples(st.integers(0, 5), st.integers(1, 40)),
@@ -79,15 +97,7 @@ def test_binding_never_crashes(shape, dtype, rows, V, n1, s0, s1, k, out_rows, w
                   and out_rows == rows and (out_dtype == torch.float64) == (dtype == torch.float64)
                   and (renyi_rows is None or renyi_rows == rows))
     if _expect(consistent, call) and rows:
-        want = ref.token_stats(_gather_rows(x, rows, V, n1, s0, s1), tokens, topk=k, renyi=renyi_rows is not None)
-        lse, max_lp, logprob, entropy, margin, collision, _kurtosis, self_certainty = outs
-        for got, w in ((lse, want.lse), (max_lp, want.max_logprob), (entropy, want.entropy), (margin, want.margin),
-                       (collision, want.collision), (self_certainty, want.self_certainty)):
-            torch.testing.assert_close(got.double(), w, rtol=1e-4, atol=1e-4)
-        if with_tokens:
-            torch.testing.assert_close(logprob.double(), want.logprob, rtol=1e-4, atol=1e-4)
-        if k:
-            torch.testing.assert_close(topk_lp.double().view(rows, k), want.topk_logprobs, rtol=1e-4, atol=1e-4)
+        _check_token_stats(x, (rows, V, n1, s0, s1), tokens, k, outs, topk_lp, renyi[0])
 
 
 @settings(max_examples=200, deadline=None)
@@ -109,19 +119,8 @@ def test_token_stats_binding_consistent_requests(rows, n1, V, s0, s1, k, slack, 
                                  torch.empty(rows * k, dtype=torch.int64))
     extra = (torch.empty(rows, dtype=od), torch.empty(rows, dtype=od)) if renyi else (None, None)
     _ext._C.token_stats(x, rows, V, n1, s0, s1, tokens, 1.0, k, *outs, argmax, topk_lp, topk_ids, 1, *extra)
-    if not rows:
-        return
-    want = ref.token_stats(_gather_rows(x, rows, V, n1, s0, s1), tokens, topk=k, renyi=renyi)
-    lse, max_lp, logprob, entropy, margin, collision, _kurtosis, self_certainty = outs
-    for got, w in ((lse, want.lse), (max_lp, want.max_logprob), (entropy, want.entropy), (margin, want.margin),
-                   (collision, want.collision), (self_certainty, want.self_certainty)):
-        torch.testing.assert_close(got.double(), w, rtol=1e-4, atol=1e-4)
-    if with_tokens:
-        torch.testing.assert_close(logprob.double(), want.logprob, rtol=1e-4, atol=1e-4)
-    if k:
-        torch.testing.assert_close(topk_lp.double().view(rows, k), want.topk_logprobs, rtol=1e-4, atol=1e-4)
-    if renyi:
-        torch.testing.assert_close(extra[0].double(), want.renyi_term, rtol=1e-4, atol=1e-4)
+    if rows:
+        _check_token_stats(x, (rows, V, n1, s0, s1), tokens, k, outs, topk_lp, extra[0])
 
 
 @settings(max_examples=200, deadline=None)
