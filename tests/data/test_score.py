@@ -141,7 +141,7 @@ def test_resume_scores_only_the_missing_rows(smollm2, tmp_path):
 def test_argument_errors(smollm2, tmp_path):
     path, _, _ = smollm2
     src = write_jsonl(tmp_path / "pairs.jsonl", GOOD[:1])
-    for kwargs, err, match in [({"workers": -1}, ValueError, "workers"), ({"workers": 1.5}, ValueError, "workers"),
+    for kwargs, err, match in [({"workers": -1}, ValueError, "workers"), ({"workers": 1.5}, TypeError, "workers"),
                                ({"batch_size": 0}, ValueError, "batch_size"),
                                ({"max_length": 1}, ValueError, "max_length"),
                                ({"dtype": "int8"}, ValueError, "dtype")]:
