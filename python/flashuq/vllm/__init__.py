@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..ops.token_stats import TokenStats
-from ._record import EXTRA_ARGS_KEY, Options, parse_options, resolve
+from ._record import EXTRA_ARGS_KEY, Options, as_arrays, parse_options, resolve
 
 #: the processor class (both of vLLM's model runners load it) and the worker extension, by name
 PROCESSOR = "flashuq.vllm.processor:FlashUQLogitsProcessor"
@@ -178,6 +178,7 @@ def completion_stats(records: Sequence[dict], token_ids: Sequence[Sequence[int]]
     """The statistics of completions ``token_ids`` (a list of token-id lists) from the records of their
     shared key: ``(stats [TokenStats], scores [dict], covered [bool array])``, one each per completion.
     Each completion takes the records whose tokens it emitted; a position without any holds NaN."""
+    records = [as_arrays(r) for r in records]  # once for all completions (resolve keeps arrays as they are)
     stats, covered = [], []
     for ids in token_ids:
         ids = list(ids)

@@ -94,30 +94,35 @@ def _finite(x):
     return x
 
 
-def choice_object(records: List[dict], token_ids: Optional[List[int]], *, tokens: bool, policy=None) -> dict:
-    """The ``flashuq`` object of one choice: ``scores`` (``fuq.sequence_scores``, uncertainties),
-    ``covered`` (tokens with statistics / tokens), ``tokens`` (per-token fields) when asked, and
-    ``abstain`` / ``threshold`` / ``method`` under a policy."""
+def choice_objects(records: List[dict], token_ids: List[Optional[List[int]]], *, tokens: bool,
+                   policy=None) -> List[dict]:
+    """The ``flashuq`` objects of the choices whose token ids are ``token_ids`` (one request's key, so one
+    set of records): ``scores`` (``fuq.sequence_scores``, uncertainties), ``covered`` (tokens with
+    statistics) and ``length``, ``tokens`` (per-token fields) when asked, and ``abstain`` /
+    ``threshold`` / ``method`` under a policy."""
     from . import completion_stats
 
-    if token_ids is None:
-        return {"error": "the completion's token ids were not returned (a reasoning parser hides them); "
-                         "no statistics"}
-    [stats], [scores], [covered] = completion_stats(records, [token_ids])
-    out: Dict[str, Any] = {"scores": {k: _finite(v) for k, v in scores.items()},
-                           "covered": int(covered.sum()), "length": len(token_ids)}
-    if tokens:
-        fields = {}
-        for f in stats._fields:
-            v = getattr(stats, f)
-            if v is None or (f.startswith("topk_") and v.shape[-1] == 0):
-                continue
-            fields[f] = _finite(v.tolist())
-        out["tokens"] = fields
-    if policy is not None:
-        out["abstain"] = policy.abstain(scores.get(policy.method, math.nan))
-        out["threshold"] = _finite(float(policy.threshold))
-        out["method"] = policy.method
+    known = [ids for ids in token_ids if ids is not None]
+    stats, scores, covered = completion_stats(records, known) if known else ([], [], [])
+    out, k = [], 0
+    for ids in token_ids:
+        if ids is None:
+            out.append({"error": "the completion's token ids were not returned (a reasoning parser hides them); "
+                                 "no statistics"})
+            continue
+        st, sc, cov = stats[k], scores[k], covered[k]
+        k += 1
+        obj: Dict[str, Any] = {"scores": {n: _finite(v) for n, v in sc.items()}, "covered": int(cov.sum()),
+                               "length": len(ids)}
+        if tokens:
+            obj["tokens"] = {f: _finite(getattr(st, f).tolist()) for f in st._fields
+                             if getattr(st, f) is not None and not (f.startswith("topk_") and
+                                                                    getattr(st, f).shape[-1] == 0)}
+        if policy is not None:
+            obj["abstain"] = policy.abstain(sc.get(policy.method, math.nan))
+            obj["threshold"] = _finite(float(policy.threshold))
+            obj["method"] = policy.method
+        out.append(obj)
     return out
 
 
@@ -236,6 +241,8 @@ class FlashUQMiddleware:
         req = None
         if self.auth is not None and not self._authorized(scope):
             data = None  # vLLM's authentication answers 401
+        elif REQUEST_FIELD.encode() not in body and b"\\u" not in body:
+            data = None  # cannot hold the field (not even \u-escaped): vLLM alone parses a plain request
         else:
             try:
                 data = json.loads(body)
@@ -307,9 +314,10 @@ class FlashUQMiddleware:
             for c in choices:
                 c[REQUEST_FIELD] = {"error": f"statistics unavailable: {type(ex).__name__}: {ex}"}
             return
-        for c in choices:
-            c[REQUEST_FIELD] = choice_object(records, req.token_ids.get(c.get("index", 0)),
-                                             tokens=req.options["tokens"], policy=self.policy)
+        objs = choice_objects(records, [req.token_ids.get(c.get("index", 0)) for c in choices],
+                              tokens=req.options["tokens"], policy=self.policy)
+        for c, obj in zip(choices, objs):
+            c[REQUEST_FIELD] = obj
 
     async def _release(self, engine, key: str) -> None:
         await asyncio.sleep(1.0)  # let vLLM finish aborting the request first
@@ -501,5 +509,5 @@ def run(model: str, vllm_args: List[str], *, host: str = "127.0.0.1", port: int 
     return 0
 
 
-__all__ = ["FlashUQMiddleware", "RequestError", "parse_request_options", "choice_object", "serve_args", "run",
+__all__ = ["FlashUQMiddleware", "RequestError", "parse_request_options", "choice_objects", "serve_args", "run",
            "REQUEST_FIELD", "REQUEST_OPTIONS", "ENDPOINTS", "MAX_TOPK"]
