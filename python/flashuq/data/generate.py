@@ -152,7 +152,7 @@ class Answerer:
                  tokens: bool = False, threads: Optional[int] = None):
         import torch
 
-        from . import load_model
+        from .scorer import load_model
 
         if threads:
             torch.set_num_threads(threads)
@@ -191,7 +191,7 @@ class Answerer:
         """Ray Data entry point: a pyarrow batch in, a pyarrow table out."""
         import json
 
-        from . import _table
+        from .store import _table
 
         rows = [{"row": r["row"], "input_ids": r["input_ids"], "columns": json.loads(r["columns"])}
                 for r in batch.to_pylist()]

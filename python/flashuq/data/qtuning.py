@@ -202,7 +202,8 @@ def select(scored, out, *, keep_samples: float, keep_tokens: float = 1.0, lam: f
     (default ``out`` with ``.png``; None for none). Token pruning needs the per-token log-probs
     (``flashuq score --tokens``).
     """
-    from . import OWN_COLUMNS, _score_names, read_scores
+    from .rows import _score_names
+    from .store import OWN_COLUMNS, read_scores
 
     keep_samples = _ratio("keep_samples", keep_samples)
     keep_tokens = _ratio("keep_tokens", keep_tokens)
