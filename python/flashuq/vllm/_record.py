@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
