@@ -1,5 +1,8 @@
 // flashuq._C: thin nanobind bindings of the CPU kernels. Validation lives in Python
-// (python/flashuq/ops); these checks only keep a misuse of the private API from crashing.
+// (python/flashuq/ops); these checks only keep a misuse of the private API from crashing. Arguments
+// of a fixed element type are typed (nanobind raises TypeError on a wrong dtype or rank); a float
+// argument whose dtype selects the kernel goes through dtype_of; sizes, contiguity and values raise
+// ValueError.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -10,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "dispatch.h"
 #include "ensemble_stats.h"
 #include "flashuq/cpu_math.h"
 #include "flashuq/inv_entropy.h"
@@ -24,48 +28,50 @@
 
 namespace nb = nanobind;
 using namespace flashuq::cpu;
-
+using flashuq::dense;
+using flashuq::DType;
+using flashuq::dtype_of;
+using flashuq::dtype_of_f32_f64;
 
 using Arr = nb::ndarray<nb::device::cpu>;
+template <class T, size_t N> using CArr = flashuq::Typed<nb::device::cpu, T, N>;
+template <class T> using CArrAny = flashuq::TypedAnyRank<nb::device::cpu, T>;
 
-static DType dtype_of(const Arr& x) {
-  const nb::dlpack::dtype dt = x.dtype();
-  if (dt == nb::dtype<float>()) return DType::F32;
-  if (dt == nb::dtype<double>()) return DType::F64;
-  if (dt.code == uint8_t(nb::dlpack::dtype_code::Float) && dt.bits == 16) return DType::F16;
-  if (dt.code == uint8_t(nb::dlpack::dtype_code::Bfloat) && dt.bits == 16) return DType::BF16;
-  throw nb::type_error("logits: expected float32, float64, float16 or bfloat16");
-}
-
+// An output of n elements in the accumulation dtype (float64 for f64, else float32), contiguous.
 static void* out_ptr(Arr& x, int64_t n, bool f64, const char* name) {
   const bool ok = f64 ? x.dtype() == nb::dtype<double>() : x.dtype() == nb::dtype<float>();
-  if (!ok || int64_t(x.size()) != n || !flashuq::is_dense(x))
-    throw std::invalid_argument(std::string(name) + ": wrong dtype or size, or not contiguous");
-  return x.data();
+  if (!ok) throw nb::type_error((std::string(name) + (f64 ? ": expected float64" : ": expected float32")).c_str());
+  if (int64_t(x.size()) != n) throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(n) + " elements");
+  return dense(x, name).data();
 }
 
+// The data of a contiguous array of n elements.
+template <class A>
+static auto data_of(A& x, int64_t n, const char* name) {
+  if (int64_t(x.size()) != n) throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(n) + " elements");
+  return dense(x, name).data();
+}
+
+// The outputs come in the order of flashuq.TokenStats' fields, as in TokenStatsArgs.
 static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int64_t s0, int64_t s1,
-                           std::optional<Arr> tokens, double inv_temp, int k, Arr lse, Arr max_logprob,
-                           Arr logprob, Arr entropy, Arr margin, Arr collision, Arr kurtosis,
-                           Arr self_certainty, Arr argmax, Arr topk_logprobs, Arr topk_ids, int num_threads,
-                           std::optional<Arr> renyi_term, std::optional<Arr> fisher_rao) {
+                           std::optional<CArrAny<const int64_t>> tokens, double inv_temp, int k, Arr lse,
+                           Arr max_logprob, CArrAny<int64_t> argmax, Arr logprob, Arr entropy, Arr margin,
+                           Arr collision, Arr kurtosis, Arr self_certainty, Arr topk_logprobs,
+                           CArrAny<int64_t> topk_ids, int num_threads, std::optional<Arr> renyi_term,
+                           std::optional<Arr> fisher_rao) {
   TokenStatsArgs a{};
-  a.dtype = dtype_of(logits);
+  a.dtype = dtype_of(logits, "logits");
   flashuq::check_rows_inside(logits, rows, V, n1, s0, s1);
   if (k < 0 || k > kMaxTopK || k > V) throw std::invalid_argument("token_stats: bad top-k size");
   const bool f64 = a.dtype == DType::F64;
   a.logits = logits.data();
   a.rows = rows; a.V = V; a.n1 = n1; a.s0 = s0; a.s1 = s1;
-  a.tokens = nullptr;
-  if (tokens) {
-    if (tokens->dtype() != nb::dtype<int64_t>() || int64_t(tokens->size()) != rows || !flashuq::is_dense(*tokens))
-      throw std::invalid_argument("tokens: expected contiguous int64 [rows]");
-    a.tokens = static_cast<const int64_t*>(tokens->data());
-  }
+  a.tokens = tokens ? data_of(*tokens, rows, "tokens") : nullptr;
   a.inv_temp = inv_temp;
   a.k = k;
   a.lse = out_ptr(lse, rows, f64, "lse");
   a.max_logprob = out_ptr(max_logprob, rows, f64, "max_logprob");
+  a.argmax = data_of(argmax, rows, "argmax");
   a.logprob = out_ptr(logprob, rows, f64, "logprob");
   a.entropy = out_ptr(entropy, rows, f64, "entropy");
   a.margin = out_ptr(margin, rows, f64, "margin");
@@ -73,14 +79,10 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
   a.kurtosis = out_ptr(kurtosis, rows, f64, "kurtosis");
   a.self_certainty = out_ptr(self_certainty, rows, f64, "self_certainty");
   a.topk_logprobs = out_ptr(topk_logprobs, rows * k, f64, "topk_logprobs");
+  a.topk_ids = data_of(topk_ids, rows * k, "topk_ids");
   if (bool(renyi_term) != bool(fisher_rao)) throw std::invalid_argument("renyi_term/fisher_rao: give both or neither");
   a.renyi_term = renyi_term ? out_ptr(*renyi_term, rows, f64, "renyi_term") : nullptr;
   a.fisher_rao = fisher_rao ? out_ptr(*fisher_rao, rows, f64, "fisher_rao") : nullptr;
-  if (argmax.dtype() != nb::dtype<int64_t>() || int64_t(argmax.size()) != rows || !flashuq::is_dense(argmax) ||
-      topk_ids.dtype() != nb::dtype<int64_t>() || int64_t(topk_ids.size()) != rows * k || !flashuq::is_dense(topk_ids))
-    throw std::invalid_argument("argmax/topk_ids: expected contiguous int64");
-  a.argmax = static_cast<int64_t*>(argmax.data());
-  a.topk_ids = static_cast<int64_t*>(topk_ids.data());
   a.num_threads = num_threads;
   nb::gil_scoped_release release;
   token_stats(a);
@@ -93,8 +95,8 @@ static void token_stats_py(Arr logits, int64_t rows, int64_t V, int64_t n1, int6
 // sizes are checked here. Internal: token_stats above is the checked entry point.
 static void token_stats_ptrs_py(int dtype, uintptr_t logits, int64_t rows, int64_t V, int64_t n1, int64_t s0,
                                 int64_t s1, uintptr_t tokens, double inv_temp, int k, uintptr_t lse,
-                                uintptr_t max_logprob, uintptr_t logprob, uintptr_t entropy, uintptr_t margin,
-                                uintptr_t collision, uintptr_t kurtosis, uintptr_t self_certainty, uintptr_t argmax,
+                                uintptr_t max_logprob, uintptr_t argmax, uintptr_t logprob, uintptr_t entropy,
+                                uintptr_t margin, uintptr_t collision, uintptr_t kurtosis, uintptr_t self_certainty,
                                 uintptr_t topk_logprobs, uintptr_t topk_ids, int num_threads, uintptr_t renyi_term,
                                 uintptr_t fisher_rao) {
   if (dtype < 0 || dtype > 3) throw std::invalid_argument("token_stats: bad dtype code");
@@ -102,7 +104,7 @@ static void token_stats_ptrs_py(int dtype, uintptr_t logits, int64_t rows, int64
   if (k < 0 || k > kMaxTopK || k > V) throw std::invalid_argument("token_stats: bad top-k size");
   if (bool(renyi_term) != bool(fisher_rao)) throw std::invalid_argument("renyi_term/fisher_rao: give both or neither");
   if (rows == 0) return;
-  for (uintptr_t p : {logits, lse, max_logprob, logprob, entropy, margin, collision, kurtosis, self_certainty, argmax})
+  for (uintptr_t p : {logits, lse, max_logprob, argmax, logprob, entropy, margin, collision, kurtosis, self_certainty})
     if (!p) throw std::invalid_argument("token_stats: null data pointer");
   if (k > 0 && (!topk_logprobs || !topk_ids)) throw std::invalid_argument("token_stats: null top-k pointer");
   auto ptr = [](uintptr_t p) { return reinterpret_cast<void*>(p); };
@@ -113,12 +115,12 @@ static void token_stats_ptrs_py(int dtype, uintptr_t logits, int64_t rows, int64
   a.tokens = static_cast<const int64_t*>(ptr(tokens));
   a.inv_temp = inv_temp;
   a.k = k;
-  a.lse = ptr(lse); a.max_logprob = ptr(max_logprob); a.logprob = ptr(logprob); a.entropy = ptr(entropy);
-  a.margin = ptr(margin); a.collision = ptr(collision); a.kurtosis = ptr(kurtosis);
-  a.self_certainty = ptr(self_certainty); a.renyi_term = ptr(renyi_term); a.fisher_rao = ptr(fisher_rao);
-  a.argmax = static_cast<int64_t*>(ptr(argmax));
+  a.lse = ptr(lse); a.max_logprob = ptr(max_logprob); a.argmax = static_cast<int64_t*>(ptr(argmax));
+  a.logprob = ptr(logprob); a.entropy = ptr(entropy); a.margin = ptr(margin); a.collision = ptr(collision);
+  a.kurtosis = ptr(kurtosis); a.self_certainty = ptr(self_certainty);
   a.topk_logprobs = ptr(topk_logprobs);
   a.topk_ids = static_cast<int64_t*>(ptr(topk_ids));
+  a.renyi_term = ptr(renyi_term); a.fisher_rao = ptr(fisher_rao);
   a.num_threads = num_threads;
   nb::gil_scoped_release release;
   token_stats(a);
@@ -127,50 +129,40 @@ static void token_stats_ptrs_py(int dtype, uintptr_t logits, int64_t rows, int64
 // op 0..4: masked_reduce (see ReduceOp); op kQuantileOp: masked_quantile at the float64 levels q.
 constexpr int kQuantileOp = 5;
 
-static void masked_reduce_py(Arr values, std::optional<Arr> mask, std::optional<Arr> weights,
-                             std::optional<Arr> cu_seqlens, int64_t B, int64_t T, int op, Arr out, int num_threads,
-                             std::optional<Arr> q) {
+static void masked_reduce_py(Arr values, std::optional<CArrAny<const uint8_t>> mask, std::optional<Arr> weights,
+                             std::optional<CArr<const int64_t, 1>> cu_seqlens, int64_t B, int64_t T, int op, Arr out,
+                             int num_threads, std::optional<CArr<const double, 1>> q) {
   if (op < 0 || op > kQuantileOp) throw std::invalid_argument("masked_reduce: bad op");
   const double* qs = nullptr;
   int64_t nq = 1;
   if (op == kQuantileOp) {
-    if (!q || q->dtype() != nb::dtype<double>() || q->ndim() != 1 || q->stride(0) != 1)
-      throw std::invalid_argument("q: expected contiguous float64 [nq]");
-    qs = static_cast<const double*>(q->data());
+    if (!q) throw std::invalid_argument("q: the quantile levels are required");
+    qs = dense(*q, "q").data();
     nq = int64_t(q->size());
     for (int64_t j = 0; j < nq; ++j)
       if (!(qs[j] >= 0.0 && qs[j] <= 1.0)) throw std::invalid_argument("q: levels must be in [0, 1]");
     if (weights) throw std::invalid_argument("weights: not defined for quantiles");
   }
-  const bool f64 = values.dtype() == nb::dtype<double>();
-  if (!f64 && values.dtype() != nb::dtype<float>()) throw nb::type_error("values: expected float32 or float64");
+  const bool f64 = dtype_of_f32_f64(values, "values") == DType::F64;
   if (B < 0 || T < 0) throw std::invalid_argument("masked_reduce: bad sizes");
-  auto contiguous_1d = [](const Arr& a) { return flashuq::is_dense(a); };
-  if (!contiguous_1d(values) || out.dtype() != values.dtype() || int64_t(out.size()) != B * nq || !contiguous_1d(out))
-    throw std::invalid_argument("masked_reduce: values/out must be contiguous and out of size B * nq");
+  dense(values, "values");
+  out_ptr(out, B * nq, f64, "out");
   const int64_t* cu = nullptr;
   int64_t n = B * T;
   if (cu_seqlens) {
-    if (cu_seqlens->dtype() != nb::dtype<int64_t>() || int64_t(cu_seqlens->size()) != B + 1 || !contiguous_1d(*cu_seqlens))
-      throw std::invalid_argument("cu_seqlens: expected int64 [B+1]");
-    cu = static_cast<const int64_t*>(cu_seqlens->data());
+    cu = data_of(*cu_seqlens, B + 1, "cu_seqlens");
     n = int64_t(values.size());
     for (int64_t b = 0; b < B; ++b)
       if (cu[b] < 0 || cu[b] > cu[b + 1] || cu[b + 1] > n) throw std::invalid_argument("cu_seqlens: out of range");
   } else if (int64_t(values.size()) != n) {
     throw std::invalid_argument("values: expected B * T elements");
   }
-  const uint8_t* m = nullptr;
-  if (mask) {
-    if (mask->dtype() != nb::dtype<uint8_t>() || int64_t(mask->size()) != n || !contiguous_1d(*mask))
-      throw std::invalid_argument("mask: expected uint8 of the values' size");
-    m = static_cast<const uint8_t*>(mask->data());
-  }
+  const uint8_t* m = mask ? data_of(*mask, n, "mask") : nullptr;
   const void* w = nullptr;
   if (weights) {
-    if (weights->dtype() != values.dtype() || int64_t(weights->size()) != n || !contiguous_1d(*weights))
-      throw std::invalid_argument("weights: expected the values' dtype and size");
-    w = weights->data();
+    if (weights->dtype() != values.dtype()) throw nb::type_error("weights: expected the values' dtype");
+    if (int64_t(weights->size()) != n) throw std::invalid_argument("weights: expected the values' size");
+    w = dense(*weights, "weights").data();
   }
   nb::gil_scoped_release release;
   if (op == kQuantileOp) {
@@ -191,21 +183,21 @@ static void masked_reduce_py(Arr values, std::optional<Arr> mask, std::optional<
 }
 
 static void ensemble_stats_py(Arr logits, int64_t P, int64_t M, int64_t V, int64_t n1, int64_t s0, int64_t s1,
-                              int64_t sm, Arr lw, int64_t lw_stride, double inv_temp, Arr total, Arr aleatoric,
+                              int64_t sm, CArr<const double, 1> lw, int64_t lw_stride, double inv_temp, Arr total,
+                              Arr aleatoric,
                               Arr epistemic, Arr epkl, Arr rmi, int num_threads) {
   EnsembleStatsArgs a{};
-  a.dtype = dtype_of(logits);
+  a.dtype = dtype_of(logits, "logits");
   if (M < 1 || sm < 0 || V < 1) throw std::invalid_argument("ensemble_stats: bad member count, stride or V");
   if (sm > 0 && M - 1 > (INT64_MAX - V) / sm) throw std::invalid_argument("ensemble_stats: member span overflows");
   // a position's M member rows span (M - 1) * sm + V elements from its start
   flashuq::check_rows_inside(logits, P, (M - 1) * sm + V, n1, s0, s1);
-  if (lw.dtype() != nb::dtype<double>() || lw.ndim() != 1 || lw.stride(0) != 1 || lw_stride < 0 ||
-      int64_t(lw.size()) != (lw_stride == 0 ? M : P * M) || (lw_stride != 0 && lw_stride != M))
-    throw std::invalid_argument("lw: expected contiguous float64 [M] (lw_stride 0) or [P * M] (lw_stride M)");
+  if (lw_stride < 0 || (lw_stride != 0 && lw_stride != M))
+    throw std::invalid_argument("lw_stride: expected 0 (one weight vector) or M (one per position)");
   const bool f64 = a.dtype == DType::F64;
   a.logits = logits.data();
   a.P = P; a.M = M; a.V = V; a.n1 = n1; a.s0 = s0; a.s1 = s1; a.sm = sm;
-  a.lw = static_cast<const double*>(lw.data());
+  a.lw = data_of(lw, lw_stride == 0 ? M : P * M, "lw");
   a.lw_stride = lw_stride;
   a.inv_temp = inv_temp;
   a.total = out_ptr(total, P, f64, "total");
@@ -218,60 +210,48 @@ static void ensemble_stats_py(Arr logits, int64_t P, int64_t M, int64_t V, int64
   ensemble_stats(a);
 }
 
-static int64_t count_inversions_py(Arr a) {
-  if (a.dtype() != nb::dtype<int64_t>() || a.ndim() != 1 || (a.size() > 1 && a.stride(0) != 1))
-    throw std::invalid_argument("a: expected a contiguous int64 [n] array");
-  const int64_t* p = static_cast<const int64_t*>(a.data());
+static int64_t count_inversions_py(CArr<const int64_t, 1> a) {
+  const int64_t* p = dense(a, "a").data();
   const int64_t n = int64_t(a.size());
   nb::gil_scoped_release release;
   return count_inversions(p, n);
 }
 
 // The CPU's vectorisable fp64 log (flashuq/cpu_math.h), elementwise, for the tests' ulp check.
-static void log_f64_py(Arr x, Arr out) {
-  if (x.dtype() != nb::dtype<double>() || !flashuq::is_dense(x)) throw std::invalid_argument("x: expected contiguous float64");
+static void log_f64_py(CArrAny<const double> x, Arr out) {
   double* o = static_cast<double*>(out_ptr(out, int64_t(x.size()), true, "out"));
-  const double* p = static_cast<const double*>(x.data());
+  const double* p = dense(x, "x").data();
   for (size_t i = 0; i < x.size(); ++i) o[i] = flashuq::cpu::log_f64(p[i]);
 }
 
 // The token-statistics kernel's fp32 exp (the variant in use), elementwise, for the tests' error bound.
-static void exp_nonpos_f32_py(Arr x, Arr out) {
-  if (x.dtype() != nb::dtype<float>() || !flashuq::is_dense(x)) throw std::invalid_argument("x: expected contiguous float32");
+static void exp_nonpos_f32_py(CArrAny<const float> x, Arr out) {
   float* o = static_cast<float*>(out_ptr(out, int64_t(x.size()), false, "out"));
-  exp_nonpos_f32(static_cast<const float*>(x.data()), o, int64_t(x.size()));
+  exp_nonpos_f32(dense(x, "x").data(), o, int64_t(x.size()));
 }
 
-static void isotonic_pav_py(Arr y, Arr w, Arr out) {
-  for (Arr* a : {&y, &w, &out})
-    if (a->dtype() != nb::dtype<double>() || a->ndim() != 1 || (a->size() > 1 && a->stride(0) != 1))
-      throw std::invalid_argument("isotonic_pav: expected contiguous float64 [n] arrays");
+static void isotonic_pav_py(CArr<const double, 1> y, CArr<const double, 1> w, CArr<double, 1> out) {
   if (w.size() != y.size() || out.size() != y.size()) throw std::invalid_argument("isotonic_pav: sizes differ");
-  const double* wp = static_cast<const double*>(w.data());
+  const double* wp = dense(w, "w").data();
   for (size_t i = 0; i < w.size(); ++i)
     if (!(wp[i] > 0.0)) throw std::invalid_argument("isotonic_pav: weights must be positive");
-  const double* yp = static_cast<const double*>(y.data());
-  double* op = static_cast<double*>(out.data());
+  const double* yp = dense(y, "y").data();
+  double* op = dense(out, "out").data();
   const int64_t n = int64_t(y.size());
   nb::gil_scoped_release release;
   isotonic_pav(yp, wp, n, op);
 }
 
-static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr out0, std::optional<Arr> out1,
+static void graph_py(int op, Arr W, CArr<const int32_t, 1> counts, double threshold, double t, Arr out0, std::optional<Arr> out1,
                      std::optional<Arr> out2, int num_threads, bool lanes) {
   GraphArgs a{};
   if (op < 0 || op > 2) throw std::invalid_argument("graph: unknown op");
-  if (W.dtype() == nb::dtype<float>()) a.dtype = DType::F32;
-  else if (W.dtype() == nb::dtype<double>()) a.dtype = DType::F64;
-  else throw nb::type_error("W: expected float32 or float64");
+  a.dtype = dtype_of_f32_f64(W, "W");
   if (W.ndim() != 3 || W.shape(1) != W.shape(2)) throw std::invalid_argument("W: expected [Q, K, K]");
   const int64_t Q = int64_t(W.shape(0)), K = int64_t(W.shape(1));
   if (K > 4096) throw std::invalid_argument("W: K above 4096");
-  if (!flashuq::is_dense(W)) throw std::invalid_argument("W: expected a contiguous array");
-  if (counts.dtype() != nb::dtype<int32_t>() || counts.ndim() != 1 || int64_t(counts.size()) != Q ||
-      !flashuq::is_dense(counts))
-    throw std::invalid_argument("counts: expected contiguous int32 [Q]");
-  const int32_t* c = static_cast<const int32_t*>(counts.data());
+  dense(W, "W");
+  const int32_t* c = data_of(counts, Q, "counts");
   for (int64_t q = 0; q < Q; ++q)
     if (c[q] < 0 || c[q] > K) throw std::invalid_argument("counts: entries must lie in [0, K]");
   const bool f64 = a.dtype == DType::F64;
@@ -289,27 +269,26 @@ static void graph_py(int op, Arr W, Arr counts, double threshold, double t, Arr 
   graph(a);
 }
 
-static int64_t inv_entropy_py(Arr sx, Arr sy, std::optional<Arr> keep, int64_t N, bool paper, bool all, Arr out,
+static int64_t inv_entropy_py(Arr sx, Arr sy, std::optional<CArr<const int64_t, 3>> keep, int64_t N, bool paper, bool all, Arr out,
                            Arr p_x, Arr p_y, int num_threads) {
   InvEntropyArgs a{};
-  if (sy.dtype() == nb::dtype<float>()) a.dtype = DType::F32;
-  else if (sy.dtype() == nb::dtype<double>()) a.dtype = DType::F64;
-  else throw nb::type_error("sy: expected float32 or float64");
+  a.dtype = dtype_of_f32_f64(sy, "sy");
   if (sx.dtype() != sy.dtype()) throw nb::type_error("sx: expected the dtype of sy");
   if (sx.ndim() != 3 || sy.ndim() != 3 || sx.shape(1) != sx.shape(2) || sy.shape(1) != sy.shape(2) ||
-      sx.shape(0) != sy.shape(0) || !flashuq::is_dense(sx) || !flashuq::is_dense(sy))
-    throw std::invalid_argument("sx, sy: expected contiguous [Q, Mx, Mx] and [Q, M, M]");
+      sx.shape(0) != sy.shape(0))
+    throw std::invalid_argument("sx, sy: expected [Q, Mx, Mx] and [Q, M, M]");
+  dense(sx, "sx");
+  dense(sy, "sy");
   const int64_t Q = int64_t(sy.shape(0)), M = int64_t(sy.shape(1)), Mx = int64_t(sx.shape(1));
   if (N < 1 || N > flashuq::kInvEntropyMaxN || M % N != 0 || (Mx != N && Mx != M))
     throw std::invalid_argument("N: must be in [1, 64], divide M, and Mx must be N or M");
   int64_t S = 1;
   a.keep = nullptr;
   if (keep) {
-    if (keep->dtype() != nb::dtype<int64_t>() || keep->ndim() != 3 || int64_t(keep->shape(0)) != Q ||
-        int64_t(keep->shape(2)) != N || !flashuq::is_dense(*keep))
-      throw std::invalid_argument("keep: expected contiguous int64 [Q, S, N]");
+    if (int64_t(keep->shape(0)) != Q || int64_t(keep->shape(2)) != N)
+      throw std::invalid_argument("keep: expected [Q, S, N]");
     S = int64_t(keep->shape(1));
-    const int64_t* k = static_cast<const int64_t*>(keep->data());
+    const int64_t* k = dense(*keep, "keep").data();
     for (size_t i = 0; i < keep->size(); ++i)
       if (k[i] < 0 || k[i] >= M) throw std::invalid_argument("keep: indices must lie in [0, M)");
     a.keep = k;
@@ -329,24 +308,21 @@ static int64_t inv_entropy_py(Arr sx, Arr sy, std::optional<Arr> keep, int64_t N
 
 // ---- NumSemSets (flashuq.methods.num_sem_sets) -------------------------------------------------------
 
-static void num_sem_sets_py(Arr E, Arr C, Arr valid, Arr out, int num_threads) {
+static void num_sem_sets_py(Arr E, Arr C, CArr<const bool, 2> valid, Arr out, int num_threads) {
   SemSetsArgs a{};
-  if (E.dtype() == nb::dtype<float>()) a.dtype = DType::F32;
-  else if (E.dtype() == nb::dtype<double>()) a.dtype = DType::F64;
-  else throw nb::type_error("E: expected float32 or float64");
+  a.dtype = dtype_of_f32_f64(E, "E");
   if (C.dtype() != E.dtype()) throw nb::type_error("C: expected the dtype of E");
-  if (E.ndim() != 3 || E.shape(1) != E.shape(2) || !flashuq::is_dense(E))
-    throw std::invalid_argument("E: expected a contiguous [Q, K, K] array");
-  if (C.ndim() != 3 || C.shape(0) != E.shape(0) || C.shape(1) != E.shape(1) || C.shape(2) != E.shape(2) ||
-      !flashuq::is_dense(C))
-    throw std::invalid_argument("C: expected a contiguous array of E's shape");
+  if (E.ndim() != 3 || E.shape(1) != E.shape(2)) throw std::invalid_argument("E: expected [Q, K, K]");
+  dense(E, "E");
+  if (C.ndim() != 3 || C.shape(0) != E.shape(0) || C.shape(1) != E.shape(1) || C.shape(2) != E.shape(2))
+    throw std::invalid_argument("C: expected E's shape");
+  dense(C, "C");
   const int64_t Q = int64_t(E.shape(0)), K = int64_t(E.shape(1));
   if (K > (int64_t(1) << 30)) throw std::invalid_argument("E: K too large");
-  if ((valid.dtype() != nb::dtype<bool>() && valid.dtype() != nb::dtype<uint8_t>()) || valid.ndim() != 2 ||
-      int64_t(valid.shape(0)) != Q || int64_t(valid.shape(1)) != K || !flashuq::is_dense(valid))
-    throw std::invalid_argument("valid: expected a contiguous bool [Q, K] array");
+  if (int64_t(valid.shape(0)) != Q || int64_t(valid.shape(1)) != K)
+    throw std::invalid_argument("valid: expected [Q, K]");
   a.out = out_ptr(out, Q, a.dtype == DType::F64, "out");
-  a.E = E.data(); a.C = C.data(); a.valid = static_cast<const uint8_t*>(valid.data());
+  a.E = E.data(); a.C = C.data(); a.valid = reinterpret_cast<const uint8_t*>(dense(valid, "valid").data());
   a.Q = Q; a.K = K; a.num_threads = num_threads;
   nb::gil_scoped_release release;
   num_sem_sets(a);
@@ -354,15 +330,9 @@ static void num_sem_sets_py(Arr E, Arr C, Arr valid, Arr out, int num_threads) {
 
 // ---- UQAC (flashuq.ops.uqac) -------------------------------------------------------------------------
 
-static const int64_t* i64_vec(const Arr& x, int64_t n, const char* name) {
-  if (x.dtype() != nb::dtype<int64_t>() || int64_t(x.size()) != n || !flashuq::is_dense(x))
-    throw std::invalid_argument(std::string(name) + ": expected contiguous int64 of size " + std::to_string(n));
-  return static_cast<const int64_t*>(x.data());
-}
-
 static void uqac_reduce_py(Arr attn, int n_heads, bool mean, Arr out, int num_threads) {
   UqacReduceArgs a{};
-  a.dtype = dtype_of(attn);
+  a.dtype = dtype_of(attn, "attn");
   if (attn.ndim() != 5) throw std::invalid_argument("attn: expected [B, L, H, R, Ntok]");
   a.B = int64_t(attn.shape(0)); a.L = int64_t(attn.shape(1)); a.H = int64_t(attn.shape(2));
   a.R = int64_t(attn.shape(3)); a.Ntok = int64_t(attn.shape(4));
@@ -382,24 +352,22 @@ static void uqac_reduce_py(Arr attn, int n_heads, bool mean, Arr out, int num_th
   uqac_reduce(a);
 }
 
-static void uqac_backtrack_py(Arr attn, Arr is_stop, Arr ans, Arr R, Arr Ntok, Arr A, Arr min_len, int buffer,
-                              double threshold, int64_t max_steps, Arr chain, Arr scores, Arr lengths,
-                              int num_threads) {
+static void uqac_backtrack_py(Arr attn, CArr<const uint8_t, 2> is_stop, CArr<const int64_t, 2> ans,
+                              CArr<const int64_t, 1> R, CArr<const int64_t, 1> Ntok, CArr<const int64_t, 1> A,
+                              CArr<const int64_t, 1> min_len, int buffer, double threshold, int64_t max_steps,
+                              CArr<int64_t, 2> chain, Arr scores, CArr<int64_t, 1> lengths, int num_threads) {
   UqacBacktrackArgs a{};
-  if (attn.dtype() == nb::dtype<float>()) a.f64 = false;
-  else if (attn.dtype() == nb::dtype<double>()) a.f64 = true;
-  else throw nb::type_error("attn: expected float32 or float64");
-  if (attn.ndim() != 3 || !flashuq::is_dense(attn)) throw std::invalid_argument("attn: expected contiguous [B, R, N]");
+  a.f64 = dtype_of_f32_f64(attn, "attn") == DType::F64;
+  if (attn.ndim() != 3) throw std::invalid_argument("attn: expected [B, R, N]");
+  dense(attn, "attn");
   a.B = int64_t(attn.shape(0)); a.Rmax = int64_t(attn.shape(1)); a.Nmax = int64_t(attn.shape(2));
-  if (is_stop.dtype() != nb::dtype<uint8_t>() || is_stop.ndim() != 2 || int64_t(is_stop.shape(0)) != a.B ||
-      int64_t(is_stop.shape(1)) != a.Nmax || !flashuq::is_dense(is_stop))
-    throw std::invalid_argument("is_stop: expected contiguous uint8 [B, N]");
-  if (ans.dtype() != nb::dtype<int64_t>() || ans.ndim() != 2 || int64_t(ans.shape(0)) != a.B || !flashuq::is_dense(ans))
-    throw std::invalid_argument("ans: expected contiguous int64 [B, Amax]");
+  if (int64_t(is_stop.shape(0)) != a.B || int64_t(is_stop.shape(1)) != a.Nmax)
+    throw std::invalid_argument("is_stop: expected [B, N]");
+  if (int64_t(ans.shape(0)) != a.B) throw std::invalid_argument("ans: expected [B, Amax]");
   a.Amax = int64_t(ans.shape(1));
-  a.R = i64_vec(R, a.B, "R"); a.Ntok = i64_vec(Ntok, a.B, "Ntok"); a.A = i64_vec(A, a.B, "A");
-  a.min_len = i64_vec(min_len, a.B, "min_len");
-  a.ans = static_cast<const int64_t*>(ans.data());
+  a.R = data_of(R, a.B, "R"); a.Ntok = data_of(Ntok, a.B, "Ntok"); a.A = data_of(A, a.B, "A");
+  a.min_len = data_of(min_len, a.B, "min_len");
+  a.ans = dense(ans, "ans").data();
   for (int64_t b = 0; b < a.B; ++b) {
     if (a.R[b] < 0 || a.R[b] > a.Rmax || a.Ntok[b] < a.R[b] || a.Ntok[b] > a.Nmax || a.A[b] < 0 || a.A[b] > a.Amax)
       throw std::invalid_argument("uqac_backtrack: sequence lengths out of range");
@@ -409,9 +377,7 @@ static void uqac_backtrack_py(Arr attn, Arr is_stop, Arr ans, Arr R, Arr Ntok, A
     }
   }
   if (buffer < 0 || max_steps < 0) throw std::invalid_argument("uqac_backtrack: buffer and max_steps must be >= 0");
-  if (chain.dtype() != nb::dtype<int64_t>() || chain.ndim() != 2 || int64_t(chain.shape(0)) != a.B ||
-      !flashuq::is_dense(chain))
-    throw std::invalid_argument("chain: expected contiguous int64 [B, C]");
+  if (int64_t(chain.shape(0)) != a.B) throw std::invalid_argument("chain: expected [B, C]");
   a.C = int64_t(chain.shape(1));
   for (int64_t b = 0; b < a.B; ++b) {  // A + at most one pick per key and at most buffer per round
     const int64_t n = a.Ntok[b];
@@ -420,31 +386,31 @@ static void uqac_backtrack_py(Arr attn, Arr is_stop, Arr ans, Arr R, Arr Ntok, A
     if (a.C < a.A[b] + picks) throw std::invalid_argument("chain: capacity C too small");
   }
   a.scores = out_ptr(scores, a.B * a.C, a.f64, "scores");
-  a.lengths = const_cast<int64_t*>(i64_vec(lengths, a.B, "lengths"));
-  a.chain = static_cast<int64_t*>(chain.data());
-  a.is_stop = static_cast<const uint8_t*>(is_stop.data());
+  a.lengths = data_of(lengths, a.B, "lengths");
+  a.chain = dense(chain, "chain").data();
+  a.is_stop = dense(is_stop, "is_stop").data();
   a.attn = attn.data();
   a.buffer = buffer; a.threshold = threshold; a.max_steps = max_steps; a.num_threads = num_threads;
   nb::gil_scoped_release release;
   uqac_backtrack(a);
 }
 
-static void uqac_similarity_py(Arr h, Arr chain, Arr lengths, Arr ans, Arr A, Arr R, int64_t k, double threshold,
-                               Arr keep, Arr keep_len, int num_threads) {
+static void uqac_similarity_py(Arr h, CArr<const int64_t, 2> chain, CArr<const int64_t, 1> lengths,
+                               CArr<const int64_t, 2> ans, CArr<const int64_t, 1> A, CArr<const int64_t, 1> R,
+                               int64_t k, double threshold, CArr<int64_t, 2> keep, CArr<int64_t, 1> keep_len,
+                               int num_threads) {
   UqacSimilarityArgs a{};
-  a.dtype = dtype_of(h);
-  if (h.ndim() != 3 || !flashuq::is_dense(h)) throw std::invalid_argument("h: expected contiguous [B, R, D]");
+  a.dtype = dtype_of(h, "h");
+  if (h.ndim() != 3) throw std::invalid_argument("h: expected [B, R, D]");
+  dense(h, "h");
   a.B = int64_t(h.shape(0)); a.Rmax = int64_t(h.shape(1)); a.D = int64_t(h.shape(2));
-  if (chain.dtype() != nb::dtype<int64_t>() || chain.ndim() != 2 || int64_t(chain.shape(0)) != a.B ||
-      !flashuq::is_dense(chain))
-    throw std::invalid_argument("chain: expected contiguous int64 [B, C]");
+  if (int64_t(chain.shape(0)) != a.B) throw std::invalid_argument("chain: expected [B, C]");
   a.C = int64_t(chain.shape(1));
-  if (ans.dtype() != nb::dtype<int64_t>() || ans.ndim() != 2 || int64_t(ans.shape(0)) != a.B || !flashuq::is_dense(ans))
-    throw std::invalid_argument("ans: expected contiguous int64 [B, Amax]");
+  if (int64_t(ans.shape(0)) != a.B) throw std::invalid_argument("ans: expected [B, Amax]");
   a.Amax = int64_t(ans.shape(1));
-  a.lengths = i64_vec(lengths, a.B, "lengths"); a.A = i64_vec(A, a.B, "A"); a.R = i64_vec(R, a.B, "R");
-  a.chain = static_cast<const int64_t*>(chain.data());
-  a.ans = static_cast<const int64_t*>(ans.data());
+  a.lengths = data_of(lengths, a.B, "lengths"); a.A = data_of(A, a.B, "A"); a.R = data_of(R, a.B, "R");
+  a.chain = dense(chain, "chain").data();
+  a.ans = dense(ans, "ans").data();
   for (int64_t b = 0; b < a.B; ++b) {
     if (a.R[b] < 0 || a.R[b] > a.Rmax || a.A[b] < 0 || a.A[b] > a.Amax || a.lengths[b] < 0 || a.lengths[b] > a.C)
       throw std::invalid_argument("uqac_similarity: sequence lengths out of range");
@@ -454,12 +420,11 @@ static void uqac_similarity_py(Arr h, Arr chain, Arr lengths, Arr ans, Arr A, Ar
     }
   }
   if (k < 0) throw std::invalid_argument("k: must be >= 0");
-  if (keep.dtype() != nb::dtype<int64_t>() || keep.ndim() != 2 || int64_t(keep.shape(0)) != a.B ||
-      int64_t(keep.shape(1)) < std::min(k, a.C) || !flashuq::is_dense(keep))
-    throw std::invalid_argument("keep: expected contiguous int64 [B, K], K >= min(k, C)");
+  if (int64_t(keep.shape(0)) != a.B || int64_t(keep.shape(1)) < std::min(k, a.C))
+    throw std::invalid_argument("keep: expected [B, K], K >= min(k, C)");
   a.K = int64_t(keep.shape(1));
-  a.keep = static_cast<int64_t*>(keep.data());
-  a.keep_len = const_cast<int64_t*>(i64_vec(keep_len, a.B, "keep_len"));
+  a.keep = dense(keep, "keep").data();
+  a.keep_len = data_of(keep_len, a.B, "keep_len");
   a.h = h.data();
   a.k = k; a.threshold = threshold; a.num_threads = num_threads;
   nb::gil_scoped_release release;
@@ -470,18 +435,17 @@ NB_MODULE(_C, m) {
   m.doc() = "flashuq CPU kernels (C++17, OpenMP)";
   m.def("_token_stats_ptrs", &token_stats_ptrs_py, nb::arg("dtype"), nb::arg("logits"), nb::arg("rows"), nb::arg("V"),
         nb::arg("n1"), nb::arg("s0"), nb::arg("s1"), nb::arg("tokens"), nb::arg("inv_temp"), nb::arg("k"),
-        nb::arg("lse"), nb::arg("max_logprob"), nb::arg("logprob"), nb::arg("entropy"), nb::arg("margin"),
-        nb::arg("collision"), nb::arg("kurtosis"), nb::arg("self_certainty"), nb::arg("argmax"),
+        nb::arg("lse"), nb::arg("max_logprob"), nb::arg("argmax"), nb::arg("logprob"), nb::arg("entropy"),
+        nb::arg("margin"), nb::arg("collision"), nb::arg("kurtosis"), nb::arg("self_certainty"),
         nb::arg("topk_logprobs"), nb::arg("topk_ids"), nb::arg("num_threads"), nb::arg("renyi_term"),
         nb::arg("fisher_rao"),
         "token_stats on data pointers (internal: flashuq.ops.token_stats lays out and allocates every array).");
   m.def("token_stats", &token_stats_py, nb::arg("logits").noconvert(), nb::arg("rows"), nb::arg("V"),
         nb::arg("n1"), nb::arg("s0"), nb::arg("s1"), nb::arg("tokens").noconvert().none(),
         nb::arg("inv_temp"), nb::arg("k"), nb::arg("lse").noconvert(), nb::arg("max_logprob").noconvert(),
-        nb::arg("logprob").noconvert(), nb::arg("entropy").noconvert(), nb::arg("margin").noconvert(),
-        nb::arg("collision").noconvert(), nb::arg("kurtosis").noconvert(),
-        nb::arg("self_certainty").noconvert(), nb::arg("argmax").noconvert(),
-        nb::arg("topk_logprobs").noconvert(), nb::arg("topk_ids").noconvert(), nb::arg("num_threads"),
+        nb::arg("argmax").noconvert(), nb::arg("logprob").noconvert(), nb::arg("entropy").noconvert(),
+        nb::arg("margin").noconvert(), nb::arg("collision").noconvert(), nb::arg("kurtosis").noconvert(),
+        nb::arg("self_certainty").noconvert(), nb::arg("topk_logprobs").noconvert(), nb::arg("topk_ids").noconvert(), nb::arg("num_threads"),
         nb::arg("renyi_term").noconvert().none() = nb::none(), nb::arg("fisher_rao").noconvert().none() = nb::none(),
         "Token statistics of rows of logits into preallocated outputs (see flashuq.token_stats).");
   m.def("masked_reduce", &masked_reduce_py, nb::arg("values").noconvert(), nb::arg("mask").noconvert().none(),
@@ -532,11 +496,11 @@ NB_MODULE(_C, m) {
         nb::arg("keep_len").noconvert(), nb::arg("num_threads"),
         "UQAC step 4: chain members kept by similarity to the answer (flashuq.ops.uqac).");
   m.def("isa", []() { return std::string(isa()); },
-        "The token-statistics kernel's variant in use: baseline, avx2+fma or avx512 (the graph kernels: avx2+fma "
-        "where the processor has it).");
+        "The CPU variant in use: baseline, avx2+fma or avx512 (token_stats has all three; the graph spectra and "
+        "Inv-Entropy run avx2+fma at the avx512 level).");
   m.def("limit_isa", [](int level) { return std::string(limit_isa(level)); }, nb::arg("level"),
-        "Run no token-statistics variant wider than level (0 baseline, 1 AVX2, 2 AVX-512, the default); returns the "
-        "variant now in use. For tests and benchmarks that compare the variants.");
+        "Run no CPU variant wider than level (0 baseline, 1 AVX2, 2 AVX-512, the default), for every op; returns "
+        "the variant now in use. For tests and benchmarks that compare the variants.");
   m.attr("MAX_TOPK") = kMaxTopK;
   m.attr("CHUNK") = kChunk;
 }

@@ -2,12 +2,14 @@
 // the same results: they are compiled without FMA contraction).
 #include "graph.h"
 
+#include "dispatch.h"
+
 namespace flashuq {
 namespace cpu {
 
 void graph(const GraphArgs& a) {
 #if defined(FUQ_HAVE_AVX2_VARIANT)
-  if (has_avx2_fma()) return avx2::graph(a);
+  if (isa_level() >= kAvx2) return avx2::graph(a);
 #endif
   base::graph(a);
 }

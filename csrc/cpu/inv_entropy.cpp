@@ -2,14 +2,14 @@
 // bitwise the same results: they are compiled without FMA contraction).
 #include "inv_entropy.h"
 
-#include "token_stats.h"  // has_avx2_fma
+#include "dispatch.h"
 
 namespace flashuq {
 namespace cpu {
 
 int64_t inv_entropy(const InvEntropyArgs& a) {
 #if defined(FUQ_HAVE_AVX2_VARIANT)
-  if (has_avx2_fma()) return avx2::inv_entropy(a);
+  if (isa_level() >= kAvx2) return avx2::inv_entropy(a);
 #endif
   return base::inv_entropy(a);
 }

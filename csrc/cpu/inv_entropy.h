@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "token_stats.h"  // DType
+#include "flashuq/dtype.h"
 
 namespace flashuq {
 namespace cpu {

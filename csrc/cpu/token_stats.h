@@ -3,10 +3,10 @@
 
 #include <cstdint>
 
+#include "flashuq/dtype.h"
+
 namespace flashuq {
 namespace cpu {
-
-enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
 // Rows are addressed through at most two leading dimensions (Python coalesces the rest):
 // row r = i0 * n1 + i1 starts at logits + i0 * s0 + i1 * s1 (element strides, 64-bit).
@@ -17,20 +17,21 @@ struct TokenStatsArgs {
   const int64_t* tokens;  // [rows] or nullptr
   double inv_temp;
   int k;                  // top-k size, 0..64
-  // fp32 outputs, or fp64 when dtype == F64; each contiguous [rows]
+  // The outputs in the order of flashuq.TokenStats' fields (the order of the bindings and of
+  // _Outputs in flashuq/ops/token_stats.py): fp32, or fp64 when dtype == F64; each contiguous [rows]
   void* lse;
   void* max_logprob;
+  int64_t* argmax;
   void* logprob;
   void* entropy;
   void* margin;
   void* collision;
   void* kurtosis;
   void* self_certainty;
-  void* renyi_term;       // with fisher_rao: nullptr unless the tempered statistics are requested
-  void* fisher_rao;
-  int64_t* argmax;
   void* topk_logprobs;    // [rows, k]
   int64_t* topk_ids;      // [rows, k]
+  void* renyi_term;       // with fisher_rao: nullptr unless the tempered statistics are requested
+  void* fisher_rao;
   int num_threads;        // <= 0: OpenMP's default
 };
 
@@ -39,16 +40,6 @@ constexpr int kMaxTopK = 64;
 constexpr int64_t kChunk = 16384;
 
 void token_stats(const TokenStatsArgs& a);
-
-// Whether this processor runs the AVX2 + FMA variants (false where none was built).
-bool has_avx2_fma();
-// Whether it runs the AVX-512 (F, BW, DQ, VL) variant of token_stats (false where none was built).
-bool has_avx512();
-// The token_stats variant in use: "baseline", "avx2+fma" or "avx512".
-const char* isa();
-// Use no variant wider than level (0 baseline, 1 AVX2, 2 AVX-512; the default is 2): for tests and
-// benchmarks that compare the variants on one machine. Returns the variant now in use.
-const char* limit_isa(int level);
 
 // e^x for x <= 0 as the kernel computes it (0 below -104), elementwise, for the tests' error bound.
 void exp_nonpos_f32(const float* x, float* out, int64_t n);

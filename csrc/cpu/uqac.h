@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "token_stats.h"  // DType
+#include "flashuq/dtype.h"
 
 namespace flashuq {
 namespace cpu {

@@ -242,10 +242,10 @@ int uqac_similarity(const UqacSimilarityArgs& a, uintptr_t stream) {
   if (a.B > 0x7fffffffLL) return int(cudaErrorInvalidValue);
   const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   switch (a.dtype) {
-    case SimDType::F64: similarity_kernel<double, double><<<unsigned(a.B), kThreads, 0, s>>>(a); break;
-    case SimDType::F32: similarity_kernel<float, float><<<unsigned(a.B), kThreads, 0, s>>>(a); break;
-    case SimDType::F16: similarity_kernel<__half, float><<<unsigned(a.B), kThreads, 0, s>>>(a); break;
-    case SimDType::BF16: similarity_kernel<__nv_bfloat16, float><<<unsigned(a.B), kThreads, 0, s>>>(a); break;
+    case DType::F64: similarity_kernel<double, double><<<unsigned(a.B), kThreads, 0, s>>>(a); break;
+    case DType::F32: similarity_kernel<float, float><<<unsigned(a.B), kThreads, 0, s>>>(a); break;
+    case DType::F16: similarity_kernel<__half, float><<<unsigned(a.B), kThreads, 0, s>>>(a); break;
+    case DType::BF16: similarity_kernel<__nv_bfloat16, float><<<unsigned(a.B), kThreads, 0, s>>>(a); break;
   }
   return int(cudaGetLastError());
 }

@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "flashuq/dtype.h"
+
 namespace flashuq {
 namespace cuda {
 
@@ -28,10 +30,8 @@ struct UqacBacktrackArgs {
 // Workspace bytes of uqac_backtrack.
 int64_t uqac_backtrack_workspace(int64_t B, int64_t Nmax, int elem_size);
 
-enum class SimDType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
-
 struct UqacSimilarityArgs {
-  SimDType dtype;
+  DType dtype;
   const void* h;                // contiguous [B, Rmax, D]
   const int64_t* chain;         // [B, C]
   const int64_t* lengths;       // [B]

@@ -263,8 +263,8 @@ def test_num_sem_sets_binding_misuse():
         f(E, E[:1], v, out, 1)
     with pytest.raises(ValueError):
         f(E, E, v[:, :2], out, 1)
-    with pytest.raises(ValueError):
-        f(E, E, v.astype(np.float64), out, 1)
+    with pytest.raises(TypeError):
+        f(E, E, v.astype(np.float64), out, 1)  # a wrong dtype is a TypeError, as everywhere
     with pytest.raises(ValueError):
         f(E, E, v, np.empty(3), 1)
     with pytest.raises(ValueError):

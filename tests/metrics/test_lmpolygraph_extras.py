@@ -98,8 +98,10 @@ def test_isotonic_pav_binding_checks():
         fuq._ext._C.isotonic_pav(y, np.array([1.0, 0.0, 1.0]), out)
     with pytest.raises(ValueError, match="sizes"):
         fuq._ext._C.isotonic_pav(y, np.ones(2), out)
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):  # a wrong dtype is a TypeError, as everywhere
         fuq._ext._C.isotonic_pav(y.astype(np.float32), np.ones(3), out)
+    with pytest.raises(ValueError, match="contiguous"):
+        fuq._ext._C.isotonic_pav(np.arange(6.0)[::2], np.ones(3), out)
 
 
 def test_bad_arguments():

@@ -85,13 +85,14 @@ def test_binding_never_crashes(shape, dtype, rows, V, n1, s0, s1, k, out_rows, w
     f = lambda n: torch.empty(n, dtype=out_dtype)  # noqa: E731
     kk = max(k, 0)
     tokens = torch.zeros(out_rows, dtype=torch.int64) if with_tokens else None
-    outs = [f(out_rows) for _ in range(8)]
+    outs = [f(out_rows) for _ in range(8)]  # the float fields of TokenStats, in order (argmax goes third)
     argmax, topk_lp, topk_ids = (torch.empty(out_rows, dtype=torch.int64), f(out_rows * kk),
                                  torch.empty(out_rows * kk, dtype=torch.int64))
     renyi = (None, None) if renyi_rows is None else (f(renyi_rows), f(out_rows))
 
     def call():
-        _ext._C.token_stats(x, rows, V, n1, s0, s1, tokens, 1.0, k, *outs, argmax, topk_lp, topk_ids, 1, *renyi)
+        _ext._C.token_stats(x, rows, V, n1, s0, s1, tokens, 1.0, k, *outs[:2], argmax, *outs[2:], topk_lp, topk_ids, 1,
+                            *renyi)
 
     consistent = (dtype != torch.int32 and _rows_inside(x.numel(), rows, V, n1, s0, s1) and 0 <= k <= min(V, 64)
                   and out_rows == rows and (out_dtype == torch.float64) == (dtype == torch.float64)
@@ -118,7 +119,8 @@ def test_token_stats_binding_consistent_requests(rows, n1, V, s0, s1, k, slack, 
     argmax, topk_lp, topk_ids = (torch.empty(rows, dtype=torch.int64), torch.empty(rows * k, dtype=od),
                                  torch.empty(rows * k, dtype=torch.int64))
     extra = (torch.empty(rows, dtype=od), torch.empty(rows, dtype=od)) if renyi else (None, None)
-    _ext._C.token_stats(x, rows, V, n1, s0, s1, tokens, 1.0, k, *outs, argmax, topk_lp, topk_ids, 1, *extra)
+    _ext._C.token_stats(x, rows, V, n1, s0, s1, tokens, 1.0, k, *outs[:2], argmax, *outs[2:], topk_lp, topk_ids, 1,
+                        *extra)
     if rows:
         _check_token_stats(x, (rows, V, n1, s0, s1), tokens, k, outs, topk_lp, extra[0])
 
@@ -312,7 +314,7 @@ def test_num_sem_sets_binding(Q, K, CQ, CK, VK, out_n, dtype, c_dtype, vdtype, t
     valid = (torch.rand(Q, VK, generator=g) > 0.3).to(vdtype)
     out = torch.full((out_n,), -1.0, dtype=c_dtype)
     consistent = (E.dtype == C.dtype == out.dtype and E.dtype in (torch.float32, torch.float64)
-                  and (CQ, CK) == (Q, K) and VK == K and out_n == Q and vdtype != torch.float32
+                  and (CQ, CK) == (Q, K) and VK == K and out_n == Q and vdtype == torch.bool
                   and (E.is_contiguous() or Q * K * K <= 1))
     # accepted: the counts are those of the method's closure path
     if _expect(consistent, lambda: _ext._C.num_sem_sets(E, C, valid, out, 1)) and Q:

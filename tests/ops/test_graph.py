@@ -850,3 +850,26 @@ def test_binding_fuzz(op, Q, K, fp64, bad, seed, which_out, with_out1, with_out2
     for i, w in zip(need, want):
         assert outs[i].dtype == w.dtype
         assert nan_eq(outs[i], w), (op, i)
+
+
+def test_baseline_and_avx2_builds_agree_bitwise():
+    """Every op takes its instruction-set level from one dispatcher (csrc/cpu/dispatch.h), so
+    limit_isa(0) runs the graph spectra on the baseline build: compiled without FMA contraction, it
+    gives bitwise the results of the AVX2 build the machine runs by default (docs/cpu_kernels.md)."""
+    g = torch.Generator().manual_seed(7)
+    W = torch.rand(40, 12, 12, generator=g, dtype=torch.float64)
+    W = (W + W.transpose(1, 2)) / 2
+    mask = torch.arange(12)[None, :] < torch.randint(1, 13, (40, 1), generator=g)
+
+    def run():
+        return (fuq.sym_eig(W, sample_mask=mask, eigenvectors=True), fuq.laplacian_spectrum(W, sample_mask=mask),
+                fuq.heat_kernel_entropy(W, sample_mask=mask))
+
+    wide = run()
+    try:
+        assert _ext._C.limit_isa(0) == "baseline"
+        base = run()
+    finally:
+        _ext._C.limit_isa(2)
+    for a, b in zip(torch.utils._pytree.tree_leaves(wide), torch.utils._pytree.tree_leaves(base)):
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))

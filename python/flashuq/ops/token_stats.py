@@ -114,12 +114,30 @@ def _validate(logits, tokens, temperature, topk):
 # The registered op
 # ---------------------------------------------------------------------------------------------
 
+class _Outputs(NamedTuple):
+    """The op's 13 outputs, in this one order on every backend (the C++ binding's and the Triton
+    launchers'): the 11 :class:`TokenStats` fields, then ``renyi_term`` and ``fisher_rao`` (shape
+    ``[0]`` when not requested)."""
+
+    lse: Tensor
+    max_logprob: Tensor
+    argmax: Tensor
+    logprob: Tensor
+    entropy: Tensor
+    margin: Tensor
+    collision: Tensor
+    kurtosis: Tensor
+    self_certainty: Tensor
+    topk_logprobs: Tensor
+    topk_ids: Tensor
+    renyi_term: Tensor
+    fisher_rao: Tensor
+
+
 _Out = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
-def _alloc(logits: Tensor, topk: int, renyi: bool) -> _Out:
-    """The 13 outputs: the 11 TokenStats fields, then renyi_term and fisher_rao (shape ``[0]`` when
-    not requested)."""
+def _alloc(logits: Tensor, topk: int, renyi: bool) -> _Outputs:
     lead = logits.shape[:-1]
     fdt = acc_dtype(logits.dtype)
     dev = logits.device
@@ -127,10 +145,10 @@ def _alloc(logits: Tensor, topk: int, renyi: bool) -> _Out:
     def f(shape=lead):
         return torch.empty(shape, dtype=fdt, device=dev)
 
-    return (f(), f(), torch.empty(lead, dtype=torch.int64, device=dev), f(), f(), f(), f(), f(), f(),
-            torch.empty((*lead, topk), dtype=fdt, device=dev),
-            torch.empty((*lead, topk), dtype=torch.int64, device=dev),
-            f(lead if renyi else (0,)), f(lead if renyi else (0,)))
+    return _Outputs(f(), f(), torch.empty(lead, dtype=torch.int64, device=dev), f(), f(), f(), f(), f(), f(),
+                    torch.empty((*lead, topk), dtype=fdt, device=dev),
+                    torch.empty((*lead, topk), dtype=torch.int64, device=dev),
+                    f(lead if renyi else (0,)), f(lead if renyi else (0,)))
 
 
 @torch.library.custom_op("flashuq::token_stats", mutates_args=())
@@ -145,15 +163,17 @@ def _(logits, tokens, temperature, topk, renyi=False):
     return _alloc(logits, topk, renyi)
 
 
-#: the CPU kernel's dtype codes (csrc/cpu/token_stats.h, DType)
+#: the kernels' dtype codes (csrc/include/flashuq/dtype.h, DType)
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
 def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: int, *, backend: str,
-            renyi: bool = False, **launch) -> _Out:
-    """Run one backend on validated inputs: ``"cpu"`` (C++), ``"triton"`` or ``"cuda"`` (CUDA C++,
-    no top-k). ``launch`` passes tuning knobs to the Triton launcher (tests use them to force the
-    split or the one-program-per-row path)."""
+            renyi: bool = False, **launch) -> _Outputs:
+    """Run one backend on validated inputs: ``"cpu"`` (C++) or ``"triton"``. ``launch`` passes
+    tuning knobs to the Triton launcher (tests use them to force the split or the
+    one-program-per-row path)."""
+    if backend not in ("cpu", "triton"):
+        raise ValueError(f"backend must be 'cpu' or 'triton', got {backend!r}")
     out = _alloc(logits, topk, renyi)
     V = logits.shape[-1]
     rows = logits.numel() // V if V else 0
@@ -172,26 +192,13 @@ def compute(logits: Tensor, tokens: Optional[Tensor], temperature: float, topk: 
         if logits.stride(-1) != 1:
             logits = logits.contiguous()
             n1, s0, s1 = row_layout(logits)
-        ptr = [t.data_ptr() for t in out]
+        ptr = [t.data_ptr() if t.numel() else 0 for t in out]
         _ext._C._token_stats_ptrs(_DTYPE_CODE[logits.dtype], logits.data_ptr(), rows, V, n1, s0, s1,
-                                  0 if tok is None else tok.data_ptr(), inv_temp, topk,
-                                  *ptr[:2], *ptr[3:9], ptr[2], ptr[9] if topk else 0, ptr[10] if topk else 0,
-                                  torch.get_num_threads(), *(ptr[11:] if renyi else (0, 0)))
-    elif backend == "triton":
+                                  0 if tok is None else tok.data_ptr(), inv_temp, topk, *ptr[:11],
+                                  torch.get_num_threads(), *ptr[11:])
+    else:
         with device_guard(logits):  # Triton launches on the current device
             _launch_triton(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, topk, out, **launch)
-    elif backend == "cuda":
-        if _ext._cuda is None:
-            raise RuntimeError("flashuq was built without its CUDA module (no nvcc at build time)")
-        if topk:
-            raise ValueError("the CUDA C++ backend has no top-k; use the Triton backend")
-        with device_guard(logits):
-            stream = torch.cuda.current_stream(logits.device).cuda_stream
-            _ext._cuda.token_stats(logits.detach(), rows, V, n1, s0, s1, tok, inv_temp, out[0], out[1], out[3],
-                                   out[4], out[5], out[6], out[7], out[8], out[2], stream,
-                                   *(out[11:] if renyi else (None, None)))
-    else:
-        raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda', got {backend!r}")
     return out
 
 
@@ -229,7 +236,7 @@ def _launch_triton(x, rows, V, n1, s0, s1, tok, inv_temp, topk, out, *, block=No
     inv_hi = float(np.float32(inv_temp))
     inv_lo = inv_temp - inv_hi
     tok_arg = tok if has_tok else out[2]
-    lse, maxlp, argmax, lp, ent, margin, coll, kurt, sc, tkv, tki, rt, fr = out
+    lse, maxlp, argmax, lp, ent, margin, coll, kurt, sc, tkv, tki, rt, fr = out  # _Outputs' order
     frac = rt.numel() > 0
     rt_arg = rt if frac else lse
     fr_arg = fr if frac else lse

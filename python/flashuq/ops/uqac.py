@@ -150,7 +150,7 @@ def _similarity_op(h: Tensor, chain: Tensor, lengths: Tensor, ans: Tensor, A: Te
     else:
         cu = _cuda_module()
         with device_guard(h):
-            ws = torch.empty((B, 2 * max(C, 1)), dtype=torch.float32, device=h.device)
+            ws = torch.empty(B * 2 * max(C, 1), dtype=torch.float32, device=h.device)
             cu.uqac_similarity(h, chain, lengths, ans, A, R, k, threshold, keep, keep_len, ws,
                                torch.cuda.current_stream(h.device).cuda_stream)
     return keep, keep_len
