@@ -56,6 +56,9 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The UQAC repository's CALIBRATION_RATIO, reversed, as the baseline transcription of its code uses it.
+# Written out here on purpose: the baseline stays independent of flashuq (the torch path must not
+# import it, so its memory is measured alone); flashuq's own copy is flashuq/_uqac_calibration.py.
 CAL = (0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
        0.59304059, 0.46061748, 0.32959151, 0.20938152, 0.16644488)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -31,10 +31,11 @@ import torch
 import triton
 import triton.language as tl
 
-# reversed CALIBRATION_RATIO of the reference (src/utils/macro.py), full precision; CAL[9] multiplies
-# the key just before the query (column I+r-1), CAL[0] the key ten before it (column I+r-10)
-CAL = (0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
-       0.59304059, 0.46061748, 0.32959151, 0.20938152, 0.16644488)
+from .._uqac_calibration import UQAC_CALIBRATION
+
+# UQAC's calibration (flashuq/_uqac_calibration.py): CAL[9] multiplies the key just before the query
+# (column I+r-1), CAL[0] the key ten before it (column I+r-10)
+CAL = UQAC_CALIBRATION
 EPS = 1e-12
 CONSTS = CAL + (EPS,)  # the constant tensor the kernel reads: 10 factors, then the epsilon
 N_CAL = len(CAL)

@@ -44,6 +44,17 @@ def hand_case():
     return A, stop
 
 
+def test_uqac_calibration_is_the_repositorys():
+    """flashuq's one copy of the calibration (flashuq/_uqac_calibration.py, read by the reference, the C++
+    and Triton kernels and flashuq.hf) against the UQAC repository's src/utils/macro.py CALIBRATION_RATIO,
+    which lists the factors nearest key first; flashuq stores them farthest key first."""
+    calibration_ratio = [0.16644488, 0.20938152, 0.32959151, 0.46061748, 0.59304059,
+                         0.67549127, 0.73914525, 0.81274293, 0.87378443, 0.93925344]
+    assert UQAC_CALIBRATION == tuple(reversed(calibration_ratio))
+    import flashuq.hf as hf
+    assert hf.UQAC_CALIBRATION is UQAC_CALIBRATION
+
+
 @pytest.mark.parametrize("kw, chain, scores", [
     ({}, [-1, 0, 1, 2, 4], [1.2, 0.3, 0.1, 0.6, 0.0]),
     # total minimum 3: round 1 stops after key 5 (.3 < .5 and 2 + 1 >= 3); round 2 picks key 2 at exactly

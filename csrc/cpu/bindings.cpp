@@ -330,7 +330,8 @@ static void num_sem_sets_py(Arr E, Arr C, CArr<const bool, 2> valid, Arr out, in
 
 // ---- UQAC (flashuq.ops.uqac) -------------------------------------------------------------------------
 
-static void uqac_reduce_py(Arr attn, int n_heads, bool mean, Arr out, int num_threads) {
+static void uqac_reduce_py(Arr attn, int n_heads, bool mean, CArr<const double, 1> calibration, Arr out,
+                           CArr<int64_t, 3> selected, int num_threads) {
   UqacReduceArgs a{};
   a.dtype = dtype_of(attn, "attn");
   if (attn.ndim() != 5) throw std::invalid_argument("attn: expected [B, L, H, R, Ntok]");
@@ -342,10 +343,16 @@ static void uqac_reduce_py(Arr attn, int n_heads, bool mean, Arr out, int num_th
   for (size_t d = 0; d < 5; ++d)
     if (attn.stride(d) < 0) throw std::invalid_argument("attn: negative strides are not supported");
   if (a.Ntok > 1 && attn.stride(4) != 1) throw std::invalid_argument("attn: the last axis must have stride 1");
+  if (int64_t(calibration.shape(0)) != kUqacCalibration)
+    throw std::invalid_argument("calibration: expected " + std::to_string(kUqacCalibration) + " factors");
+  if (int64_t(selected.shape(0)) != a.B || int64_t(selected.shape(1)) != a.R || int64_t(selected.shape(2)) != n_heads)
+    throw std::invalid_argument("selected: expected [B, R, n_heads]");
   a.sb = attn.stride(0); a.sl = attn.stride(1); a.sh = attn.stride(2); a.sr = attn.stride(3);
   a.attn = attn.data();
+  a.calibration = calibration.data();
   a.n_heads = n_heads; a.mean = mean;
   a.out = out_ptr(out, a.B * a.R * a.Ntok, a.dtype == DType::F64, "out");
+  a.selected = selected.data();
   a.num_threads = num_threads;
   if (a.B * a.R * a.Ntok == 0) return;
   nb::gil_scoped_release release;
@@ -483,8 +490,10 @@ NB_MODULE(_C, m) {
         "Inv-Entropy measures per question, averaged over the keep draws (flashuq.methods.inv_entropy); "
         "returns the number of negative similarities read.");
   m.def("uqac_reduce", &uqac_reduce_py, nb::arg("attn").noconvert(), nb::arg("n_heads"), nb::arg("mean"),
-        nb::arg("out").noconvert(), nb::arg("num_threads"),
-        "UQAC steps 1-2: [B, L, H, R, Ntok] attention -> [B, R, Ntok] reduced rows (flashuq.ops.uqac).");
+        nb::arg("calibration").noconvert(), nb::arg("out").noconvert(), nb::arg("selected").noconvert(),
+        nb::arg("num_threads"),
+        "UQAC steps 1-2: [B, L, H, R, Ntok] attention -> [B, R, Ntok] reduced rows and the [B, R, n_heads] chosen "
+        "(layer, head) rows, with the 10 recency calibration factors given (flashuq.ops.uqac).");
   m.def("uqac_backtrack", &uqac_backtrack_py, nb::arg("attn").noconvert(), nb::arg("is_stop").noconvert(),
         nb::arg("ans").noconvert(), nb::arg("R").noconvert(), nb::arg("Ntok").noconvert(), nb::arg("A").noconvert(),
         nb::arg("min_len").noconvert(), nb::arg("buffer"), nb::arg("threshold"), nb::arg("max_steps"),

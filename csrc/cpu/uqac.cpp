@@ -44,16 +44,17 @@ void reduce_run(const UqacReduceArgs& a) {
   const S* x = static_cast<const S*>(a.attn);
   T* out = static_cast<T*>(a.out);
   const int64_t LH = a.L * a.H, items = a.B * a.R, I = a.Ntok - a.R;
+  T cal[kUqacCalibration];
+  for (int c = 0; c < kUqacCalibration; ++c) cal[c] = T(a.calibration[c]);
 #pragma omp parallel num_threads(threads(a.num_threads))
   {
     std::vector<T> ent(LH), sums(LH);
-    std::vector<int64_t> sel(a.n_heads);
 #pragma omp for schedule(dynamic, 4)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t b = it / a.R, r = it % a.R;
       const QueryRows<S, Cvt, T> rows{x + b * a.sb + r * a.sr, a.H, a.sl, a.sh};
-      uqac_reduce_query<T>(rows, LH, a.Ntok, I + r, a.n_heads, a.mean, ent.data(), sums.data(), sel.data(),
-                           out + it * a.Ntok);
+      uqac_reduce_query<T>(rows, LH, a.Ntok, I + r, cal, a.n_heads, a.mean, ent.data(), sums.data(),
+                           a.selected + it * a.n_heads, out + it * a.Ntok);
     }
   }
 }

@@ -10,14 +10,18 @@
 namespace flashuq {
 namespace cpu {
 
+constexpr int kUqacCalibration = 10;
+
 struct UqacReduceArgs {
   DType dtype;                 // of attn; the output is F64 for F64 input, else F32
   const void* attn;            // [B, L, H, R, Ntok], column stride 1
   int64_t B, L, H, R, Ntok;
   int64_t sb, sl, sh, sr;      // element strides of the first four dimensions (non-negative)
+  const double* calibration;   // [kUqacCalibration]: factor c multiplies the key at column I + r - 10 + c
   int n_heads;                 // 1 .. L*H
   bool mean;                   // else max
   void* out;                   // contiguous [B, R, Ntok]
+  int64_t* selected;           // contiguous [B, R, n_heads]: the chosen l*H + h, ascending entropy
   int num_threads;
 };
 

@@ -189,10 +189,7 @@ def ensemble_stats(logits, *, dim=0, mode="pe", member_ll=None, temperature=1.0)
 
 import numpy as np  # noqa: E402
 
-#: UQAC's CALIBRATION_RATIO reversed: factor c multiplies the key at absolute column I + r - 10 + c of
-#: response row r (so the key just before the query gets 0.16644488).
-UQAC_CALIBRATION = (0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
-                    0.59304059, 0.46061748, 0.32959151, 0.20938152, 0.16644488)
+from ._uqac_calibration import UQAC_CALIBRATION  # noqa: E402  (factor c: key I + r - 10 + c of row r)
 
 
 def uqac_reduce_attention_ref(attn, n_heads: int = 16, reduction: str = "max") -> np.ndarray:

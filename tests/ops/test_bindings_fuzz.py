@@ -229,21 +229,25 @@ def test_isotonic_pav_binding(n, m, dtype, zero_weight, seed):
 @given(shape=st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 3), st.integers(0, 6), st.integers(0, 9)),
        dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32]),
        n_heads=st.integers(-1, 10), out_n=st.integers(0, 120), out_f64=st.booleans(), step=st.integers(1, 2),
-       mean=st.booleans(), fit=st.booleans())
-def test_uqac_reduce_binding(shape, dtype, n_heads, out_n, out_f64, step, mean, fit):
+       mean=st.booleans(), fit=st.booleans(), n_cal=st.sampled_from([10, 10, 9]), sel_k=st.integers(0, 10))
+def test_uqac_reduce_binding(shape, dtype, n_heads, out_n, out_f64, step, mean, fit, n_cal, sel_k):
     B, L, H, R, N = shape
-    if fit:  # half the draws: the sizes and the output buffer agree, so that many requests are consistent
-        N, out_n, out_f64 = max(N, R), B * R * max(N, R), dtype == torch.float64
+    if fit:  # half the draws: the sizes and the output buffers agree, so that many requests are consistent
+        N, out_n, out_f64, n_cal, sel_k = max(N, R), B * R * max(N, R), dtype == torch.float64, 10, n_heads
     x = torch.rand(B, L, H, R, N * step).to(dtype)[..., ::step]
     out = torch.empty(out_n, dtype=torch.float64 if out_f64 else torch.float32)
+    cal = torch.tensor(ref.UQAC_CALIBRATION[:n_cal], dtype=torch.float64)
+    selected = torch.empty(B, R, max(sel_k, 0), dtype=torch.int64)
     consistent = (dtype != torch.int32 and N >= R and 1 <= n_heads <= L * H and out_n == B * R * N
-                  and out_f64 == (dtype == torch.float64) and (step == 1 or N <= 1))
-    if _expect(consistent, lambda: _ext._C.uqac_reduce(x, n_heads, mean, out, 1)) and B * R * N and dtype in (
-            torch.float32, torch.float64) and n_heads <= 16:
+                  and out_f64 == (dtype == torch.float64) and (step == 1 or N <= 1) and n_cal == 10
+                  and sel_k == n_heads)
+    if _expect(consistent, lambda: _ext._C.uqac_reduce(x, n_heads, mean, cal, out, selected, 1)) and B * R * N \
+            and dtype in (torch.float32, torch.float64) and n_heads <= 16:
         for b in range(B):  # the float64 reference, one sequence at a time
             want = ref.uqac_reduce_attention_ref(x[b].double().numpy(), n_heads, "mean" if mean else "max")
             got = out.view(B, R, N)[b].double().numpy()
             assert got.shape == want.shape and abs(got - want).max() <= 1e-4 * max(1.0, abs(want).max())
+            assert bool(((selected >= 0) & (selected < L * H)).all())
 
 
 @settings(max_examples=300, deadline=None)

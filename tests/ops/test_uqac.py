@@ -103,6 +103,59 @@ def test_reduce_entropy_ties_lower_index():
     assert got[0, 2] == pytest.approx(0.5) and got[0, 3] == 0.0
 
 
+def _selection_numpy(a, n_heads):
+    """The maps UQAC's reduction chooses per row, written apart from the kernel in float64 (docs/methods.md#uqac-reduction):
+    preprocess, renormalise, entropy; then a stable argsort (lowest entropy first, ties: lower index)."""
+    a = np.array(a, dtype=np.float64)
+    L, H, R, N = a.shape
+    I = N - R
+    cal = np.array(ref.UQAC_CALIBRATION)
+    sel = np.zeros((R, n_heads), dtype=np.int64)
+    for r in range(R):
+        rows = a[:, :, r, :].reshape(L * H, N).copy()
+        rows[:, 0] = 0.0
+        rows[:, I + r] = 0.0
+        for c in range(10):
+            if I + r - 10 + c >= 0:
+                rows[:, I + r - 10 + c] *= cal[c]
+        q = rows / (rows.sum(-1, keepdims=True) + 1e-12)
+        ent = -(q * np.log(q + 1e-12)).sum(-1)
+        sel[r] = np.argsort(ent, kind="stable")[:n_heads]
+    return sel
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_reduce_selected_heads(dtype):
+    rng = np.random.default_rng(11)
+    L, H, R, I = 3, 4, 9, 7
+    a = torch.from_numpy(causal_attn(rng, L, H, R, I, temp=1.5, quant=64)).to(dtype)  # quantised: entropy ties
+    for n_heads in (1, 5, 12):
+        out, sel = fuq.uqac_reduce_attention(a, n_heads=n_heads, return_selected=True)
+        assert sel.dtype == torch.int64 and sel.shape == (R, n_heads)
+        np.testing.assert_array_equal(sel.numpy(), _selection_numpy(a.double().numpy(), n_heads))
+        assert torch.equal(out, fuq.uqac_reduce_attention(a, n_heads=n_heads))
+    two, sel2 = fuq.uqac_reduce_attention(torch.stack([a, a]), n_heads=5, return_selected=True)
+    assert sel2.shape == (2, R, 5) and torch.equal(sel2[0], sel2[1])
+    with pytest.raises(TypeError, match="return_selected"):
+        fuq.uqac_reduce_attention(a, return_selected=1)
+
+
+def test_reduce_merge_of_kept_rows_equals_full():
+    """Streaming: keep the chosen rows of the first layers, add the next layer's, select again; the result
+    equals the reduction over every layer at once (what AttentionCapture relies on)."""
+    rng = np.random.default_rng(12)
+    L, H, R, I, n = 5, 3, 8, 6, 4
+    a = torch.from_numpy(causal_attn(rng, L, H, R, I, quant=32))
+    kept = None
+    for layer in range(L):
+        rows = a[layer] if kept is None else torch.cat([kept, a[layer]])
+        k = min(n, rows.shape[0])
+        out, sel = fuq.uqac_reduce_attention(rows[None], n_heads=k, return_selected=True)
+        keep = sel.sort(dim=-1).values.T
+        kept = rows.gather(0, keep.unsqueeze(-1).expand(k, R, I + R))
+    assert torch.equal(out, fuq.uqac_reduce_attention(a, n_heads=n))
+
+
 def test_reduce_batch_dims_strides_and_threads():
     rng = np.random.default_rng(3)
     L, H, R, I = 2, 3, 9, 6
@@ -449,16 +502,25 @@ def test_torch_compile_fullgraph():
 def test_binding_misuse_raises():
     C = _ext._C
     out = torch.empty(1, 4, 6)
-    with pytest.raises(ValueError):
-        C.uqac_reduce(torch.rand(1, 2, 2, 4, 6), 5, False, out, 1)       # n_heads > L*H
-    with pytest.raises(ValueError):
-        C.uqac_reduce(torch.rand(1, 2, 2, 4, 6), 2, False, torch.empty(1, 4, 5), 1)
-    with pytest.raises(ValueError):
-        C.uqac_reduce(torch.rand(1, 2, 2, 6, 4), 2, False, torch.empty(1, 6, 4), 1)  # Ntok < R
-    with pytest.raises(ValueError):
-        C.uqac_reduce(torch.rand(1, 2, 2, 4, 12)[..., ::2], 2, False, out, 1)         # column stride 2
-    with pytest.raises(TypeError):
-        C.uqac_reduce(torch.ones(1, 2, 2, 4, 6, dtype=torch.int32), 2, False, out, 1)
+    cal = torch.tensor(ref.UQAC_CALIBRATION, dtype=F64)
+    sel = torch.empty(1, 4, 2, dtype=torch.int64)
+    good = dict(attn=torch.rand(1, 2, 2, 4, 6), n_heads=2, mean=False, calibration=cal, out=out, selected=sel,
+                num_threads=1)
+    C.uqac_reduce(**good)
+    for bad in (dict(n_heads=5, selected=torch.empty(1, 4, 5, dtype=torch.int64)),  # n_heads > L*H
+                dict(out=torch.empty(1, 4, 5)),
+                dict(attn=torch.rand(1, 2, 2, 6, 4), out=torch.empty(1, 6, 4)),  # Ntok < R
+                dict(attn=torch.rand(1, 2, 2, 4, 12)[..., ::2]),                  # column stride 2
+                dict(calibration=cal[:9]),                                        # 9 factors
+                dict(selected=torch.empty(1, 4, 3, dtype=torch.int64))):         # n_heads columns
+        with pytest.raises(ValueError):
+            C.uqac_reduce(**{**good, **bad})
+    for bad in (dict(attn=torch.ones(1, 2, 2, 4, 6, dtype=torch.int32)),
+                dict(calibration=cal.float()),                                    # the factors in float64
+                dict(selected=torch.empty(1, 4, 2, dtype=torch.int32)),
+                dict(selected=torch.empty(4, 2, dtype=torch.int64))):             # rank 3
+        with pytest.raises(TypeError):
+            C.uqac_reduce(**{**good, **bad})
     i64 = lambda *v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
     args = lambda **o: dict(dict(attn=torch.rand(1, 4, 6), is_stop=torch.zeros(1, 6, dtype=torch.uint8),  # noqa: E731
                                  ans=i64([2]), R=i64(4), Ntok=i64(6), A=i64(1), min_len=i64(6), buffer=3,

@@ -23,27 +23,22 @@
 namespace flashuq {
 inline namespace FUQ_ISA_NS {
 
-// The reference's CALIBRATION_RATIO reversed, full precision: factor c multiplies key I+r-10+c.
-template <class T>
-FUQ_HD T uqac_cal(int c) {
-  const double cal[10] = {0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
-                          0.59304059, 0.46061748, 0.32959151, 0.20938152, 0.16644488};
-  return T(cal[c]);
-}
-
 // ---- (a) reduction ---------------------------------------------------------------------------------
+
+// The calibration factors cal[0..10) come from the caller (flashuq/_uqac_calibration.py is their one
+// home): cal[c] multiplies the key at column diag - 10 + c.
 
 // Visit the preprocessed values of one attention row of query r (diag = I + r) in column order:
 // f(j, value) for j = 0 .. n-1.
 template <class T, class Row, class F>
-FUQ_HD void uqac_visit_row(const Row& x, int64_t n, int64_t diag, F&& f) {
+FUQ_HD void uqac_visit_row(const Row& x, int64_t n, int64_t diag, const T* cal, F&& f) {
   if (n <= 0) return;
   f(int64_t(0), T(0));  // column 0: the attention sink
   const int64_t lo = diag - 10;
   const int64_t e1 = lo < 1 ? 1 : (lo > n ? n : lo);            // [1, e1): as they are
   const int64_t e2 = diag < e1 ? e1 : (diag > n ? n : diag);    // [e1, e2): calibrated
   for (int64_t j = 1; j < e1; ++j) f(j, T(x[j]));
-  for (int64_t j = e1; j < e2; ++j) f(j, T(x[j]) * uqac_cal<T>(int(j - lo)));
+  for (int64_t j = e1; j < e2; ++j) f(j, T(x[j]) * cal[j - lo]);
   int64_t e3 = e2;
   if (e2 < n && e2 == diag) {  // the diagonal (self-attention)
     f(e2, T(0));
@@ -54,18 +49,18 @@ FUQ_HD void uqac_visit_row(const Row& x, int64_t n, int64_t diag, F&& f) {
 
 // Row sum of the preprocessed row.
 template <class T, class Row>
-FUQ_HD T uqac_row_sum(const Row& x, int64_t n, int64_t diag) {
+FUQ_HD T uqac_row_sum(const Row& x, int64_t n, int64_t diag, const T* cal) {
   T s = 0;
-  uqac_visit_row<T>(x, n, diag, [&](int64_t, T v) { s += v; });
+  uqac_visit_row<T>(x, n, diag, cal, [&](int64_t, T v) { s += v; });
   return s;
 }
 
 // Entropy -Σ q log(q + 1e-12) of q = p / (sum + 1e-12). A zero q contributes -0 (skipped: exact).
 template <class T, class Row>
-FUQ_HD T uqac_row_entropy(const Row& x, int64_t n, int64_t diag, T sum) {
+FUQ_HD T uqac_row_entropy(const Row& x, int64_t n, int64_t diag, const T* cal, T sum) {
   const T d = sum + T(1e-12);
   T h = 0;
-  uqac_visit_row<T>(x, n, diag, [&](int64_t, T v) {
+  uqac_visit_row<T>(x, n, diag, cal, [&](int64_t, T v) {
     const T q = v / d;
     if (q != T(0)) h -= q * std::log(q + T(1e-12));
   });
@@ -112,15 +107,16 @@ FUQ_HD void uqac_select_heads(const T* ent, int64_t LH, int k, int64_t* sel) {
 }
 
 // One query row: rows.row(s) gives head-row s = l·H + h of this query (operator[](j) -> value);
-// ent, sums [LH] and sel [n_heads] are scratch; out [n] receives the reduced row (T).
+// ent and sums [LH] are scratch; sel [n_heads] receives the chosen s in selection order (ascending
+// entropy) and out [n] the reduced row (T).
 template <class T, class Rows>
-FUQ_HD void uqac_reduce_query(const Rows& rows, int64_t LH, int64_t n, int64_t diag, int n_heads, bool mean,
-                              T* ent, T* sums, int64_t* sel, T* out) {
+FUQ_HD void uqac_reduce_query(const Rows& rows, int64_t LH, int64_t n, int64_t diag, const T* cal, int n_heads,
+                              bool mean, T* ent, T* sums, int64_t* sel, T* out) {
   for (int64_t s = 0; s < LH; ++s) {
     const auto x = rows.row(s);
-    const T sum = uqac_row_sum<T>(x, n, diag);
+    const T sum = uqac_row_sum<T>(x, n, diag, cal);
     sums[s] = sum;
-    ent[s] = uqac_row_entropy<T>(x, n, diag, sum);
+    ent[s] = uqac_row_entropy<T>(x, n, diag, cal, sum);
   }
   uqac_select_heads(ent, LH, n_heads, sel);
   for (int i = 0; i < n_heads; ++i) {
@@ -128,11 +124,11 @@ FUQ_HD void uqac_reduce_query(const Rows& rows, int64_t LH, int64_t n, int64_t d
     const T d = sums[s] + T(1e-12);
     const auto x = rows.row(s);
     if (i == 0) {
-      uqac_visit_row<T>(x, n, diag, [&](int64_t j, T v) { out[j] = v / d; });
+      uqac_visit_row<T>(x, n, diag, cal, [&](int64_t j, T v) { out[j] = v / d; });
     } else if (mean) {
-      uqac_visit_row<T>(x, n, diag, [&](int64_t j, T v) { out[j] += v / d; });
+      uqac_visit_row<T>(x, n, diag, cal, [&](int64_t j, T v) { out[j] += v / d; });
     } else {  // max, NaN propagating (as torch.max)
-      uqac_visit_row<T>(x, n, diag, [&](int64_t j, T v) {
+      uqac_visit_row<T>(x, n, diag, cal, [&](int64_t j, T v) {
         const T q = v / d;
         if (q > out[j] || q != q) out[j] = q;
       });

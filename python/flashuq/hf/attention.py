@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
+from ..ops.uqac import uqac_reduce_attention
 from ._model import position_ids_from_mask
-from .uqac import UQAC_CALIBRATION
 
 #: The attention implementation name :class:`AttentionCapture` registers and switches models to.
 ATTN_IMPLEMENTATION = "fuq_capture_sdpa"  # no "flash" in it: transformers treats such names as flash-attention kernels
@@ -111,12 +111,11 @@ class AttentionCapture:
       over the ``Ntok_b`` non-pad columns (instruction ``I_b = Ntok_b − R_b`` first), stored in
       ``rows_dtype`` (default float32; fp16/bf16 halve the memory).
     - ``uqac_reduced=True`` -> :attr:`uqac_reduced`, per sequence ``[R_b, Ntok_b]`` float32: UQAC
-      steps 1–2 streamed over the layers (docs/methods.md#uqac): each layer's rows are preprocessed (own
-      column, column 0 and the 10 calibration factors), renormalised (``/(sum + 1e-12)``) and their
-      entropies taken; per response row only the ``n_heads`` lowest-entropy ``(layer, head)`` rows so
-      far are kept (ties: lower flat index ``l·H + h`` first), so the state is
-      ``[n_heads, R_b, Ntok_b]`` instead of ``[L·H, R_b, Ntok_b]``. The result is the ``reduction``
-      (``"max"`` or ``"mean"``) over the kept rows, i.e. ``uqac_reduce_attention`` of the full rows.
+      steps 1–2 streamed over the layers (docs/methods.md#uqac): after each layer,
+      ``flashuq.uqac_reduce_attention(..., return_selected=True)`` of the rows kept so far and the
+      layer's new rows keeps, per response row, only the ``n_heads`` lowest-entropy ``(layer, head)``
+      rows (ties: lower flat index ``l·H + h`` first), so the state is ``[n_heads, R_b, Ntok_b]``
+      instead of ``[L·H, R_b, Ntok_b]``. The result equals ``uqac_reduce_attention`` of the full rows.
 
     Response rows need ``response_start`` (an int for the whole batch or ``[B]``): the first response
     column in the padded ``input_ids``; the response is every non-pad position from there on, the
@@ -271,10 +270,10 @@ class AttentionCapture:
             raise RuntimeError("AttentionCapture: uqac_reduced was not requested")
         self._check_rows_captured()
         out = []
-        for ent, _, rows in self._red:
-            if ent.shape[0] < self.n_heads:
-                raise ValueError(f"n_heads={self.n_heads} exceeds the {ent.shape[0]} captured (layer, head) rows")
-            out.append(rows.amax(dim=0) if self.reduction == "max" else rows.mean(dim=0))
+        for kept, reduced in self._red:
+            if kept.shape[0] < self.n_heads:
+                raise ValueError(f"n_heads={self.n_heads} exceeds the {kept.shape[0]} captured (layer, head) rows")
+            out.append(reduced)
         return out
 
     def _check_rows_captured(self) -> None:
@@ -313,7 +312,7 @@ class AttentionCapture:
             if self.want_diagonals:
                 self._diag[slot].append(self._diagonal(query, key, mask, bias, scale, base, implicit_causal))
             if self.want_rows or self.want_reduced:
-                self._response(slot, module.layer_idx, query, key, mask, bias, scale, base, implicit_causal)
+                self._response(slot, query, key, mask, bias, scale, base, implicit_causal)
 
     def _diagonal(self, q, k, mask, bias, scale, base, implicit_causal) -> Tensor:
         B, H, Q, _ = q.shape
@@ -337,8 +336,8 @@ class AttentionCapture:
             out[:, :, i0:i1] = torch.where(torch.isneginf(lse) | torch.isneginf(s_own), 0.0, a)
         return out
 
-    def _response(self, slot, layer, q, k, mask, bias, scale, base, implicit_causal) -> None:
-        B, H, Q, _ = q.shape
+    def _response(self, slot, q, k, mask, bias, scale, base, implicit_causal) -> None:
+        B, _, Q, _ = q.shape
         kv = k.shape[2]
         if self.response_start is None:
             raise ValueError("AttentionCapture: response_rows / uqac_reduced need response_start")
@@ -371,14 +370,12 @@ class AttentionCapture:
                 raise ValueError("AttentionCapture: the response rows must be computed in one forward (this one "
                                  f"holds {n} of sequence {b}'s {pos.numel()} response positions)")
         for b, cols, pos, qi, _ in covered:
-            R, Ntok = pos.numel(), cols.numel()
-            I = Ntok - R
-            self._n_instr[b] = I
+            self._n_instr[b] = cols.numel() - pos.numel()
             p = self._rows_probs(q, k, mask, bias, scale, b, cols, qi, pos, implicit_causal)  # [H, R, Ntok] fp32
             if self.want_rows:
                 self._rows[b][slot] = p.to(self.rows_dtype)
             if self.want_reduced:
-                self._reduce_step(b, layer, H, p, I)
+                self._reduce_step(b, p)
         self._rows_done[slot] = True
 
     def _rows_probs(self, q, k, mask, bias, scale, b, cols, qi, pos, implicit_causal) -> Tensor:
@@ -403,30 +400,18 @@ class AttentionCapture:
             out[:, r0:r1] = torch.nan_to_num(p, nan=0.0)  # a fully masked row (none here for real tokens) -> 0
         return out
 
-    def _reduce_step(self, b: int, layer: int, H: int, p: Tensor, I: int) -> None:
-        """Merge one layer's ``H`` preprocessed, renormalised rows into sequence ``b``'s lowest-entropy state."""
+    def _reduce_step(self, b: int, p: Tensor) -> None:
+        """Merge one layer's ``H`` rows ``p [H, R, Ntok]`` into sequence ``b``'s kept rows: the op selects
+        the ``n_heads`` lowest-entropy rows among the kept and the new ones, whose flat order (kept rows by
+        ascending ``l·H + h``, then this layer's heads) is that of ``l·H + h``, so ties resolve as over
+        the full rows; its reduction is the result so far."""
         R, Ntok = p.shape[1], p.shape[2]
-        A = p.clone()
-        r = torch.arange(R, device=A.device)
-        A[:, r, I + r] = 0.0  # each response token's own column
-        A[:, :, 0] = 0.0  # the attention sink
-        for c, f in enumerate(UQAC_CALIBRATION):
-            col = I + r - 10 + c
-            ok = col >= 0
-            A[:, r[ok], col[ok]] *= f
-        A.div_(A.sum(dim=-1, keepdim=True) + 1e-12)
-        ent = -(A * torch.log(A + 1e-12)).sum(dim=-1)  # [H, R]
-        sidx = (layer * H + torch.arange(H, device=A.device)).view(H, 1).expand(H, R)
-        if self._red[b] is not None:
-            e0, s0, a0 = self._red[b]
-            ent, sidx, A = torch.cat([e0, ent]), torch.cat([s0, sidx]), torch.cat([a0, A])
-        # order by (entropy, flat index): stable sort by index, then stable sort by entropy
-        o = torch.sort(sidx, dim=0, stable=True).indices
-        ent, sidx = ent.gather(0, o), sidx.gather(0, o)
-        o2 = torch.sort(ent, dim=0, stable=True).indices[: self.n_heads]
-        keep = o.gather(0, o2)
-        self._red[b] = (ent.gather(0, o2), sidx.gather(0, o2),
-                        A.gather(0, keep.unsqueeze(-1).expand(-1, -1, Ntok)))
+        rows = p if self._red[b] is None else torch.cat([self._red[b][0], p])
+        k = min(self.n_heads, rows.shape[0])
+        reduced, selected = uqac_reduce_attention(rows[None], n_heads=k, reduction=self.reduction,
+                                                  return_selected=True)
+        keep = selected.sort(dim=-1).values.T  # [k, R]: the kept rows of each query, in flat order
+        self._red[b] = (rows.gather(0, keep.unsqueeze(-1).expand(k, R, Ntok)), reduced)
 
 
 @torch.no_grad()

@@ -8,11 +8,8 @@ import re
 import torch
 from torch import Tensor
 
-#: UQAC's recency calibration (docs/methods.md#uqac-reduction): factor ``c`` multiplies the key at absolute
-#: column ``I + r − 10 + c`` of response row ``r`` (the reversed ``CALIBRATION_RATIO`` of the UQAC
-#: repository, full precision); the immediately preceding key gets 0.16644488.
-UQAC_CALIBRATION = (0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
-                    0.59304059, 0.46061748, 0.32959151, 0.20938152, 0.16644488)
+from .._uqac_calibration import UQAC_CALIBRATION  # noqa: F401  (re-exported as flashuq.hf.UQAC_CALIBRATION)
+
 
 #: UQAC's instruction marker: every instruction position counts as a stop token.
 UQAC_INSTR_TOKEN = "<|instr|>"

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from .._uqac_calibration import UQAC_CALIBRATION
 from ._common import FLOAT_DTYPES, acc_dtype, as_tensor, check_int, check_real, device_guard, values_readable
 
 REDUCTIONS = ("max", "mean")
@@ -86,25 +87,31 @@ def _cuda_module():
 # Registered ops
 # ---------------------------------------------------------------------------------------------
 
+_CALIBRATION = torch.tensor(UQAC_CALIBRATION, dtype=torch.float64)
+
+
 @torch.library.custom_op("flashuq::uqac_reduce", mutates_args=())
-def _reduce_op(attn: Tensor, n_heads: int, mean: bool) -> Tensor:
+def _reduce_op(attn: Tensor, n_heads: int, mean: bool) -> Tuple[Tensor, Tensor]:
     B, L, H, R, N = attn.shape
     out = torch.empty((B, R, N), dtype=acc_dtype(attn.dtype), device=attn.device)
+    selected = torch.empty((B, R, n_heads), dtype=torch.int64, device=attn.device)
     if out.numel() == 0:
-        return out
+        return out, selected
     if attn.device.type == "cpu":
-        _ext._C.uqac_reduce(attn, n_heads, mean, out, torch.get_num_threads())
+        _ext._C.uqac_reduce(attn, n_heads, mean, _CALIBRATION, out, selected, torch.get_num_threads())
     else:
         k = _ext.kernels()
         with device_guard(attn):
-            k.uqac_reduce.uqac_reduce_attention(attn, n_heads, "mean" if mean else "max", out)
-    return out
+            _, selected = k.uqac_reduce.uqac_reduce_attention(attn, n_heads, "mean" if mean else "max", out,
+                                                              return_selected=True)
+    return out, selected
 
 
 @_reduce_op.register_fake
 def _(attn, n_heads, mean):
     B, L, H, R, N = attn.shape
-    return attn.new_empty((B, R, N), dtype=acc_dtype(attn.dtype))
+    return (attn.new_empty((B, R, N), dtype=acc_dtype(attn.dtype)),
+            attn.new_empty((B, R, n_heads), dtype=torch.int64))
 
 
 @torch.library.custom_op("flashuq::uqac_backtrack", mutates_args=())
@@ -167,7 +174,7 @@ def _(h, chain, lengths, ans, A, R, k, threshold):
 # Public ops
 # ---------------------------------------------------------------------------------------------
 
-def uqac_reduce_attention(attn, *, n_heads: int = 16, reduction: str = "max") -> Tensor:
+def uqac_reduce_attention(attn, *, n_heads: int = 16, reduction: str = "max", return_selected: bool = False):
     """UQAC steps 1-2: ``attn [..., L, H, R, Ntok]`` -> ``[..., R, Ntok]``.
 
     The R response rows of every (layer, head) over all ``Ntok = I + R`` tokens. Each row of query r
@@ -177,10 +184,17 @@ def uqac_reduce_attention(attn, *, n_heads: int = 16, reduction: str = "max") ->
     ``n_heads`` maps of lowest entropy (ties: the lower flat index ``l·H + h``) are reduced by
     ``reduction`` ("max" or "mean"). Any float dtype; accumulation in fp32 (fp64 for fp64 input),
     output float32 (float64 for float64 input). Not differentiable.
+
+    ``return_selected=True`` returns ``(reduced, selected)``: ``selected`` int64 ``[..., R, n_heads]``
+    holds the chosen flat indices ``l·H + h`` of each row, lowest entropy first. Merging the kept rows
+    of one call with new ones in a later call gives the selection over all of them, which is how
+    :class:`flashuq.hf.AttentionCapture` streams the reduction over the layers.
     """
     attn = _float_tensor(attn, "attn", min_dim=4)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not isinstance(return_selected, bool):
+        raise TypeError(f"return_selected must be a bool, got {type(return_selected).__name__}")
     *lead, L, H, R, N = attn.shape
     if N < R:
         raise ValueError(f"attn has R = {R} response rows but only Ntok = {N} columns (need Ntok >= R)")
@@ -195,7 +209,9 @@ def uqac_reduce_attention(attn, *, n_heads: int = 16, reduction: str = "max") ->
         x = x.reshape(B, L, H, R, N)
     if x.device.type == "cuda" or (N > 1 and x.stride(-1) != 1) or any(s < 0 for s in x.stride()):
         x = x.contiguous()
-    return _reduce_op(x, n_heads, reduction == "mean").reshape(*lead, R, N)
+    out, selected = _reduce_op(x, n_heads, reduction == "mean")
+    out = out.reshape(*lead, R, N)
+    return (out, selected.reshape(*lead, R, n_heads)) if return_selected else out
 
 
 def _seq_lengths(values, name: str, B: int, default: int, device) -> Tensor:
