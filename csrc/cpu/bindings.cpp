@@ -505,8 +505,8 @@ NB_MODULE(_C, m) {
         nb::arg("keep_len").noconvert(), nb::arg("num_threads"),
         "UQAC step 4: chain members kept by similarity to the answer (flashuq.ops.uqac).");
   m.def("isa", []() { return std::string(isa()); },
-        "The CPU variant in use: baseline, avx2+fma or avx512 (token_stats has all three; the graph spectra and "
-        "Inv-Entropy run avx2+fma at the avx512 level).");
+        "The CPU variant in use: baseline, avx2+fma or avx512 (token_stats and the graph spectra have all three; "
+        "Inv-Entropy runs avx2+fma at the avx512 level).");
   m.def("limit_isa", [](int level) { return std::string(limit_isa(level)); }, nb::arg("level"),
         "Run no CPU variant wider than level (0 baseline, 1 AVX2, 2 AVX-512, the default), for every op; returns "
         "the variant now in use. For tests and benchmarks that compare the variants.");

@@ -1,5 +1,5 @@
-// Run-time choice of the CPU variant. Ops with instruction-set variants (token_stats up to AVX-512,
-// the graph spectra and Inv-Entropy up to AVX2 + FMA) ask isa_level() which one to run, so
+// Run-time choice of the CPU variant. Ops with instruction-set variants (token_stats and the graph
+// spectra up to AVX-512, Inv-Entropy up to AVX2 + FMA) ask isa_level() which one to run, so
 // limit_isa narrows all of them at once.
 #pragma once
 

@@ -32,6 +32,7 @@ struct GraphArgs {
 void graph(const GraphArgs& a);
 namespace base { void graph(const GraphArgs& a); }
 namespace avx2 { void graph(const GraphArgs& a); }
+namespace avx512 { void graph(const GraphArgs& a); }
 
 }  // namespace cpu
 }  // namespace flashuq

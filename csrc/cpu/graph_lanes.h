@@ -28,7 +28,10 @@ namespace FUQ_ISA {
 
 // dot() below is symeig.h's, on vectors of lanes: the same four partial sums in the same order.
 struct GraphLanes {
-#if defined(__AVX__)
+#if defined(__AVX512F__)
+  typedef double V __attribute__((vector_size(64)));
+  typedef long long M __attribute__((vector_size(64)));  // lane masks: all ones or zero
+#elif defined(__AVX__)
   typedef double V __attribute__((vector_size(32)));
   typedef long long M __attribute__((vector_size(32)));  // lane masks: all ones or zero
 #else
