@@ -31,10 +31,18 @@ paraphrase embeddings and ``sy`` = the answers' ``W``. Semantic entropy takes th
 by first appearance, what the greedy clustering returns) and per-sample log-probabilities; the
 clustering itself is not timed.
 
-Targets (the issue; CPU, 2 threads, Q = 10,000, K = 20): ">= 50x the per-question numpy/scipy loop
-and >= 3x batched torch.linalg for the spectral methods", i.e. eigv and eccentricity. The other
-methods are timed the same way and reported with their ratios, without a target. Writes
-bench/results/graph-cpu-<UTC stamp>.json with the machine description.
+With LM-Polygraph installed (``pip install --no-deps lm-polygraph==0.7.0``; ``--lm-polygraph
+require`` fails without it, ``off`` skips it) a fourth column times LM-Polygraph's own estimator
+classes (``EigValLaplacian``, ``Eccentricity``, ``DegMat``, ``KernelLanguageEntropy``,
+``NumSemSets``): their ``__call__``, i.e. their own per-question loop, on the stats they read. Only
+those estimator modules are imported (:func:`load_lm_polygraph`), and their results are checked too.
+
+Targets (CPU, 2 threads, K = 20): ">= 50x the per-question numpy/scipy loop and >= 3x batched
+torch.linalg for the spectral methods" (eigv, eccentricity); against LM-Polygraph's own estimators
+(issue 21, measured at Q = 2,000): >= 100x for eigv and eccentricity, >= 50x for
+kernel_language_entropy and num_sem_sets; one-draw inv_entropy >= 50x its repository's row loop.
+The other methods are reported without a target. Writes bench/results/graph-cpu-<UTC stamp>.json
+with the machine description.
 """
 
 from __future__ import annotations
@@ -62,6 +70,10 @@ BOOT = {"N": 10, "r": 5, "S": 20}  # Inv-Entropy bootstrap layout of the reposit
 SPECTRAL = ("eigv", "eccentricity")
 ISSUE_METHODS = ("eigv", "eccentricity", "degree", "inv_entropy", "semantic_entropy")
 TARGET_VS_NUMPY, TARGET_VS_TORCH = 50.0, 3.0
+# against LM-Polygraph's own estimator classes (issue 21): the spectral ones 100x, KLE and NumSemSets 50x;
+# one-draw Inv-Entropy, which LM-Polygraph does not have, 50x its repository's row loop (the numpy loop)
+TARGET_VS_LMP = {"eigv": 100.0, "eccentricity": 100.0, "kernel_language_entropy": 50.0, "num_sem_sets": 50.0}
+TARGET_VS_NUMPY_EXTRA = {"inv_entropy": 50.0}
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -251,6 +263,48 @@ def lmp_num_sem_sets(W_entail, W_contra):
     return len(components)
 
 
+# ---- LM-Polygraph's own estimators ------------------------------------------------------------------
+
+def load_lm_polygraph():
+    """``(version, {method: estimator})`` from an installed LM-Polygraph (``pip install --no-deps
+    lm-polygraph==0.7.0``), or None when it is not installed. Only the estimator modules are imported:
+    ``lm_polygraph/__init__.py`` and ``lm_polygraph/estimators/__init__.py`` import the whole library
+    (models, datasets, API clients), so the three packages are entered as bare modules whose search
+    path is the installed folder, and then exactly the five estimator files (and the two helper
+    modules they import) run. The library never imports LM-Polygraph; only this benchmark does."""
+    import importlib
+    import importlib.machinery
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_polygraph")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = list(spec.submodule_search_locations)[0]
+    for name, sub in (("lm_polygraph", ""), ("lm_polygraph.utils", "utils"), ("lm_polygraph.estimators", "estimators")):
+        if name not in sys.modules:
+            bare = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            bare.submodule_search_locations = [os.path.join(root, sub)]
+            sys.modules[name] = importlib.util.module_from_spec(bare)
+    mod = lambda name: importlib.import_module("lm_polygraph.estimators." + name)  # noqa: E731
+    estimators = {
+        "eigv": mod("eig_val_laplacian").EigValLaplacian(),
+        "eccentricity": mod("eccentricity").Eccentricity(thres=THRESHOLD),
+        "degree": mod("deg_mat").DegMat(),
+        "kernel_language_entropy": mod("kernel_language_entropy").KernelLanguageEntropy(t=KLE_T),
+        "num_sem_sets": mod("num_sem_sets").NumSemSets(),
+    }
+    return importlib.metadata.version("lm-polygraph"), estimators
+
+
+def lm_polygraph_call(estimator, E, C, n):
+    """The estimator's own ``__call__`` (its per-question loop) on the first n questions, with the
+    stats it reads: the NLI matrices and K sample texts per question (DegMat counts them)."""
+    K = E.shape[1]
+    stats = {"semantic_matrix_entail": E[:n], "semantic_matrix_contra": C[:n], "sample_texts": [[""] * K] * n}
+    return np.asarray(estimator(stats), dtype=np.float64)
+
+
 # ---- batched torch ---------------------------------------------------------------------------------
 
 def _t_laplacian(E):
@@ -372,9 +426,18 @@ def cases(d):
     ]
 
 
-def run(Q, K, repeats, loop_repeats, loop_q, loop_budget, rtol, atol, seed=0, log=print):
+def _loop_questions(per_q, Q, loop_q, loop_repeats, loop_budget):
+    """How many questions a per-question loop is timed on: loop_q if given, else all Q when its runs fit
+    loop_budget seconds, else 1,000 (scaled linearly to Q)."""
+    if loop_q is not None:
+        return min(Q, loop_q)
+    return Q if per_q * Q * loop_repeats <= loop_budget else min(Q, 1000)
+
+
+def run(Q, K, repeats, loop_repeats, loop_q, loop_budget, rtol, atol, seed=0, log=print, lmp=None):
     d = make_data(Q, K, seed)
     results = []
+    lmp_estimators = lmp[1] if lmp else {}
     for name, f_fuq, f_torch, f_np, arrays, extra in cases(d):
         # correctness first: flashuq vs torch on all Q, vs the numpy loop on the questions it is timed on
         out_fuq = f_fuq().double().numpy()
@@ -383,44 +446,68 @@ def run(Q, K, repeats, loop_repeats, loop_q, loop_budget, rtol, atol, seed=0, lo
         t0 = time.perf_counter()
         _loop(f_np, arrays, probe)
         per_q = (time.perf_counter() - t0) / probe
-        if loop_q is not None:
-            n_loop = min(Q, loop_q)
-        else:
-            n_loop = Q if per_q * Q * loop_repeats <= loop_budget else min(Q, 1000)
+        n_loop = _loop_questions(per_q, Q, loop_q, loop_repeats, loop_budget)
         out_np = _loop(f_np, arrays, n_loop)
         diff_np, diff_torch = _max_abs(out_fuq[:n_loop], out_np), _max_abs(out_fuq, out_torch)
         ok = (np.allclose(out_fuq[:n_loop], out_np, rtol=rtol, atol=atol, equal_nan=True)
               and np.allclose(out_fuq, out_torch, rtol=rtol, atol=atol, equal_nan=True))
+        f_lmp, n_lmp, diff_lmp = None, 0, None
+        if name in lmp_estimators:
+            est = lmp_estimators[name]
+            t0 = time.perf_counter()
+            lm_polygraph_call(est, d["E"], d["C"], probe)
+            n_lmp = _loop_questions((time.perf_counter() - t0) / probe, Q, loop_q, loop_repeats, loop_budget)
+            f_lmp = lambda est=est, n=n_lmp: lm_polygraph_call(est, d["E"], d["C"], n)  # noqa: E731
+            out_lmp = f_lmp()
+            diff_lmp = _max_abs(out_fuq[:n_lmp], out_lmp)
+            ok = ok and np.allclose(out_fuq[:n_lmp], out_lmp, rtol=rtol, atol=atol, equal_nan=True)
         if not ok:
             raise SystemExit(f"{name}: flashuq disagrees with a baseline (max |diff| vs numpy loop {diff_np:.3g}, "
-                             f"vs torch {diff_torch:.3g}; rtol={rtol}, atol={atol})")
+                             f"vs torch {diff_torch:.3g}, vs LM-Polygraph {diff_lmp}; rtol={rtol}, atol={atol})")
         # timing
         ms_fuq, runs_fuq = _median_ms(f_fuq, repeats)
         ms_torch, runs_torch = _median_ms(f_torch, repeats)
         ms_loop, runs_loop = _median_ms(lambda: _loop(f_np, arrays, n_loop), loop_repeats, warmup=0)
         ms_np = ms_loop * Q / n_loop
+        lmp_r = {}
+        if f_lmp is not None:
+            ms_lmp_measured, runs_lmp = _median_ms(f_lmp, loop_repeats, warmup=0)
+            ms_lmp = ms_lmp_measured * Q / n_lmp
+            lmp_r = {"lm_polygraph_ms": ms_lmp, "lm_polygraph_questions_timed": n_lmp,
+                     "lm_polygraph_measured_ms": ms_lmp_measured, "lm_polygraph_runs_ms": runs_lmp,
+                     "speedup_vs_lm_polygraph": ms_lmp / ms_fuq, "max_abs_diff_vs_lm_polygraph": diff_lmp}
         r = {"method": name, "extra": extra, "flashuq_ms": ms_fuq, "torch_batched_ms": ms_torch,
              "numpy_loop_ms": ms_np, "numpy_loop_questions_timed": n_loop,
              "numpy_loop_scaled_from_subset": n_loop < Q, "numpy_loop_measured_ms": ms_loop,
              "speedup_vs_numpy_loop": ms_np / ms_fuq, "speedup_vs_torch_batched": ms_torch / ms_fuq,
              "max_abs_diff_vs_numpy_loop": diff_np, "max_abs_diff_vs_torch_batched": diff_torch,
-             "runs_ms": {"flashuq": runs_fuq, "torch_batched": runs_torch, "numpy_loop_measured": runs_loop}}
+             "runs_ms": {"flashuq": runs_fuq, "torch_batched": runs_torch, "numpy_loop_measured": runs_loop},
+             **lmp_r}
         targets = {}
         if name in SPECTRAL:
             targets["vs_numpy_loop"] = {"target": TARGET_VS_NUMPY, "met": r["speedup_vs_numpy_loop"] >= TARGET_VS_NUMPY}
             targets["vs_torch_batched"] = {"target": TARGET_VS_TORCH,
                                            "met": r["speedup_vs_torch_batched"] >= TARGET_VS_TORCH}
+        if name in TARGET_VS_NUMPY_EXTRA:
+            targets["vs_numpy_loop"] = {"target": TARGET_VS_NUMPY_EXTRA[name],
+                                        "met": r["speedup_vs_numpy_loop"] >= TARGET_VS_NUMPY_EXTRA[name]}
+        if name in TARGET_VS_LMP and lmp_r:
+            targets["vs_lm_polygraph"] = {"target": TARGET_VS_LMP[name],
+                                          "met": r["speedup_vs_lm_polygraph"] >= TARGET_VS_LMP[name]}
         r["targets"] = targets
         r["targets_met"] = all(v["met"] for v in targets.values()) if targets else None
         results.append(r)
         log(f"  {name}: flashuq {ms_fuq:.2f} ms, torch {ms_torch:.2f} ms, numpy loop {ms_np:.1f} ms "
-            f"({n_loop} questions timed)", flush=True)
+            f"({n_loop} questions timed)" + (f", LM-Polygraph {lmp_r['lm_polygraph_ms']:.1f} ms" if lmp_r else ""),
+            flush=True)
     return results
 
 
 def format_table(results, Q):
-    lines = ["| method | flashuq ms | numpy loop ms (×speedup) | torch batched ms (×speedup) | target met? |",
-             "|---|---|---|---|---|"]
+    with_lmp = any("lm_polygraph_ms" in r for r in results)
+    head = "| method | flashuq ms | " + ("LM-Polygraph's estimator ms (×speedup) | " if with_lmp else "") + \
+        "numpy loop ms (×speedup) | torch batched ms (×speedup) | target met? |"
+    lines = [head, "|---|---|" + ("---|" if with_lmp else "") + "---|---|---|"]
     scaled = set()
     for r in results:
         star = ""
@@ -429,7 +516,7 @@ def format_table(results, Q):
             scaled.add(r["numpy_loop_questions_timed"])
         if r["targets"]:
             parts = []
-            for k, lbl in (("vs_numpy_loop", "numpy"), ("vs_torch_batched", "torch")):
+            for k, lbl in (("vs_lm_polygraph", "LM-Polygraph"), ("vs_numpy_loop", "numpy"), ("vs_torch_batched", "torch")):
                 if k in r["targets"]:
                     v = r["targets"][k]
                     parts.append(f"≥{v['target']:g}× {lbl} {'✓' if v['met'] else '✗'}")
@@ -437,13 +524,22 @@ def format_table(results, Q):
         elif r["extra"]:
             met = "— (extra, no target)"
         else:
-            met = "— (not spectral, no target)"
-        lines.append(f"| {r['method']} | {r['flashuq_ms']:.2f} | {r['numpy_loop_ms']:.1f}{star} "
+            met = "— (no target)"
+        lmp = ""
+        if with_lmp:
+            if "lm_polygraph_ms" in r:
+                lstar = "*" if r["lm_polygraph_questions_timed"] < Q else ""
+                if lstar:
+                    scaled.add(r["lm_polygraph_questions_timed"])
+                lmp = f"{r['lm_polygraph_ms']:.1f}{lstar} ({r['speedup_vs_lm_polygraph']:.0f}×) | "
+            else:
+                lmp = "— | "
+        lines.append(f"| {r['method']} | {r['flashuq_ms']:.2f} | {lmp}{r['numpy_loop_ms']:.1f}{star} "
                      f"({r['speedup_vs_numpy_loop']:.0f}×) | {r['torch_batched_ms']:.2f} "
                      f"({r['speedup_vs_torch_batched']:.1f}×) | {met} |")
     if scaled:
         lines.append("")
-        lines.append(f"\\* numpy loop timed on the first {', '.join(str(n) for n in sorted(scaled))} questions "
+        lines.append(f"\\* loop timed on the first {', '.join(str(n) for n in sorted(scaled))} questions "
                      f"and scaled linearly to Q = {Q:,}.")
     return "\n".join(lines)
 
@@ -463,6 +559,9 @@ def main(argv=None):
     ap.add_argument("--atol", type=float, default=1e-10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a smoke run: Q = 200, 2 repeats, 1 loop run")
+    ap.add_argument("--lm-polygraph", choices=("auto", "require", "off"), default="auto",
+                    help="time LM-Polygraph's own estimator classes too: when installed (auto), or fail without "
+                         "them (require); install with pip install --no-deps lm-polygraph==0.7.0")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     Q = args.Q if args.Q is not None else (200 if args.quick else 10_000)
@@ -477,11 +576,16 @@ def main(argv=None):
         pass
     info = machine_info(torch.device("cpu"))
     info.update({"numpy": np.__version__, "scipy": scipy.__version__})
+    lmp = None if args.lm_polygraph == "off" else load_lm_polygraph()
+    if lmp is None and args.lm_polygraph == "require":
+        raise SystemExit("--lm-polygraph require: LM-Polygraph is not installed "
+                         "(pip install --no-deps lm-polygraph==0.7.0)")
+    info["lm_polygraph"] = lmp[0] if lmp else None
     load_before = os.getloadavg()
     print(f"# similarity-graph estimators: Q={Q:,} questions, K={args.K} samples, float64, on {info['cpu']} "
           f"({info['threads']} threads; load average {load_before[0]:.2f})\n", flush=True)
     results = run(Q, args.K, repeats, loop_repeats, args.loop_q, args.loop_budget, args.rtol, args.atol,
-                  seed=args.seed)
+                  seed=args.seed, lmp=lmp)
     load_after = os.getloadavg()
     print()
     print(format_table(results, Q))
@@ -502,7 +606,9 @@ def main(argv=None):
             "check": {"rtol": args.rtol, "atol": args.atol, "passed": True},
             "missed": missed,
             "targets": {"vs_numpy_loop": TARGET_VS_NUMPY, "vs_numpy_loop_methods": list(SPECTRAL),
-                        "vs_torch_batched": TARGET_VS_TORCH, "vs_torch_batched_methods": list(SPECTRAL)},
+                        "vs_torch_batched": TARGET_VS_TORCH, "vs_torch_batched_methods": list(SPECTRAL),
+                        "vs_numpy_loop_extra": TARGET_VS_NUMPY_EXTRA,
+                        "vs_lm_polygraph": TARGET_VS_LMP if lmp else None},
             "params": {"eccentricity_threshold": THRESHOLD, "kle_t": KLE_T, "inv_entropy_bootstrap": BOOT,
                        "seed": args.seed},
             "load_average": {"before": load_before, "after": load_after},
