@@ -62,6 +62,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CAL = (0.93925344, 0.87378443, 0.81274293, 0.73914525, 0.67549127,
        0.59304059, 0.46061748, 0.32959151, 0.20938152, 0.16644488)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# issue 21: reduction + backtracking >= 10x the reference's way, at the issue's size (N >= 2048 tokens);
+# smaller runs (tests, --quick) report the ratio without enforcing it
+TARGET_VS_TORCH = 10.0
+TARGET_MIN_N = 2048
 PATHS = ("torch", "flashuq")
 
 
@@ -406,7 +410,7 @@ def main(argv=None):
                              "(--force to run anyway, or a smaller --N / --R)")
 
     sys.path.insert(0, HERE)
-    from token_stats import machine_info  # noqa: E402
+    from token_stats import exit_code, machine_info  # noqa: E402
 
     info = machine_info(torch.device(args.device))
     load_before = os.getloadavg()
@@ -445,10 +449,14 @@ def main(argv=None):
         print(f"flashuq disagrees with the torch reference way: {json.dumps({k: v for k, v in chk.items()})}",
               file=sys.stderr)
         return 1
+    enforced = ratio is not None and not args.quick and args.N >= TARGET_MIN_N
+    missed = [f"total {ratio['total_median']:.1f}x the torch reference way (target >= {TARGET_VS_TORCH:g}x)"] \
+        if enforced and ratio["total_median"] < TARGET_VS_TORCH else []
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         json.dump({
             "benchmark": "attention", "quick": args.quick,
+            "target": {"vs_torch_total": TARGET_VS_TORCH, "enforced": enforced, "missed": missed},
             "shape": {"N": args.N, "L": args.L, "H": args.H, "R": args.R, "I": args.N - args.R, "A": args.A},
             "dtype": args.dtype, "device": args.device, "threads": args.threads, "repeats": args.repeats,
             "statistic": "median (and min) of the timed runs after one untimed memory run",
@@ -460,7 +468,7 @@ def main(argv=None):
             "load_average": {"before": load_before, "after": load_after},
             "machine": info, "timestamp": stamp}, f, indent=2)
     print(f"\nwrote {out}")
-    return 0
+    return exit_code(missed)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-// CPU driver of the UQAC kernels (flashuq/uqac.h): one query row, or one sequence, per OpenMP
-// iteration, with per-thread scratch. Items are independent, so the schedule cannot change a result.
+// CPU driver of the UQAC kernels (flashuq/uqac.h): one sequence per OpenMP iteration, with
+// per-thread scratch, for the backtracking and the similarity filter; the reduction's builds per
+// instruction set (uqac_reduce_impl.h) are picked here. Items are independent, so the schedule
+// cannot change a result.
 #include "uqac.h"
 
 #include <omp.h>
@@ -9,6 +11,7 @@
 #include <numeric>
 #include <vector>
 
+#include "dispatch.h"
 #include "flashuq/cpu_math.h"
 #include "flashuq/uqac.h"
 
@@ -20,44 +23,9 @@ int threads(int n) { return n > 0 ? n : omp_get_max_threads(); }
 // No more threads than work items: one sequence must not wait on waking idle threads.
 int threads(int n, int64_t items) { return int(std::max<int64_t>(1, std::min<int64_t>(threads(n), items))); }
 
-// ---- reduction -----------------------------------------------------------------------------------
-
 struct HalfCvt { static float get(uint16_t h) { return half_to_float(h); } };
 struct BF16Cvt { static float get(uint16_t h) { return bf16_to_float(h); } };
 template <class S> struct IdCvt { static S get(S x) { return x; } };
-
-template <class S, class Cvt, class T>
-struct RowView {
-  const S* p;
-  T operator[](int64_t j) const { return T(Cvt::get(p[j])); }
-};
-
-template <class S, class Cvt, class T>
-struct QueryRows {
-  const S* base;  // (b, l = 0, h = 0, r, column 0)
-  int64_t H, sl, sh;
-  RowView<S, Cvt, T> row(int64_t s) const { return {base + (s / H) * sl + (s % H) * sh}; }
-};
-
-template <class S, class Cvt, class T>
-void reduce_run(const UqacReduceArgs& a) {
-  const S* x = static_cast<const S*>(a.attn);
-  T* out = static_cast<T*>(a.out);
-  const int64_t LH = a.L * a.H, items = a.B * a.R, I = a.Ntok - a.R;
-  T cal[kUqacCalibration];
-  for (int c = 0; c < kUqacCalibration; ++c) cal[c] = T(a.calibration[c]);
-#pragma omp parallel num_threads(threads(a.num_threads))
-  {
-    std::vector<T> ent(LH), sums(LH);
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t b = it / a.R, r = it % a.R;
-      const QueryRows<S, Cvt, T> rows{x + b * a.sb + r * a.sr, a.H, a.sl, a.sh};
-      uqac_reduce_query<T>(rows, LH, a.Ntok, I + r, cal, a.n_heads, a.mean, ent.data(), sums.data(),
-                           a.selected + it * a.n_heads, out + it * a.Ntok);
-    }
-  }
-}
 
 // ---- backtracking ----------------------------------------------------------------------------------
 
@@ -176,11 +144,14 @@ void similarity_run(const UqacSimilarityArgs& a) {
 }  // namespace
 
 void uqac_reduce(const UqacReduceArgs& a) {
-  switch (a.dtype) {
-    case DType::F64: reduce_run<double, IdCvt<double>, double>(a); break;
-    case DType::F32: reduce_run<float, IdCvt<float>, float>(a); break;
-    case DType::F16: reduce_run<uint16_t, HalfCvt, float>(a); break;
-    case DType::BF16: reduce_run<uint16_t, BF16Cvt, float>(a); break;
+  switch (isa_level()) {
+#if defined(FUQ_HAVE_AVX512_VARIANT)
+    case kAvx512: return avx512::uqac_reduce(a);
+#endif
+#if defined(FUQ_HAVE_AVX2_VARIANT)
+    case kAvx2: return avx2::uqac_reduce(a);
+#endif
+    default: return base::uqac_reduce(a);
   }
 }
 

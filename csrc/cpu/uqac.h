@@ -26,6 +26,10 @@ struct UqacReduceArgs {
 };
 
 void uqac_reduce(const UqacReduceArgs& a);
+// its builds per instruction set (uqac_reduce_impl.h)
+namespace base { void uqac_reduce(const UqacReduceArgs& a); }
+namespace avx2 { void uqac_reduce(const UqacReduceArgs& a); }
+namespace avx512 { void uqac_reduce(const UqacReduceArgs& a); }
 
 struct UqacBacktrackArgs {
   bool f64;                    // attn and scores are fp64 (else fp32)

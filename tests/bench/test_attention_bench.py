@@ -69,8 +69,24 @@ def test_attention_bench_tiny(tmp_path, capsys):
         assert chk["passed"] and chk["chains_equal"] and chk["chain_torch"] == chk["chain_flashuq"]
         assert chk["reduced_max_abs_diff"] < 1e-5
         assert res["ratio_torch_over_flashuq"]["total_median"] > 0
+        assert res["target"] == {"vs_torch_total": b.TARGET_VS_TORCH, "enforced": False, "missed": []}
     else:
         assert res["paths"] == ["torch"] and res["check"] is None and res["note"]
+
+
+def test_attention_bench_exits_1_on_a_missed_target(tmp_path, monkeypatch, capsys):
+    b = load_bench("attention")
+    if not b.flashuq_available():
+        pytest.skip("the target compares flashuq with torch")
+    monkeypatch.setattr(b, "TARGET_MIN_N", 48)      # enforce it at this tiny size ...
+    monkeypatch.setattr(b, "TARGET_VS_TORCH", 1e9)  # ... and make it one no machine meets
+    out = tmp_path / "attention.json"
+    argv = ["--N", "48", "--L", "2", "--H", "3", "--R", "24", "--A", "2", "--n-heads", "4", "--repeats", "1",
+            "--threads", "1", "--out", str(out)]
+    assert b.main(argv) == 1
+    assert "target missed: total" in capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["target"]["enforced"] and len(res["target"]["missed"]) == 1
 
 
 def test_flashuq_bench_runs_attention(monkeypatch):

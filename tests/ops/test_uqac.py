@@ -532,3 +532,20 @@ def test_binding_misuse_raises():
                 dict(buffer=-1), dict(is_stop=torch.zeros(1, 5, dtype=torch.uint8)), dict(lengths=i64(0, 0))):
         with pytest.raises((ValueError, TypeError)):
             C.uqac_backtrack(**args(**bad))
+
+
+def test_reduce_every_isa_build_agrees_bitwise():
+    """The CPU reduction is built per instruction set (csrc/cpu/uqac_reduce_impl.h) with the same 16
+    partial sums and no FMA contraction: baseline, AVX2 and AVX-512 give bitwise the same rows and
+    choices (limit_isa picks the build; on a narrower machine the wider levels repeat a narrower one)."""
+    rng = np.random.default_rng(60)
+    for dtype in (torch.float32, torch.bfloat16, F64):
+        a = torch.from_numpy(causal_attn(rng, 3, 4, 37, 21, temp=1.5)).to(dtype)
+        want = fuq.uqac_reduce_attention(a, n_heads=5, return_selected=True)
+        try:
+            for level in (0, 1):
+                _ext._C.limit_isa(level)
+                got = fuq.uqac_reduce_attention(a, n_heads=5, return_selected=True)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (_ext._C.isa(), dtype)
+        finally:
+            _ext._C.limit_isa(2)

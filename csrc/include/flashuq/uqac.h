@@ -1,11 +1,9 @@
 // UQAC attention chains (docs/methods.md#uqac; Li et al., arXiv 2503.19168), written once and compiled
 // for the CPU (csrc/cpu/uqac.cpp, OpenMP) and CUDA (csrc/cuda/uqac.cu, one block per sequence).
 //
-// (a) Reduction, steps 1-2, one query row r at a time: each of the L·H attention rows of r is
-//     preprocessed (diagonal column I+r and column 0 zeroed, the 10 keys before the diagonal scaled
-//     by the calibration factors), renormalised and its entropy taken (two passes over the row); the
-//     n_heads rows of lowest entropy (ties: lower flat index s = l·H + h) are then read a third time
-//     and reduced by max or mean. Nothing of size L·H·R·Ntok is ever built.
+// (a) Reduction, steps 1-2: the head choice, the n_heads rows of lowest entropy (ties: lower flat
+//     index s = l·H + h; NaN last). The rest of the reduction is the CPU's (csrc/cpu/
+//     uqac_reduce_impl.h, vectorised per instruction set) and Triton's (kernels/uqac_reduce.py).
 // (b) Backtracking, step 3, one sequence: the greedy rounds of the reference `backtrack`, in absolute
 //     positions (I zero rows on top), ties broken by the lower index everywhere.
 // (c) The similarity filter, step 4: sim-mean cosine of each chain member's hidden state to the
@@ -24,48 +22,6 @@ namespace flashuq {
 inline namespace FUQ_ISA_NS {
 
 // ---- (a) reduction ---------------------------------------------------------------------------------
-
-// The calibration factors cal[0..10) come from the caller (flashuq/_uqac_calibration.py is their one
-// home): cal[c] multiplies the key at column diag - 10 + c.
-
-// Visit the preprocessed values of one attention row of query r (diag = I + r) in column order:
-// f(j, value) for j = 0 .. n-1.
-template <class T, class Row, class F>
-FUQ_HD void uqac_visit_row(const Row& x, int64_t n, int64_t diag, const T* cal, F&& f) {
-  if (n <= 0) return;
-  f(int64_t(0), T(0));  // column 0: the attention sink
-  const int64_t lo = diag - 10;
-  const int64_t e1 = lo < 1 ? 1 : (lo > n ? n : lo);            // [1, e1): as they are
-  const int64_t e2 = diag < e1 ? e1 : (diag > n ? n : diag);    // [e1, e2): calibrated
-  for (int64_t j = 1; j < e1; ++j) f(j, T(x[j]));
-  for (int64_t j = e1; j < e2; ++j) f(j, T(x[j]) * cal[j - lo]);
-  int64_t e3 = e2;
-  if (e2 < n && e2 == diag) {  // the diagonal (self-attention)
-    f(e2, T(0));
-    e3 = e2 + 1;
-  }
-  for (int64_t j = e3; j < n; ++j) f(j, T(x[j]));
-}
-
-// Row sum of the preprocessed row.
-template <class T, class Row>
-FUQ_HD T uqac_row_sum(const Row& x, int64_t n, int64_t diag, const T* cal) {
-  T s = 0;
-  uqac_visit_row<T>(x, n, diag, cal, [&](int64_t, T v) { s += v; });
-  return s;
-}
-
-// Entropy -Σ q log(q + 1e-12) of q = p / (sum + 1e-12). A zero q contributes -0 (skipped: exact).
-template <class T, class Row>
-FUQ_HD T uqac_row_entropy(const Row& x, int64_t n, int64_t diag, const T* cal, T sum) {
-  const T d = sum + T(1e-12);
-  T h = 0;
-  uqac_visit_row<T>(x, n, diag, cal, [&](int64_t, T v) {
-    const T q = v / d;
-    if (q != T(0)) h -= q * std::log(q + T(1e-12));
-  });
-  return h;
-}
 
 // Total order of the head choice: entropy ascending, NaN last, ties by the lower index.
 template <class T>
@@ -104,38 +60,6 @@ FUQ_HD void uqac_select_heads(const T* ent, int64_t LH, int k, int64_t* sel) {
     const int64_t t = sel[0]; sel[0] = sel[m]; sel[m] = t;
     uqac_heap_sift(ent, sel, m, 0);
   }
-}
-
-// One query row: rows.row(s) gives head-row s = l·H + h of this query (operator[](j) -> value);
-// ent and sums [LH] are scratch; sel [n_heads] receives the chosen s in selection order (ascending
-// entropy) and out [n] the reduced row (T).
-template <class T, class Rows>
-FUQ_HD void uqac_reduce_query(const Rows& rows, int64_t LH, int64_t n, int64_t diag, const T* cal, int n_heads,
-                              bool mean, T* ent, T* sums, int64_t* sel, T* out) {
-  for (int64_t s = 0; s < LH; ++s) {
-    const auto x = rows.row(s);
-    const T sum = uqac_row_sum<T>(x, n, diag, cal);
-    sums[s] = sum;
-    ent[s] = uqac_row_entropy<T>(x, n, diag, cal, sum);
-  }
-  uqac_select_heads(ent, LH, n_heads, sel);
-  for (int i = 0; i < n_heads; ++i) {
-    const int64_t s = sel[i];
-    const T d = sums[s] + T(1e-12);
-    const auto x = rows.row(s);
-    if (i == 0) {
-      uqac_visit_row<T>(x, n, diag, cal, [&](int64_t j, T v) { out[j] = v / d; });
-    } else if (mean) {
-      uqac_visit_row<T>(x, n, diag, cal, [&](int64_t j, T v) { out[j] += v / d; });
-    } else {  // max, NaN propagating (as torch.max)
-      uqac_visit_row<T>(x, n, diag, cal, [&](int64_t j, T v) {
-        const T q = v / d;
-        if (q > out[j] || q != q) out[j] = q;
-      });
-    }
-  }
-  if (mean)
-    for (int64_t j = 0; j < n; ++j) out[j] /= T(n_heads);
 }
 
 // ---- (b) backtracking ------------------------------------------------------------------------------

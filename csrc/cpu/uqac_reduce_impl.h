@@ -1,0 +1,141 @@
+// CPU UQAC reduction, steps 1-2 (docs/methods.md#uqac-reduction), included once per instruction set
+// (FUQ_ISA names the namespace; uqac.cpp picks one at run time). One query row per OpenMP iteration.
+// Each of its L·H attention rows is preprocessed into a buffer that stays in L1 (column 0 and the
+// diagonal zeroed, the 10 keys before the diagonal calibrated), then summed and its entropy taken
+// from the buffer in 16 fixed partial sums, which the compiler keeps in vector registers. The
+// entropy's log is cpu_math.h's branch-free fp64 log, and it stops at the row's last non-zero entry:
+// a causal row is zero past its diagonal, and a zero adds exactly nothing. The n_heads rows of lowest
+// entropy are preprocessed again and reduced by max or mean. Compiled without FMA contraction, with
+// the same 16 partial sums in every build, so every build gives bitwise the same results.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "flashuq/cpu_math.h"
+#include "flashuq/uqac.h"
+#include "uqac.h"
+
+namespace flashuq {
+namespace cpu {
+namespace FUQ_ISA {
+namespace {
+
+constexpr int kParts = 16;  // partial sums: the order of every sum, the same in each build
+
+struct HalfCvt { static float get(uint16_t h) { return half_to_float(h); } };
+struct BF16Cvt { static float get(uint16_t h) { return bf16_to_float(h); } };
+template <class S> struct IdCvt { static S get(S x) { return x; } };
+
+// a[0..n) <- the preprocessed row x of the query whose own column is diag.
+template <class T, class S, class Cvt>
+void preprocess(const S* x, int64_t n, int64_t diag, const T* cal, T* a) {
+  for (int64_t j = 0; j < n; ++j) a[j] = T(Cvt::get(x[j]));
+  const int64_t lo = diag - kUqacCalibration;
+  for (int64_t j = std::max<int64_t>(lo, 1); j < std::min(diag, n); ++j) a[j] *= cal[j - lo];
+  // set, not multiply: an inf or NaN in a zeroed column must not reach the row
+  if (n > 0) a[0] = T(0);
+  if (diag < n) a[diag] = T(0);
+}
+
+template <class T>
+T sum16(const T* a, int64_t n) {
+  T p[kParts] = {};
+  int64_t j = 0;
+  for (; j + kParts <= n; j += kParts)
+    for (int k = 0; k < kParts; ++k) p[k] += a[j + k];
+  for (int k = 0; j + k < n; ++k) p[k] += a[j + k];
+  T s = 0;
+  for (int k = 0; k < kParts; ++k) s += p[k];
+  return s;
+}
+
+// -Σ q log(q + 1e-12), q = a · (1/d), in fp64, over a[0..n) up to its last block holding a non-zero
+// (one division per row: a division per element would cost as much as the log).
+template <class T>
+double entropy16(const T* a, int64_t n, double d) {
+  const double inv = 1.0 / d;
+  int64_t m = n;
+  for (; m >= kParts; m -= kParts) {
+    T any = 0;
+    for (int k = 0; k < kParts; ++k) any += a[m - kParts + k] != T(0) ? T(1) : T(0);
+    if (any != T(0)) break;
+  }
+  double p[kParts] = {};
+  int64_t j = 0;
+  for (; j + kParts <= m; j += kParts)
+    for (int k = 0; k < kParts; ++k) {
+      const double q = double(a[j + k]) * inv;
+      p[k] -= q * log_f64(q + 1e-12);
+    }
+  for (int k = 0; j + k < m; ++k) {
+    const double q = double(a[j + k]) * inv;
+    p[k] -= q * log_f64(q + 1e-12);
+  }
+  double h = 0;
+  for (int k = 0; k < kParts; ++k) h += p[k];
+  return h;
+}
+
+template <class S, class Cvt, class T>
+void reduce_run(const UqacReduceArgs& a) {
+  const S* x = static_cast<const S*>(a.attn);
+  T* out = static_cast<T*>(a.out);
+  const int64_t LH = a.L * a.H, items = a.B * a.R, I = a.Ntok - a.R, n = a.Ntok;
+  T cal[kUqacCalibration];
+  for (int c = 0; c < kUqacCalibration; ++c) cal[c] = T(a.calibration[c]);
+  const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> ent(LH), sums(LH), buf(n);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t b = it / a.R, r = it % a.R, diag = I + r;
+      const S* q0 = x + b * a.sb + r * a.sr;
+      auto row = [&](int64_t s) { return q0 + (s / a.H) * a.sl + (s % a.H) * a.sh; };
+      for (int64_t s = 0; s < LH; ++s) {
+        preprocess<T, S, Cvt>(row(s), n, diag, cal, buf.data());
+        sums[s] = sum16(buf.data(), n);
+        ent[s] = T(entropy16(buf.data(), n, double(sums[s] + T(1e-12))));
+      }
+      int64_t* sel = a.selected + it * a.n_heads;
+      uqac_select_heads(ent.data(), LH, a.n_heads, sel);
+      T* o = out + it * n;
+      for (int i = 0; i < a.n_heads; ++i) {
+        preprocess<T, S, Cvt>(row(sel[i]), n, diag, cal, buf.data());
+        const T d = sums[sel[i]] + T(1e-12);
+        const T* v = buf.data();
+        if (i == 0) {
+          for (int64_t j = 0; j < n; ++j) o[j] = v[j] / d;
+        } else if (a.mean) {
+          for (int64_t j = 0; j < n; ++j) o[j] += v[j] / d;
+        } else {  // max, NaN propagating (as torch.max)
+          for (int64_t j = 0; j < n; ++j) {
+            const T q = v[j] / d;
+            o[j] = (q > o[j] || q != q) ? q : o[j];
+          }
+        }
+      }
+      if (a.mean)
+        for (int64_t j = 0; j < n; ++j) o[j] /= T(a.n_heads);
+    }
+  }
+}
+
+}  // namespace
+
+void uqac_reduce(const UqacReduceArgs& a) {
+  switch (a.dtype) {
+    case DType::F64: reduce_run<double, IdCvt<double>, double>(a); break;
+    case DType::F32: reduce_run<float, IdCvt<float>, float>(a); break;
+    case DType::F16: reduce_run<uint16_t, HalfCvt, float>(a); break;
+    case DType::BF16: reduce_run<uint16_t, BF16Cvt, float>(a); break;
+  }
+}
+
+}  // namespace FUQ_ISA
+}  // namespace cpu
+}  // namespace flashuq
