@@ -224,6 +224,13 @@ static void log_f64_py(CArrAny<const double> x, Arr out) {
   for (size_t i = 0; i < x.size(); ++i) o[i] = flashuq::cpu::log_f64(p[i]);
 }
 
+// The CPU's vectorisable fp32 log (flashuq/cpu_math.h), elementwise, for the tests' ulp check.
+static void log_f32_py(CArrAny<const float> x, Arr out) {
+  float* o = static_cast<float*>(out_ptr(out, int64_t(x.size()), false, "out"));
+  const float* p = dense(x, "x").data();
+  for (size_t i = 0; i < x.size(); ++i) o[i] = flashuq::cpu::log_f32(p[i]);
+}
+
 // The token-statistics kernel's fp32 exp (the variant in use), elementwise, for the tests' error bound.
 static void exp_nonpos_f32_py(CArrAny<const float> x, Arr out) {
   float* o = static_cast<float*>(out_ptr(out, int64_t(x.size()), false, "out"));
@@ -475,6 +482,8 @@ NB_MODULE(_C, m) {
         "(flashuq.methods.num_sem_sets).");
   m.def("_exp_nonpos_f32", &exp_nonpos_f32_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
         "The token-statistics kernel's fp32 e^x for x <= 0 (the variant in use), elementwise (tests).");
+  m.def("_log_f32", &log_f32_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
+        "ln x by the CPU kernels' branch-free fp32 log (for tests: within 1 ulp of the correctly rounded log).");
   m.def("_log_f64", &log_f64_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
         "ln x by the CPU kernels' branch-free fp64 log (for tests: within 1 ulp of std::log).");
   m.def("isotonic_pav", &isotonic_pav_py, nb::arg("y").noconvert(), nb::arg("w").noconvert(),

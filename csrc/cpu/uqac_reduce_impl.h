@@ -3,7 +3,8 @@
 // Each of its L·H attention rows is preprocessed into a buffer that stays in L1 (column 0 and the
 // diagonal zeroed, the 10 keys before the diagonal calibrated), then summed and its entropy taken
 // from the buffer in 16 fixed partial sums, which the compiler keeps in vector registers. The
-// entropy's log is cpu_math.h's branch-free fp64 log, and it stops at the row's last non-zero entry:
+// entropy's log is cpu_math.h's branch-free log (fp32 for fp32/fp16/bf16 input, fp64 for fp64),
+// and it stops at the row's last non-zero entry:
 // a causal row is zero past its diagonal, and a zero adds exactly nothing. The n_heads rows of lowest
 // entropy are preprocessed again and reduced by max or mean. Compiled without FMA contraction, with
 // the same 16 partial sums in every build, so every build gives bitwise the same results.
@@ -53,29 +54,33 @@ T sum16(const T* a, int64_t n) {
   return s;
 }
 
-// -Σ q log(q + 1e-12), q = a · (1/d), in fp64, over a[0..n) up to its last block holding a non-zero
-// (one division per row: a division per element would cost as much as the log).
+inline float log_lane(float x) { return log_f32(x); }
+inline double log_lane(double x) { return log_f64(x); }
+
+// -Σ q log(q + 1e-12), q = a · (1/d), in T (fp32 for fp32/fp16/bf16 input), over a[0..n) up to its
+// last block holding a non-zero (one division per row: a division per element would cost as much as
+// the log).
 template <class T>
-double entropy16(const T* a, int64_t n, double d) {
-  const double inv = 1.0 / d;
+T entropy16(const T* a, int64_t n, T d) {
+  const T inv = T(1) / d;
   int64_t m = n;
   for (; m >= kParts; m -= kParts) {
     T any = 0;
     for (int k = 0; k < kParts; ++k) any += a[m - kParts + k] != T(0) ? T(1) : T(0);
     if (any != T(0)) break;
   }
-  double p[kParts] = {};
+  T p[kParts] = {};
   int64_t j = 0;
   for (; j + kParts <= m; j += kParts)
     for (int k = 0; k < kParts; ++k) {
-      const double q = double(a[j + k]) * inv;
-      p[k] -= q * log_f64(q + 1e-12);
+      const T q = a[j + k] * inv;
+      p[k] -= q * log_lane(q + T(1e-12));
     }
   for (int k = 0; j + k < m; ++k) {
-    const double q = double(a[j + k]) * inv;
-    p[k] -= q * log_f64(q + 1e-12);
+    const T q = a[j + k] * inv;
+    p[k] -= q * log_lane(q + T(1e-12));
   }
-  double h = 0;
+  T h = 0;
   for (int k = 0; k < kParts; ++k) h += p[k];
   return h;
 }
@@ -99,7 +104,7 @@ void reduce_run(const UqacReduceArgs& a) {
       for (int64_t s = 0; s < LH; ++s) {
         preprocess<T, S, Cvt>(row(s), n, diag, cal, buf.data());
         sums[s] = sum16(buf.data(), n);
-        ent[s] = T(entropy16(buf.data(), n, double(sums[s] + T(1e-12))));
+        ent[s] = entropy16(buf.data(), n, sums[s] + T(1e-12));
       }
       int64_t* sel = a.selected + it * a.n_heads;
       uqac_select_heads(ent.data(), LH, a.n_heads, sel);
