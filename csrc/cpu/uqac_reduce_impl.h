@@ -3,17 +3,19 @@
 // Each of its L·H attention rows is preprocessed into a buffer that stays in L1 (column 0 and the
 // diagonal zeroed, the 10 keys before the diagonal calibrated), then summed and its entropy taken
 // from the buffer in 16 fixed partial sums, which the compiler keeps in vector registers. The
-// entropy's log is cpu_math.h's branch-free log (fp32 for fp32/fp16/bf16 input, fp64 for fp64),
-// and it stops at the row's last non-zero entry:
-// a causal row is zero past its diagonal, and a zero adds exactly nothing. The n_heads rows of lowest
-// entropy are preprocessed again and reduced by max or mean. Compiled without FMA contraction, with
-// the same 16 partial sums in every build, so every build gives bitwise the same results.
+// entropy's log is cpu_math.h's branch-free log (fp32 for fp32/fp16/bf16 input, fp64 for fp64).
+// Both sums stop at the row's last non-zero block: a causal row is zero past its diagonal, and a
+// zero adds exactly nothing. The n_heads rows of lowest entropy are preprocessed again and reduced
+// by max or mean. Compiled without FMA contraction, with the same 16
+// partial sums in every build, so every build gives bitwise the same results.
 #pragma once
 
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "flashuq/cpu_math.h"
@@ -54,21 +56,48 @@ T sum16(const T* a, int64_t n) {
   return s;
 }
 
+// Whether a vector of lanes has a bit set: OR its halves together down to one 16-byte vector (a
+// vector op each, no per-lane extraction).
+template <class V>
+bool any_bits(V v) {
+  if constexpr (sizeof(V) <= 16) {
+    for (int k = 0; k < int(sizeof(V) / sizeof(v[0])); ++k)
+      if (v[k] != 0) return true;
+    return false;
+  } else {
+    using E = std::remove_reference_t<decltype(v[0])>;
+    typedef E Half __attribute__((vector_size(sizeof(V) / 2)));
+    Half lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return any_bits(lo | hi);
+  }
+}
+
+// The length of a[0..n) up to its last block of kParts holding a non-zero, scanned from the end in
+// whole vectors (the bits bar the sign, so that -0 counts as zero; NaN counts). Past it the row adds
+// exactly nothing to its sum or its entropy: a causal row is zero past its diagonal.
+template <class T>
+int64_t nonzero_prefix(const T* a, int64_t n) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  typedef Bits Block __attribute__((vector_size(sizeof(T) * kParts)));
+  int64_t m = n;
+  for (; m >= kParts; m -= kParts) {
+    Block v;
+    std::memcpy(&v, a + m - kParts, sizeof v);
+    if (any_bits(v << 1)) break;
+  }
+  return m;
+}
+
 inline float log_lane(float x) { return log_f32(x); }
 inline double log_lane(double x) { return log_f64(x); }
 
-// -Σ q log(q + 1e-12), q = a · (1/d), in T (fp32 for fp32/fp16/bf16 input), over a[0..n) up to its
-// last block holding a non-zero (one division per row: a division per element would cost as much as
-// the log).
+// -Σ q log(q + 1e-12), q = a · (1/d), in T (fp32 for fp32/fp16/bf16 input), over a[0..m) (one
+// division per row: a division per element would cost as much as the log).
 template <class T>
-T entropy16(const T* a, int64_t n, T d) {
+T entropy16(const T* a, int64_t m, T d) {
   const T inv = T(1) / d;
-  int64_t m = n;
-  for (; m >= kParts; m -= kParts) {
-    T any = 0;
-    for (int k = 0; k < kParts; ++k) any += a[m - kParts + k] != T(0) ? T(1) : T(0);
-    if (any != T(0)) break;
-  }
   T p[kParts] = {};
   int64_t j = 0;
   for (; j + kParts <= m; j += kParts)
@@ -103,8 +132,9 @@ void reduce_run(const UqacReduceArgs& a) {
       auto row = [&](int64_t s) { return q0 + (s / a.H) * a.sl + (s % a.H) * a.sh; };
       for (int64_t s = 0; s < LH; ++s) {
         preprocess<T, S, Cvt>(row(s), n, diag, cal, buf.data());
-        sums[s] = sum16(buf.data(), n);
-        ent[s] = entropy16(buf.data(), n, sums[s] + T(1e-12));
+        const int64_t m = nonzero_prefix(buf.data(), n);
+        sums[s] = sum16(buf.data(), m);
+        ent[s] = entropy16(buf.data(), m, sums[s] + T(1e-12));
       }
       int64_t* sel = a.selected + it * a.n_heads;
       uqac_select_heads(ent.data(), LH, a.n_heads, sel);

@@ -69,24 +69,30 @@ inline double log_f64(double x) {
 }
 
 // ln x in fp32, within 1 ulp of the correctly rounded result for every positive float (checked
-// exhaustively when it was written; the tests sample it), without branches: the scheme of log_f64
-// with FreeBSD's e_logf.c degree-4 minimax (|error| < 2^-34.24 on the reduced range). Subnormals are
-// scaled by 2^25 first; x < 0 and NaN give NaN, 0 gives -inf, +inf gives +inf.
+// exhaustively when it was written; the tests sample it), without branches or divisions: a division
+// per element costs as much as the rest of the log, and the UQAC reduction takes one log per
+// attention weight. x = 2^k m with m in [sqrt(2)/2, sqrt(2)), k read off the bits of x minus those of
+// sqrt(2)/2 (no compare); f = m - 1, ln m = f - f²/2 + f³ P(f) with Cephes logf's degree-8
+// polynomial (Moshier), k ln 2 in two parts. Subnormals are scaled by 2^25 first; x < 0 and NaN give
+// NaN, 0 gives -inf, +inf gives +inf.
 inline float log_f32(float x) {
   const bool sub = x < 1.17549435e-38f;  // below the smallest normal (or 0, or < 0)
   const uint32_t u = float_to_bits(sub ? x * 33554432.0f : x);
-  const float e = float(int32_t(u >> 23));  // the biased exponent (x > 0)
-  float m = bits_to_float((u & 0x007fffffu) | 0x3f800000u);  // [1, 2)
-  const bool big = m > 1.41421356f;
-  m = big ? m * 0.5f : m;
-  const float dk = e - (sub ? 127.0f + 25.0f : 127.0f) + (big ? 1.0f : 0.0f);
-  const float f = m - 1.0f;
-  const float s = f / (2.0f + f);
-  const float z = s * s, w = z * z;
-  const float t1 = w * (0.40000972152f + w * 0.24279078841f);
-  const float t2 = z * (0.66666662693f + w * 0.28498786688f);
-  const float hfsq = 0.5f * f * f;
-  const float r = dk * 6.9313812256e-01f - ((hfsq - (s * (hfsq + (t1 + t2)) + dk * 9.0580006145e-06f)) - f);
+  const uint32_t t = u - 0x3f3504f3u;  // the bits of sqrt(2)/2: t's exponent field is k
+  const float k = float(int32_t(t) >> 23) - (sub ? 25.0f : 0.0f);
+  const float f = bits_to_float(u - (t & 0xff800000u)) - 1.0f;  // m - 1, m in [sqrt(2)/2, sqrt(2))
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  const float y = ((p * f * z + k * -2.12194440e-4f) - 0.5f * z);
+  const float r = (f + y) + k * 0.693359375f;
   const float inf = std::numeric_limits<float>::infinity();
   return x > 0 ? (x < inf ? r : x) : (x == 0 ? -inf : std::numeric_limits<float>::quiet_NaN());
 }
