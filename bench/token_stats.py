@@ -12,7 +12,9 @@ anchors are timed interleaved (medians); on the CPU each variant of the kernel t
 (baseline, AVX2, AVX-512) is timed too. Before any timing every field is checked against the
 float64 reference (flashuq.reference); a wrong result, or a missed target on the CPU for the
 [256, 128256] shapes (≤ 1.5× the exp pass, ≥ 6× torch.compile), exits non-zero. Decode shapes
-report the per-call overhead (binding, dispatch, threads: a [1, 16] call).
+report the per-call overhead: "kernel" is the C++ kernel called on outputs allocated once (binding
+and threads included), so the op's time minus it is what the op adds (validation, allocation,
+dispatch); "call" is a whole [1, 16] op call.
 """
 
 from __future__ import annotations
@@ -144,6 +146,23 @@ def machine_info(device) -> dict:
     return info
 
 
+def raw_kernel(x, tok, topk):
+    """The CPU kernel alone, ``_C._token_stats_ptrs`` on outputs allocated once: the op's time minus
+    this is what the op adds per call (validation, output allocation, torch.library's dispatch)."""
+    from flashuq.ops.token_stats import _DTYPE_CODE, _alloc
+    from flashuq.ops._common import row_layout
+
+    out = _alloc(x, topk, False)
+    ptr = [t.data_ptr() if t.numel() else 0 for t in out]
+    rows, V = x.numel() // x.shape[-1], x.shape[-1]
+    n1, s0, s1 = row_layout(x)
+    C = fuq._ext._C
+    def call(out=out):  # the closure keeps the outputs alive
+        C._token_stats_ptrs(_DTYPE_CODE[x.dtype], x.data_ptr(), rows, V, n1, s0, s1, tok.data_ptr(), 1.0, topk,
+                            *ptr[:11], torch.get_num_threads(), *ptr[11:])
+    return call
+
+
 def run(device, shapes, dtypes, repeats, with_compile=True, topk=0):
     compiled = torch.compile(eager_stats) if with_compile else None
     C = fuq._ext._C if device.type == "cpu" else None
@@ -167,6 +186,8 @@ def run(device, shapes, dtypes, repeats, with_compile=True, topk=0):
             res = {"shape": [rows, V], "dtype": dname, "bytes": nbytes, "max_rel_diff": check(x, tok, topk)}
             fns = {"flashuq": lambda: fuq.token_stats(x, tok, topk=topk), "exp": lambda: torch.exp(x, out=y),
                    "read": lambda: x.sum(-1), "call": lambda: fuq.token_stats(tiny)}
+            if C is not None:
+                fns["kernel"] = raw_kernel(x, tok, topk)
             for k, v in timeit_interleaved(fns, device, repeats).items():
                 res[f"{k}_s"] = v
             if len(variants) > 1:
@@ -184,6 +205,8 @@ def run(device, shapes, dtypes, repeats, with_compile=True, topk=0):
             threads = torch.get_num_threads() if device.type == "cpu" else 1
             res["ns_per_element_core"] = res["flashuq_s"] / x.numel() * 1e9 * threads
             res["x_exp"] = res["flashuq_s"] / res["exp_s"]
+            if "kernel_s" in res:
+                res["op_overhead_s"] = res["flashuq_s"] - res["kernel_s"]
             if "eager_s" in res:
                 res["speedup_vs_eager"] = res["eager_s"] / res["flashuq_s"]
             if "compile_s" in res:
@@ -210,8 +233,8 @@ def missed_targets(results, device) -> list:
     return missed
 
 
-HEADER = ("| shape | dtype | flashuq ms | ns/elem·core | exp pass ms | × exp | compile ms | × compile | eager ms "
-          "| × eager | per-variant ms | call µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| shape | dtype | flashuq ms | kernel ms | ns/elem·core | exp pass ms | × exp | compile ms | × compile "
+          "| eager ms | × eager | per-variant ms | call µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r) -> str:
@@ -220,7 +243,8 @@ def format_row(r) -> str:
     eager = f"{r['eager_s'] * 1e3:.1f}" if "eager_s" in r else "—"
     xe = f"{r['speedup_vs_eager']:.1f}×" if "speedup_vs_eager" in r else "—"
     var = " / ".join(f"{v * 1e3:.2f}" for v in r.get("variants_s", {}).values()) or "—"
-    return (f"| {r['shape'][0]}×{r['shape'][1]} | {r['dtype']} | {r['flashuq_s'] * 1e3:.2f} | "
+    kern = f"{r['kernel_s'] * 1e3:.2f}" if "kernel_s" in r else "—"
+    return (f"| {r['shape'][0]}×{r['shape'][1]} | {r['dtype']} | {r['flashuq_s'] * 1e3:.2f} | {kern} | "
             f"{r['ns_per_element_core']:.2f} | {r['exp_s'] * 1e3:.2f} | {r['x_exp']:.2f} | {comp} | {xc} | "
             f"{eager} | {xe} | {var} | {r['call_s'] * 1e6:.0f} |")
 

@@ -11,6 +11,9 @@
 #include <vector>
 
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "flashuq/accumulator.h"
 #include "flashuq/cpu_math.h"
@@ -95,24 +98,121 @@ inline Acc<M> merge_acc(const Acc<M>& a, const Acc<M>& b, M inv_temp, bool frac)
   return merge(a, b, inv_temp, [](M x) { return std::exp(x); }, frac);
 }
 
+// Pass 1 over a block: x[0..len) converted into buf, NaN and +inf (a row without a distribution)
+// counted in *nbad and stored as -inf; returns the block's maximum (-inf if it has none).
+template <typename In, typename A>
+struct LoadPass {
+  static A run(const In* x, int len, A* buf, int* nbad) {
+    const A ninf = neg_inf<A>();
+    const A pinf = -ninf;
+    A bm = ninf;
+    int bad = 0;
+#pragma omp simd reduction(max : bm) reduction(+ : bad)
+    for (int i = 0; i < len; ++i) {
+      A v = load<In, A>(x, i);                // raw logits; 1/T scales differences below
+      const bool b = !(v == v) || v == pinf;  // NaN or +inf: the row has no distribution
+      v = b ? ninf : v;
+      buf[i] = v;
+      bm = v > bm ? v : bm;
+      bad += b ? 1 : 0;
+    }
+    *nbad = bad;
+    return bm;
+  }
+};
+
+// The sums of pass 2 over a block, with d = (x - max)/T over its columns but the maximum (set aside
+// as -inf): R = Σ e^d, T = Σ e^d d, Q2 = Σ e^{2d}, Qh = Σ e^{d/2}, Qq = Σ e^{d/4} (Frac only),
+// sd = Σ d and nf = the count over finite columns, m2 = the largest remaining value.
+template <typename A>
+struct ExpSums {
+  A R = 0, T = 0, Q2 = 0, Qh = 0, Qq = 0, sd = 0, nf = 0, m2 = neg_inf<A>();
+};
+
+// Pass 2: the sums above, and buf[i] <- e^{d_i} (0 where the column is -inf) for the moments' pass.
+template <typename A, bool Frac>
+struct ExpPass {
+  static ExpSums<A> run(A* buf, int len, A bm, A inv_temp) {
+    const A ninf = neg_inf<A>();
+    ExpSums<A> s;
+    A m2 = ninf;
+    for (int s0 = 0; s0 < len; s0 += kSub) {
+      const int s1 = std::min(len, s0 + kSub);
+      A r = 0, t = 0, q = 0, qh = 0, qq = 0, dd = 0, f = 0;
+#pragma omp simd reduction(+ : r, t, q, qh, qq, dd, f) reduction(max : m2)
+      for (int i = s0; i < s1; ++i) {
+        const A x = buf[i];
+        m2 = x > m2 ? x : m2;
+        const bool fin = x > ninf;
+        // -inf for a column set aside, or when the row spans more than the float range
+        const A d = (x - bm) * inv_temp;
+        A e;
+        // the exponential's argument clamped to where it is finite and > 0: no special case inside it
+        const A de = Frac ? d * A(0.25) : d;
+        const bool live = de >= Math<A>::kMinArg;
+        const A ex = Math<A>::exp_nonpos(live ? de : Math<A>::kMinArg);
+        if (Frac) {  // one exponential, e^{d/4}; two squarings give e^{d/2} and e^d (docs/numerics.md#accumulator)
+          const A e4 = live ? ex : A(0);
+          const A eh = e4 * e4;
+          e = eh * eh;
+          qq += e4;
+          qh += eh;
+        } else {
+          e = live ? ex : A(0);
+        }
+        r += e;
+        t += e * (live ? d : A(0));  // e = 0 where d = -inf
+        q += e * e;
+        dd += fin ? d : A(0);
+        f += fin ? A(1) : A(0);
+        buf[i] = e;
+      }
+      s.R += r; s.T += t; s.Q2 += q; s.Qh += qh; s.Qq += qq; s.sd += dd; s.nf += f;
+    }
+    s.m2 = m2;
+    return s;
+  }
+};
+
+// Pass 3: the central moments Σ c², Σ c³, Σ c⁴ of the block's probabilities, c = e - mean.
+template <typename A>
+struct Moments {
+  A M2 = 0, M3 = 0, M4 = 0;
+};
+
+template <typename A>
+struct MomentPass {
+  static Moments<A> run(const A* buf, int len, A mean) {
+    Moments<A> mo;
+    for (int s0 = 0; s0 < len; s0 += kSub) {
+      const int s1 = std::min(len, s0 + kSub);
+      A m2 = 0, m3 = 0, m4 = 0;
+#pragma omp simd reduction(+ : m2, m3, m4)
+      for (int i = s0; i < s1; ++i) {
+        const A c = buf[i] - mean;
+        const A c2 = c * c;
+        m2 += c2;
+        m3 += c2 * c;
+        m4 += c2 * c2;
+      }
+      mo.M2 += m2; mo.M3 += m3; mo.M4 += m4;
+    }
+    return mo;
+  }
+};
+
+#if defined(__AVX512F__)
+#include "token_stats_avx512.h"  // hand-written 16-lane passes for fp32, fp16 and bf16 input
+#endif
+
 // Partial of columns [base, base + len) of one row; buf holds kBlock scratch values. Frac also
 // accumulates the tempered sums Qh, Qq: e^{d/4} is then the one exponential per column and e^{d/2},
 // e^d are its squares (a few ulp more error in e^d than a direct exp; no extra exp per column).
 template <typename In, typename A, bool Frac>
 Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, TopK<A>* tk, int k) {
   const A ninf = neg_inf<A>();
-  const A pinf = -ninf;
-  A bm = ninf;
   int nbad = 0;
-#pragma omp simd reduction(max : bm) reduction(+ : nbad)
-  for (int i = 0; i < len; ++i) {
-    A x = load<In, A>(row, base + i);       // raw logits; 1/T scales differences below
-    const bool b = !(x == x) || x == pinf;  // NaN or +inf: the row has no distribution
-    x = b ? ninf : x;
-    buf[i] = x;
-    bm = x > bm ? x : bm;
-    nbad += b ? 1 : 0;
-  }
+  const A bm = LoadPass<In, A>::run(row + base, len, buf, &nbad);
   if (k > 0 && (tk->cnt < k || bm > tk->v[k - 1])) {
     // Scan in short runs and skip a run whose max cannot enter the list: most runs are skipped
     // with one vectorised max. Columns arrive in increasing order, so an equal value never wins.
@@ -153,70 +253,24 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   // The maximum itself is left out of R and Q2 (its e^0 = 1 is implicit) and contributes
   // d = 0 to T and sd; with it set aside, the largest value the pass sees is the second largest.
   buf[bidx] = ninf;
-  A R = 0, T = 0, Q2 = 0, Qh = 0, Qq = 0, sd = 0, nf = 0, m2 = ninf;
-  for (int s0 = 0; s0 < len; s0 += kSub) {
-    const int s1 = std::min(len, s0 + kSub);
-    A r = 0, t = 0, q = 0, qh = 0, qq = 0, dd = 0, f = 0;
-#pragma omp simd reduction(+ : r, t, q, qh, qq, dd, f) reduction(max : m2)
-    for (int i = s0; i < s1; ++i) {
-      const A x = buf[i];
-      m2 = x > m2 ? x : m2;
-      const bool fin = x > ninf;
-      // -inf for a column set aside, or when the row spans more than the float range
-      const A d = (x - bm) * inv_temp;
-      A e;
-      // the exponential's argument clamped to where it is finite and > 0: no special case inside it
-      const A de = Frac ? d * A(0.25) : d;
-      const bool live = de >= Math<A>::kMinArg;
-      const A ex = Math<A>::exp_nonpos(live ? de : Math<A>::kMinArg);
-      if (Frac) {  // one exponential, e^{d/4}; two squarings give e^{d/2} and e^d (docs/numerics.md#accumulator)
-        const A e4 = live ? ex : A(0);
-        const A eh = e4 * e4;
-        e = eh * eh;
-        qq += e4;
-        qh += eh;
-      } else {
-        e = live ? ex : A(0);
-      }
-      r += e;
-      t += e * (live ? d : A(0));  // e = 0 where d = -inf
-      q += e * e;
-      dd += fin ? d : A(0);
-      f += fin ? A(1) : A(0);
-      buf[i] = e;
-    }
-    R += r; T += t; Q2 += q; Qh += qh; Qq += qq; sd += dd; nf += f;
-  }
+  const ExpSums<A> es = ExpPass<A, Frac>::run(buf, len, bm, inv_temp);
   buf[bidx] = A(1);
-  const A mean = (A(1) + R) / A(len);
-  A M2 = 0, M3 = 0, M4 = 0;
-  for (int s0 = 0; s0 < len; s0 += kSub) {
-    const int s1 = std::min(len, s0 + kSub);
-    A m2 = 0, m3 = 0, m4 = 0;
-#pragma omp simd reduction(+ : m2, m3, m4)
-    for (int i = s0; i < s1; ++i) {
-      const A c = buf[i] - mean;
-      const A c2 = c * c;
-      m2 += c2;
-      m3 += c2 * c;
-      m4 += c2 * c2;
-    }
-    M2 += m2; M3 += m3; M4 += m4;
-  }
+  const A mean = (A(1) + es.R) / A(len);
+  const Moments<A> mo = MomentPass<A>::run(buf, len, mean);
   a.m = bm;
-  a.m2 = m2;
+  a.m2 = es.m2;
   a.idx = base + bidx;
-  a.R = R;
-  a.T = T;
-  a.Q2 = Q2;
-  a.Qh = Qh;
-  a.Qq = Qq;
-  a.sd = sd;
-  a.nf = nf + A(1);
+  a.R = es.R;
+  a.T = es.T;
+  a.Q2 = es.Q2;
+  a.Qh = es.Qh;
+  a.Qq = es.Qq;
+  a.sd = es.sd;
+  a.nf = es.nf + A(1);
   a.mean = mean;
-  a.M2 = M2;
-  a.M3 = M3;
-  a.M4 = M4;
+  a.M2 = mo.M2;
+  a.M3 = mo.M3;
+  a.M4 = mo.M4;
   return a;
 }
 
@@ -348,6 +402,16 @@ void token_stats(const TokenStatsArgs& a) {
 
 void exp_nonpos_f32(const float* x, float* out, int64_t n) {
   using F = Math<float>;
+#if defined(__AVX512F__)  // the exponential pass 2 takes in this build
+  const __m512 kmin = _mm512_set1_ps(F::kMinArg);
+  for (int64_t i = 0; i < n; i += avx512_pass::kLanes) {
+    const __mmask16 m = avx512_pass::tail_mask(int(std::min<int64_t>(n - i, avx512_pass::kLanes)));
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    const __mmask16 live = _mm512_cmp_ps_mask(v, kmin, _CMP_GE_OQ);
+    _mm512_mask_storeu_ps(out + i, m, avx512_pass::exp_nonpos(_mm512_max_ps(v, kmin), live));
+  }
+  return;
+#endif
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const bool live = x[i] >= F::kMinArg;  // as in block_partial

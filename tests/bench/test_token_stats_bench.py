@@ -16,7 +16,7 @@ def test_token_stats_bench_quick(tmp_path, capsys):
     bench = load_bench("token_stats")
     out = tmp_path / "ts.json"
     assert bench.main(["--shapes", "4x3000,2x70000", "--repeats", "2", "--no-compile", "--out", str(out)]) == 0
-    assert "| shape | dtype | flashuq ms | ns/elem·core | exp pass ms | × exp |" in capsys.readouterr().out
+    assert "| shape | dtype | flashuq ms | kernel ms | ns/elem·core | exp pass ms | × exp |" in capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["benchmark"] == "token_stats" and res["targets"]["missed"] == []
     assert res["machine"]["cpu_isa"] == fuq._ext._C.isa()
@@ -26,6 +26,8 @@ def test_token_stats_bench_quick(tmp_path, capsys):
         assert 0 <= r["max_rel_diff"] < 2e-4
         assert r["flashuq_s"] > 0 and r["exp_s"] > 0 and r["call_s"] > 0 and r["eager_s"] > 0
         assert r["x_exp"] == pytest.approx(r["flashuq_s"] / r["exp_s"])
+        # the kernel alone, on outputs allocated once: what the op adds is the difference
+        assert r["kernel_s"] > 0 and r["op_overhead_s"] == pytest.approx(r["flashuq_s"] - r["kernel_s"])
         assert list(r.get("variants_s", {"x": 0}))[-1] in ("x", fuq._ext._C.isa())
 
 
