@@ -551,6 +551,22 @@ def test_reduce_every_isa_build_agrees_bitwise():
             _ext._C.limit_isa(2)
 
 
+def test_reduce_clean_and_guarded_rows_agree_bitwise():
+    """A row whose entries are all finite and >= 0 takes the log without its guards (cpu_math.h
+    log_f32_normal: the same arithmetic); any other row takes the guarded log_f32. Column 0 is zeroed
+    by the preprocessing, so making it -1e-30 or NaN turns every row into a guarded one without
+    changing what is computed: the results must be the same bits."""
+    rng = np.random.default_rng(61)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        a = torch.from_numpy(causal_attn(rng, 3, 4, 29, 35, temp=1.5)).to(dtype)
+        want = fuq.uqac_reduce_attention(a, n_heads=5, return_selected=True)
+        for poison in (-1e-30, float("nan"), float("inf")):
+            b = a.clone()
+            b[..., 0] = poison
+            got = fuq.uqac_reduce_attention(b, n_heads=5, return_selected=True)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (dtype, poison)
+
+
 def test_cpu_log_f32_within_one_ulp():
     """The CPU reduction's entropies of fp32 rows take a branch-free fp32 log that vectorises
     (flashuq/cpu_math.h log_f32; checked exhaustively over every positive float when written). Here:
