@@ -99,7 +99,7 @@ inline Acc<M> merge_acc(const Acc<M>& a, const Acc<M>& b, M inv_temp, bool frac)
 }
 
 // Pass 1 over a block: x[0..len) converted into buf, NaN and +inf (a row without a distribution)
-// counted in *nbad and stored as -inf; returns the block's maximum (-inf if it has none).
+// stored as -inf and *nbad > 0 if there are any; returns the block's maximum (-inf if none).
 template <typename In, typename A>
 struct LoadPass {
   static A run(const In* x, int len, A* buf, int* nbad) {
@@ -410,14 +410,14 @@ void exp_nonpos_f32(const float* x, float* out, int64_t n) {
     const __mmask16 live = _mm512_cmp_ps_mask(v, kmin, _CMP_GE_OQ);
     _mm512_mask_storeu_ps(out + i, m, avx512_pass::exp_nonpos(_mm512_max_ps(v, kmin), live));
   }
-  return;
-#endif
+#else
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const bool live = x[i] >= F::kMinArg;  // as in block_partial
+    const bool live = x[i] >= F::kMinArg;  // as in ExpPass
     const float e = F::exp_nonpos(live ? x[i] : F::kMinArg);
     out[i] = live ? e : 0.0f;
   }
+#endif
 }
 
 }  // namespace FUQ_ISA

@@ -14,6 +14,7 @@ import flashuq as fuq
 from flashuq import _ext
 from flashuq import reference as ref
 from flashuq.ops import uqac as U
+from log_cases import check_log_specials
 
 F64 = torch.float64
 
@@ -588,10 +589,4 @@ def test_cpu_log_f32_within_one_ulp():
     near_one = np.abs(x - 1) < 1e-6  # around ln 1 = 0 the two may straddle zero: compare absolutely
     assert ulps[~near_one].max() <= 1, x[~near_one][np.argmax(ulps[~near_one])]
     np.testing.assert_allclose(out[near_one], want[near_one], rtol=0, atol=1.2e-7)
-    specials = np.array([0.0, -0.0, -1.0, -np.inf, np.inf, np.nan], dtype=np.float32)
-    got = np.empty_like(specials)
-    _ext._C._log_f32(specials, got)
-    assert got[0] == -np.inf and got[1] == -np.inf and got[4] == np.inf
-    assert np.isnan(got[2]) and np.isnan(got[3]) and np.isnan(got[5])
-    with pytest.raises(TypeError):
-        _ext._C._log_f32(x[:10].astype(np.float64), np.empty(10, np.float32))  # fp32 only
+    check_log_specials(_ext._C._log_f32, np.float32, np.float64)  # fp32 only
