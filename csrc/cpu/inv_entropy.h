@@ -26,6 +26,7 @@ struct InvEntropyArgs {
 int64_t inv_entropy(const InvEntropyArgs& a);
 namespace base { int64_t inv_entropy(const InvEntropyArgs& a); }
 namespace avx2 { int64_t inv_entropy(const InvEntropyArgs& a); }
+namespace avx512 { int64_t inv_entropy(const InvEntropyArgs& a); }
 
 }  // namespace cpu
 }  // namespace flashuq

@@ -1,7 +1,10 @@
 // CPU driver of Inv-Entropy and its family, included once per instruction set (FUQ_ISA names
 // the namespace; inv_entropy.cpp picks one at run time). Compiled without FMA contraction, so
-// that both builds give bitwise the same results.
+// that every build gives bitwise the same results.
 #include <omp.h>
+
+#include <cstring>
+#include <limits>
 
 #include "flashuq/inv_entropy.h"
 #include "inv_entropy.h"
@@ -10,6 +13,224 @@ namespace flashuq {
 namespace cpu {
 namespace FUQ_ISA {
 namespace {
+
+// Eight partial sums in every build, kept as 8 / W registers of W lanes (one zmm, two ymm, four
+// xmm): element-wise operations in the same order, so the builds agree bit for bit.
+#if defined(__AVX512F__)
+constexpr int kW = 8;
+#elif defined(__AVX__)
+constexpr int kW = 4;
+#else
+constexpr int kW = 2;
+#endif
+typedef double VN __attribute__((vector_size(8 * kW)));
+typedef long long IN __attribute__((vector_size(8 * kW)));
+typedef float FN __attribute__((vector_size(4 * kW)));
+constexpr int kParts = 8 / kW;
+
+struct V8 {  // lanes 0..7: part t / kW, lane t % kW
+  VN v[kParts];
+  double operator[](int t) const { return v[t / kW][t % kW]; }
+};
+struct I8 {
+  IN v[kParts];
+};
+#define FUQ_PARTS for (int h = 0; h < kParts; ++h)
+inline V8 zero8() {
+  V8 r;
+  FUQ_PARTS r.v[h] = VN{} ;
+  return r;
+}
+inline V8 load8(const double* p) {
+  V8 r;
+  FUQ_PARTS std::memcpy(&r.v[h], p + h * kW, sizeof(VN));
+  return r;
+}
+inline V8 load8(const float* p) {
+  V8 r;
+  FUQ_PARTS {
+    FN f;
+    std::memcpy(&f, p + h * kW, sizeof f);
+    r.v[h] = __builtin_convertvector(f, VN);
+  }
+  return r;
+}
+inline void store8(double* p, const V8& x) { FUQ_PARTS std::memcpy(p + h * kW, &x.v[h], sizeof(VN)); }
+inline V8 operator+(const V8& a, const V8& b) {
+  V8 r;
+  FUQ_PARTS r.v[h] = a.v[h] + b.v[h];
+  return r;
+}
+inline V8& operator+=(V8& a, const V8& b) { return a = a + b; }
+inline V8 operator*(const V8& a, const V8& b) {
+  V8 r;
+  FUQ_PARTS r.v[h] = a.v[h] * b.v[h];
+  return r;
+}
+inline V8 operator/(const V8& a, const V8& b) {
+  V8 r;
+  FUQ_PARTS r.v[h] = a.v[h] / b.v[h];
+  return r;
+}
+inline V8 mask8(const V8& x, const I8& keep) {  // +0 where keep is 0
+  V8 r;
+  FUQ_PARTS r.v[h] = (VN)((IN)x.v[h] & keep.v[h]);
+  return r;
+}
+inline void count_negative(I8& neg, const V8& x, const I8& keep) {  // a true comparison is -1
+  FUQ_PARTS neg.v[h] -= (IN)(x.v[h] < 0) & keep.v[h];
+}
+inline void mark_zero(I8& bad, const V8& x) { FUQ_PARTS bad.v[h] |= (IN)(x.v[h] == 0); }
+inline I8 lanes8(bool on) {
+  I8 r;
+  FUQ_PARTS r.v[h] = on ? ~IN{} : IN{};
+  return r;
+}
+
+// The sums of eight rows' partial sums: lane t is ((a_t0 + a_t4) + (a_t2 + a_t6)) + ((a_t1 + a_t5)
+// + (a_t3 + a_t7)). With AVX-512 from two-register shuffles (a transposition folded into the
+// additions); the narrower builds add lane by lane.
+inline V8 sum8x8(const V8* a) {
+  V8 r;
+#if defined(__AVX512F__)
+  typedef long long M __attribute__((vector_size(64)));
+  VN c[4], e[2];
+  for (int t = 0; t < 4; ++t)  // lanes 0-3: row 2t's a_j + a_{j+4}; lanes 4-7: row 2t+1's
+    c[t] = __builtin_shuffle(a[2 * t].v[0], a[2 * t + 1].v[0], M{0, 1, 2, 3, 8, 9, 10, 11}) +
+           __builtin_shuffle(a[2 * t].v[0], a[2 * t + 1].v[0], M{4, 5, 6, 7, 12, 13, 14, 15});
+  for (int t = 0; t < 2; ++t)  // two lanes per row: (a_0 + a_4) + (a_2 + a_6), (a_1 + a_5) + (a_3 + a_7)
+    e[t] = __builtin_shuffle(c[2 * t], c[2 * t + 1], M{0, 1, 4, 5, 8, 9, 12, 13}) +
+           __builtin_shuffle(c[2 * t], c[2 * t + 1], M{2, 3, 6, 7, 10, 11, 14, 15});
+  r.v[0] = __builtin_shuffle(e[0], e[1], M{0, 2, 4, 6, 8, 10, 12, 14}) +
+           __builtin_shuffle(e[0], e[1], M{1, 3, 5, 7, 9, 11, 13, 15});
+#else
+  double o[8];
+  for (int t = 0; t < 8; ++t) {
+    const V8& x = a[t];
+    o[t] = ((x[0] + x[4]) + (x[2] + x[6])) + ((x[1] + x[5]) + (x[3] + x[7]));
+  }
+  r = load8(o);
+#endif
+  return r;
+}
+
+// Rows r[0..8) become columns of out, row stride ld: out[j * ld + i] = r[i][j] (with AVX-512 in
+// three rounds of two-register shuffles).
+inline void store_transposed8(V8* r, double* out, int ld) {
+#if defined(__AVX512F__)
+  typedef long long M __attribute__((vector_size(64)));
+  VN a[8], b[8];
+  for (int t = 0; t < 4; ++t) {  // rows 2t, 2t+1 interleaved: even columns, odd columns
+    a[2 * t] = __builtin_shuffle(r[2 * t].v[0], r[2 * t + 1].v[0], M{0, 8, 2, 10, 4, 12, 6, 14});
+    a[2 * t + 1] = __builtin_shuffle(r[2 * t].v[0], r[2 * t + 1].v[0], M{1, 9, 3, 11, 5, 13, 7, 15});
+  }
+  for (int h = 0; h < 8; h += 4)  // four rows: columns c and c + 4 of rows h..h+3
+    for (int t = 0; t < 2; ++t) {
+      b[h + t] = __builtin_shuffle(a[h + t], a[h + t + 2], M{0, 1, 8, 9, 4, 5, 12, 13});
+      b[h + t + 2] = __builtin_shuffle(a[h + t], a[h + t + 2], M{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+  for (int c = 0; c < 4; ++c) {  // b[c], b[c + 4]: columns c (c+4 in their upper halves) of rows 0-3, 4-7
+    const VN lo = __builtin_shuffle(b[c], b[c + 4], M{0, 1, 2, 3, 8, 9, 10, 11});
+    const VN hi = __builtin_shuffle(b[c], b[c + 4], M{4, 5, 6, 7, 12, 13, 14, 15});
+    std::memcpy(out + c * ld, &lo, sizeof lo);
+    std::memcpy(out + (c + 4) * ld, &hi, sizeof hi);
+  }
+#else
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < 8; ++j) out[j * ld + i] = r[i][j];
+#endif
+}
+#undef FUQ_PARTS
+
+// Inv-Entropy alone of one draw that uses the whole [N, N] matrices (no keep): the fast path.
+//   d_i = Σ_k Py[i,k] Px[k,i] = (1/ry_i) Σ_k sy[i,k] sxᵀ[i,k] / rx_k
+// reads each input once and forms neither Px nor Py: one pass over sx takes its row sums and a
+// transposed copy (in L1), then one pass over sy takes each row sum together with d_i, both
+// operands contiguous. A row's sums run in eight partial sums (blocks of 8 entries; the last block
+// is the row's last 8 entries, its lanes already counted masked to zero), added in a fixed order:
+// chains of dependent additions eight times shorter than one running sum's, and the same order in
+// every build. Rows go eight at a time (the last eight rows last, some of them twice, to the same
+// bits), so that their sums, reciprocals and quotients are vector operations. Counts negative
+// entries into `negative`; a zero row sum gives NaN. 8 <= N <= kInvEntropyMaxN.
+template <typename S>
+double inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, int N, int64_t& negative) {
+  double xt[kInvEntropyMaxN * kInvEntropyMaxN], ux[kInvEntropyMaxN], p[kInvEntropyMaxN];
+  const int nfull = N / 8 * 8;
+  long long tl[8];  // the last block's lanes not in a full block
+  for (int t = 0; t < 8; ++t) tl[t] = t >= 8 - (N - nfull) ? -1 : 0;
+  I8 tail;
+  std::memcpy(&tail, tl, sizeof tail);
+  I8 bad = lanes8(false), neg = lanes8(false);
+  V8 acc[8], acc2[8];
+  for (int g = 0; g < N; g += 8) {
+    const int k0 = g + 8 <= N ? g : N - 8;
+    for (int r = 0; r < 8; ++r) {
+      const S* row = sx + (k0 + r) * N;
+      const I8 first = lanes8(k0 + r >= g);  // a row's negative entries count on its first visit
+      V8 s = zero8();
+      for (int j = 0; j < nfull; j += 8) {
+        const V8 v = load8(row + j);
+        s += v;
+        count_negative(neg, v, first);
+      }
+      if (nfull < N) {
+        const V8 v = mask8(load8(row + N - 8), tail);
+        s += v;
+        count_negative(neg, v, first);
+      }
+      acc[r] = s;
+    }
+    const V8 sk = sum8x8(acc);
+    mark_zero(bad, sk);
+    V8 one;
+    for (auto& x : one.v) x = VN{} + 1.0;
+    store8(ux + k0, one / sk);
+    for (int j0 = 0; j0 < N; j0 += 8) {  // the transposed copy, in 8 x 8 blocks
+      const int c0 = j0 + 8 <= N ? j0 : N - 8;
+      for (int r = 0; r < 8; ++r) acc[r] = load8(sx + (k0 + r) * N + c0);
+      store_transposed8(acc, xt + c0 * N + k0, N);
+    }
+  }
+  for (int g = 0; g < N; g += 8) {
+    const int i0 = g + 8 <= N ? g : N - 8;
+    for (int r = 0; r < 8; ++r) {
+      const S* row = sy + (i0 + r) * N;
+      const double* x = xt + (i0 + r) * N;
+      const I8 first = lanes8(i0 + r >= g);
+      V8 ry = zero8(), d = zero8();
+      for (int k = 0; k < nfull; k += 8) {
+        const V8 v = load8(row + k);
+        ry += v;
+        count_negative(neg, v, first);
+        d += v * (load8(x + k) * load8(ux + k));
+      }
+      if (nfull < N) {
+        const int k = N - 8;
+        const V8 v = load8(row + k), vm = mask8(v, tail);
+        ry += vm;
+        count_negative(neg, vm, first);
+        d += mask8(v * (load8(x + k) * load8(ux + k)), tail);  // a masked lane's product may be inf or NaN
+      }
+      acc[r] = ry;
+      acc2[r] = d;
+    }
+    const V8 ryv = sum8x8(acc);
+    mark_zero(bad, ryv);
+    store8(p + i0, sum8x8(acc2) / ryv);
+  }
+  for (int i = 0; i < N; ++i) p[i] = xlogx(p[i]);
+  double inv = 0;
+  for (int i = 0; i < N; ++i) inv -= p[i];
+  long long nb[8], bb[8];
+  std::memcpy(nb, &neg, sizeof nb);
+  std::memcpy(bb, &bad, sizeof bb);
+  long long any = 0;
+  for (int t = 0; t < 8; ++t) {
+    any |= bb[t];
+    negative += nb[t];
+  }
+  return any ? std::numeric_limits<double>::quiet_NaN() : inv;
+}
 
 template <typename S>
 int64_t run(const InvEntropyArgs& a) {
@@ -23,8 +244,8 @@ int64_t run(const InvEntropyArgs& a) {
   int64_t negative = 0;
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : negative)
   for (int64_t q = 0; q < a.Q; ++q) {
-    if (!a.all && !a.keep && a.Mx == a.N && a.M == a.N) {  // one draw of Inv-Entropy alone
-      out[q] = S(inv_entropy_single<double>(sx + q * N * N, sy + q * N * N, N, negative));
+    if (!a.all && !a.keep && a.Mx == a.N && a.M == a.N && N >= 8) {  // one draw of Inv-Entropy alone
+      out[q] = S(inv_entropy_single(sx + q * N * N, sy + q * N * N, N, negative));
       continue;
     }
     double o5[5], mx[kInvEntropyMaxN], my[kInvEntropyMaxN];

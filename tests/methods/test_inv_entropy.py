@@ -102,7 +102,7 @@ def test_golden_values_transcription():
 # ---- the transcription on random batches ----
 
 @pytest.mark.parametrize("variant", ["reference", "paper"])
-@pytest.mark.parametrize("N", [2, 3, 10])
+@pytest.mark.parametrize("N", [2, 3, 8, 10, 16, 20, 33])
 def test_matches_reference_transcription(variant, N):
     g = torch.Generator().manual_seed(N)
     Q = 7
@@ -451,6 +451,44 @@ def test_cpu_kernel_matches_the_torch_path(variant, full_sx):
     ref = _compute(sx[:, :N, :N].contiguous(), sy[:, :N, :N].contiguous(), None, N, variant, backend="torch")
     for f, x, y in zip(one._fields, one, ref):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14, equal_nan=True, msg=f)
+
+
+@pytest.mark.parametrize("N", [8, 9, 15, 16, 20, 33, 64])
+def test_cpu_single_draw_every_isa_and_bad_rows(N):
+    """The C++ kernel's one-draw path (N >= 8: rows in blocks of eight, the last block and the last
+    eight rows overlapping the ones before) against the general per-draw path, bitwise across the
+    baseline, AVX2 and AVX-512 builds (docs/cpu_kernels.md); a zero row and a NaN in any block
+    give NaN for their question only, and a negative entry anywhere is counted once."""
+    from flashuq import _ext
+    from flashuq.methods.inv_entropy import _compute
+    g = torch.Generator().manual_seed(N)
+    Q = 12
+    sx = torch.rand(Q, N, N, generator=g, dtype=torch.float64) + 0.01
+    sy = torch.rand(Q, N, N, generator=g, dtype=torch.float64) + 0.01
+    sy[1, N - 1] = 0.0                    # a zero row in the last (overlapping) group of rows
+    sx[2, N // 2] = 0.0                   # a zero row sum of sx
+    sx[3, N - 2, N - 1] = float("nan")    # in the last block of a row
+    sy[4, 0, 3] = float("inf")
+    got = inv_entropy(sx, sy)  # the one-draw path
+    assert torch.isnan(got[1:5]).all() and not torch.isnan(got[0]).any() and not torch.isnan(got[5:]).any()
+    for backend in ("torch", "cpu"):  # batched torch ops; the C++ kernel's general per-draw path
+        want = _compute(sx, sy, None, N, "reference", backend=backend).inv_entropy
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14, equal_nan=True)
+    out, px, py = (torch.empty(5, Q, dtype=torch.float64), torch.empty(Q, N, dtype=torch.float64),
+                   torch.empty(Q, N, dtype=torch.float64))
+    try:
+        for level in (0, 1, 2):  # on a machine without AVX2 (AVX-512) these repeat a narrower build
+            _ext._C.limit_isa(level)
+            assert torch.equal(inv_entropy(sx, sy).nan_to_num(7.0), got.nan_to_num(7.0)), _ext._C.isa()
+            # negative entries: one in a row visited twice (the last group), one in a last block
+            for m, (q, i, j) in ((sx, (6, N - 7, 0)), (sy, (7, N - 1, N - 1)), (sy, (8, 0, N // 2))):
+                keep = m[q, i, j].item()
+                m[q, i, j] = -0.5
+                n = _ext._C.inv_entropy(sx, sy, None, N, False, False, out, px, py, 2)
+                assert n == 1, (level, q, i, j, n)
+                m[q, i, j] = keep
+    finally:
+        _ext._C.limit_isa(2)
 
 
 def test_cpu_binding_rejects_misuse():

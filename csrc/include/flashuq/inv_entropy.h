@@ -55,49 +55,6 @@ FUQ_HD T row_sum(const T* __restrict__ x, int n, int64_t& negative) {
   return (s0 + s1) + (s2 + s3);
 }
 
-// Inv-Entropy alone of one draw that uses the whole [N, N] matrices (no keep): the fast path.
-//   d_i = Σ_k Py[i,k] Px[k,i] = (1/ry_i) Σ_k sy[i,k] sxᵀ[i,k] / rx_k
-// reads each input once and forms neither Px nor Py: one pass over sx takes its row sums and a
-// transposed copy (in L1), then one pass over sy takes each row sum together with d_i, both
-// operands contiguous. Counts negative entries into `negative`; a zero row sum gives NaN.
-template <class T, class S>
-FUQ_HD T inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, int N, int64_t& negative) {
-  T xt[kInvEntropyMaxN * kInvEntropyMaxN], ux[kInvEntropyMaxN];
-  bool bad = false;
-  int64_t neg = 0;
-  for (int k = 0; k < N; ++k) {
-    const S* r = sx + k * N;
-    T s = 0;
-    for (int j = 0; j < N; ++j) {
-      const T v = T(r[j]);
-      s += v;
-      neg += v < 0;
-      xt[j * N + k] = v;
-    }
-    bad = bad || s == 0;
-    ux[k] = T(1) / s;
-  }
-  T p[kInvEntropyMaxN];  // d_i, then d_i ln d_i in a loop of its own (vectorised on the CPU)
-  for (int i = 0; i < N; ++i) {
-    const S* r = sy + i * N;
-    const T* x = xt + i * N;
-    T ry = 0, d = 0;
-    for (int k = 0; k < N; ++k) {
-      const T v = T(r[k]);
-      ry += v;
-      neg += v < 0;
-      d += v * (x[k] * ux[k]);
-    }
-    bad = bad || ry == 0;
-    p[i] = d / ry;
-  }
-  for (int i = 0; i < N; ++i) p[i] = xlogx(p[i]);
-  T inv = 0;
-  for (int i = 0; i < N; ++i) inv -= p[i];
-  negative += neg;
-  return bad ? std::numeric_limits<T>::quiet_NaN() : inv;
-}
-
 // sx: [Mx, Mx] (row stride Mx), sy: [M, M]; keep: S x N indices into sy (nullptr: S = 1, the
 // identity, M = N). sx is indexed through keep as well when Mx == M > N (a full input matrix),
 // else it is the [N, N] matrix itself. out5: inv, ni, wd, max_py, max_b; px, py: [N] means.
