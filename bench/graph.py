@@ -383,15 +383,21 @@ def _loop(fn, arrays, n):
     return np.array([fn(*(a[q] for a in arrays)) for q in range(n)], dtype=np.float64)
 
 
-def _median_ms(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3, [t * 1e3 for t in ts]
+def _interleaved_ms(fns):
+    """{key: (median ms, runs ms)} of several callables timed in turn, round after round, so that a
+    slow phase of the machine (its speed drifts within seconds) falls on all of them alike.
+    fns: {key: (fn, repeats, warmup)}; a callable with fewer repeats sits out the later rounds."""
+    for fn, _, warmup in fns.values():
+        for _ in range(warmup):
+            fn()
+    runs = {k: [] for k in fns}
+    for i in range(max(reps for _, reps, _ in fns.values())):
+        for k, (fn, reps, _) in fns.items():
+            if i < reps:
+                t0 = time.perf_counter()
+                fn()
+                runs[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: (statistics.median(v), v) for k, v in runs.items()}
 
 
 def _max_abs(a, b):
@@ -464,14 +470,17 @@ def run(Q, K, repeats, loop_repeats, loop_q, loop_budget, rtol, atol, seed=0, lo
         if not ok:
             raise SystemExit(f"{name}: flashuq disagrees with a baseline (max |diff| vs numpy loop {diff_np:.3g}, "
                              f"vs torch {diff_torch:.3g}, vs LM-Polygraph {diff_lmp}; rtol={rtol}, atol={atol})")
-        # timing
-        ms_fuq, runs_fuq = _median_ms(f_fuq, repeats)
-        ms_torch, runs_torch = _median_ms(f_torch, repeats)
-        ms_loop, runs_loop = _median_ms(lambda: _loop(f_np, arrays, n_loop), loop_repeats, warmup=0)
+        # timing, interleaved: flashuq, torch, the loop and LM-Polygraph in turn, round after round
+        timed = {"fuq": (f_fuq, repeats, 1), "torch": (f_torch, repeats, 1),
+                 "loop": (lambda: _loop(f_np, arrays, n_loop), loop_repeats, 0)}
+        if f_lmp is not None:
+            timed["lmp"] = (f_lmp, loop_repeats, 0)
+        tm = _interleaved_ms(timed)
+        (ms_fuq, runs_fuq), (ms_torch, runs_torch), (ms_loop, runs_loop) = tm["fuq"], tm["torch"], tm["loop"]
         ms_np = ms_loop * Q / n_loop
         lmp_r = {}
         if f_lmp is not None:
-            ms_lmp_measured, runs_lmp = _median_ms(f_lmp, loop_repeats, warmup=0)
+            ms_lmp_measured, runs_lmp = tm["lmp"]
             ms_lmp = ms_lmp_measured * Q / n_lmp
             lmp_r = {"lm_polygraph_ms": ms_lmp, "lm_polygraph_questions_timed": n_lmp,
                      "lm_polygraph_measured_ms": ms_lmp_measured, "lm_polygraph_runs_ms": runs_lmp,
@@ -601,6 +610,7 @@ def main(argv=None):
         json.dump({
             "benchmark": "graph", "shape": {"Q": Q, "K": args.K}, "dtype": "float64", "quick": args.quick,
             "threads": args.threads, "repeats": repeats, "loop_repeats": loop_repeats, "statistic": "median",
+            "timing": "interleaved: flashuq, torch, the numpy loop and LM-Polygraph timed in turn, round after round",
             "numpy_loop_note": "per-question numpy/scipy loop timed on numpy_loop_questions_timed questions; "
                                "numpy_loop_ms is scaled linearly to Q (numpy_loop_measured_ms is the raw time)",
             "check": {"rtol": args.rtol, "atol": args.atol, "passed": True},

@@ -135,25 +135,25 @@ struct GraphLanes {
     // Kernel Language Entropy's first stage, once GraphLanes::inverse_iteration has left every
     // eigenvector of L = D - W's tridiagonal form in y (not QL with vectors as the scalar path:
     // results agree with it to rounding, not bit for bit): the vectors mapped back, the heat
-    // kernel Kh = Z diag(e^{-t λ}) Zᵀ, normalised as GraphTask::resume does, into `a` and reduced
-    // to tridiagonal form for the second QL.
+    // kernel Kh = Z diag(e^{-t λ}) Zᵀ (its lower triangle, mirrored), normalised as
+    // GraphTask::resume does, into `a` and reduced to tridiagonal form for the second QL.
     void heat_kernel(int n, double t) {
       apply_reflectors(n, n);
       V* ek = lu;  // e^{-t λ_k}
       for (int k = 0; k < n; ++k)
         for (int w = 0; w < W; ++w) ek[k][w] = std::exp(-t * qd[k][w]);
-      for (int i = 0; i < n; ++i) {  // row i: Σ_k (z_ki e_k) z_k,: in k order
+      for (int i = 0; i < n; ++i) {  // row i up to the diagonal: Σ_k (z_ki e_k) z_kj in k order
         V* __restrict__ ai = a + i * n;
-        for (int j = 0; j < n; ++j) ai[j] = zero();
+        for (int j = 0; j <= i; ++j) ai[j] = zero();
         for (int k = 0; k < n; ++k) {
           const V zk = y[k * n + i] * ek[k];
           const V* __restrict__ zr = y + k * n;
-          for (int j = 0; j < n; ++j) ai[j] += zk * zr[j];
+          for (int j = 0; j <= i; ++j) ai[j] += zk * zr[j];
         }
       }
       for (int i = 0; i < n; ++i) v[i] = vsqrt(a[i * n + i]) + 1e-12;
-      for (int i = 0; i < n; ++i)
-        for (int j = 0; j < n; ++j) a[i * n + j] /= v[i] * v[j] * double(n);
+      for (int i = 0; i < n; ++i)  // normalised, and mirrored: the kernel is exactly symmetric
+        for (int j = 0; j <= i; ++j) a[i * n + j] = a[j * n + i] = a[i * n + j] / (v[i] * v[j] * double(n));
       reduce(n);
     }
 

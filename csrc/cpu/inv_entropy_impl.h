@@ -88,8 +88,8 @@ inline I8 lanes8(bool on) {
 }
 
 // The sums of eight rows' partial sums: lane t is ((a_t0 + a_t4) + (a_t2 + a_t6)) + ((a_t1 + a_t5)
-// + (a_t3 + a_t7)). With AVX-512 from two-register shuffles (a transposition folded into the
-// additions); the narrower builds add lane by lane.
+// + (a_t3 + a_t7)). With AVX-512 and AVX2 from two-register shuffles (a transposition folded into
+// the additions); the baseline build adds lane by lane.
 inline V8 sum8x8(const V8* a) {
   V8 r;
 #if defined(__AVX512F__)
@@ -103,6 +103,16 @@ inline V8 sum8x8(const V8* a) {
            __builtin_shuffle(c[2 * t], c[2 * t + 1], M{2, 3, 6, 7, 10, 11, 14, 15});
   r.v[0] = __builtin_shuffle(e[0], e[1], M{0, 2, 4, 6, 8, 10, 12, 14}) +
            __builtin_shuffle(e[0], e[1], M{1, 3, 5, 7, 9, 11, 13, 15});
+#elif defined(__AVX__)
+  for (int q = 0; q < 2; ++q) {  // rows 4q..4q+3 into r.v[q]
+    VN e[2];
+    for (int t = 0; t < 2; ++t) {
+      const VN h0 = a[4 * q + 2 * t].v[0] + a[4 * q + 2 * t].v[1];  // a_j + a_{j+4}
+      const VN h1 = a[4 * q + 2 * t + 1].v[0] + a[4 * q + 2 * t + 1].v[1];
+      e[t] = __builtin_shuffle(h0, h1, IN{0, 1, 4, 5}) + __builtin_shuffle(h0, h1, IN{2, 3, 6, 7});
+    }
+    r.v[q] = __builtin_shuffle(e[0], e[1], IN{0, 2, 4, 6}) + __builtin_shuffle(e[0], e[1], IN{1, 3, 5, 7});
+  }
 #else
   double o[8];
   for (int t = 0; t < 8; ++t) {
@@ -115,7 +125,7 @@ inline V8 sum8x8(const V8* a) {
 }
 
 // Rows r[0..8) become columns of out, row stride ld: out[j * ld + i] = r[i][j] (with AVX-512 in
-// three rounds of two-register shuffles).
+// three rounds of two-register shuffles, with AVX2 as four 4 x 4 blocks).
 inline void store_transposed8(V8* r, double* out, int ld) {
 #if defined(__AVX512F__)
   typedef long long M __attribute__((vector_size(64)));
@@ -135,6 +145,16 @@ inline void store_transposed8(V8* r, double* out, int ld) {
     std::memcpy(out + c * ld, &lo, sizeof lo);
     std::memcpy(out + (c + 4) * ld, &hi, sizeof hi);
   }
+#elif defined(__AVX__)
+  for (int rq = 0; rq < 2; ++rq)    // rows 4rq..4rq+3
+    for (int cq = 0; cq < 2; ++cq) {  // columns 4cq..4cq+3: a 4 x 4 transposition
+      const VN* x[4] = {&r[4 * rq].v[cq], &r[4 * rq + 1].v[cq], &r[4 * rq + 2].v[cq], &r[4 * rq + 3].v[cq]};
+      const VN t0 = __builtin_shuffle(*x[0], *x[1], IN{0, 4, 2, 6}), t1 = __builtin_shuffle(*x[0], *x[1], IN{1, 5, 3, 7});
+      const VN t2 = __builtin_shuffle(*x[2], *x[3], IN{0, 4, 2, 6}), t3 = __builtin_shuffle(*x[2], *x[3], IN{1, 5, 3, 7});
+      const VN c[4] = {__builtin_shuffle(t0, t2, IN{0, 1, 4, 5}), __builtin_shuffle(t1, t3, IN{0, 1, 4, 5}),
+                       __builtin_shuffle(t0, t2, IN{2, 3, 6, 7}), __builtin_shuffle(t1, t3, IN{2, 3, 6, 7})};
+      for (int j = 0; j < 4; ++j) std::memcpy(out + (4 * cq + j) * ld + 4 * rq, &c[j], sizeof(VN));
+    }
 #else
   for (int i = 0; i < 8; ++i)
     for (int j = 0; j < 8; ++j) out[j * ld + i] = r[i][j];
