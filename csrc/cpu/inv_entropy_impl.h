@@ -28,6 +28,14 @@ typedef long long IN __attribute__((vector_size(8 * kW)));
 typedef float FN __attribute__((vector_size(4 * kW)));
 constexpr int kParts = 8 / kW;
 
+// Two-register shuffle with constant lane indices (0..2W-1): Clang's builtin, or GCC's (GCC
+// before 12 has no __builtin_shufflevector).
+#if defined(__clang__)
+#define FUQ_SHUFFLE(M, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define FUQ_SHUFFLE(M, a, b, ...) __builtin_shuffle(a, b, M{__VA_ARGS__})
+#endif
+
 struct V8 {  // lanes 0..7: part t / kW, lane t % kW
   VN v[kParts];
   double operator[](int t) const { return v[t / kW][t % kW]; }
@@ -96,22 +104,22 @@ inline V8 sum8x8(const V8* a) {
   typedef long long M __attribute__((vector_size(64)));
   VN c[4], e[2];
   for (int t = 0; t < 4; ++t)  // lanes 0-3: row 2t's a_j + a_{j+4}; lanes 4-7: row 2t+1's
-    c[t] = __builtin_shuffle(a[2 * t].v[0], a[2 * t + 1].v[0], M{0, 1, 2, 3, 8, 9, 10, 11}) +
-           __builtin_shuffle(a[2 * t].v[0], a[2 * t + 1].v[0], M{4, 5, 6, 7, 12, 13, 14, 15});
+    c[t] = FUQ_SHUFFLE(M, a[2 * t].v[0], a[2 * t + 1].v[0], 0, 1, 2, 3, 8, 9, 10, 11) +
+           FUQ_SHUFFLE(M, a[2 * t].v[0], a[2 * t + 1].v[0], 4, 5, 6, 7, 12, 13, 14, 15);
   for (int t = 0; t < 2; ++t)  // two lanes per row: (a_0 + a_4) + (a_2 + a_6), (a_1 + a_5) + (a_3 + a_7)
-    e[t] = __builtin_shuffle(c[2 * t], c[2 * t + 1], M{0, 1, 4, 5, 8, 9, 12, 13}) +
-           __builtin_shuffle(c[2 * t], c[2 * t + 1], M{2, 3, 6, 7, 10, 11, 14, 15});
-  r.v[0] = __builtin_shuffle(e[0], e[1], M{0, 2, 4, 6, 8, 10, 12, 14}) +
-           __builtin_shuffle(e[0], e[1], M{1, 3, 5, 7, 9, 11, 13, 15});
+    e[t] = FUQ_SHUFFLE(M, c[2 * t], c[2 * t + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+           FUQ_SHUFFLE(M, c[2 * t], c[2 * t + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+  r.v[0] = FUQ_SHUFFLE(M, e[0], e[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+           FUQ_SHUFFLE(M, e[0], e[1], 1, 3, 5, 7, 9, 11, 13, 15);
 #elif defined(__AVX__)
   for (int q = 0; q < 2; ++q) {  // rows 4q..4q+3 into r.v[q]
     VN e[2];
     for (int t = 0; t < 2; ++t) {
       const VN h0 = a[4 * q + 2 * t].v[0] + a[4 * q + 2 * t].v[1];  // a_j + a_{j+4}
       const VN h1 = a[4 * q + 2 * t + 1].v[0] + a[4 * q + 2 * t + 1].v[1];
-      e[t] = __builtin_shuffle(h0, h1, IN{0, 1, 4, 5}) + __builtin_shuffle(h0, h1, IN{2, 3, 6, 7});
+      e[t] = FUQ_SHUFFLE(IN, h0, h1, 0, 1, 4, 5) + FUQ_SHUFFLE(IN, h0, h1, 2, 3, 6, 7);
     }
-    r.v[q] = __builtin_shuffle(e[0], e[1], IN{0, 2, 4, 6}) + __builtin_shuffle(e[0], e[1], IN{1, 3, 5, 7});
+    r.v[q] = FUQ_SHUFFLE(IN, e[0], e[1], 0, 2, 4, 6) + FUQ_SHUFFLE(IN, e[0], e[1], 1, 3, 5, 7);
   }
 #else
   double o[8];
@@ -131,17 +139,17 @@ inline void store_transposed8(V8* r, double* out, int ld) {
   typedef long long M __attribute__((vector_size(64)));
   VN a[8], b[8];
   for (int t = 0; t < 4; ++t) {  // rows 2t, 2t+1 interleaved: even columns, odd columns
-    a[2 * t] = __builtin_shuffle(r[2 * t].v[0], r[2 * t + 1].v[0], M{0, 8, 2, 10, 4, 12, 6, 14});
-    a[2 * t + 1] = __builtin_shuffle(r[2 * t].v[0], r[2 * t + 1].v[0], M{1, 9, 3, 11, 5, 13, 7, 15});
+    a[2 * t] = FUQ_SHUFFLE(M, r[2 * t].v[0], r[2 * t + 1].v[0], 0, 8, 2, 10, 4, 12, 6, 14);
+    a[2 * t + 1] = FUQ_SHUFFLE(M, r[2 * t].v[0], r[2 * t + 1].v[0], 1, 9, 3, 11, 5, 13, 7, 15);
   }
   for (int h = 0; h < 8; h += 4)  // four rows: columns c and c + 4 of rows h..h+3
     for (int t = 0; t < 2; ++t) {
-      b[h + t] = __builtin_shuffle(a[h + t], a[h + t + 2], M{0, 1, 8, 9, 4, 5, 12, 13});
-      b[h + t + 2] = __builtin_shuffle(a[h + t], a[h + t + 2], M{2, 3, 10, 11, 6, 7, 14, 15});
+      b[h + t] = FUQ_SHUFFLE(M, a[h + t], a[h + t + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      b[h + t + 2] = FUQ_SHUFFLE(M, a[h + t], a[h + t + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
   for (int c = 0; c < 4; ++c) {  // b[c], b[c + 4]: columns c (c+4 in their upper halves) of rows 0-3, 4-7
-    const VN lo = __builtin_shuffle(b[c], b[c + 4], M{0, 1, 2, 3, 8, 9, 10, 11});
-    const VN hi = __builtin_shuffle(b[c], b[c + 4], M{4, 5, 6, 7, 12, 13, 14, 15});
+    const VN lo = FUQ_SHUFFLE(M, b[c], b[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    const VN hi = FUQ_SHUFFLE(M, b[c], b[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     std::memcpy(out + c * ld, &lo, sizeof lo);
     std::memcpy(out + (c + 4) * ld, &hi, sizeof hi);
   }
@@ -149,10 +157,10 @@ inline void store_transposed8(V8* r, double* out, int ld) {
   for (int rq = 0; rq < 2; ++rq)    // rows 4rq..4rq+3
     for (int cq = 0; cq < 2; ++cq) {  // columns 4cq..4cq+3: a 4 x 4 transposition
       const VN* x[4] = {&r[4 * rq].v[cq], &r[4 * rq + 1].v[cq], &r[4 * rq + 2].v[cq], &r[4 * rq + 3].v[cq]};
-      const VN t0 = __builtin_shuffle(*x[0], *x[1], IN{0, 4, 2, 6}), t1 = __builtin_shuffle(*x[0], *x[1], IN{1, 5, 3, 7});
-      const VN t2 = __builtin_shuffle(*x[2], *x[3], IN{0, 4, 2, 6}), t3 = __builtin_shuffle(*x[2], *x[3], IN{1, 5, 3, 7});
-      const VN c[4] = {__builtin_shuffle(t0, t2, IN{0, 1, 4, 5}), __builtin_shuffle(t1, t3, IN{0, 1, 4, 5}),
-                       __builtin_shuffle(t0, t2, IN{2, 3, 6, 7}), __builtin_shuffle(t1, t3, IN{2, 3, 6, 7})};
+      const VN t0 = FUQ_SHUFFLE(IN, *x[0], *x[1], 0, 4, 2, 6), t1 = FUQ_SHUFFLE(IN, *x[0], *x[1], 1, 5, 3, 7);
+      const VN t2 = FUQ_SHUFFLE(IN, *x[2], *x[3], 0, 4, 2, 6), t3 = FUQ_SHUFFLE(IN, *x[2], *x[3], 1, 5, 3, 7);
+      const VN c[4] = {FUQ_SHUFFLE(IN, t0, t2, 0, 1, 4, 5), FUQ_SHUFFLE(IN, t1, t3, 0, 1, 4, 5),
+                       FUQ_SHUFFLE(IN, t0, t2, 2, 3, 6, 7), FUQ_SHUFFLE(IN, t1, t3, 2, 3, 6, 7)};
       for (int j = 0; j < 4; ++j) std::memcpy(out + (4 * cq + j) * ld + 4 * rq, &c[j], sizeof(VN));
     }
 #else
@@ -161,13 +169,14 @@ inline void store_transposed8(V8* r, double* out, int ld) {
 #endif
 }
 #undef FUQ_PARTS
+#undef FUQ_SHUFFLE
 
 // Inv-Entropy alone of one draw that uses the whole [N, N] matrices (no keep): the fast path.
 //   d_i = Σ_k Py[i,k] Px[k,i] = (1/ry_i) Σ_k sy[i,k] sxᵀ[i,k] / rx_k
-// reads each input once and forms neither Px nor Py: one pass over sx takes its row sums and a
-// transposed copy (in L1), then one pass over sy takes each row sum together with d_i, both
-// operands contiguous. A row's sums run in eight partial sums (blocks of 8 entries; the last block
-// is the row's last 8 entries, its lanes already counted masked to zero), added in a fixed order:
+// forms neither Px nor Py: a pass over sx takes its row sums and a transposed copy (in L1), then
+// one pass over sy takes each row sum together with d_i, both operands contiguous. A row's sums
+// run in eight partial sums (blocks of 8 entries into sums 0..7; the last block is the row's last
+// 8 entries, its lanes already counted in a full block masked to zero), added in a fixed order:
 // chains of dependent additions eight times shorter than one running sum's, and the same order in
 // every build. Rows go eight at a time (the last eight rows last, some of them twice, to the same
 // bits), so that their sums, reciprocals and quotients are vector operations. Counts negative
@@ -229,7 +238,7 @@ double inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, in
         const V8 v = load8(row + k), vm = mask8(v, tail);
         ry += vm;
         count_negative(neg, vm, first);
-        d += mask8(v * (load8(x + k) * load8(ux + k)), tail);  // a masked lane's product may be inf or NaN
+        d += mask8(v * (load8(x + k) * load8(ux + k)), tail);  // those lanes are in a full block
       }
       acc[r] = ry;
       acc2[r] = d;

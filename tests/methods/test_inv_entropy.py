@@ -455,38 +455,53 @@ def test_cpu_kernel_matches_the_torch_path(variant, full_sx):
 
 @pytest.mark.parametrize("N", [8, 9, 15, 16, 20, 33, 64])
 def test_cpu_single_draw_every_isa_and_bad_rows(N):
-    """The C++ kernel's one-draw path (N >= 8: rows in blocks of eight, the last block and the last
-    eight rows overlapping the ones before) against the general per-draw path, bitwise across the
-    baseline, AVX2 and AVX-512 builds (docs/cpu_kernels.md); a zero row and a NaN in any block
-    give NaN for their question only, and a negative entry anywhere is counted once."""
+    """The C++ kernel's one-draw path (N >= 8: rows in blocks of eight; unless 8 divides N, each
+    row's last block overlaps the one before and the last eight rows overlap the group before)
+    against batched torch and the kernel's general per-draw path, bitwise across the baseline,
+    AVX2 and AVX-512 builds (docs/cpu_kernels.md), fp64 and fp32. A zero row, a NaN and an inf
+    give NaN for their question only; a row of sy that sums to zero through a negative entry gives
+    NaN (not -inf); a negative entry is counted once wherever it sits."""
     from flashuq import _ext
     from flashuq.methods.inv_entropy import _compute
     g = torch.Generator().manual_seed(N)
     Q = 12
     sx = torch.rand(Q, N, N, generator=g, dtype=torch.float64) + 0.01
     sy = torch.rand(Q, N, N, generator=g, dtype=torch.float64) + 0.01
-    sy[1, N - 1] = 0.0                    # a zero row in the last (overlapping) group of rows
+    twice = N - 8                         # a row in the last group and the group before (8 ∤ N)
+    sy[1, twice] = 0.0                    # a zero row of sy
     sx[2, N // 2] = 0.0                   # a zero row sum of sx
-    sx[3, N - 2, N - 1] = float("nan")    # in the last block of a row
+    sx[3, N - 2, N - 1] = float("nan")    # in a row's last block
     sy[4, 0, 3] = float("inf")
     got = inv_entropy(sx, sy)  # the one-draw path
     assert torch.isnan(got[1:5]).all() and not torch.isnan(got[0]).any() and not torch.isnan(got[5:]).any()
     for backend in ("torch", "cpu"):  # batched torch ops; the C++ kernel's general per-draw path
         want = _compute(sx, sy, None, N, "reference", backend=backend).inv_entropy
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14, equal_nan=True)
+    got32 = inv_entropy(sx.float(), sy.float())
+    want32 = _compute(sx.float(), sy.float(), None, N, "reference", backend="torch").inv_entropy
+    torch.testing.assert_close(got32, want32, rtol=1e-5, atol=1e-6, equal_nan=True)
     out, px, py = (torch.empty(5, Q, dtype=torch.float64), torch.empty(Q, N, dtype=torch.float64),
                    torch.empty(Q, N, dtype=torch.float64))
+    cases = [(sx, (6, twice, 0)), (sx, (6, 0, twice)), (sx, (9, N - 1, N - 1)),  # row twice; a last block
+             (sy, (7, twice, 1)), (sy, (7, 1, twice)), (sy, (8, N - 1, N - 1)), (sy, (8, 0, N // 2))]
     try:
         for level in (0, 1, 2):  # on a machine without AVX2 (AVX-512) these repeat a narrower build
             _ext._C.limit_isa(level)
             assert torch.equal(inv_entropy(sx, sy).nan_to_num(7.0), got.nan_to_num(7.0)), _ext._C.isa()
-            # negative entries: one in a row visited twice (the last group), one in a last block
-            for m, (q, i, j) in ((sx, (6, N - 7, 0)), (sy, (7, N - 1, N - 1)), (sy, (8, 0, N // 2))):
+            assert torch.equal(inv_entropy(sx.float(), sy.float()).nan_to_num(7.0), got32.nan_to_num(7.0))
+            for m, (q, i, j) in cases:
                 keep = m[q, i, j].item()
                 m[q, i, j] = -0.5
                 n = _ext._C.inv_entropy(sx, sy, None, N, False, False, out, px, py, 2)
                 assert n == 1, (level, q, i, j, n)
                 m[q, i, j] = keep
+            # sy row 10 sums to zero exactly: d / 0 would be ±inf and the score -inf without the check
+            row = sy[10, twice].clone()
+            sy[10, twice] = 0.0
+            sy[10, twice, 0], sy[10, twice, N - 1] = 1.0, -1.0
+            assert _ext._C.inv_entropy(sx, sy, None, N, False, False, out, px, py, 2) == 1
+            assert torch.isnan(out[0, 10]) and not torch.isnan(out[0, 11])
+            sy[10, twice] = row
     finally:
         _ext._C.limit_isa(2)
 
