@@ -28,16 +28,8 @@ namespace FUQ_ISA {
 
 // dot() below is symeig.h's, on vectors of lanes: the same four partial sums in the same order.
 struct GraphLanes {
-#if defined(__AVX512F__)
-  typedef double V __attribute__((vector_size(64)));
-  typedef long long M __attribute__((vector_size(64)));  // lane masks: all ones or zero
-#elif defined(__AVX__)
-  typedef double V __attribute__((vector_size(32)));
-  typedef long long M __attribute__((vector_size(32)));  // lane masks: all ones or zero
-#else
-  typedef double V __attribute__((vector_size(16)));
-  typedef long long M __attribute__((vector_size(16)));
-#endif
+  typedef double V __attribute__((vector_size(FUQ_VECTOR_BYTES)));
+  typedef long long M __attribute__((vector_size(FUQ_VECTOR_BYTES)));  // lane masks: all ones or zero
   static constexpr int W = int(sizeof(V) / sizeof(double));  // questions per chunk
   static constexpr int NC = 4;                               // chunks per group
   static constexpr int L = W * NC;                           // questions per group

@@ -16,13 +16,7 @@ namespace {
 
 // Eight partial sums in every build, kept as 8 / W registers of W lanes (one zmm, two ymm, four
 // xmm): element-wise operations in the same order, so the builds agree bit for bit.
-#if defined(__AVX512F__)
-constexpr int kW = 8;
-#elif defined(__AVX__)
-constexpr int kW = 4;
-#else
-constexpr int kW = 2;
-#endif
+constexpr int kW = FUQ_VECTOR_BYTES / 8;
 typedef double VN __attribute__((vector_size(8 * kW)));
 typedef long long IN __attribute__((vector_size(8 * kW)));
 typedef float FN __attribute__((vector_size(4 * kW)));

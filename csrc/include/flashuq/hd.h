@@ -23,3 +23,13 @@
 #else
 #define FUQ_ISA_NS isa_base
 #endif
+
+// The CPU build's widest vector register in bytes, for GCC vector types: 64 with AVX-512, 32 with
+// AVX, 16 (SSE2) on the x86-64 baseline.
+#if defined(__AVX512F__)
+#define FUQ_VECTOR_BYTES 64
+#elif defined(__AVX__)
+#define FUQ_VECTOR_BYTES 32
+#else
+#define FUQ_VECTOR_BYTES 16
+#endif
