@@ -250,14 +250,21 @@ static void isotonic_pav_py(CArr<const double, 1> y, CArr<const double, 1> w, CA
 }
 
 static void graph_py(int op, Arr W, CArr<const int32_t, 1> counts, double threshold, double t, Arr out0, std::optional<Arr> out1,
-                     std::optional<Arr> out2, int num_threads, bool lanes) {
+                     std::optional<Arr> out2, int num_threads, bool lanes, std::optional<Arr> C) {
   GraphArgs a{};
-  if (op < 0 || op > 2) throw std::invalid_argument("graph: unknown op");
+  if (op < 0 || op > 3) throw std::invalid_argument("graph: unknown op");
   a.dtype = dtype_of_f32_f64(W, "W");
   if (W.ndim() != 3 || W.shape(1) != W.shape(2)) throw std::invalid_argument("W: expected [Q, K, K]");
   const int64_t Q = int64_t(W.shape(0)), K = int64_t(W.shape(1));
   if (K > 4096) throw std::invalid_argument("W: K above 4096");
   dense(W, "W");
+  if ((op == 3) != bool(C)) throw std::invalid_argument("C: given exactly when op is 3 (KLE from E and C)");
+  if (C) {
+    if (C->dtype() != W.dtype()) throw nb::type_error("C: expected W's dtype");
+    if (C->ndim() != 3 || C->shape(0) != W.shape(0) || C->shape(1) != W.shape(1) || C->shape(2) != W.shape(2))
+      throw std::invalid_argument("C: expected W's shape");
+    a.C = dense(*C, "C").data();
+  }
   const int32_t* c = data_of(counts, Q, "counts");
   for (int64_t q = 0; q < Q; ++q)
     if (c[q] < 0 || c[q] > K) throw std::invalid_argument("counts: entries must lie in [0, K]");
@@ -491,8 +498,10 @@ NB_MODULE(_C, m) {
   m.def("graph", &graph_py, nb::arg("op"), nb::arg("W").noconvert(), nb::arg("counts").noconvert(),
         nb::arg("threshold"), nb::arg("t"), nb::arg("out0").noconvert(), nb::arg("out1").noconvert().none(),
         nb::arg("out2").noconvert().none(), nb::arg("num_threads"), nb::arg("lanes") = true,
-        "Per-question spectra of [Q, K, K] similarity matrices (flashuq.ops.graph). lanes=False runs "
-        "every question on the scalar path, which the SIMD path matches bit for bit (for tests).");
+        nb::arg("C").noconvert().none() = nb::none(),
+        "Per-question spectra of [Q, K, K] similarity matrices (flashuq.ops.graph); op 3 reads KLE's "
+        "entailment E as W and its contradiction C. lanes=False runs every question on the scalar path, "
+        "which the SIMD path matches bit for bit (for tests).");
   m.def("inv_entropy", &inv_entropy_py, nb::arg("sx").noconvert(), nb::arg("sy").noconvert(),
         nb::arg("keep").noconvert().none(), nb::arg("N"), nb::arg("paper"), nb::arg("all"), nb::arg("out").noconvert(),
         nb::arg("p_x").noconvert(), nb::arg("p_y").noconvert(), nb::arg("num_threads"),

@@ -7,8 +7,8 @@
 // (graph_lanes.h), from the input to the scores. Everything else (eigenvectors, tiny or large
 // questions, and any lane that fails: non-finite input, a non-positive degree, no convergence)
 // runs the scalar GraphTask code, one question per OpenMP iteration. A lane computes what the
-// scalar code computes — bit for bit, except the heat kernel's eigenvectors, which come from
-// inverse iteration instead of QL — so neither the grouping, the OpenMP schedule nor the thread
+// scalar code computes — bit for bit, except the heat kernel, which the lanes compute by scaling
+// and squaring instead of from QL's eigenvectors (equal to rounding) — so neither the grouping, the OpenMP schedule nor the thread
 // count can change a result.
 #include <omp.h>
 
@@ -37,12 +37,13 @@ void run(const GraphArgs& a) {
   S* o1 = static_cast<S*>(a.out1);
   S* o2 = static_cast<S*>(a.out2);
   const S* W = static_cast<const S*>(a.W);
+  const S* C = static_cast<const S*>(a.C);
   const int K = int(a.K);
   const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
   const SerialTeam tm;
   auto task_of = [&](int64_t q, double* buf, double* dl, double* el) {
     const int n = a.counts[q];
-    return graph_task(a.op, W, q, K, n, eig_work(buf, n, dl, el), a.threshold, a.t, o0, o1, o2);
+    return graph_task(a.op, W, C, q, K, n, eig_work(buf, n, dl, el), a.threshold, a.t, o0, o1, o2);
   };
 
   // The lane path's questions, by size (a counting sort, index order within a size), in groups
@@ -77,28 +78,27 @@ void run(const GraphArgs& a) {
   {
     const size_t ws = size_t(eig_work_size<double>(K)) + 1;
     std::vector<double> buf(ws), dl(K + 1), el(K + 1);
-    std::vector<Lanes::V> lbuf(ngroups > 0 ? Lanes::work_size(nmax) : 0);
+    const bool heat = graph_heat(a.op);
+    std::vector<Lanes::V> lbuf(ngroups > 0 ? Lanes::work_size(nmax, heat) : 0);
 #pragma omp for schedule(dynamic, 4) nowait
     for (int64_t gi = 0; gi < ngroups; ++gi) {
       const int64_t g0 = groups[gi], cnt = groups[gi + 1] - g0;
       const int n = a.counts[order[g0]];
       Lanes lanes;
-      lanes.bind(lbuf.data(), n);
-      const S* Wk[kLanes];
-      for (int k = 0; k < kLanes; ++k)  // a short group repeats its last question in the spare lanes
-        Wk[k] = W + order[g0 + std::min<int64_t>(k, cnt - 1)] * K * K;
-      lanes.load(a.op, Wk, K);
+      lanes.bind(lbuf.data(), n, heat);
+      const S *Wk[kLanes], *Ck[kLanes];
+      for (int k = 0; k < kLanes; ++k) {  // a short group repeats its last question in the spare lanes
+        const int64_t off = order[g0 + std::min<int64_t>(k, cnt - 1)] * K * K;
+        Wk[k] = W + off;
+        Ck[k] = C ? C + off : nullptr;
+      }
+      lanes.load(a.op, Wk, Ck, K);
+      if (heat)  // the heat kernel of each question, reduced for its eigenvalues
+        for (int h = 0; h < Lanes::NC; ++h) lanes.ch[h].heat_kernel(n, a.t);
       lanes.ql();
-      const bool lap = a.op == kGraphLaplacian, heat = a.op == kGraphHeatEntropy;
+      const bool lap = a.op == kGraphLaplacian;
       Lanes::V mv[Lanes::NC];
       for (int h = 0; h < Lanes::NC; ++h) lanes.ch[h].sort(n);
-      if (heat) {  // every eigenvector, the heat kernel of each question, then its eigenvalues
-        for (int h = 0; h < Lanes::NC; ++h) mv[h] = Lanes::splat(n);
-        lanes.inverse_iteration(n, mv);
-        for (int h = 0; h < Lanes::NC; ++h) lanes.ch[h].heat_kernel(n, a.t);
-        lanes.ql();
-        for (int h = 0; h < Lanes::NC; ++h) lanes.ch[h].sort(n);
-      }
       int mmax = 0;  // Eccentricity's kept eigenvectors
       if (lap && o1) {
         for (int h = 0; h < Lanes::NC; ++h) mmax = std::max(mmax, lanes.ch[h].kept(n, a.threshold, mv[h]));

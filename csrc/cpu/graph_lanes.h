@@ -4,7 +4,8 @@
 // questions is one register), so everything runs in plain vector instructions without shuffles:
 // the symmetrisation and Laplacian, the reduction to tridiagonal form, the root-free QL (all L
 // questions in lockstep, NC independent chains of dependent divisions overlapping each other),
-// the sort, and for Eccentricity the inverse iteration, the reflectors and the scores.
+// the sort, and for Eccentricity the inverse iteration, the reflectors and the scores; for Kernel
+// Language Entropy the heat kernel, by scaling and squaring (heat_kernel).
 //
 // Every lane performs exactly the operations of the scalar code in flashuq/graph.h and
 // flashuq/symeig.h (GraphTask, tridiagonalize, QLIteration's root-free steps, sort_eigen,
@@ -55,26 +56,34 @@ struct GraphLanes {
     return a != 0;
   }
   static V zero() { return splat(0.0); }
-
   // W questions interleaved: the n x n matrix, its tridiagonal form and reflectors, scratch, and
   // the QL's copies qd, qe of d, e.
   struct Chunk {
     V *a, *d, *e, *beta, *v, *p, *qd, *qe;
     V *y, *lu;       // eigenvectors (row j), the LU factors of inverse iteration (5 n)
+    V* x;            // the heat kernel's six matrices (heat_kernel), or nullptr
     bool* ok;        // [W]: false sends the question to the scalar path
     double* scale;   // [W]: kGraphEigvalues divided the matrix by this
 
-    // GraphTask::begin up to and including tridiagonalize, for op kGraphLaplacian or
-    // kGraphEigvalues: Wq[k] is question k's [n, n] block (row stride ld).
+    // GraphTask::begin up to and including tridiagonalize: Wq[k] is question k's [n, n] block
+    // (row stride ld); for kGraphNliHeatEntropy Wq[k] holds E and Cq[k] C.
     template <class S>
-    void load(int op, int n, const S* const* Wq, int ld) {
+    void load(int op, int n, const S* const* Wq, const S* const* Cq, int ld) {
       for (int k = 0; k < W; ++k) ok[k] = true;
-      for (int i = 0; i < n; ++i)  // load_symmetric: the W blocks interleaved, row by row ...
-        for (int j = 0; j < n; ++j) {
-          V x;
-          for (int k = 0; k < W; ++k) x[k] = double(Wq[k][i * ld + j]);
-          a[i * n + j] = x;
-        }
+      if (op == kGraphNliHeatEntropy)  // load_symmetric: nli_weight's matrix, interleaved ...
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j <= i; ++j) {
+            V x;
+            for (int k = 0; k < W; ++k) x[k] = double(nli_weight(Wq[k], Cq[k], ld, i, j));
+            a[i * n + j] = a[j * n + i] = x;
+          }
+      else  // ... or the W blocks, row by row ...
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j < n; ++j) {
+            V x;
+            for (int k = 0; k < W; ++k) x[k] = double(Wq[k][i * ld + j]);
+            a[i * n + j] = x;
+          }
       for (int i = 0; i < n; ++i)  // ... then (W + Wᵀ)/2 (a + b is b + a, bit for bit) and the degrees
         for (int j = i; j < n; ++j) a[i * n + j] = a[j * n + i] = (a[i * n + j] + a[j * n + i]) * 0.5;
       for (int i = 0; i < n; ++i) {
@@ -99,20 +108,26 @@ struct GraphLanes {
         for (int i = 0; i < n; ++i) p[i] = 1.0 / vsqrt(v[i]);
         for (int i = 0; i < n; ++i)
           for (int j = 0; j < n; ++j) a[i * n + j] = splat(i == j ? 1.0 : 0.0) - a[i * n + j] * p[i] * p[j];
-      } else {  // kGraphHeatEntropy: L = diag(row sums) - W
+      } else {  // the heat kernel: L = diag(row sums) - W, left for heat_kernel (not reduced)
         for (int i = 0; i < n; ++i)
           for (int j = 0; j < n; ++j) a[i * n + j] = (i == j ? v[i] : zero()) - a[i * n + j];
+        sanitize(n);
+        return;
       }
       reduce(n);
     }
 
-    // Sanitize (a failed question gets the identity: no inf or NaN below), tridiagonalize, and
-    // sym_eig_begin's finiteness test.
-    void reduce(int n) {
+    // A failed question gets the identity: no inf or NaN below.
+    void sanitize(int n) {
       for (int k = 0; k < W; ++k)
         if (!ok[k])
           for (int i = 0; i < n; ++i)
             for (int j = 0; j < n; ++j) a[i * n + j][k] = i == j ? 1.0 : 0.0;
+    }
+
+    // Sanitize, tridiagonalize, and sym_eig_begin's finiteness test.
+    void reduce(int n) {
+      sanitize(n);
       tridiagonalize(n);
       for (int i = 0; i < n; ++i)
         for (int k = 0; k < W; ++k) ok[k] = ok[k] && std::isfinite(d[i][k]) && std::isfinite(e[i][k]);
@@ -124,28 +139,114 @@ struct GraphLanes {
           }
     }
 
-    // Kernel Language Entropy's first stage, once GraphLanes::inverse_iteration has left every
-    // eigenvector of L = D - W's tridiagonal form in y (not QL with vectors as the scalar path:
-    // results agree with it to rounding, not bit for bit): the vectors mapped back, the heat
-    // kernel Kh = Z diag(e^{-t λ}) Zᵀ (its lower triangle, mirrored), normalised as
-    // GraphTask::resume does, into `a` and reduced to tridiagonal form for the second QL.
-    void heat_kernel(int n, double t) {
-      apply_reflectors(n, n);
-      V* ek = lu;  // e^{-t λ_k}
-      for (int k = 0; k < n; ++k)
-        for (int w = 0; w < W; ++w) ek[k][w] = std::exp(-t * qd[k][w]);
-      for (int i = 0; i < n; ++i) {  // row i up to the diagonal: Σ_k (z_ki e_k) z_kj in k order
-        V* __restrict__ ai = a + i * n;
-        for (int j = 0; j <= i; ++j) ai[j] = zero();
-        for (int k = 0; k < n; ++k) {
-          const V zk = y[k * n + i] * ek[k];
-          const V* __restrict__ zr = y + k * n;
-          for (int j = 0; j <= i; ++j) ai[j] += zk * zr[j];
+    // Kernel Language Entropy's first stage on the lanes: from L = D - W in `a`, the heat kernel
+    // Kh = expm(-t L) by scaling and squaring (not from eigenvectors, as the scalar path: the two
+    // agree to rounding), normalised as GraphTask::resume does, into `a` and reduced to
+    // tridiagonal form for the second QL. With μ the centre and r the radius of L's Gershgorin
+    // interval and A = -t (L - μI) / 2^s, ‖A‖∞ <= |t| r / 2^s <= 1/2:
+    //   Kh = e^{-tμ} · T14(A)^(2^s),   T14 = Σ_{k<=14} A^k / k!   (Paterson–Stockmeyer in A⁴)
+    // where the Taylor remainder is below 2.3e-17 ‖T14‖. A question whose |t| max(|λ|) may exceed
+    // kHeatExpMax (bounded by Gershgorin) goes to the scalar path instead. Every product of two
+    // polynomials in A is symmetric: its lower triangle is computed, then mirrored.
+    static constexpr double kHeatExpMax = 128;
+
+    // C = X Y for symmetric X, Y that commute: the lower triangle, each sum over k in order,
+    // mirrored. Two rows at a time (eight independent sums): reads up to 3 entries past Y's last
+    // row (padding, never used in a result).
+    static void sym_product(int n, const V* __restrict__ X, const V* __restrict__ Y, V* __restrict__ C) {
+      for (int i = 0; i < n; i += 2) {
+        const int i1 = i + 1 < n ? i + 1 : i;  // an odd last row is computed twice
+        for (int j0 = 0; j0 <= i1; j0 += 4) {
+          V c0 = zero(), c1 = zero(), c2 = zero(), c3 = zero();
+          V d0 = zero(), d1 = zero(), d2 = zero(), d3 = zero();
+          for (int k = 0; k < n; ++k) {
+            const V x = X[i * n + k], x1 = X[i1 * n + k];
+            const V* y = Y + k * n + j0;
+            const V y0 = y[0], y1 = y[1], y2 = y[2], y3 = y[3];
+            c0 += x * y0;
+            c1 += x * y1;
+            c2 += x * y2;
+            c3 += x * y3;
+            d0 += x1 * y0;
+            d1 += x1 * y1;
+            d2 += x1 * y2;
+            d3 += x1 * y3;
+          }
+          V* ci = C + i * n + j0;
+          const int jn = i + 1 - j0;
+          if (jn > 0) ci[0] = c0;
+          if (jn > 1) ci[1] = c1;
+          if (jn > 2) ci[2] = c2;
+          if (jn > 3) ci[3] = c3;
+          V* di = C + i1 * n + j0;
+          const int jn1 = i1 + 1 - j0;
+          di[0] = d0;
+          if (jn1 > 1) di[1] = d1;
+          if (jn1 > 2) di[2] = d2;
+          if (jn1 > 3) di[3] = d3;
         }
       }
-      for (int i = 0; i < n; ++i) v[i] = vsqrt(a[i * n + i]) + 1e-12;
-      for (int i = 0; i < n; ++i)  // normalised, and mirrored: the kernel is exactly symmetric
-        for (int j = 0; j <= i; ++j) a[i * n + j] = a[j * n + i] = a[i * n + j] / (v[i] * v[j] * double(n));
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < i; ++j) C[j * n + i] = C[i * n + j];
+    }
+
+    void heat_kernel(int n, double t) {
+      const size_t ms = size_t(n) * n + 4;  // a matrix and its padding
+      V *A = x, *A2 = A + ms, *A3 = A2 + ms, *A4 = A3 + ms, *R = A4 + ms, *P = R + ms;
+      V lo = splat(std::numeric_limits<double>::infinity()), hi = -lo;
+      for (int i = 0; i < n; ++i) {  // Gershgorin: λ in [lo, hi]
+        V off = zero();
+        for (int j = 0; j < n; ++j)
+          if (j != i) off += vabs(a[i * n + j]);
+        const V l = a[i * n + i] - off, h = a[i * n + i] + off;
+        lo = sel(l < lo, l, lo);
+        hi = sel(h > hi, h, hi);
+      }
+      V mu, sc, emu;
+      int s[W], smax = 0;
+      for (int k = 0; k < W; ++k) {
+        const double big = std::fmax(std::fabs(lo[k]), std::fabs(hi[k])), at = std::fabs(t);
+        if (!(at * big <= kHeatExpMax)) ok[k] = false;  // (NaN included) the scalar path's
+        mu[k] = ok[k] ? 0.5 * (lo[k] + hi[k]) : 0.0;
+        const double ar = ok[k] ? 2 * at * (0.5 * (hi[k] - lo[k])) : 0.0;  // ‖A‖∞ · 2^s <= 1/2
+        int e = 0;
+        const double f = std::frexp(ar, &e);  // ar = f 2^e, f in [0.5, 1)
+        s[k] = ar <= 1 ? 0 : f == 0.5 ? e - 1 : e;
+        smax = s[k] > smax ? s[k] : smax;
+        sc[k] = ok[k] ? std::ldexp(-t, -s[k]) : 0.0;  // exact: a power of two
+        emu[k] = ok[k] ? std::exp(-t * mu[k]) : 1.0;
+      }
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < n; ++j) A[i * n + j] = (i == j ? a[i * n + j] - mu : a[i * n + j]) * sc;
+      for (size_t i = size_t(n) * n; i < ms; ++i) A[i] = A2[i] = R[i] = zero();  // padding
+      sym_product(n, A, A, A2);
+      sym_product(n, A2, A, A3);
+      sym_product(n, A2, A2, A4);
+      constexpr int m = 14;
+      double c[m + 1];  // 1/k!
+      c[0] = 1;
+      for (int k = 1; k <= m; ++k) c[k] = c[k - 1] / k;
+      for (int i = 0; i < n; ++i)  // the highest block: c12 + c13 A + c14 A²
+        for (int j = 0; j < n; ++j)
+          R[i * n + j] = (i == j ? splat(c[12]) : zero()) + c[13] * A[i * n + j] + c[14] * A2[i * n + j];
+      for (int b = 2; b >= 0; --b) {  // R <- B_b + A⁴ R,  B_b = Σ_{q<4} c_{4b+q} A^q
+        sym_product(n, A4, R, P);
+        const double* cb = c + 4 * b;
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j < n; ++j) {
+            const int e = i * n + j;
+            R[e] = (i == j ? splat(cb[0]) : zero()) + cb[1] * A[e] + cb[2] * A2[e] + cb[3] * A3[e] + P[e];
+          }
+      }
+      for (int q = 0; q < smax; ++q) {  // each lane squares s times
+        M sq;
+        for (int k = 0; k < W; ++k) sq[k] = q < s[k] ? -1 : 0;
+        sym_product(n, R, R, P);
+        for (int i = 0; i < n * n; ++i) R[i] = sel(sq, P[i], R[i]);
+      }
+      for (int i = 0; i < n; ++i) v[i] = vsqrt(R[i * n + i] * emu) + 1e-12;
+      for (int i = 0; i < n; ++i)  // e^{-tμ} R normalised as GraphTask::resume, and mirrored
+        for (int j = 0; j <= i; ++j) a[i * n + j] = a[j * n + i] = R[i * n + j] * emu / (v[i] * v[j] * double(n));
       reduce(n);
     }
 
@@ -286,20 +387,23 @@ struct GraphLanes {
     }
   };
 
-  static size_t chunk_size(int n) { return 2 * size_t(n) * n + 13 * size_t(n); }
+  // with the heat kernel's six matrices (and their padding)
+  static size_t chunk_size(int n, bool heat) {
+    return 2 * size_t(n) * n + 13 * size_t(n) + (heat ? 6 * (size_t(n) * n + 4) : 0);
+  }
   // Work space of one group, in V.
-  static size_t work_size(int n) { return NC * chunk_size(n); }
+  static size_t work_size(int n, bool heat) { return NC * chunk_size(n, heat); }
 
   int n;
   Chunk ch[NC];
   bool ok[L];
   double scale[L];
 
-  void bind(V* buf, int n_) {
+  void bind(V* buf, int n_, bool heat) {
     n = n_;
     for (int c = 0; c < NC; ++c) {
       Chunk& h = ch[c];
-      h.a = buf + c * chunk_size(n);
+      h.a = buf + c * chunk_size(n, heat);
       h.d = h.a + n * n;
       h.e = h.d + n;
       h.beta = h.e + n;
@@ -309,6 +413,7 @@ struct GraphLanes {
       h.qe = h.qd + n;
       h.y = h.qe + n;
       h.lu = h.y + n * n;
+      h.x = heat ? h.lu + 5 * n : nullptr;
       h.ok = ok + c * W;
       h.scale = scale + c * W;
     }
@@ -422,10 +527,10 @@ struct GraphLanes {
 #undef FUQ_CHUNKS
   }
 
-  // Wq[k]: question k's block.
+  // Wq[k] (and Cq[k]): question k's block.
   template <class S>
-  void load(int op, const S* const* Wq, int ld) {
-    for (int c = 0; c < NC; ++c) ch[c].load(op, n, Wq + c * W, ld);
+  void load(int op, const S* const* Wq, const S* const* Cq, int ld) {
+    for (int c = 0; c < NC; ++c) ch[c].load(op, n, Wq + c * W, Cq + c * W, ld);
   }
 
   // QLIteration's root-free iteration (symeig.h) on the copies qd, qe, lane-wise; the

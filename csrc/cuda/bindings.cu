@@ -37,9 +37,9 @@ static auto on_device(A& x, int64_t n, int dev, const char* name) {
 }
 
 static void graph_py(int op, Arr W, GArr<const int32_t, 1> counts, double threshold, double t, Arr out0, std::optional<Arr> out1,
-                     std::optional<Arr> out2, uintptr_t stream) {
+                     std::optional<Arr> out2, uintptr_t stream, std::optional<Arr> C) {
   GraphArgs a{};
-  if (op < 0 || op > 2) throw std::invalid_argument("graph: unknown op");
+  if (op < 0 || op > 3) throw std::invalid_argument("graph: unknown op");
   a.f64 = dtype_of_f32_f64(W, "W") == DType::F64;
   if (W.ndim() != 3 || W.shape(1) != W.shape(2)) throw std::invalid_argument("W: expected [Q, K, K]");
   const int64_t Q = int64_t(W.shape(0)), K = int64_t(W.shape(1));
@@ -48,11 +48,18 @@ static void graph_py(int op, Arr W, GArr<const int32_t, 1> counts, double thresh
   dense(W, "W");
   // the counts live on the device: Python guarantees 0 <= counts <= K (sum of a mask)
   const int32_t* counts_p = on_device(counts, Q, dev, "counts");
+  if ((op == 3) != bool(C)) throw std::invalid_argument("C: given exactly when op is 3 (KLE from E and C)");
+  if (C) {
+    if (C->dtype() != W.dtype()) throw nb::type_error("C: expected W's dtype");
+    if (C->ndim() != 3 || C->shape(0) != W.shape(0) || C->shape(1) != W.shape(1) || C->shape(2) != W.shape(2))
+      throw std::invalid_argument("C: expected W's shape");
+    a.C = on_device(*C, Q * K * K, dev, "C");
+  }
   auto out = [&](Arr& o, int64_t size, const char* name) {
     if (o.dtype() != W.dtype()) throw nb::type_error((std::string(name) + ": expected W's dtype").c_str());
     return on_device(o, size, dev, name);
   };
-  const bool vec = op != 2 && bool(out1);
+  const bool vec = op < 2 && bool(out1);
   a.out0 = out(out0, op == 0 ? Q * K : Q, "out0");
   a.out1 = vec ? out(*out1, op == 0 ? Q * K * K : Q, "out1") : nullptr;
   a.out2 = nullptr;
@@ -173,6 +180,7 @@ NB_MODULE(_cuda, m) {
   }, "CUDA devices visible to the statically linked runtime (0 without a driver).");
   m.def("graph", &graph_py, nb::arg("op"), nb::arg("W").noconvert(), nb::arg("counts").noconvert(),
         nb::arg("threshold"), nb::arg("t"), nb::arg("out0").noconvert(), nb::arg("out1").noconvert().none(),
-        nb::arg("out2").noconvert().none(), nb::arg("stream"),
-        "Per-question spectra of [Q, K, K] similarity matrices, one block per question.");
+        nb::arg("out2").noconvert().none(), nb::arg("stream"), nb::arg("C").noconvert().none() = nb::none(),
+        "Per-question spectra of [Q, K, K] similarity matrices, one block per question; op 3 reads "
+        "KLE's entailment E as W and its contradiction C.");
 }

@@ -40,8 +40,9 @@ __global__ void graph_kernel(GraphArgs a) {
   const int64_t q = blockIdx.x;
   const int n = a.counts[q];
   GraphTask<double, S, S> task =
-      graph_task(a.op, static_cast<const S*>(a.W), q, int(a.K), n, eig_work(smem, n, dl, el), a.threshold, a.t,
-                 static_cast<S*>(a.out0), static_cast<S*>(a.out1), static_cast<S*>(a.out2));
+      graph_task(a.op, static_cast<const S*>(a.W), static_cast<const S*>(a.C), q, int(a.K), n,
+                 eig_work(smem, n, dl, el), a.threshold, a.t, static_cast<S*>(a.out0), static_cast<S*>(a.out1),
+                 static_cast<S*>(a.out2));
   run_graph_task(BlockTeam{}, task);
 }
 

@@ -11,6 +11,7 @@ struct GraphArgs {
   int op;               // flashuq::GraphOp
   bool f64;             // W and the outputs are fp64 (else fp32); the arithmetic is fp64 always
   const void* W;        // contiguous [Q, K, K] device memory
+  const void* C;        // op 3 (kGraphNliHeatEntropy): the contradiction probabilities, as W; else nullptr
   int64_t Q, K;         // K <= kGraphMaxK
   const int32_t* counts;
   double threshold, t;

@@ -495,6 +495,99 @@ def test_heat_kernel_entropy_masked_and_limits():
     torch.testing.assert_close(h32.double(), fuq.heat_kernel_entropy(t(W).float().double()), rtol=1e-6, atol=1e-7)
 
 
+def test_heat_kernel_lanes_scaling_and_squaring():
+    """On the CPU lanes the heat kernel is a Taylor polynomial of -t(L - μI)/2^s squared s times
+    (csrc/cpu/graph_lanes.h, docs/numerics.md#small-eigenproblems): it agrees with the scalar path's
+    eigen-decomposition to rounding and with scipy's expm to 1e-9, for small, large and negative t;
+    a question whose |t|·max|λ| may exceed 128 (Gershgorin) is computed on the scalar path instead,
+    bit for bit."""
+    rng = np.random.default_rng(52)
+    Q, K = 40, 20
+    W = rng.uniform(0, 2, size=(Q, K, K))
+    W[:8] *= rng.uniform(0, 0.2, size=(8, 1, 1))  # some sparse-weight graphs: small norms, s = 0..2
+    Ws = (W + W.transpose(0, 2, 1)) / 2
+    L = np.einsum("qij->qi", Ws)[:, :, None] * np.eye(K) - Ws
+    diag = np.einsum("qii->qi", L)
+    radius = np.abs(L).sum(2) - np.abs(diag)
+    gersh = np.maximum(np.abs((diag - radius).min(1)), np.abs((diag + radius).max(1)))  # max |λ| <= gersh
+    counts = torch.full((Q,), K, dtype=torch.int32)
+    for tt in (-0.4, 0.01, 0.3, 1.0, 3.0, 8.0):
+        outs = [torch.full((Q,), float("nan"), dtype=F64) for _ in range(2)]
+        for o, lanes in zip(outs, (True, False)):
+            _ext._C.graph(2, t(W), counts, 0.9, tt, o, None, None, 2, lanes=lanes)
+        np.testing.assert_allclose(outs[0].numpy(), outs[1].numpy(), rtol=1e-12, atol=1e-12)
+        scalar = abs(tt) * gersh > 128
+        assert torch.equal(outs[0][torch.from_numpy(scalar)], outs[1][torch.from_numpy(scalar)])
+        ref = np.array([heat_entropy_ref(W[q], tt) for q in range(Q)])
+        np.testing.assert_allclose(outs[0].numpy(), ref, rtol=1e-9, atol=1e-11)
+        if tt == 8.0:
+            assert scalar.any() and not scalar.all()  # both routes ran
+        if tt == 0.3:  # the lanes' own route ran (equal to the scalar path only to rounding)
+            assert not scalar.any() and not torch.equal(outs[0], outs[1])
+
+
+def _kle_weights(E, C):
+    """Kernel Language Entropy's W as the method built it in torch before the kernel built it."""
+    Es, Cs = E + E.transpose(1, 2), C + C.transpose(1, 2)
+    return torch.rsub(Es, 2).sub_(Cs).mul_(0.5).add_(Es)
+
+
+@pytest.mark.parametrize("fp64", [True, False])
+def test_nli_heat_kernel_entropy_is_the_built_W_bitwise(fp64):
+    """KLE's W built inside the kernel from E and C (op 3) gives bitwise what building W in torch and
+    calling heat_kernel_entropy gives: on the lane path (3 <= n <= 64) and the scalar one (n < 3,
+    n > 64, lanes=False), in every ISA build, masked or not; a non-finite E or C entry costs only its
+    question; the values match scipy's expm transcription."""
+    from flashuq.ops.graph import nli_heat_kernel_entropy
+    rng = np.random.default_rng(44)
+    dt = F64 if fp64 else torch.float32
+    for K, Q in ((20, 70), (70, 5), (2, 4)):
+        E = t(rng.uniform(0, 1, size=(Q, K, K))).to(dt)  # asymmetric, as NLI probabilities are
+        C = (t(rng.uniform(0, 1, size=(Q, K, K))).to(dt) * (1 - E))
+        E[3 % Q, 0, K - 1] = float("nan")
+        C[1, K - 1, 0] = float("inf")
+        mask = t(rand_mask(rng, Q, K))
+        W = _kle_weights(E, C)
+        for m in (None, mask):
+            try:
+                for level in (2, 1, 0):
+                    _ext._C.limit_isa(level)
+                    got = nli_heat_kernel_entropy(E, C, t=0.3, sample_mask=m)
+                    assert got.dtype == dt
+                    assert nan_eq(got, fuq.heat_kernel_entropy(W, t=0.3, sample_mask=m)), (K, m is None, level)
+            finally:
+                _ext._C.limit_isa(2)
+            if m is None:  # (a mask may drop the bad entries)
+                assert got[3 % Q].isnan() and got[1].isnan() and got[0].isfinite()
+        for lanes in (True, False):
+            counts = torch.full((Q,), K, dtype=torch.int32)
+            outs = [torch.full((Q,), float("nan"), dtype=dt) for _ in range(2)]
+            _ext._C.graph(3, E, counts, 0.9, 0.3, outs[0], None, None, 2, lanes=lanes, C=C)
+            _ext._C.graph(2, W, counts, 0.9, 0.3, outs[1], None, None, 2, lanes=lanes)
+            assert nan_eq(outs[0], outs[1]), (K, lanes)
+        if fp64:
+            got = nli_heat_kernel_entropy(E, C, t=0.3)
+            for q in range(Q):
+                if q not in (1, 3 % Q):
+                    assert got[q].item() == pytest.approx(heat_entropy_ref(W[q].numpy(), 0.3), rel=1e-9, abs=1e-11)
+
+
+def test_nli_heat_kernel_entropy_binding_refuses_misuse():
+    E = torch.rand(3, 5, 5, dtype=F64)
+    counts = torch.full((3,), 5, dtype=torch.int32)
+    out = torch.empty(3, dtype=F64)
+    with pytest.raises(ValueError, match="C"):  # op 3 needs C ...
+        _ext._C.graph(3, E, counts, 0.9, 0.3, out, None, None, 1)
+    with pytest.raises(ValueError, match="C"):  # ... and only op 3 takes it
+        _ext._C.graph(2, E, counts, 0.9, 0.3, out, None, None, 1, C=E.clone())
+    with pytest.raises(TypeError):
+        _ext._C.graph(3, E, counts, 0.9, 0.3, out, None, None, 1, C=E.float())
+    with pytest.raises(ValueError, match="C"):
+        _ext._C.graph(3, E, counts, 0.9, 0.3, out, None, None, 1, C=E[:, :4, :4].contiguous())
+    with pytest.raises(ValueError, match="C"):
+        _ext._C.graph(3, E, counts, 0.9, 0.3, out, None, None, 1, C=E.transpose(1, 2))
+
+
 # ---- determinism -----------------------------------------------------------------------------------
 
 def _all_ops(W, mask=None):
@@ -556,8 +649,8 @@ def test_simd_lanes_match_scalar_path_bitwise(fp64):
     of one size per group (csrc/cpu/graph_lanes.h): each lane performs the scalar code's
     operations in the same order, so every result is bitwise the scalar path's, whatever shares
     its group (the binding's lanes=False runs everything on the scalar path). Kernel Language
-    Entropy's eigenvectors come from inverse iteration in the lanes and from QL on the scalar
-    path: there the two agree to rounding, and the lanes' result is still the same on 1 and 2
+    Entropy's heat kernel comes from scaling and squaring in the lanes and from QL's eigenvectors
+    on the scalar path: there the two agree to rounding, and the lanes' result is still the same on 1 and 2
     threads."""
     rng = np.random.default_rng(31)
     K = 70
@@ -591,7 +684,7 @@ def test_simd_lanes_match_scalar_path_bitwise(fp64):
         scalar = run(op, vectors, False, 1)
         for num_threads in (1, 2):
             simd = run(op, vectors, True, num_threads)
-            if op == 2:  # the heat kernel's eigenvectors: inverse iteration in the lanes, QL on the scalar path
+            if op == 2:  # the heat kernel: scaling and squaring in the lanes, QL's eigenvectors on the scalar path
                 tol = 1e-12 if fp64 else 1e-5
                 np.testing.assert_allclose(simd[0].numpy(), scalar[0].numpy(), rtol=tol, atol=tol)
                 if num_threads == 1:
@@ -624,7 +717,8 @@ def test_torch_compile_fullgraph():
         return (fuq.methods.eigv(W, sample_mask=mask) * 2 + 1,
                 fuq.laplacian_spectrum(W).eccentricity_per_sample,
                 fuq.sym_eig(W, sample_mask=mask, eigenvectors=True)[1],
-                fuq.heat_kernel_entropy(W, sample_mask=mask))
+                fuq.heat_kernel_entropy(W, sample_mask=mask),
+                fuq.methods.kernel_language_entropy(W, W.mT, sample_mask=mask))
 
     torch._dynamo.reset()
     g = torch.compile(f, fullgraph=True, backend="aot_eager")

@@ -21,21 +21,38 @@ inline namespace FUQ_ISA_NS {
 enum GraphOp : int {
   kGraphEigvalues = 0,   // eigenvalues (and eigenvectors) of W itself
   kGraphLaplacian = 1,   // EigV and Eccentricity of the normalised Laplacian
-  kGraphHeatEntropy = 2  // von Neumann entropy of the normalised heat kernel (KLE)
+  kGraphHeatEntropy = 2,    // von Neumann entropy of the normalised heat kernel (KLE)
+  kGraphNliHeatEntropy = 3  // the same of KLE's W, built from NLI probabilities E and C (nli_weight)
 };
+
+FUQ_HD bool graph_heat(int op) { return op == kGraphHeatEntropy || op == kGraphNliHeatEntropy; }
+
+// Kernel Language Entropy's weight of responses i and j from the entailment and contradiction
+// probabilities E, C (docs/methods.md#kle): Es + ½(2 - Es - Cs) with Es = E_ij + E_ji and
+// Cs = C_ij + C_ji, in the inputs' precision and in the order of the method's torch code
+// (2 - Es, - Cs, · ½, + Es), so that both give the same bits; symmetric bit for bit (a + b is b + a).
+template <class S>
+FUQ_HD S nli_weight(const S* E, const S* C, int ld, int i, int j) {
+  const S es = E[i * ld + j] + E[j * ld + i], cs = C[i * ld + j] + C[j * ld + i];
+  return ((S(2) - es) - cs) * S(0.5) + es;
+}
 
 template <class T>
 FUQ_HD T graph_nan() { return std::numeric_limits<T>::quiet_NaN(); }
 
-// w.a <- (W + Wᵀ)/2 (rows owned by member i % size); w.v[i] <- the row sums (degrees).
-// Returns whether every entry is finite (identical on every member; ends synchronised).
+// w.a <- (W + Wᵀ)/2 (rows owned by member i % size); w.v[i] <- the row sums (degrees). With C,
+// W holds E and the matrix is nli_weight's (symmetrised all the same, which keeps it: the bits
+// are those of passing that matrix as W). Returns whether every entry is finite (identical on
+// every member; ends synchronised).
 template <class T, class S, class Team>
-FUQ_HD bool load_symmetric(const Team& tm, const S* W, int ld, int n, EigWork<T>& w) {
+FUQ_HD bool load_symmetric(const Team& tm, const S* W, const S* C, int ld, int n, EigWork<T>& w) {
   const int r0 = tm.rank(), nt = tm.size();
   for (int i = r0; i < n; i += nt) {
     T deg = 0;
     for (int j = 0; j < n; ++j) {
-      const T x = (T(W[i * ld + j]) + T(W[j * ld + i])) * T(0.5);
+      const T wij = C ? T(nli_weight(W, C, ld, i, j)) : T(W[i * ld + j]);
+      const T wji = C ? wij : T(W[j * ld + i]);
+      const T x = (wij + wji) * T(0.5);
       w.a[i * n + j] = x;
       deg += x;
     }
@@ -51,7 +68,8 @@ template <class T, class S, class R>
 struct GraphTask {
   // inputs
   int op, K, n;
-  const S* W;           // this question's [K, K] block
+  const S* W;           // this question's [K, K] block (kGraphNliHeatEntropy: of E)
+  const S* C;           // kGraphNliHeatEntropy: this question's block of C; otherwise nullptr
   T threshold, t;
   // outputs of this question (see GraphArgs of the drivers): o0 scalar or [K] values, o1 scalar /
   // [K, K] vectors or nullptr, o2 [K] per-sample or nullptr
@@ -70,7 +88,7 @@ struct GraphTask {
       fail(tm);
       return false;
     }
-    if (!load_symmetric(tm, W, K, n, w)) return fail(tm);
+    if (!load_symmetric(tm, W, C, K, n, w)) return fail(tm);
     if (op == kGraphEigvalues) {
       scale = 0;  // work on a / max|a|, so that QL's squares cannot overflow whatever the input
       for (int i = 0; i < n * n; ++i) scale = std::fmax(scale, std::fabs(w.a[i]));
@@ -147,7 +165,7 @@ struct GraphTask {
   FUQ_HD bool want_vectors() const {
     // KLE: all vectors for the heat kernel; Eccentricity: only a few, by inverse iteration after
     // the eigenvalues (laplacian_scores)
-    if (op == kGraphHeatEntropy) return stage == 0;
+    if (graph_heat(op)) return stage == 0;
     return op == kGraphEigvalues && o1 != nullptr;
   }
 
@@ -212,13 +230,15 @@ struct GraphTask {
   }
 };
 
-// The task of question q of a batch: W contiguous [Q, K, K]; outputs as the drivers' GraphArgs.
+// The task of question q of a batch: W (and C, or nullptr) contiguous [Q, K, K]; outputs as the
+// drivers' GraphArgs.
 template <class T, class S>
-FUQ_HD GraphTask<T, S, S> graph_task(int op, const S* W, int64_t q, int K, int n, EigWork<T> w, T threshold, T t,
-                                     S* o0, S* o1, S* o2) {
+FUQ_HD GraphTask<T, S, S> graph_task(int op, const S* W, const S* C, int64_t q, int K, int n, EigWork<T> w,
+                                     T threshold, T t, S* o0, S* o1, S* o2) {
   GraphTask<T, S, S> g;
   g.op = op; g.K = K; g.n = n;
   g.W = W + q * K * K;
+  g.C = C ? C + q * K * K : static_cast<const S*>(nullptr);
   g.threshold = threshold; g.t = t;
   g.w = w;
   g.scale = T(1);

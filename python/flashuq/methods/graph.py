@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import _ext
 from ..ops._common import is_tracing
-from ..ops.graph import heat_kernel_entropy, laplacian_spectrum
+from ..ops.graph import laplacian_spectrum, nli_heat_kernel_entropy
 from ._inputs import check_shape, compute_dtype, input_tensor, sample_mask_of
 
 
@@ -95,11 +95,10 @@ def kernel_language_entropy(entail, contra, *, t: float = 0.3, sample_mask=None)
     E, C = E.to(dt), C.to(dt)
     Q, K = E.shape[:2]
     valid = sample_mask_of(sample_mask, Q, K, E)
-    Es, Cs = E + E.transpose(1, 2), C + C.transpose(1, 2)
-    # Es + 0.5·(2 - Es - Cs), the same operations in place: every new [Q, K, K] tensor this large is
-    # fresh memory from the system, and its page faults cost more than the arithmetic
-    W = torch.rsub(Es, 2).sub_(Cs).mul_(0.5).add_(Es)
-    vne = heat_kernel_entropy(W, t=t, sample_mask=None if sample_mask is None else valid)
+    # the kernel builds W = Es + 0.5·(2 - Es - Cs) from E and C as it loads them: new [Q, K, K]
+    # tensors this large are fresh memory from the system, whose page faults cost more than the
+    # arithmetic (docs/cpu_kernels.md)
+    vne = nli_heat_kernel_entropy(E, C, t=t, sample_mask=None if sample_mask is None else valid)
     n = valid.sum(1)
     # ln 1 = 0: one response has no entropy to scale (its VNE is ~1e-12 from the normaliser's epsilon)
     return torch.where(n >= 2, vne / torch.log(n.to(dt)), torch.nan)

@@ -7,7 +7,7 @@ question per OpenMP iteration, fp64 arithmetic) and CUDA (``flashuq._cuda``, one
 block, fp64 arithmetic). On the CPU, eigenvalue-only work on questions of 3..64 samples (EigV,
 Eccentricity, the heat kernel, ``sym_eig`` without vectors) runs 8 or 16 questions of one size
 at a time in SIMD lanes (``csrc/cpu/graph_lanes.h``), bitwise equal to the scalar code except the
-heat kernel's eigenvectors (inverse iteration there; equal to rounding). Every matrix is symmetrised as ``(W + Wᵀ)/2`` first, which is LM-Polygraph's step
+heat kernel (scaling and squaring there, not eigenvectors; equal to rounding). Every matrix is symmetrised as ``(W + Wᵀ)/2`` first, which is LM-Polygraph's step
 for an entailment matrix and changes nothing for a symmetric one.
 
 Ragged questions (K varies because empty samples were dropped) come as ``sample_mask [Q, K]``;
@@ -29,7 +29,7 @@ from .._checks import check_real
 from .. import _ext
 from ._common import as_tensor, device_guard
 
-OP_EIG, OP_LAPLACIAN, OP_HEAT = 0, 1, 2
+OP_EIG, OP_LAPLACIAN, OP_HEAT, OP_NLI_HEAT = 0, 1, 2, 3
 MAX_CUDA_K = 64  # the block keeps two K x K fp64 matrices in shared memory
 
 
@@ -68,16 +68,25 @@ def _check_mask(sample_mask, W: Tensor) -> Optional[Tensor]:
     return m != 0
 
 
-def _compact(W: Tensor, mask: Optional[Tensor]):
-    """(W with the valid samples first, int32 counts, the permutation or None)."""
+def _compact(W: Tensor, mask: Optional[Tensor], C: Optional[Tensor] = None):
+    """(W with the valid samples first, int32 counts, the permutation or None, C likewise or None)."""
     Q, K = W.shape[:2]
-    W = W.detach()
-    W = W.to(torch.float32) if W.dtype in (torch.float16, torch.bfloat16) else W
+
+    def prep(X):
+        X = X.detach()
+        return X.to(torch.float32) if X.dtype in (torch.float16, torch.bfloat16) else X
+
+    W = prep(W)
+    C = None if C is None else prep(C)
     if mask is None:
-        return W.contiguous(), torch.full((Q,), K, dtype=torch.int32, device=W.device), None
+        counts = torch.full((Q,), K, dtype=torch.int32, device=W.device)
+        return W.contiguous(), counts, None, None if C is None else C.contiguous()
     perm = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # valid samples first, in order
-    W = W.gather(1, perm[:, :, None].expand(Q, K, K)).gather(2, perm[:, None, :].expand(Q, K, K))
-    return W.contiguous(), mask.sum(1, dtype=torch.int32), perm
+
+    def gather(X):
+        return X.gather(1, perm[:, :, None].expand(Q, K, K)).gather(2, perm[:, None, :].expand(Q, K, K)).contiguous()
+
+    return gather(W), mask.sum(1, dtype=torch.int32), perm, None if C is None else gather(C)
 
 
 def _scatter_rows(x: Tensor, perm: Optional[Tensor]) -> Tensor:
@@ -110,33 +119,33 @@ def _alloc(W: Tensor, op: int, vectors: bool) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.library.custom_op("flashuq::graph_spectra", mutates_args=())
-def _graph_op(W: Tensor, counts: Tensor, op: int, vectors: bool, threshold: float, t: float
-              ) -> Tuple[Tensor, Tensor, Tensor]:
+def _graph_op(W: Tensor, counts: Tensor, op: int, vectors: bool, threshold: float, t: float,
+              C: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     out = _alloc(W, op, vectors)
     if W.shape[0] == 0:
         return out
     o1 = out[1] if vectors else None
     o2 = out[2] if vectors and op == OP_LAPLACIAN else None
     if W.device.type == "cpu":
-        _ext._C.graph(op, W, counts, threshold, t, out[0], o1, o2, torch.get_num_threads())
+        _ext._C.graph(op, W, counts, threshold, t, out[0], o1, o2, torch.get_num_threads(), C=C)
     else:
         if _ext._cuda is None:
             raise RuntimeError("flashuq was built without CUDA (no nvcc at install time): "
                                "move the matrices to the CPU")
         with device_guard(W):
             _ext._cuda.graph(op, W, counts, threshold, t, out[0], o1, o2,
-                             torch.cuda.current_stream(W.device).cuda_stream)
+                             torch.cuda.current_stream(W.device).cuda_stream, C=C)
     return out
 
 
 @_graph_op.register_fake
-def _(W, counts, op, vectors, threshold, t):
+def _(W, counts, op, vectors, threshold, t, C=None):
     return _alloc(W, op, vectors)
 
 
-def _run(W: Tensor, mask, op: int, vectors: bool, threshold: float = 0.0, t: float = 0.0):
-    W, counts, perm = _compact(W, mask)
-    return (*_graph_op(W, counts, op, vectors, threshold, t), perm)
+def _run(W: Tensor, mask, op: int, vectors: bool, threshold: float = 0.0, t: float = 0.0, C=None):
+    W, counts, perm, C = _compact(W, mask, C)
+    return (*_graph_op(W, counts, op, vectors, threshold, t, C), perm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,12 +215,29 @@ def heat_kernel_entropy(W, *, t: float = 0.3, sample_mask=None) -> Tensor:
     (√Kh_jj + 1e-12)) / n`` and ``VNE = -Σ λ ln λ`` over K̃'s eigenvalues with ``|λ| > 1e-8``
     (Nikitin et al., "Kernel Language Entropy", arXiv 2405.20003; LM-Polygraph
     ``kernel_language_entropy.py``). ``expm`` comes from the eigen-decomposition of L, which is
-    exact for a symmetric L. Returns ``[Q]`` (NaN for an empty question).
+    exact for a symmetric L; on the CPU's SIMD lanes (3..64 samples) from scaling and squaring a
+    degree-14 Taylor polynomial of the shifted L instead (docs/numerics.md#small-eigenproblems),
+    the same to rounding. Returns ``[Q]`` (NaN for an empty question).
     """
     W = _check_matrix(W, "W")
     mask = _check_mask(sample_mask, W)
     t = _num(t, "t")
     return _run(W, mask, OP_HEAT, False, t=t)[0]
+
+
+def nli_heat_kernel_entropy(E: Tensor, C: Tensor, *, t: float, sample_mask: Optional[Tensor] = None) -> Tensor:
+    """:func:`heat_kernel_entropy` of Kernel Language Entropy's graph, built inside the kernel from the
+    entailment and contradiction probabilities ``E, C [Q, K, K]`` (same dtype and shape, checked by the
+    caller, :func:`flashuq.methods.kernel_language_entropy`)::
+
+        W = Es + 0.5·(2 - Es - Cs),  Es = E + Eᵀ,  Cs = C + Cᵀ
+
+    in the inputs' precision and order of operations, so the result is bitwise that of building W in
+    torch and calling :func:`heat_kernel_entropy`, without the three ``[Q, K, K]`` temporaries.
+    """
+    E, C = _check_matrix(E, "entail"), _check_matrix(C, "contra")
+    mask = _check_mask(sample_mask, E)
+    return _run(E, mask, OP_NLI_HEAT, False, t=_num(t, "t"), C=C)[0]
 
 
 __all__ = ["LaplacianSpectrum", "heat_kernel_entropy", "laplacian_spectrum", "sym_eig"]
