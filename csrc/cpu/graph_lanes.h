@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <utility>
 
 #include "flashuq/graph.h"
 
@@ -150,10 +151,11 @@ struct GraphLanes {
     // polynomials in A is symmetric: its lower triangle is computed, then mirrored.
     static constexpr double kHeatExpMax = 128;
 
-    // C = X Y for symmetric X, Y that commute: the lower triangle, each sum over k in order,
-    // mirrored. Two rows at a time (eight independent sums): reads up to 3 entries past Y's last
-    // row (padding, never used in a result).
-    static void sym_product(int n, const V* __restrict__ X, const V* __restrict__ Y, V* __restrict__ C) {
+    // C = f(i, j, X Y) for symmetric X, Y that commute and an f that keeps the result symmetric:
+    // the lower triangle, each sum over k in order, mirrored. Two rows at a time (eight
+    // independent sums): reads up to 3 entries past Y's last row (padding, never used in a result).
+    template <class F>
+    static void sym_product(int n, const V* __restrict__ X, const V* __restrict__ Y, V* __restrict__ C, F f) {
       for (int i = 0; i < n; i += 2) {
         const int i1 = i + 1 < n ? i + 1 : i;  // an odd last row is computed twice
         for (int j0 = 0; j0 <= i1; j0 += 4) {
@@ -174,16 +176,16 @@ struct GraphLanes {
           }
           V* ci = C + i * n + j0;
           const int jn = i + 1 - j0;
-          if (jn > 0) ci[0] = c0;
-          if (jn > 1) ci[1] = c1;
-          if (jn > 2) ci[2] = c2;
-          if (jn > 3) ci[3] = c3;
+          if (jn > 0) ci[0] = f(i, j0, c0);
+          if (jn > 1) ci[1] = f(i, j0 + 1, c1);
+          if (jn > 2) ci[2] = f(i, j0 + 2, c2);
+          if (jn > 3) ci[3] = f(i, j0 + 3, c3);
           V* di = C + i1 * n + j0;
           const int jn1 = i1 + 1 - j0;
-          di[0] = d0;
-          if (jn1 > 1) di[1] = d1;
-          if (jn1 > 2) di[2] = d2;
-          if (jn1 > 3) di[3] = d3;
+          di[0] = f(i1, j0, d0);
+          if (jn1 > 1) di[1] = f(i1, j0 + 1, d1);
+          if (jn1 > 2) di[2] = f(i1, j0 + 2, d2);
+          if (jn1 > 3) di[3] = f(i1, j0 + 3, d3);
         }
       }
       for (int i = 0; i < n; ++i)
@@ -218,10 +220,11 @@ struct GraphLanes {
       }
       for (int i = 0; i < n; ++i)
         for (int j = 0; j < n; ++j) A[i * n + j] = (i == j ? a[i * n + j] - mu : a[i * n + j]) * sc;
-      for (size_t i = size_t(n) * n; i < ms; ++i) A[i] = A2[i] = R[i] = zero();  // padding
-      sym_product(n, A, A, A2);
-      sym_product(n, A2, A, A3);
-      sym_product(n, A2, A2, A4);
+      for (size_t i = size_t(n) * n; i < ms; ++i) A[i] = A2[i] = R[i] = P[i] = zero();  // padding
+      const auto product = [](int, int, V x) { return x; };
+      sym_product(n, A, A, A2, product);
+      sym_product(n, A2, A, A3, product);
+      sym_product(n, A2, A2, A4, product);
       constexpr int m = 14;
       double c[m + 1];  // 1/k!
       c[0] = 1;
@@ -230,19 +233,18 @@ struct GraphLanes {
         for (int j = 0; j < n; ++j)
           R[i * n + j] = (i == j ? splat(c[12]) : zero()) + c[13] * A[i * n + j] + c[14] * A2[i * n + j];
       for (int b = 2; b >= 0; --b) {  // R <- B_b + A⁴ R,  B_b = Σ_{q<4} c_{4b+q} A^q
-        sym_product(n, A4, R, P);
         const double* cb = c + 4 * b;
-        for (int i = 0; i < n; ++i)
-          for (int j = 0; j < n; ++j) {
-            const int e = i * n + j;
-            R[e] = (i == j ? splat(cb[0]) : zero()) + cb[1] * A[e] + cb[2] * A2[e] + cb[3] * A3[e] + P[e];
-          }
+        sym_product(n, A4, R, P, [&](int i, int j, V x) {
+          const int e = i * n + j;
+          return (i == j ? splat(cb[0]) : zero()) + cb[1] * A[e] + cb[2] * A2[e] + cb[3] * A3[e] + x;
+        });
+        std::swap(R, P);
       }
       for (int q = 0; q < smax; ++q) {  // each lane squares s times
         M sq;
         for (int k = 0; k < W; ++k) sq[k] = q < s[k] ? -1 : 0;
-        sym_product(n, R, R, P);
-        for (int i = 0; i < n * n; ++i) R[i] = sel(sq, P[i], R[i]);
+        sym_product(n, R, R, P, [&](int i, int j, V x) { return sel(sq, x, R[i * n + j]); });
+        std::swap(R, P);
       }
       for (int i = 0; i < n; ++i) v[i] = vsqrt(R[i * n + i] * emu) + 1e-12;
       for (int i = 0; i < n; ++i)  // e^{-tμ} R normalised as GraphTask::resume, and mirrored
