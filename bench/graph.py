@@ -577,10 +577,17 @@ def main(argv=None):
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
     loop_repeats = args.loop_repeats if args.loop_repeats is not None else (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
-    try:  # the numpy loop's BLAS calls: same thread count (20 x 20 matrices run on one thread anyway)
+    blas_threads = None
+    try:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(args.threads)
+        # The loops' BLAS calls (numpy, scipy; LM-Polygraph's estimators) on 20 x 20 matrices run on
+        # the calling thread whatever the limit, but with a pool of two OpenBLAS's idle worker keeps
+        # spinning after each call and takes a core from whatever runs next: flashuq's KLE measured
+        # 12-17 ms right after LM-Polygraph's loop, 8-10 ms with one BLAS thread (the loop no slower).
+        threadpool_limits(1, user_api="blas")
+        blas_threads = 1
     except ImportError:
         pass
     info = machine_info(torch.device("cpu"))
@@ -620,7 +627,7 @@ def main(argv=None):
                         "vs_numpy_loop_extra": TARGET_VS_NUMPY_EXTRA,
                         "vs_lm_polygraph": TARGET_VS_LMP if lmp else None},
             "params": {"eccentricity_threshold": THRESHOLD, "kle_t": KLE_T, "inv_entropy_bootstrap": BOOT,
-                       "seed": args.seed},
+                       "seed": args.seed, "blas_threads": blas_threads},
             "load_average": {"before": load_before, "after": load_after},
             "machine": info, "timestamp": stamp, "results": results}, f, indent=2)
     print(f"\nwrote {out}")

@@ -143,10 +143,15 @@ struct GraphLanes {
     // Kernel Language Entropy's first stage on the lanes: from L = D - W in `a`, the heat kernel
     // Kh = expm(-t L) by scaling and squaring (not from eigenvectors, as the scalar path: the two
     // agree to rounding), normalised as GraphTask::resume does, into `a` and reduced to
-    // tridiagonal form for the second QL. With μ the centre and r the radius of L's Gershgorin
-    // interval and A = -t (L - μI) / 2^s, ‖A‖∞ <= |t| r / 2^s <= 1/2:
-    //   Kh = e^{-tμ} · T14(A)^(2^s),   T14 = Σ_{k<=14} A^k / k!   (Paterson–Stockmeyer in A⁴)
-    // where the Taylor remainder is below 2.3e-17 ‖T14‖. A question whose |t| max(|λ|) may exceed
+    // tridiagonal form for the second QL.
+    // L's rows sum to zero, so 1 is an eigenvector (eigenvalue 0), and L' = L + cJ (J all ones,
+    // c the mean off-diagonal weight) moves that eigenvalue to σ = nc and keeps the others:
+    //   expm(-tL) = expm(-tL') + (1 - e^{-tσ}) J/n.
+    // L' has narrower Gershgorin discs than L (its off-diagonal entries -W_ij + c are centred),
+    // which saves a squaring on KLE's graphs. With μ the centre and r the radius of L''s
+    // Gershgorin interval and A = -t (L' - μI) / 2^s, ‖A‖∞ <= |t| r / 2^s <= 1/2:
+    //   expm(-tL') = e^{-tμ} · T14(A)^(2^s),   T14 = Σ_{k<=14} A^k / k!   (Paterson–Stockmeyer in A⁴)
+    // where the Taylor remainder is below 2.4e-17. A question whose |t| max(|λ|) may exceed
     // kHeatExpMax (bounded by Gershgorin) goes to the scalar path instead. Every product of two
     // polynomials in A is symmetric: its lower triangle is computed, then mirrored.
     static constexpr double kHeatExpMax = 128;
@@ -195,16 +200,21 @@ struct GraphLanes {
     void heat_kernel(int n, double t) {
       const size_t ms = size_t(n) * n + 4;  // a matrix and its padding
       V *A = x, *A2 = A + ms, *A3 = A2 + ms, *A4 = A3 + ms, *R = A4 + ms, *P = R + ms;
+      V wsum = zero();  // cj: the mean off-diagonal weight (c above)
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < n; ++j)
+          if (j != i) wsum -= a[i * n + j];
+      const V cj = wsum / double(n * (n - 1));
       V lo = splat(std::numeric_limits<double>::infinity()), hi = -lo;
-      for (int i = 0; i < n; ++i) {  // Gershgorin: λ in [lo, hi]
+      for (int i = 0; i < n; ++i) {  // Gershgorin: the eigenvalues of L' in [lo, hi]
         V off = zero();
         for (int j = 0; j < n; ++j)
-          if (j != i) off += vabs(a[i * n + j]);
-        const V l = a[i * n + i] - off, h = a[i * n + i] + off;
+          if (j != i) off += vabs(a[i * n + j] + cj);
+        const V l = (a[i * n + i] + cj) - off, h = (a[i * n + i] + cj) + off;
         lo = sel(l < lo, l, lo);
         hi = sel(h > hi, h, hi);
       }
-      V mu, sc, emu;
+      V mu, sc, emu, corr;
       int s[W], smax = 0;
       for (int k = 0; k < W; ++k) {
         const double big = std::fmax(std::fabs(lo[k]), std::fabs(hi[k])), at = std::fabs(t);
@@ -217,9 +227,10 @@ struct GraphLanes {
         smax = s[k] > smax ? s[k] : smax;
         sc[k] = ok[k] ? std::ldexp(-t, -s[k]) : 0.0;  // exact: a power of two
         emu[k] = ok[k] ? std::exp(-t * mu[k]) : 1.0;
+        corr[k] = ok[k] ? -std::expm1(-t * (n * cj[k])) / n : 0.0;  // (1 - e^{-tσ}) / n
       }
       for (int i = 0; i < n; ++i)
-        for (int j = 0; j < n; ++j) A[i * n + j] = (i == j ? a[i * n + j] - mu : a[i * n + j]) * sc;
+        for (int j = 0; j < n; ++j) A[i * n + j] = (i == j ? (a[i * n + j] + cj) - mu : a[i * n + j] + cj) * sc;
       for (size_t i = size_t(n) * n; i < ms; ++i) A[i] = A2[i] = R[i] = P[i] = zero();  // padding
       const auto product = [](int, int, V x) { return x; };
       sym_product(n, A, A, A2, product);
@@ -246,9 +257,10 @@ struct GraphLanes {
         sym_product(n, R, R, P, [&](int i, int j, V x) { return sel(sq, x, R[i * n + j]); });
         std::swap(R, P);
       }
-      for (int i = 0; i < n; ++i) v[i] = vsqrt(R[i * n + i] * emu) + 1e-12;
-      for (int i = 0; i < n; ++i)  // e^{-tμ} R normalised as GraphTask::resume, and mirrored
-        for (int j = 0; j <= i; ++j) a[i * n + j] = a[j * n + i] = R[i * n + j] * emu / (v[i] * v[j] * double(n));
+      for (int i = 0; i < n; ++i) v[i] = vsqrt(R[i * n + i] * emu + corr) + 1e-12;
+      for (int i = 0; i < n; ++i)  // Kh = e^{-tμ} R + corr normalised as GraphTask::resume, and mirrored
+        for (int j = 0; j <= i; ++j)
+          a[i * n + j] = a[j * n + i] = (R[i * n + j] * emu + corr) / (v[i] * v[j] * double(n));
       reduce(n);
     }
 

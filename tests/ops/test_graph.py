@@ -496,7 +496,7 @@ def test_heat_kernel_entropy_masked_and_limits():
 
 
 def test_heat_kernel_lanes_scaling_and_squaring():
-    """On the CPU lanes the heat kernel is a Taylor polynomial of -t(L - μI)/2^s squared s times
+    """On the CPU lanes the heat kernel is a Taylor polynomial of -t(L + cJ - μI)/2^s squared s times
     (csrc/cpu/graph_lanes.h, docs/numerics.md#small-eigenproblems): it agrees with the scalar path's
     eigen-decomposition to rounding and with scipy's expm to 1e-9, for small, large and negative t;
     a question whose |t|·max|λ| may exceed 128 (Gershgorin) is computed on the scalar path instead,
@@ -507,6 +507,8 @@ def test_heat_kernel_lanes_scaling_and_squaring():
     W[:8] *= rng.uniform(0, 0.2, size=(8, 1, 1))  # some sparse-weight graphs: small norms, s = 0..2
     Ws = (W + W.transpose(0, 2, 1)) / 2
     L = np.einsum("qij->qi", Ws)[:, :, None] * np.eye(K) - Ws
+    off = ~np.eye(K, dtype=bool)
+    L = L + Ws[:, off].mean(1)[:, None, None]  # L + cJ, c the mean off-diagonal weight (same spectrum but 0)
     diag = np.einsum("qii->qi", L)
     radius = np.abs(L).sum(2) - np.abs(diag)
     gersh = np.maximum(np.abs((diag - radius).min(1)), np.abs((diag + radius).max(1)))  # max |λ| <= gersh
