@@ -568,3 +568,15 @@ def token_keep_mask_ref(token_logprob, keep: float, lam: float = 0.5):
     order = sorted(range(len(s)), key=lambda i: (s[i], i))
     keep_set = set(order[:n])
     return [1 if i in keep_set else 0 for i in range(len(s))]
+
+
+def eigenscore_ref(Z, alpha: float = 1e-3) -> float:
+    """EigenScore of one question's ``Z [K, d]`` (docs/methods.md#eigenscore), as LM-Polygraph's
+    ``eigenscore.py`` codes it: the explicit ``d × d`` centring matrix, ``Z J_d Zᵀ + αI``, its
+    eigenvalues (``λ <= 0 -> 1e-10``) and the mean of their logs."""
+    Z = np.asarray(Z, dtype=np.float64)
+    d = Z.shape[-1]
+    J = np.eye(d) - np.ones((d, d)) / d
+    S = Z @ J @ Z.T + alpha * np.eye(Z.shape[0])
+    lam = np.linalg.eigvalsh(S)
+    return float(np.mean(np.log(np.where(lam > 0, lam, 1e-10))))

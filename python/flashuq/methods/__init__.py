@@ -14,6 +14,7 @@ from .attention import (RAUQ_ALPHA, UqacTerms, attention_score, rauq, rauq_layer
 from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_margin, maqa_max_prob,
                    topk_stats_at_positions)
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
+from .hidden import eigenscore
 from .inv_entropy import (InvEntropyMeasures, inv_entropy, inv_entropy_measures, inv_entropy_similarity,
                           nli_similarity)
 from .samples import (greedy_bidirectional_clusters, label_prob, lexical_similarity, luq,
@@ -93,6 +94,9 @@ REGISTRY: Dict[str, Method] = {
     "vro": Method(vro, ("similarity",), "Huang et al., Look Before You Leap, arXiv 2307.10236"),
     "inv_entropy": Method(inv_entropy, ("sx", "sy"),
                           "Song, Ji, Shi, Lai, Al Kontar, Inv-Entropy, NeurIPS 2025, arXiv 2506.09684"),
+    # ---- hidden-state methods (docs/methods.md#hidden-state-methods)
+    "eigenscore": Method(eigenscore, ("embeddings",),
+                         "Chen et al., INSIDE, ICLR 2024, arXiv 2402.03744; LM-Polygraph EigenScore"),
     # ---- attention methods (docs/methods.md#attention-methods)
     "attention_score": Method(attention_score, ("attn", "response_start"),
                               "Sriramanan et al., LLM-Check, NeurIPS 2024; LM-Polygraph AttentionScore"),

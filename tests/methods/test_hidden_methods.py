@@ -1,0 +1,139 @@
+"""flashuq.methods.hidden (docs/methods.md#hidden-state-methods): EigenScore against LM-Polygraph 0.7.0's own
+``EigenScore`` estimator (its module imported bare, without the rest of LM-Polygraph) and the float64
+transcription ``flashuq.reference.eigenscore_ref``; sample masks, non-finite input, dtypes, batch
+independence, argument errors."""
+
+import importlib
+import importlib.machinery
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from flashuq import methods as M
+from flashuq.reference import eigenscore_ref
+
+
+def lm_polygraph_eigenscore():
+    """LM-Polygraph's ``EigenScore`` class: its package entered as bare modules (its ``__init__`` imports
+    the whole library, installed here without its dependencies), then only ``eigenscore.py`` and the
+    ``estimator.py`` it imports run."""
+    spec = importlib.util.find_spec("lm_polygraph")
+    root = list(spec.submodule_search_locations)[0]
+    for name, sub in (("lm_polygraph", ""), ("lm_polygraph.utils", "utils"), ("lm_polygraph.estimators", "estimators")):
+        if name not in sys.modules:
+            bare = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            bare.submodule_search_locations = [os.path.join(root, sub)]
+            sys.modules[name] = importlib.util.module_from_spec(bare)
+    return importlib.import_module("lm_polygraph.estimators.eigenscore").EigenScore
+
+
+def embeddings(Q, K, d, seed=0, dtype=torch.float64):
+    """Hidden-state-like rows: a shared offset, a per-question direction, answers in 1-3 clusters
+    (near-duplicates make Σ nearly singular, where α matters), on a scale of tens."""
+    g = torch.Generator().manual_seed(seed)
+    base = 3 * torch.randn(Q, 1, d, generator=g, dtype=torch.float64) + 5
+    cls = torch.randint(0, 3, (Q, K), generator=g)
+    centres = 4 * torch.randn(Q, 3, d, generator=g, dtype=torch.float64)
+    Z = base + centres.gather(1, cls[:, :, None].expand(Q, K, d)) + 0.05 * torch.randn(Q, K, d, generator=g,
+                                                                                        dtype=torch.float64)
+    return Z.to(dtype)
+
+
+@pytest.mark.parametrize("K,d", [(1, 8), (5, 16), (10, 64), (20, 48)])
+def test_eigenscore_matches_lm_polygraph_and_reference(K, d):
+    Q = 12
+    Z = embeddings(Q, K, d, seed=K)
+    got = M.eigenscore(Z)
+    assert got.dtype == torch.float64 and got.shape == (Q,)
+    EigenScore = lm_polygraph_eigenscore()
+    for alpha in (1e-3, 0.5):
+        got = M.eigenscore(Z, alpha=alpha)
+        lmp = EigenScore(alpha=alpha)({"sample_embeddings": Z.numpy()})
+        ref = np.array([eigenscore_ref(Z[q].numpy(), alpha) for q in range(Q)])
+        np.testing.assert_allclose(got.numpy(), lmp, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-10)
+    # near-duplicate answers: Σ is close to singular and the score sits near ln α
+    dup = Z[:, :1].expand(Q, K, d).contiguous()
+    np.testing.assert_allclose(M.eigenscore(dup).numpy(),
+                               [eigenscore_ref(dup[q].numpy()) for q in range(Q)], rtol=1e-9, atol=1e-9)
+    if K > 1:
+        assert (M.eigenscore(dup) < M.eigenscore(Z)).all()  # identical answers: less uncertain
+
+
+def test_eigenscore_masked_samples_and_bad_rows():
+    Q, K, d = 9, 7, 24
+    Z = embeddings(Q, K, d, seed=3)
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(Q, K, generator=g) > 0.3
+    mask[0] = False            # no valid answer: NaN
+    mask[1] = False
+    mask[1, 2] = True          # one valid answer
+    Zg = Z.clone()
+    Zg[~mask] = torch.nan      # whatever masked rows hold never enters a result
+    Zg[2, 0, 0] = torch.inf if mask[2, 0] else Zg[2, 0, 0]
+    got = M.eigenscore(Zg, sample_mask=mask)
+    assert got[0].isnan()
+    for q in range(1, Q):
+        idx = mask[q].nonzero().flatten().numpy()
+        if q == 2 and mask[2, 0]:
+            assert got[q].isnan()  # a non-finite entry in a valid answer: NaN for its question only
+            continue
+        assert got[q].item() == pytest.approx(eigenscore_ref(Z[q].numpy()[idx]), rel=1e-10, abs=1e-10)
+    # the same questions one at a time, or padded with more masked answers: the same values
+    for q in range(Q):
+        one = M.eigenscore(Zg[q:q + 1], sample_mask=mask[q:q + 1])
+        assert torch.equal(one.nan_to_num(7.0), got[q:q + 1].nan_to_num(7.0))
+    pad = torch.cat([Zg, torch.full((Q, 3, d), 1e30, dtype=Zg.dtype)], 1)
+    mpad = torch.cat([mask, torch.zeros(Q, 3, dtype=torch.bool)], 1)
+    torch.testing.assert_close(M.eigenscore(pad, sample_mask=mpad), got, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_eigenscore_dtypes_and_numpy_input():
+    Z = embeddings(6, 5, 32, seed=9)
+    want = M.eigenscore(Z)
+    for dt in (torch.float32, torch.bfloat16):
+        Zl = Z.to(dt)
+        got = M.eigenscore(Zl)
+        assert got.dtype == torch.float32
+        # computed in fp64 from the rounded inputs, as the reference (its J_d is fp64)
+        ref = np.array([eigenscore_ref(Zl[q].double().numpy()) for q in range(6)])
+        np.testing.assert_allclose(got.double().numpy(), ref, rtol=1e-6, atol=1e-6)
+    # (bf16 rounds away the near-duplicates' differences; fp32 keeps them)
+    np.testing.assert_allclose(M.eigenscore(Z.float()).double().numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+    assert torch.equal(M.eigenscore(Z.numpy()), want)
+    assert M.REGISTRY["eigenscore"].fn is M.eigenscore and M.REGISTRY["eigenscore"].inputs == ("embeddings",)
+
+
+def test_eigenscore_blocks_of_questions_agree(monkeypatch):
+    """The Gram matrices are built a block of questions at a time: the block size changes nothing."""
+    from flashuq.methods import hidden
+
+    Z = embeddings(10, 6, 40, seed=11)
+    whole = M.eigenscore(Z)
+    monkeypatch.setattr(hidden, "_BLOCK_ELEMENTS", 6 * 40 * 3)  # three questions per block
+    assert torch.equal(M.eigenscore(Z), whole)
+
+
+def test_eigenscore_argument_errors():
+    Z = embeddings(2, 3, 4)
+    with pytest.raises(TypeError, match="embeddings"):
+        M.eigenscore([[[1.0]]])
+    with pytest.raises(TypeError, match="embeddings"):
+        M.eigenscore(torch.ones(2, 3, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="embeddings"):
+        M.eigenscore(Z[0])
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="alpha"):
+            M.eigenscore(Z, alpha=bad)
+    with pytest.raises(TypeError, match="alpha"):
+        M.eigenscore(Z, alpha="0.1")
+    with pytest.raises(ValueError, match="sample_mask"):
+        M.eigenscore(Z, sample_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="sample_mask"):
+        M.eigenscore(Z, sample_mask=torch.ones(2, 3))
+    assert M.eigenscore(torch.zeros(0, 3, 4)).shape == (0,)
