@@ -15,6 +15,7 @@ from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_marg
                    topk_stats_at_positions)
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
 from .hidden import eigenscore
+from .consistency import cocoa_msp, cocoa_mte, cocoa_ppl, semantic_density
 from .inv_entropy import (InvEntropyMeasures, inv_entropy, inv_entropy_measures, inv_entropy_similarity,
                           nli_similarity)
 from .samples import (greedy_bidirectional_clusters, label_prob, lexical_similarity, luq,
@@ -94,6 +95,12 @@ REGISTRY: Dict[str, Method] = {
     "vro": Method(vro, ("similarity",), "Huang et al., Look Before You Leap, arXiv 2307.10236"),
     "inv_entropy": Method(inv_entropy, ("sx", "sy"),
                           "Song, Ji, Shi, Lai, Al Kontar, Inv-Entropy, NeurIPS 2025, arXiv 2506.09684"),
+    # ---- confidence x consistency (docs/methods.md#consistency-methods)
+    **{name: Method(fn, ("stats", "greedy_similarity"), f"Vashurin et al. 2025 (CoCoA); LM-Polygraph {cls}")
+       for name, fn, cls in (("cocoa_msp", cocoa_msp, "CocoaMSP"), ("cocoa_ppl", cocoa_ppl, "CocoaPPL"),
+                             ("cocoa_mte", cocoa_mte, "CocoaMTE"))},
+    "semantic_density": Method(semantic_density, ("stats", "sample_logprobs", "sample_lengths", "contra", "neutral"),
+                               "Qiu & Miikkulainen, NeurIPS 2024; LM-Polygraph SemanticDensity"),
     # ---- hidden-state methods (docs/methods.md#hidden-state-methods)
     "eigenscore": Method(eigenscore, ("embeddings",),
                          "Chen et al., INSIDE, ICLR 2024, arXiv 2402.03744; LM-Polygraph EigenScore"),
