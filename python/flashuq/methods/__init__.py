@@ -16,6 +16,8 @@ from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_marg
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
 from .hidden import eigenscore
 from .consistency import cocoa_msp, cocoa_mte, cocoa_ppl, semantic_density
+from .blackbox import (maqa_response_consistency, uqlm_cosine_sim, uqlm_entailment, uqlm_exact_match,
+                       uqlm_noncontradiction, weighted_ensemble)
 from .inv_entropy import (InvEntropyMeasures, inv_entropy, inv_entropy_measures, inv_entropy_similarity,
                           nli_similarity)
 from .samples import (greedy_bidirectional_clusters, label_prob, lexical_similarity, luq,
@@ -101,6 +103,15 @@ REGISTRY: Dict[str, Method] = {
                              ("cocoa_mte", cocoa_mte, "CocoaMTE"))},
     "semantic_density": Method(semantic_density, ("stats", "sample_logprobs", "sample_lengths", "contra", "neutral"),
                                "Qiu & Miikkulainen, NeurIPS 2024; LM-Polygraph SemanticDensity"),
+    # ---- black-box consistency (docs/methods.md#blackbox-consistency)
+    "uqlm_noncontradiction": Method(uqlm_noncontradiction, ("contra_forward", "contra_backward"),
+                                    "uqlm noncontradiction (negated)"),
+    "uqlm_entailment": Method(uqlm_entailment, ("entail_forward", "entail_backward"), "uqlm entailment (negated)"),
+    "uqlm_exact_match": Method(uqlm_exact_match, ("original_ids", "sample_ids"), "uqlm exact_match (negated)"),
+    "uqlm_cosine_sim": Method(uqlm_cosine_sim, ("original_embedding", "sample_embeddings"),
+                              "uqlm cosine_sim (negated)"),
+    "maqa_response_consistency": Method(maqa_response_consistency, ("overlap", "n_answers"),
+                                        "Yang, Yoo, Lee (MAQA), NAACL Findings 2025, arXiv 2408.06816"),
     # ---- hidden-state methods (docs/methods.md#hidden-state-methods)
     "eigenscore": Method(eigenscore, ("embeddings",),
                          "Chen et al., INSIDE, ICLR 2024, arXiv 2402.03744; LM-Polygraph EigenScore"),
@@ -138,5 +149,6 @@ def from_logits(logits, tokens=None, mask=None, *, methods: Optional[Sequence[st
 __all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "from_logits", "sequence_scores",
            "topk_stats_at_positions", "InvEntropyMeasures", "inv_entropy_measures", "inv_entropy_similarity",
            "nli_similarity", "greedy_bidirectional_clusters", "nli_argmax_is_entail", "similarity", "symmetrize",
-           "uqlm_semantic_negentropy", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs", "uqac_terms", "UqacTerms",
+           "uqlm_semantic_negentropy", "weighted_ensemble", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs",
+           "uqac_terms", "UqacTerms",
            *REGISTRY]
