@@ -15,6 +15,7 @@ from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_marg
                    topk_stats_at_positions)
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
 from .hidden import eigenscore
+from .ccp import ccp, ccp_token_logprobs, combine_nli
 from .consistency import cocoa_msp, cocoa_mte, cocoa_ppl, semantic_density
 from .blackbox import (maqa_response_consistency, uqlm_cosine_sim, uqlm_entailment, uqlm_exact_match,
                        uqlm_noncontradiction, weighted_ensemble)
@@ -69,6 +70,8 @@ REGISTRY: Dict[str, Method] = {
     **{name: Method(fn, ("logits", "pos"), "Yang, Yoo, Lee (MAQA), NAACL Findings 2025, arXiv 2408.06816")
        for name, fn in (("maqa_max_prob", maqa_max_prob), ("maqa_margin", maqa_margin),
                         ("maqa_entropy", maqa_entropy), ("maqa_greedy_entropy", maqa_greedy_entropy))},
+    "ccp": Method(ccp, ("alt_logprobs", "nli_forward", "nli_backward"),
+                  "Fadeeva et al., ACL Findings 2024; LM-Polygraph ClaimConditionedProbability"),
     # ---- sample- and similarity-graph methods (docs/methods.md#sample-methods), batched over Q questions
     "monte_carlo_sequence_entropy": Method(monte_carlo_sequence_entropy, ("sample_logprobs",),
                                            "LM-Polygraph MonteCarloSequenceEntropy (Kuhn et al. 2023)"),
@@ -150,5 +153,5 @@ __all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "fro
            "topk_stats_at_positions", "InvEntropyMeasures", "inv_entropy_measures", "inv_entropy_similarity",
            "nli_similarity", "greedy_bidirectional_clusters", "nli_argmax_is_entail", "similarity", "symmetrize",
            "uqlm_semantic_negentropy", "weighted_ensemble", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs",
-           "uqac_terms", "UqacTerms",
+           "uqac_terms", "UqacTerms", "ccp_token_logprobs", "combine_nli",
            *REGISTRY]

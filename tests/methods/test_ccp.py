@@ -1,0 +1,116 @@
+"""flashuq.methods.ccp (docs/methods.md#ccp): Claim-Conditioned Probability against LM-Polygraph 0.7.0's own
+``ClaimConditionedProbability`` (its module imported bare, without the rest of LM-Polygraph), the
+directional-label rule, masks, a claim through segment_reduce, argument errors."""
+
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import flashuq as fuq
+from flashuq import methods as M
+from flashuq.methods.ccp import CONTRA, ENTAIL, NEUTRAL
+
+NAMES = {ENTAIL: "entail", NEUTRAL: "neutral", CONTRA: "contra"}
+
+
+def lm_polygraph_ccp():
+    spec = importlib.util.find_spec("lm_polygraph")
+    root = list(spec.submodule_search_locations)[0]
+    for name, sub in (("lm_polygraph", ""), ("lm_polygraph.utils", "utils"), ("lm_polygraph.estimators", "estimators")):
+        if name not in sys.modules:
+            bare = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            bare.submodule_search_locations = [os.path.join(root, sub)]
+            sys.modules[name] = importlib.util.module_from_spec(bare)
+    return importlib.import_module("lm_polygraph.estimators.claim_conditioned_probability").ClaimConditionedProbability()
+
+
+def case(B=5, T=7, A=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lp = torch.log_softmax(torch.randn(B, T, 40, generator=g, dtype=torch.float64), -1).topk(A, -1).values
+    fwd = torch.randint(0, 3, (B, T, A), generator=g)
+    bwd = torch.randint(0, 3, (B, T, A), generator=g)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    return lp, fwd, bwd, mask
+
+
+def test_combine_nli_rule():
+    f = torch.tensor([ENTAIL, ENTAIL, ENTAIL, NEUTRAL, NEUTRAL, NEUTRAL, CONTRA, CONTRA, CONTRA])
+    b = torch.tensor([ENTAIL, NEUTRAL, CONTRA, ENTAIL, NEUTRAL, CONTRA, ENTAIL, NEUTRAL, CONTRA])
+    want = [ENTAIL, ENTAIL, NEUTRAL, ENTAIL, NEUTRAL, CONTRA, NEUTRAL, CONTRA, CONTRA]
+    assert M.combine_nli(f, b).tolist() == want
+    ref = lm_polygraph_ccp()
+    assert [ref._combine_nli(NAMES[int(x)], NAMES[int(y)]) for x, y in zip(f, b)] == [NAMES[w] for w in want]
+
+
+def test_ccp_matches_lm_polygraph():
+    ref = lm_polygraph_ccp()
+    lp, fwd, bwd, mask = case()
+    got = M.ccp(lp, fwd, bwd, mask)
+    assert got.dtype == torch.float64 and got.shape == (5,)
+    A = lp.shape[-1]
+    for b in range(5):
+        T = int(mask[b].sum())
+        alts, nlis = [], []
+        for t in range(T):
+            alts.append([(f"w{i}", lp[b, t, i].item()) for i in range(A)])
+            m = [["neutral"] * A for _ in range(A)]  # only row 0 and column 0 are read
+            for i in range(A):
+                m[0][i] = NAMES[int(fwd[b, t, i])]
+                m[i][0] = NAMES[int(bwd[b, t, i])]
+            nlis.append(m)
+        st = {"greedy_tokens": [[0] * T], "greedy_tokens_alternatives": [alts], "greedy_tokens_alternatives_nli": [nlis]}
+        assert got[b].item() == pytest.approx(ref(st)[0], rel=1e-12, abs=1e-300), b
+
+
+def test_ccp_masks_claims_and_one_direction():
+    lp, fwd, bwd, mask = case(seed=1)
+    t = M.ccp_token_logprobs(lp, fwd, bwd)
+    # by hand at one step: alternative 0 entailed, neutral ones dropped
+    lab = M.combine_nli(fwd, bwd)[2, 3]
+    ent = [0] + [i for i in range(1, 6) if lab[i] == ENTAIL]
+    con = [i for i in range(1, 6) if lab[i] == CONTRA]
+    x = lp[2, 3].numpy()
+    want = np.logaddexp.reduce(x[ent]) - np.logaddexp.reduce(x[ent + con])
+    assert t[2, 3].item() == pytest.approx(want, rel=1e-14)
+    # masked steps and alternatives may hold anything
+    lp2 = lp.clone()
+    lp2[~mask] = torch.nan
+    amask = torch.ones_like(fwd, dtype=torch.bool)
+    amask[..., 5] = False
+    lp2[..., 5] = torch.nan
+    got = M.ccp(lp2, fwd, bwd, mask, alt_mask=amask)
+    torch.testing.assert_close(got, M.ccp(lp[..., :5].contiguous(), fwd[..., :5], bwd[..., :5], mask),
+                               rtol=1e-14, atol=0)
+    # one direction only: the forward labels as they are
+    one = M.ccp_token_logprobs(lp, fwd)
+    ent1 = [0] + [i for i in range(1, 6) if fwd[2, 3, i] == ENTAIL]
+    con1 = [i for i in range(1, 6) if fwd[2, 3, i] == CONTRA]
+    assert one[2, 3].item() == pytest.approx(np.logaddexp.reduce(x[ent1]) - np.logaddexp.reduce(x[ent1 + con1]))
+    # claims: their tokens' log-CCPs summed by masked_reduce, then -exp
+    claims = torch.tensor([[1, 1, 0, 0, 0, 0, 0], [0, 0, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    got = -torch.exp(fuq.masked_reduce(t[0].expand(2, -1), claims, op="sum"))
+    torch.testing.assert_close(got, torch.stack([-torch.exp(t[0, [0, 1]].sum()), -torch.exp(t[0, [2, 4, 5]].sum())]))
+
+
+def test_ccp_argument_errors():
+    lp, fwd, bwd, mask = case()
+    with pytest.raises(ValueError, match="nli_forward"):
+        M.ccp(lp, fwd[..., :3], None, mask)
+    with pytest.raises(TypeError, match="nli_forward"):
+        M.ccp(lp, fwd.double(), None, mask)
+    with pytest.raises(ValueError, match="labels"):
+        M.ccp(lp, fwd + 1, None, mask)
+    with pytest.raises(ValueError, match="labels"):
+        M.ccp(lp, fwd, bwd - 1, mask)
+    with pytest.raises(ValueError, match="mask"):
+        M.ccp(lp, fwd, bwd, mask[:, :3])
+    with pytest.raises(ValueError, match="alt_mask"):
+        M.ccp(lp, fwd, bwd, mask, alt_mask=torch.ones(5, 7, 2, dtype=torch.bool))
+    assert M.REGISTRY["ccp"].fn is M.ccp
