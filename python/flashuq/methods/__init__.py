@@ -16,6 +16,7 @@ from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_marg
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
 from .hidden import eigenscore
 from .ccp import ccp, ccp_token_logprobs, combine_nli
+from .attention_weighted import csl, focus
 from .consistency import cocoa_msp, cocoa_mte, cocoa_ppl, semantic_density
 from .blackbox import (maqa_response_consistency, uqlm_cosine_sim, uqlm_entailment, uqlm_exact_match,
                        uqlm_noncontradiction, weighted_ensemble)
@@ -115,6 +116,9 @@ REGISTRY: Dict[str, Method] = {
                               "uqlm cosine_sim (negated)"),
     "maqa_response_consistency": Method(maqa_response_consistency, ("overlap", "n_answers"),
                                         "Yang, Yoo, Lee (MAQA), NAACL Findings 2025, arXiv 2408.06816"),
+    "csl": Method(csl, ("attn_rows", "logprobs"), "Lin, Trivedi, Sun, EMNLP 2024 (CSL); LM-Polygraph CSL"),
+    "focus": Method(focus, ("logits", "tokens", "attn", "keyword_mask", "idf"),
+                    "Zhang et al., EMNLP 2023, arXiv 2311.13230; LM-Polygraph Focus"),
     # ---- hidden-state methods (docs/methods.md#hidden-state-methods)
     "eigenscore": Method(eigenscore, ("embeddings",),
                          "Chen et al., INSIDE, ICLR 2024, arXiv 2402.03744; LM-Polygraph EigenScore"),
