@@ -61,6 +61,31 @@ def test_exact_match_and_cosine_against_numpy():
             assert cs[q].item() == pytest.approx(want, rel=1e-12)
 
 
+def test_uqlm_semantic_density_and_consistency_and_confidence():
+    g, mask = rng_case(seed=4)
+    c = torch.rand(8, 6, generator=g, dtype=torch.float64) * 0.8
+    nu = (1 - c) * torch.rand(8, 6, generator=g, dtype=torch.float64)
+    c[2, 0], nu[2, 0] = 0.5, 0.9          # E[d] = 0.5 + 0.9·0.707 > 1: kernel 0
+    w = torch.rand(8, 6, generator=g, dtype=torch.float64)
+    sd = M.uqlm_semantic_density(c, nu, w, sample_mask=mask)
+    assert sd[0].isnan()
+    for q in range(1, 8):
+        k = mask[q].numpy()
+        cc, nn, ww = c[q].numpy()[k], nu[q].numpy()[k], w[q].numpy()[k]
+        ed, ed2 = cc + nn * np.sqrt(2) / 2, cc + nn / 2
+        kern = (1 - ed2) * (ed <= 1)
+        assert sd[q].item() == pytest.approx(-(ww * kern).sum() / ww.sum(), rel=1e-13)
+    eo = torch.randn(8, 12, generator=g, dtype=torch.float64)
+    es = torch.randn(8, 6, 12, generator=g, dtype=torch.float64)
+    po = torch.rand(8, generator=g, dtype=torch.float64)
+    cc = M.uqlm_consistency_and_confidence(eo, es, po, sample_mask=mask)
+    torch.testing.assert_close(cc, M.uqlm_cosine_sim(eo, es, sample_mask=mask) * po, rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="original_prob"):
+        M.uqlm_consistency_and_confidence(eo, es, po[:3])
+    with pytest.raises(ValueError, match="sample_probs"):
+        M.uqlm_semantic_density(c, nu, w[:, :2])
+
+
 def test_weighted_ensemble():
     g = torch.Generator().manual_seed(2)
     conf = torch.rand(5, 3, generator=g, dtype=torch.float64)
@@ -133,5 +158,5 @@ def test_blackbox_argument_errors():
     with pytest.raises(ValueError, match="sample_mask"):
         M.uqlm_entailment(x, x, sample_mask=torch.ones(3, 5, dtype=torch.bool))
     for name in ("uqlm_noncontradiction", "uqlm_entailment", "uqlm_exact_match", "uqlm_cosine_sim",
-                 "maqa_response_consistency"):
+                 "uqlm_consistency_and_confidence", "uqlm_semantic_density", "maqa_response_consistency"):
         assert M.REGISTRY[name].fn is getattr(M, name)

@@ -18,8 +18,8 @@ from .hidden import eigenscore
 from .ccp import ccp, ccp_token_logprobs, combine_nli
 from .attention_weighted import csl, focus
 from .consistency import cocoa_msp, cocoa_mte, cocoa_ppl, semantic_density
-from .blackbox import (maqa_response_consistency, uqlm_cosine_sim, uqlm_entailment, uqlm_exact_match,
-                       uqlm_noncontradiction, weighted_ensemble)
+from .blackbox import (maqa_response_consistency, uqlm_consistency_and_confidence, uqlm_cosine_sim, uqlm_entailment,
+                       uqlm_exact_match, uqlm_noncontradiction, uqlm_semantic_density, weighted_ensemble)
 from .inv_entropy import (InvEntropyMeasures, inv_entropy, inv_entropy_measures, inv_entropy_similarity,
                           nli_similarity)
 from .samples import (greedy_bidirectional_clusters, label_prob, lexical_similarity, luq,
@@ -114,6 +114,11 @@ REGISTRY: Dict[str, Method] = {
     "uqlm_exact_match": Method(uqlm_exact_match, ("original_ids", "sample_ids"), "uqlm exact_match (negated)"),
     "uqlm_cosine_sim": Method(uqlm_cosine_sim, ("original_embedding", "sample_embeddings"),
                               "uqlm cosine_sim (negated)"),
+    "uqlm_consistency_and_confidence": Method(uqlm_consistency_and_confidence,
+                                              ("original_embedding", "sample_embeddings", "original_prob"),
+                                              "uqlm consistency_and_confidence (negated)"),
+    "uqlm_semantic_density": Method(uqlm_semantic_density, ("contra", "neutral", "sample_probs"),
+                                    "uqlm semantic_density (negated)"),
     "maqa_response_consistency": Method(maqa_response_consistency, ("overlap", "n_answers"),
                                         "Yang, Yoo, Lee (MAQA), NAACL Findings 2025, arXiv 2408.06816"),
     "csl": Method(csl, ("attn_rows", "logprobs"), "Lin, Trivedi, Sun, EMNLP 2024 (CSL); LM-Polygraph CSL"),

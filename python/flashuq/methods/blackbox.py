@@ -63,6 +63,43 @@ def uqlm_cosine_sim(original_embedding, sample_embeddings, *, sample_mask=None) 
     return -_mean(0.5 + cos / 2, valid)
 
 
+def uqlm_consistency_and_confidence(original_embedding, sample_embeddings, original_prob, *,
+                                    sample_mask=None) -> Tensor:
+    """uqlm ``consistency_and_confidence`` **negated**: ``-(mean_k (1/2 + cos(e_o, e_k)/2)) · p_o``, the
+    cosine consistency of :func:`uqlm_cosine_sim` times the original response's probability
+    ``original_prob [Q]`` (as the caller computes it: uqlm's sequence probability)."""
+    c = uqlm_cosine_sim(original_embedding, sample_embeddings, sample_mask=sample_mask)
+    p = input_tensor(original_prob, "original_prob", 1, "float", c)
+    check_shape(p, "original_prob", c.shape)
+    dt = compute_dtype(c, p)
+    return c.to(dt) * p.to(dt)
+
+
+def uqlm_semantic_density(contra, neutral, sample_probs, *, sample_mask=None) -> Tensor:
+    """uqlm ``semantic_density`` **negated**: with the NLI probabilities of (original, candidate k)
+    (``contra``, ``neutral [Q, K]``; uqlm puts the prompt before both)::
+
+        E[d]  = C_k + N_k·√2/2,   E[d²] = C_k + N_k/2
+        κ_k   = (1 - E[d²]) · 1[E[d] <= 1]
+        u     = -Σ_k w_k κ_k / Σ_k w_k,    w = sample_probs [Q, K], the candidates' sequence probabilities
+
+    over the valid candidates (NaN when their weights sum to 0). LM-Polygraph's variant, which adds
+    the greedy answer, is :func:`flashuq.methods.semantic_density`."""
+    c = input_tensor(contra, "contra", 2, "float")
+    nu = input_tensor(neutral, "neutral", 2, "float", c)
+    check_shape(nu, "neutral", c.shape)
+    w = input_tensor(sample_probs, "sample_probs", 2, "float", c)
+    check_shape(w, "sample_probs", c.shape)
+    dt = compute_dtype(c, nu, w)
+    c, nu, w = c.to(dt), nu.to(dt), w.to(dt)
+    valid = sample_mask_of(sample_mask, *c.shape, c)
+    ed = c + nu * (2 ** 0.5 / 2)
+    kern = torch.where(ed <= 1, 1 - (c + nu / 2), 0.0)
+    kern = torch.where(ed.isnan(), torch.nan, kern)  # (ed <= 1 is False for NaN)
+    num = torch.where(valid, w * kern, 0.0).sum(1)
+    return -(num / torch.where(valid, w, 0.0).sum(1))
+
+
 def weighted_ensemble(scores, weights) -> Tensor:
     """uqlm ``UQEnsemble``'s combination: ``Σ_s w_s u_s / Σ_s w_s`` of S component scores
     ``scores [Q, S]`` with ``weights [S]`` (non-negative, not all 0; uqlm normalises them to sum 1).
@@ -103,5 +140,5 @@ def maqa_response_consistency(overlap, n_answers, *, sample_mask=None) -> Tensor
     return -(torch.where(pv, frac, 0.0).sum((1, 2)) / pv.sum((1, 2)).to(dt))
 
 
-__all__ = ["uqlm_noncontradiction", "uqlm_entailment", "uqlm_exact_match", "uqlm_cosine_sim", "weighted_ensemble",
-           "maqa_response_consistency"]
+__all__ = ["uqlm_noncontradiction", "uqlm_entailment", "uqlm_exact_match", "uqlm_cosine_sim",
+           "uqlm_consistency_and_confidence", "uqlm_semantic_density", "weighted_ensemble", "maqa_response_consistency"]
