@@ -137,3 +137,69 @@ def test_eigenscore_argument_errors():
     with pytest.raises(TypeError, match="sample_mask"):
         M.eigenscore(Z, sample_mask=torch.ones(2, 3))
     assert M.eigenscore(torch.zeros(0, 3, 4)).shape == (0,)
+
+
+# ---- Uncertainty as Feature Gaps, PA-CCS -----------------------------------------------------------------
+
+def test_mean_hidden_over_span_and_projection():
+    g = torch.Generator().manual_seed(21)
+    L, B, S, D = 4, 3, 10, 6
+    hs = torch.randn(L, B, S, D, generator=g, dtype=torch.float64)
+    start, end = torch.tensor([2, 0, 5]), torch.tensor([9, 4, 6])
+    h = M.mean_hidden_over_span(hs, start, end)
+    assert h.shape == (B, L, D)
+    for b in range(B):  # the reference: hs[l][0, P-1 : S-1].mean(0) per example
+        for l in range(L):
+            np.testing.assert_allclose(h[b, l].numpy(), hs[l, b, start[b]:end[b]].numpy().mean(0), rtol=1e-14)
+    assert M.mean_hidden_over_span(hs, torch.tensor([3, 3, 3]), torch.tensor([3, 4, 5]))[0].isnan().all()
+    mu, d = torch.randn(L, D, generator=g, dtype=torch.float64), torch.randn(L, D, generator=g, dtype=torch.float64)
+    sc = M.project_scores(h, mu, d)
+    want = np.einsum("bld,ld->bl", h.numpy() - mu.numpy(), d.numpy()) / np.linalg.norm(d.numpy(), axis=1)
+    np.testing.assert_allclose(sc.numpy(), want, rtol=1e-13)
+    with pytest.raises(ValueError, match="start/end"):
+        M.mean_hidden_over_span(hs, torch.tensor([0, 0, 7]), torch.tensor([1, 1, 6]))
+    with pytest.raises(ValueError, match="start"):
+        M.mean_hidden_over_span(hs, torch.tensor([0, 0]), end)
+    with pytest.raises(ValueError, match="direction"):
+        M.project_scores(h, mu, d[:, :5])
+
+
+def test_feature_gaps_against_numpy():
+    g = torch.Generator().manual_seed(22)
+    B, L, D, F = 5, 6, 8, 3
+    h = torch.randn(B, L, D, generator=g, dtype=torch.float64)
+    mu = torch.randn(F, D, generator=g, dtype=torch.float64)
+    d = torch.randn(F, D, generator=g, dtype=torch.float64)
+    layer = torch.tensor([5, 2, -1])
+    w, b = torch.tensor([0.7, -1.2, 0.4], dtype=torch.float64), 0.3
+    u = M.feature_gaps(h, mu, d, layer, w, b)
+    for i in range(B):
+        s = [(h[i, int(layer[f]) % L] - mu[f]).numpy() @ d[f].numpy() / np.linalg.norm(d[f].numpy()) for f in range(F)]
+        want = -1 / (1 + np.exp(-(np.dot(s, w.numpy()) + b)))
+        assert u[i].item() == pytest.approx(want, rel=1e-13)
+    assert M.REGISTRY["feature_gaps"].fn is M.feature_gaps
+    with pytest.raises(ValueError, match="layer"):
+        M.feature_gaps(h, mu, d, torch.tensor([6, 0, 0]), w, b)
+    with pytest.raises(ValueError, match="weight"):
+        M.feature_gaps(h, mu, d, layer, w[:2], b)
+    with pytest.raises(ValueError, match="bias"):
+        M.feature_gaps(h, mu, d, layer, w, float("nan"))
+
+
+def test_pa_ccs_golden_values_and_probe():
+    # docs/methods.md#pa-ccs: pA1 = [.9, .6], pA0 = [.2, .5], pN1 = [.1, .55], pN0 = [.8, .4]
+    pc, ci = M.pa_ccs_metrics(torch.tensor([.9, .6], dtype=torch.float64), torch.tensor([.2, .5], dtype=torch.float64),
+                              torch.tensor([.1, .55], dtype=torch.float64), torch.tensor([.8, .4], dtype=torch.float64))
+    np.testing.assert_allclose(pc.numpy(), [0.01, -0.02125], rtol=1e-12)
+    np.testing.assert_allclose(ci.numpy(), [0.25, 0.53], rtol=1e-12)
+    assert pc.mean().item() == pytest.approx(-0.005625) and ci.mean().item() == pytest.approx(0.39)
+    g = torch.Generator().manual_seed(23)
+    h = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    w, b = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    p = M.linear_probe(h, w, b)
+    np.testing.assert_allclose(p.numpy(), 1 / (1 + np.exp(-(np.einsum("bld,ld->bl", h.numpy(), w.numpy()) + b.numpy()))),
+                               rtol=1e-13)
+    with pytest.raises(ValueError, match="p_not_no"):
+        M.pa_ccs_metrics(p[:, 0], p[:, 0], p[:, 0], p[:2, 0])
+    with pytest.raises(ValueError, match="bias"):
+        M.linear_probe(h, w, b[:2])

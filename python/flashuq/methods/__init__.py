@@ -14,7 +14,7 @@ from .attention import (RAUQ_ALPHA, UqacTerms, attention_score, rauq, rauq_layer
 from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_margin, maqa_max_prob,
                    topk_stats_at_positions)
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
-from .hidden import eigenscore
+from .hidden import eigenscore, feature_gaps, linear_probe, mean_hidden_over_span, pa_ccs_metrics, project_scores
 from .ccp import ccp, ccp_token_logprobs, combine_nli
 from .attention_weighted import csl, focus
 from .consistency import cocoa_msp, cocoa_mte, cocoa_ppl, semantic_density
@@ -125,6 +125,8 @@ REGISTRY: Dict[str, Method] = {
     "focus": Method(focus, ("logits", "tokens", "attn", "keyword_mask", "idf"),
                     "Zhang et al., EMNLP 2023, arXiv 2311.13230; LM-Polygraph Focus"),
     # ---- hidden-state methods (docs/methods.md#hidden-state-methods)
+    "feature_gaps": Method(feature_gaps, ("hidden", "mu", "direction", "layer", "weight", "bias"),
+                           "Bakman et al., Uncertainty as Feature Gaps, ICLR 2026, arXiv 2510.02671"),
     "eigenscore": Method(eigenscore, ("embeddings",),
                          "Chen et al., INSIDE, ICLR 2024, arXiv 2402.03744; LM-Polygraph EigenScore"),
     # ---- attention methods (docs/methods.md#attention-methods)
@@ -162,5 +164,6 @@ __all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "fro
            "topk_stats_at_positions", "InvEntropyMeasures", "inv_entropy_measures", "inv_entropy_similarity",
            "nli_similarity", "greedy_bidirectional_clusters", "nli_argmax_is_entail", "similarity", "symmetrize",
            "uqlm_semantic_negentropy", "weighted_ensemble", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs",
-           "uqac_terms", "UqacTerms", "ccp_token_logprobs", "combine_nli",
+           "uqac_terms", "UqacTerms", "ccp_token_logprobs", "combine_nli", "mean_hidden_over_span", "project_scores",
+           "linear_probe", "pa_ccs_metrics",
            *REGISTRY]
