@@ -14,7 +14,10 @@
 // path (tests/ops/test_graph.py checks it): independent of which questions share its group, of
 // the thread count, of the instruction set (compiled without FMA contraction), and of whether it
 // ran here or on the scalar path (questions that fail — a non-finite entry, a zero degree, no
-// convergence — are redone there, which writes their NaNs).
+// convergence — are redone there, which writes their NaNs). The exception is the heat kernel:
+// the lanes compute it by scaling and squaring (heat_kernel), the scalar path from QL's
+// eigenvectors, so KLE's entropies agree to rounding; a question whose |t|·max|λ| may exceed
+// kHeatExpMax is redone on the scalar path too.
 #pragma once
 
 #include <cmath>
@@ -220,7 +223,10 @@ struct GraphLanes {
         const double big = std::fmax(std::fabs(lo[k]), std::fabs(hi[k])), at = std::fabs(t);
         if (!(at * big <= kHeatExpMax)) ok[k] = false;  // (NaN included) the scalar path's
         mu[k] = ok[k] ? 0.5 * (lo[k] + hi[k]) : 0.0;
-        const double ar = ok[k] ? 2 * at * (0.5 * (hi[k] - lo[k])) : 0.0;  // ‖A‖∞ · 2^s <= 1/2
+        // ‖A‖∞ · 2^s <= 1/2: ar = 2 |t| r, written so that it cannot overflow once |t| max(|lo|, |hi|)
+        // <= kHeatExpMax (hi - lo itself can exceed the largest double)
+        const double ar = ok[k] ? at * hi[k] - at * lo[k] : 0.0;
+        if (!(ar <= 2 * kHeatExpMax)) ok[k] = false;
         int e = 0;
         const double f = std::frexp(ar, &e);  // ar = f 2^e, f in [0.5, 1)
         s[k] = ar <= 1 ? 0 : f == 0.5 ? e - 1 : e;

@@ -104,17 +104,39 @@ def _progress(done, total, t0, label, stream=sys.stderr):
     stream.flush()
 
 
-#: the names sample_scores returns (the first two without an encoder)
+#: the names sample_scores returns (the first two without an encoder; the last six need the greedy
+#: answer's token statistics too)
 SAMPLE_SCORES = ("monte_carlo_sequence_entropy", "monte_carlo_normalized_sequence_entropy", "semantic_entropy",
                  "label_prob", "num_sem_sets", "degree", "eigv", "eccentricity", "kernel_language_entropy",
-                 "sentence_sar", "vr", "vro")
+                 "sentence_sar", "vr", "vro", "uqlm_cosine_sim", "uqlm_exact_match", "cocoa_msp", "cocoa_ppl",
+                 "cocoa_mte", "semantic_density")
 
 #: cosine of all-MiniLM-L6-v2 embeddings above which two answers count as having the same meaning
 SAME_MEANING_COSINE = 0.8
 
 
+def _greedy_stats(token_stats: Sequence[Dict[str, List[float]]]):
+    """The greedy answers' per-token ``logprob`` and ``entropy`` lists as a right-padded ``TokenStats``
+    ``[B, T]`` and its mask (the other fields are zeros: the CoCoA scores read only these two)."""
+    from .ops.token_stats import TokenStats
+
+    B, T = len(token_stats), max([len(d["logprob"]) for d in token_stats] + [1])
+    lp = torch.zeros(B, T, dtype=torch.float64)
+    ent = torch.zeros(B, T, dtype=torch.float64)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for b, d in enumerate(token_stats):
+        n = len(d["logprob"])
+        lp[b, :n] = torch.tensor(d["logprob"], dtype=torch.float64)
+        ent[b, :n] = torch.tensor(d["entropy"], dtype=torch.float64)
+        mask[b, :n] = True
+    z = torch.zeros(B, T, dtype=torch.float64)
+    empty = torch.zeros(B, T, 0, dtype=torch.float64)
+    return TokenStats(z, z, z.long(), lp, ent, z, z, z, z, empty, empty.long()), mask
+
+
 def sample_scores(samples: Sequence[Sequence[str]], greedy: Sequence[str], sample_log_probs, sample_lengths,
-                  encoder=None, *, same_meaning: float = SAME_MEANING_COSINE) -> Dict[str, torch.Tensor]:
+                  encoder=None, *, same_meaning: float = SAME_MEANING_COSINE,
+                  greedy_token_stats: Optional[Sequence[Dict[str, List[float]]]] = None) -> Dict[str, torch.Tensor]:
     """The sample-based methods (docs/methods.md#sample-methods) for B questions with K sampled answers each.
 
     Without an encoder: the Monte-Carlo sequence entropies. With a sentence encoder (texts ->
@@ -125,7 +147,13 @@ def sample_scores(samples: Sequence[Sequence[str]], greedy: Sequence[str], sampl
     * semantic classes: the greedy bidirectional rule with "entails" = ``cos >= same_meaning``;
     * ``degree``, ``eigv``, ``eccentricity``, ``sentence_sar``: ``W = S``;
     * ``num_sem_sets``, ``kernel_language_entropy``: entailment ``S``, contradiction ``1 - S``;
-    * ``vr``, ``vro``: cosine distances between the samples, and to the greedy answer.
+    * ``vr``, ``vro``: cosine distances between the samples, and to the greedy answer;
+    * ``uqlm_cosine_sim``: the same cosines to the greedy answer, mapped to [0, 1];
+      ``uqlm_exact_match``: equal answers after the judge's normalisation;
+    * with ``greedy_token_stats`` (the greedy answers' per-token ``logprob`` and ``entropy`` lists):
+      ``cocoa_msp``, ``cocoa_ppl``, ``cocoa_mte`` with the greedy-to-sample similarity
+      ``clamp(cos, 0, 1)``, and ``semantic_density`` with contradiction ``1 - that`` and no neutral
+      mass (distinct texts as above).
 
     Empty samples are left out (``sample_mask``), as LM-Polygraph drops them.
     """
@@ -156,7 +184,19 @@ def sample_scores(samples: Sequence[Sequence[str]], greedy: Sequence[str], sampl
         "sentence_sar": M.sentence_sar(lp, S, sample_mask=valid),
         "vr": M.vr(cos, sample_mask=valid),  # the cosines above: VR of the embeddings
         "vro": M.vro(embeddings=e_samples, reference=e_greedy, sample_mask=valid),
+        "uqlm_cosine_sim": M.uqlm_cosine_sim(e_greedy, e_samples, sample_mask=valid),
     })
+    texts = [[_norm(t) for t in row] for row in samples]
+    ids = [{t: i for i, t in enumerate(dict.fromkeys([_norm(g)] + row))} for g, row in zip(greedy, texts)]
+    sample_ids = torch.tensor([[ids[b][t] for t in texts[b]] for b in range(B)], dtype=torch.int64).reshape(B, K)
+    out["uqlm_exact_match"] = M.uqlm_exact_match(torch.zeros(B, dtype=torch.int64), sample_ids, sample_mask=valid)
+    if greedy_token_stats is not None:
+        stats, mask = _greedy_stats(greedy_token_stats)
+        s_g = (e_samples * e_greedy[:, None, :]).sum(-1).clamp(0, 1)  # unit-norm embeddings: the cosine
+        for name in ("cocoa_msp", "cocoa_ppl", "cocoa_mte"):
+            out[name] = getattr(M, name)(stats, s_g, mask, sample_mask=valid)
+        out["semantic_density"] = M.semantic_density(stats, lp, lengths, 1 - s_g, torch.zeros_like(s_g), mask,
+                                                     sample_mask=valid & (lengths > 0), text_ids=sample_ids)
     return out
 
 
@@ -202,13 +242,28 @@ class Answers:
 _STAT_FIELDS = ("logprob", "entropy", "margin", "self_certainty")
 
 
+def _eigenscore(model, g, attention_mask, samples) -> torch.Tensor:
+    """EigenScore of each prompt's samples: the middle layer's hidden state at each sample's last token
+    (one more teacher-forced pass over prompt + sample, that layer hooked only); empty samples left out."""
+    from . import methods as M
+    from .hf.hidden import hidden_states
+
+    B, K = g.sample_mask.shape[:2]
+    am = torch.cat([attention_mask.to(g.sample_mask.device).repeat_interleave(K, 0).long(),
+                    g.sample_mask.flatten(0, 1).long()], 1)
+    with torch.no_grad():
+        Z = hidden_states(model, g.sample_sequences.flatten(0, 1), am, layers=[model.config.num_hidden_layers // 2])
+    valid = torch.tensor([[bool(t.strip()) for t in row] for row in samples], dtype=torch.bool)
+    return M.eigenscore(Z.reshape(B, K, -1).cpu(), sample_mask=valid)
+
+
 def answer_batch(model, tok, input_ids, attention_mask, *, max_new_tokens: int = 24, num_samples: int = 0,
                  temperature: float = 1.0, sample_max_new_tokens: Optional[int] = None, encoder=None,
                  attention: bool = False) -> Answers:
     """One left-padded batch of prompts through :func:`flashuq.hf.generate` with the recorder: the
     greedy answers and their token-statistics scores; K = ``num_samples`` sampled answers
-    (``temperature``, at most ``sample_max_new_tokens`` tokens) and :func:`sample_scores`; with
-    ``attention`` also :func:`attention_scores`."""
+    (``temperature``, at most ``sample_max_new_tokens`` tokens), :func:`sample_scores` and EigenScore
+    (the samples' middle-layer hidden states); with ``attention`` also :func:`attention_scores`."""
     eos = model.generation_config.eos_token_id
     with torch.no_grad():
         g = generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
@@ -233,8 +288,10 @@ def answer_batch(model, tok, input_ids, attention_mask, *, max_new_tokens: int =
                         for k in range(num_samples)] for b in range(input_ids.shape[0])]
         out.sample_log_probs = g.sample_log_probs.double().tolist()
         out.sample_lengths = g.sample_lengths.long().tolist()
-        for name, v in sample_scores(out.samples, out.texts, g.sample_log_probs, g.sample_lengths, encoder).items():
+        for name, v in sample_scores(out.samples, out.texts, g.sample_log_probs, g.sample_lengths, encoder,
+                                     greedy_token_stats=out.token_stats).items():
             scores[name] = v.double().tolist()
+        scores["eigenscore"] = _eigenscore(model, g, attention_mask, out.samples).double().tolist()
         out.seconds_methods = time.perf_counter() - t1
     return out
 
@@ -333,7 +390,8 @@ def answer_vllm(llm, tok, prompts, *, max_new_tokens: int = 24, num_samples: int
             out.samples.append(row)
         out.sample_log_probs = lp.tolist()
         out.sample_lengths = lengths.long().tolist()
-        for name, v in sample_scores(out.samples, out.texts, lp, lengths, encoder).items():
+        for name, v in sample_scores(out.samples, out.texts, lp, lengths, encoder,
+                                     greedy_token_stats=out.token_stats).items():
             out.scores[name] = v.double().tolist()
         out.seconds_methods = time.perf_counter() - t1
     return out

@@ -19,7 +19,8 @@ from . import metrics
 #: the scores that come from sampled answers (flashuq.evaluate.sample_scores)
 _SAMPLE_METHODS = frozenset({
     "monte_carlo_sequence_entropy", "monte_carlo_normalized_sequence_entropy", "semantic_entropy", "label_prob",
-    "num_sem_sets", "degree", "eigv", "eccentricity", "kernel_language_entropy", "sentence_sar", "vr", "vro"})
+    "num_sem_sets", "degree", "eigv", "eccentricity", "kernel_language_entropy", "sentence_sar", "vr", "vro",
+    "uqlm_cosine_sim", "uqlm_exact_match", "cocoa_msp", "cocoa_ppl", "cocoa_mte", "semantic_density", "eigenscore"})
 
 def _pyplot():
     try:

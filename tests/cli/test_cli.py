@@ -108,7 +108,9 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert len(res["items"]) == 2 and methods >= {"msp", "perplexity", "monte_carlo_sequence_entropy"}
     assert "attention_score" in methods and "rauq" not in methods  # --attention; one layer: no RAUQ (L >= 3)
     if minilm_available():  # the sample-based similarity methods, K = 5 samples by default
-        assert methods >= {"semantic_entropy", "eigv", "eccentricity", "degree", "kernel_language_entropy", "vr"}
+        assert methods >= {"semantic_entropy", "eigv", "eccentricity", "degree", "kernel_language_entropy", "vr",
+                           "cocoa_msp", "semantic_density", "uqlm_cosine_sim", "uqlm_exact_match"}
+    assert "eigenscore" in methods  # the samples' middle-layer hidden states
     assert all(len(it["samples"]) == 5 for it in res["items"])
     assert all(len(it["tokens"]) == len(it["token_stats"]["logprob"]) for it in res["items"])
     html = (tmp_path / "report.html").read_text()
@@ -146,6 +148,20 @@ def test_sample_scores_follow_the_methods():
     assert got["num_sem_sets"].tolist() == [4.0, 3.0]
     assert set(evaluate.sample_scores(samples, greedy, lp, lengths, None)) == {
         "monte_carlo_sequence_entropy", "monte_carlo_normalized_sequence_entropy"}
+    # the greedy answers' token statistics add CoCoA and semantic density; exact match is the judge's normalisation
+    gstats = [{"logprob": [-0.5, -1.0], "entropy": [0.3, 0.9]}, {"logprob": [-2.0], "entropy": [1.5]}]
+    more = evaluate.sample_scores(samples, greedy, lp, lengths, encoder, greedy_token_stats=gstats)
+    assert set(more) == set(evaluate.SAMPLE_SCORES)
+    e = encoder([t for r in samples for t in r] + greedy)
+    s_g = (e[:8].reshape(2, 4, -1) * e[8:][:, None]).sum(-1).clamp(0, 1)
+    dis = [(1 - s_g[0]).mean().item(), (1 - s_g[1][[0, 1, 3]]).mean().item()]
+    assert more["cocoa_msp"].tolist() == pytest.approx([1.5 * dis[0], 2.0 * dis[1]])
+    assert more["cocoa_ppl"].tolist() == pytest.approx([0.75 * dis[0], 2.0 * dis[1]])
+    assert more["cocoa_mte"].tolist() == pytest.approx([0.6 * dis[0], 1.5 * dis[1]])
+    assert more["uqlm_exact_match"].tolist() == pytest.approx([-0.25, 0.0])  # "Paris." is "Paris" once normalised
+    same = evaluate.sample_scores([["paris", "Paris.", "Lyon", "x"]], ["Paris"], lp[:1], lengths[:1], encoder)
+    assert same["uqlm_exact_match"].item() == pytest.approx(-0.5)  # "paris" and "Paris." match "Paris"
+    assert torch.isfinite(more["semantic_density"]).all() and (more["semantic_density"] < 0).all()
 
 
 @pytest.mark.parametrize("flag, value", [("--samples", "-1"), ("--temperature", "0"), ("--temperature", "nan"),

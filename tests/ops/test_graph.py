@@ -526,6 +526,15 @@ def test_heat_kernel_lanes_scaling_and_squaring():
             assert scalar.any() and not scalar.all()  # both routes ran
         if tt == 0.3:  # the lanes' own route ran (equal to the scalar path only to rounding)
             assert not scalar.any() and not torch.equal(outs[0], outs[1])
+    # Gershgorin bounds that are finite while hi - lo is not (mixed-sign weights near the largest
+    # double, a tiny t): the scalar path's question, not a Taylor polynomial evaluated far outside
+    # its radius
+    Wx = np.full((1, 4, 4), 6e307)
+    Wx[0, 0, 1] = Wx[0, 1, 0] = Wx[0, 2, 3] = Wx[0, 3, 2] = -6e307
+    got = [torch.full((1,), 7.0, dtype=F64) for _ in range(2)]
+    for o, lanes in zip(got, (True, False)):
+        _ext._C.graph(2, t(Wx), torch.full((1,), 4, dtype=torch.int32), 0.9, 1e-306, o, None, None, 1, lanes=lanes)
+    assert nan_eq(got[0], got[1])
 
 
 def _kle_weights(E, C):

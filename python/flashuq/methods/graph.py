@@ -97,7 +97,7 @@ def kernel_language_entropy(entail, contra, *, t: float = 0.3, sample_mask=None)
     valid = sample_mask_of(sample_mask, Q, K, E)
     # the kernel builds W = Es + 0.5·(2 - Es - Cs) from E and C as it loads them: new [Q, K, K]
     # tensors this large are fresh memory from the system, whose page faults cost more than the
-    # arithmetic (docs/cpu_kernels.md)
+    # arithmetic
     vne = nli_heat_kernel_entropy(E, C, t=t, sample_mask=None if sample_mask is None else valid)
     n = valid.sum(1)
     # ln 1 = 0: one response has no entropy to scale (its VNE is ~1e-12 from the normaliser's epsilon)
