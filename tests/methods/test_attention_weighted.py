@@ -4,28 +4,17 @@
 spaCy, datasets and transformers at module level, so it is transcribed, not imported); masks, padding,
 argument errors."""
 
-import importlib
-import importlib.machinery
-import importlib.util
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from flashuq import methods as M
+from lmp_cases import lm_polygraph_estimator
 
 
 def lm_polygraph_csl():
-    spec = importlib.util.find_spec("lm_polygraph")
-    root = list(spec.submodule_search_locations)[0]
-    for name, sub in (("lm_polygraph", ""), ("lm_polygraph.utils", "utils"), ("lm_polygraph.estimators", "estimators")):
-        if name not in sys.modules:
-            bare = importlib.machinery.ModuleSpec(name, None, is_package=True)
-            bare.submodule_search_locations = [os.path.join(root, sub)]
-            sys.modules[name] = importlib.util.module_from_spec(bare)
-    return importlib.import_module("lm_polygraph.estimators.csl").CSL()
+    return lm_polygraph_estimator("csl").CSL()
 
 
 def test_csl_matches_lm_polygraph():

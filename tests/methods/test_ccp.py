@@ -2,11 +2,6 @@
 ``ClaimConditionedProbability`` (its module imported bare, without the rest of LM-Polygraph), the
 directional-label rule, masks, a claim through segment_reduce, argument errors."""
 
-import importlib
-import importlib.machinery
-import importlib.util
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -15,19 +10,13 @@ import torch
 import flashuq as fuq
 from flashuq import methods as M
 from flashuq.methods.ccp import CONTRA, ENTAIL, NEUTRAL
+from lmp_cases import lm_polygraph_estimator
 
 NAMES = {ENTAIL: "entail", NEUTRAL: "neutral", CONTRA: "contra"}
 
 
 def lm_polygraph_ccp():
-    spec = importlib.util.find_spec("lm_polygraph")
-    root = list(spec.submodule_search_locations)[0]
-    for name, sub in (("lm_polygraph", ""), ("lm_polygraph.utils", "utils"), ("lm_polygraph.estimators", "estimators")):
-        if name not in sys.modules:
-            bare = importlib.machinery.ModuleSpec(name, None, is_package=True)
-            bare.submodule_search_locations = [os.path.join(root, sub)]
-            sys.modules[name] = importlib.util.module_from_spec(bare)
-    return importlib.import_module("lm_polygraph.estimators.claim_conditioned_probability").ClaimConditionedProbability()
+    return lm_polygraph_estimator("claim_conditioned_probability").ClaimConditionedProbability()
 
 
 def case(B=5, T=7, A=6, seed=0):

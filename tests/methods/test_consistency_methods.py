@@ -3,11 +3,6 @@ density against LM-Polygraph 0.7.0's own estimator classes (``cocoa.py``, ``sema
 their modules imported bare, without the rest of LM-Polygraph), one question at a time; sample masks,
 duplicate texts, bad rows, argument errors."""
 
-import importlib
-import importlib.machinery
-import importlib.util
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -15,19 +10,11 @@ import torch
 
 import flashuq as fuq
 from flashuq import methods as M
+from lmp_cases import lm_polygraph_estimator
 
 
 def lm_polygraph(module):
-    """An LM-Polygraph estimator module, its package entered as bare modules (its ``__init__`` imports
-    the whole library, installed here without its dependencies)."""
-    spec = importlib.util.find_spec("lm_polygraph")
-    root = list(spec.submodule_search_locations)[0]
-    for name, sub in (("lm_polygraph", ""), ("lm_polygraph.utils", "utils"), ("lm_polygraph.estimators", "estimators")):
-        if name not in sys.modules:
-            bare = importlib.machinery.ModuleSpec(name, None, is_package=True)
-            bare.submodule_search_locations = [os.path.join(root, sub)]
-            sys.modules[name] = importlib.util.module_from_spec(bare)
-    return importlib.import_module("lm_polygraph.estimators." + module)
+    return lm_polygraph_estimator(module)
 
 
 def greedy(B=6, T=9, V=50, seed=0):

@@ -3,12 +3,7 @@
 transcription ``flashuq.reference.eigenscore_ref``; sample masks, non-finite input, dtypes, batch
 independence, argument errors."""
 
-import importlib
-import importlib.machinery
-import importlib.util
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -16,20 +11,11 @@ import torch
 
 from flashuq import methods as M
 from flashuq.reference import eigenscore_ref
+from lmp_cases import lm_polygraph_estimator
 
 
 def lm_polygraph_eigenscore():
-    """LM-Polygraph's ``EigenScore`` class: its package entered as bare modules (its ``__init__`` imports
-    the whole library, installed here without its dependencies), then only ``eigenscore.py`` and the
-    ``estimator.py`` it imports run."""
-    spec = importlib.util.find_spec("lm_polygraph")
-    root = list(spec.submodule_search_locations)[0]
-    for name, sub in (("lm_polygraph", ""), ("lm_polygraph.utils", "utils"), ("lm_polygraph.estimators", "estimators")):
-        if name not in sys.modules:
-            bare = importlib.machinery.ModuleSpec(name, None, is_package=True)
-            bare.submodule_search_locations = [os.path.join(root, sub)]
-            sys.modules[name] = importlib.util.module_from_spec(bare)
-    return importlib.import_module("lm_polygraph.estimators.eigenscore").EigenScore
+    return lm_polygraph_estimator("eigenscore").EigenScore
 
 
 def embeddings(Q, K, d, seed=0, dtype=torch.float64):
