@@ -64,7 +64,18 @@ def test_hidden_states_match_output_hidden_states(kind, left):
     stacked = torch.stack(ref)  # the op layer's span mean over transformers' stack gives the same
     torch.testing.assert_close(M.mean_hidden_over_span(stacked, start, end)[:, [2, 3]], mean, rtol=1e-12, atol=1e-12)
     # no hook is left behind
-    assert all(not blk._forward_pre_hooks for blk in (model.model.layers if kind == "llama" else model.transformer.h))
+    blocks = model.model.layers if kind == "llama" else model.transformer.h
+    assert all(not blk._forward_pre_hooks for blk in blocks)
+    # the pass stops at the highest layer asked for: the blocks above it do not run
+    ran = []
+    handles = [blk.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, blk in enumerate(blocks)]
+    hf.hidden_states(model, ids, mask, layers=[1])
+    assert ran == [0]
+    ran.clear()
+    hf.hidden_states(model, ids, mask, layers=[3])
+    assert ran == [0, 1, 2]
+    for h in handles:
+        h.remove()
 
 
 def test_eigenscore_from_sampled_answers():

@@ -1,7 +1,7 @@
 """Hidden states of the layers asked for, from one teacher-forced pass (docs/architecture.md#hidden-states):
 forward hooks on those layers only, each state reduced as it passes (the last real token, or a mean
 over a span of positions), so neither ``output_hidden_states`` for every layer nor an
-``[L + 1, B, S, D]`` stack is kept."""
+``[L + 1, B, S, D]`` stack is kept, and the pass stops once the highest layer asked for is read."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ import torch
 from torch import Tensor
 
 from ._model import position_ids_from_mask
+
+
+class _Captured(Exception):
+    """Raised by the last hook that the call needs: the layers above it do not run."""
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:
@@ -88,6 +92,7 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Optional[Tensor] = N
         raise ValueError(f'reduce must be "last" or "mean", got {reduce!r}')
 
     out: dict = {}
+    wanted = set(idx)
 
     def keep(l: int, h: Tensor) -> None:  # [B, S, D] -> [B, D] on the spot, fp32 at least
         dt = torch.promote_types(h.dtype, torch.float32)
@@ -96,6 +101,8 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Optional[Tensor] = N
             out[l] = h[torch.arange(B, device=h.device), w.argmax(1)].to(dt)
         else:
             out[l] = torch.einsum("bs,bsd->bd", w, h.to(dt))
+        if len(out) == len(wanted):  # the layers above are not needed: stop the pass here
+            raise _Captured
 
     hooks = []
     try:
@@ -106,8 +113,11 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Optional[Tensor] = N
                 def pre(m, args, kwargs, l=l):
                     keep(l, args[0] if args else kwargs["hidden_states"])
                 hooks.append(blocks[l].register_forward_pre_hook(pre, with_kwargs=True))
-        model.base_model(input_ids=input_ids, attention_mask=am, position_ids=position_ids_from_mask(am),
-                         use_cache=False)
+        try:
+            model.base_model(input_ids=input_ids, attention_mask=am, position_ids=position_ids_from_mask(am),
+                             use_cache=False)
+        except _Captured:
+            pass
     finally:
         for h in hooks:
             h.remove()
