@@ -76,7 +76,6 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Optional[Tensor] = N
         if not bool(real.any(1).all()):
             raise ValueError("attention_mask: every row needs a real token")
         last = torch.where(real, pos, -1).amax(1)
-        weights = (pos[None, :] == last[:, None]).double()
     elif reduce == "mean":
         if start is None or end is None:
             raise ValueError('start/end: reduce="mean" needs both ([B] each)')
@@ -96,11 +95,10 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Optional[Tensor] = N
 
     def keep(l: int, h: Tensor) -> None:  # [B, S, D] -> [B, D] on the spot, fp32 at least
         dt = torch.promote_types(h.dtype, torch.float32)
-        w = weights.to(h.device, dt)
         if reduce == "last":
-            out[l] = h[torch.arange(B, device=h.device), w.argmax(1)].to(dt)
+            out[l] = h[torch.arange(B, device=h.device), last.to(h.device)].to(dt)
         else:
-            out[l] = torch.einsum("bs,bsd->bd", w, h.to(dt))
+            out[l] = torch.einsum("bs,bsd->bd", weights.to(h.device, dt), h.to(dt))
         if len(out) == len(wanted):  # the layers above are not needed: stop the pass here
             raise _Captured
 

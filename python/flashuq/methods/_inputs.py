@@ -11,12 +11,13 @@ import torch
 from torch import Tensor
 
 
-def input_tensor(x, name: str, ndim: int, kind: str, like: Optional[Tensor] = None) -> Tensor:
-    """``x`` as a tensor of ``ndim`` dims; ``kind`` is "float", "int" or "bool"; same device as ``like``."""
+def input_tensor(x, name: str, ndim: Optional[int], kind: str, like: Optional[Tensor] = None) -> Tensor:
+    """``x`` as a tensor of ``ndim`` dims (None: any); ``kind`` is "float", "int" or "bool"; same device
+    as ``like``."""
     if not isinstance(x, (Tensor, np.ndarray)):
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
     x = torch.as_tensor(x)
-    if x.dim() != ndim:
+    if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     real = not x.dtype.is_complex and x.dtype != torch.bool
     ok = {"float": x.dtype.is_floating_point, "int": real and not x.dtype.is_floating_point,

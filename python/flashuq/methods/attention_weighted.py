@@ -5,16 +5,11 @@ caller's capture."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from .._checks import check_real
 from ._inputs import bool_mask, check_shape, compute_dtype, input_tensor
-
-
-def _ndim(x) -> int:
-    return x.dim() if isinstance(x, Tensor) else np.ndim(x) if isinstance(x, np.ndarray) else 0
 
 
 def csl(attn_rows, logprobs, mask=None) -> Tensor:
@@ -30,9 +25,7 @@ def csl(attn_rows, logprobs, mask=None) -> Tensor:
     the answer tokens' log-probabilities. ``mask [B, T]`` drops tokens before the normalisation.
     NaN when the weights sum to 0.
     """
-    if _ndim(attn_rows) not in (3, 4) and isinstance(attn_rows, (Tensor, np.ndarray)):
-        raise ValueError(f"attn_rows must be [B, L, H, T] or [B, R, T], got shape {tuple(np.shape(attn_rows))}")
-    a = input_tensor(attn_rows, "attn_rows", max(_ndim(attn_rows), 3), "float")
+    a = input_tensor(attn_rows, "attn_rows", None, "float")
     if a.dim() not in (3, 4):
         raise ValueError(f"attn_rows must be [B, L, H, T] or [B, R, T], got shape {tuple(a.shape)}")
     B, T = a.shape[0], a.shape[-1]
@@ -72,7 +65,7 @@ def focus(logits, tokens, attn, keyword_mask, idf, *, gamma: float, p_threshold:
     check_shape(y, "tokens", (B, T))
     if bool(((y < 0) | (y >= V)).any()):
         raise ValueError(f"tokens must lie in [0, V) = [0, {V})")
-    A = input_tensor(attn, "attn", 5 if _ndim(attn) == 5 else 3, "float", z)
+    A = input_tensor(attn, "attn", None, "float", z)
     if A.dim() == 5:
         check_shape(A, "attn", (B, A.shape[1], A.shape[2], T, T))
         A = A.amax((1, 2))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,9 +18,7 @@ def combine_nli(forward, backward) -> Tensor:
     """LM-Polygraph's rule for two directional NLI labels ``NLI(x, y)`` and ``NLI(y, x)`` (codes
     :data:`ENTAIL`, :data:`NEUTRAL`, :data:`CONTRA`): equal labels stay; entail and contra together
     give neutral; otherwise whichever of entail or contra is present."""
-    if not isinstance(forward, (Tensor, np.ndarray)):
-        raise TypeError(f"nli_forward must be a torch.Tensor or numpy.ndarray, got {type(forward).__name__}")
-    f = input_tensor(forward, "nli_forward", torch.as_tensor(forward).dim(), "int")
+    f = input_tensor(forward, "nli_forward", None, "int")
     b = input_tensor(backward, "nli_backward", f.dim(), "int", f)
     check_shape(b, "nli_backward", f.shape)
     if bool(((f < 0) | (f > 2) | (b < 0) | (b > 2)).any()):

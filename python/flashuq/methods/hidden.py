@@ -152,7 +152,7 @@ def pa_ccs_metrics(p_a_yes, p_a_no, p_not_yes, p_not_no) -> Tuple[Tensor, Tensor
     Returns ``(PC, CI)`` of the inputs' shape; the paper reports their means over the test pairs (both
     lower-is-better).
     """
-    a1 = input_tensor(p_a_yes, "p_a_yes", torch.as_tensor(p_a_yes).dim() if hasattr(p_a_yes, "shape") else 1, "float")
+    a1 = input_tensor(p_a_yes, "p_a_yes", None, "float")
     rest = [input_tensor(x, n, a1.dim(), "float", a1) for x, n in
             ((p_a_no, "p_a_no"), (p_not_yes, "p_not_yes"), (p_not_no, "p_not_no"))]
     for x, n in zip(rest, ("p_a_no", "p_not_yes", "p_not_no")):
