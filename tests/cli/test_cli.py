@@ -4,6 +4,7 @@ offline SmolLM2 (slow)."""
 
 import importlib.util
 import json
+import math
 
 import numpy as np
 import pytest
@@ -161,7 +162,18 @@ def test_sample_scores_follow_the_methods():
     assert more["uqlm_exact_match"].tolist() == pytest.approx([-0.25, 0.0])  # "Paris." is "Paris" once normalised
     same = evaluate.sample_scores([["paris", "Paris.", "Lyon", "x"]], ["Paris"], lp[:1], lengths[:1], encoder)
     assert same["uqlm_exact_match"].item() == pytest.approx(-0.5)  # "paris" and "Paris." match "Paris"
-    assert torch.isfinite(more["semantic_density"]).all() and (more["semantic_density"] < 0).all()
+    # semantic density with contradiction 1 - s_g and no neutral mass, distinct texts, by hand
+    for b, (keep, glp) in enumerate((([0, 1, 2, 3], [-0.5, -1.0]), ([0, 1, 3], [-2.0]))):
+        seen, num, den = set(), 0.0, 0.0
+        for k in keep:
+            t = evaluate._norm(samples[b][k])
+            if t in seen:
+                continue
+            seen.add(t)
+            w = math.exp(lp[b, k].item() / lengths[b, k].item())
+            num, den = num + w * s_g[b, k].item(), den + w
+        wg = math.exp(sum(glp) / len(glp))
+        assert more["semantic_density"][b].item() == pytest.approx(-(num + wg) / (den + wg), rel=1e-12)
 
 
 @pytest.mark.parametrize("flag, value", [("--samples", "-1"), ("--temperature", "0"), ("--temperature", "nan"),

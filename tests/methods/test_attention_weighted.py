@@ -114,6 +114,10 @@ def test_attention_weighted_argument_errors():
         M.focus(logits, tokens, attn[:, :2], kw, idf, gamma=0.9, p_threshold=0.01)
     with pytest.raises(ValueError, match="gamma"):
         M.focus(logits, tokens, attn, kw, idf, gamma=float("nan"), p_threshold=0.01)
+    with pytest.raises(ValueError, match="p_threshold"):
+        M.focus(logits, tokens, attn, kw, idf, gamma=0.9, p_threshold=float("inf"))
+    with pytest.raises(TypeError, match="idf"):
+        M.focus(logits, tokens, attn, kw, torch.ones(10, dtype=torch.int64), gamma=0.9, p_threshold=0.01)
     with pytest.raises(TypeError):
         M.focus(logits, tokens, attn, kw, idf)  # gamma and p_threshold have no defaults
     with pytest.raises(ValueError, match="keyword_mask"):

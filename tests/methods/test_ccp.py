@@ -102,4 +102,8 @@ def test_ccp_argument_errors():
         M.ccp(lp, fwd, bwd, mask[:, :3])
     with pytest.raises(ValueError, match="alt_mask"):
         M.ccp(lp, fwd, bwd, mask, alt_mask=torch.ones(5, 7, 2, dtype=torch.bool))
+    with pytest.raises(TypeError, match="nli_forward"):
+        M.combine_nli([0, 1], torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="nli_backward"):
+        M.combine_nli(torch.tensor([0, 1]), torch.tensor([0, 1, 2]))
     assert M.REGISTRY["ccp"].fn is M.ccp

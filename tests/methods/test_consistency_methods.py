@@ -136,6 +136,10 @@ def test_consistency_argument_errors():
         M.semantic_density(stats, lp, lengths, c[:, :3], nu, mask)
     with pytest.raises(TypeError, match="text_ids"):
         M.semantic_density(stats, lp, lengths, c, nu, mask, text_ids=ids.double())
+    with pytest.raises(ValueError, match="neutral"):
+        M.semantic_density(stats, lp, lengths, c, nu[:5], mask)
+    with pytest.raises(ValueError, match="sample_logprobs"):
+        M.semantic_density(stats, lp[:5], lengths, c, nu, mask)
     with pytest.raises(TypeError, match="sample_lengths"):
         M.semantic_density(stats, lp, [[1] * 4] * 6, c, nu, mask)
     for name in ("cocoa_msp", "cocoa_ppl", "cocoa_mte", "semantic_density"):
