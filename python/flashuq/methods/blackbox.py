@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ._inputs import check_shape, compute_dtype, input_tensor, sample_mask_of
-from .samples import _mean, _pair_valid, _unit
+from .samples import _mean, _pair_mean, _unit
 
 
 def _pair(forward, backward, name_f: str, name_b: str):
@@ -136,8 +136,7 @@ def maqa_response_consistency(overlap, n_answers, *, sample_mask=None) -> Tensor
     valid = sample_mask_of(sample_mask, Q, K, ov)
     nn = n[:, :, None]
     frac = torch.where(nn > 0, ov / nn, torch.where(nn == 0, 0.0, torch.nan))  # (a negative count: NaN)
-    pv = _pair_valid(valid)
-    return -(torch.where(pv, frac, 0.0).sum((1, 2)) / pv.sum((1, 2)).to(dt))
+    return -_pair_mean(frac, valid)
 
 
 __all__ = ["uqlm_noncontradiction", "uqlm_entailment", "uqlm_exact_match", "uqlm_cosine_sim",

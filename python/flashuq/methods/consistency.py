@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..ops.token_stats import TokenStats
 from ._inputs import check_shape, compute_dtype, input_tensor, sample_mask_of
+from .samples import _mean
 from .token import mean_token_entropy, msp, perplexity
 
 
@@ -27,9 +28,7 @@ def _mean_dissimilarity(stats: TokenStats, greedy_similarity, sample_mask) -> Te
     B = stats.logprob.shape[0]
     s = _per_question(greedy_similarity, "greedy_similarity", "float", B, stats.logprob)
     valid = sample_mask_of(sample_mask, B, s.shape[1], s)
-    dt = compute_dtype(s, stats.logprob)
-    d = torch.where(valid, 1 - s.to(dt), 0.0).sum(1)
-    return d / valid.sum(1).to(dt)  # 0/0: NaN
+    return _mean(1 - s.to(compute_dtype(s, stats.logprob)), valid)  # NaN without a valid sample
 
 
 def cocoa_msp(stats: TokenStats, greedy_similarity, mask=None, *, sample_mask=None) -> Tensor:
