@@ -21,6 +21,7 @@ import torch
 
 from . import metrics
 from .hf import generate
+from .ops.masked_reduce import masked_reduce
 
 
 @dataclass
@@ -261,7 +262,7 @@ def answer_batch(model, tok, input_ids, attention_mask, *, max_new_tokens: int =
                  temperature: float = 1.0, sample_max_new_tokens: Optional[int] = None, encoder=None,
                  attention: bool = False) -> Answers:
     """One left-padded batch of prompts through :func:`flashuq.hf.generate` with the recorder: the
-    greedy answers and their token-statistics scores; K = ``num_samples`` sampled answers
+    greedy answers and their token-statistics scores (BoostedProb too); K = ``num_samples`` sampled answers
     (``temperature``, at most ``sample_max_new_tokens`` tokens), :func:`sample_scores` and EigenScore
     (the samples' middle-layer hidden states); with ``attention`` also :func:`attention_scores`."""
     eos = model.generation_config.eos_token_id
@@ -269,8 +270,10 @@ def answer_batch(model, tok, input_ids, attention_mask, *, max_new_tokens: int =
         g = generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                      pad_token_id=tok.pad_token_id, eos_token_id=eos, num_samples=num_samples,
                      temperature=temperature, capture_attention=attention,
-                     sample_kwargs=None if sample_max_new_tokens is None else {"max_new_tokens": sample_max_new_tokens})
+                     sample_kwargs=None if sample_max_new_tokens is None else {"max_new_tokens": sample_max_new_tokens},
+                     boostedprob=True)
     scores = {name: v.double().tolist() for name, v in g.scores.items()}
+    scores["boostedprob"] = (-masked_reduce(g.boostedprob, g.mask, op="mean")).double().tolist()
     if attention:
         scores.update({name: v.double().tolist() for name, v in attention_scores(g, attention_mask).items()})
     out = Answers([], scores, [], [], [])

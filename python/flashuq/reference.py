@@ -580,3 +580,25 @@ def eigenscore_ref(Z, alpha: float = 1e-3) -> float:
     S = Z @ J @ Z.T + alpha * np.eye(Z.shape[0])
     lam = np.linalg.eigvalsh(S)
     return float(np.mean(np.log(np.where(lam > 0, lam, 1e-10))))
+
+
+def boostedprob_ref(logprobs, token: int, p_jump: float = 0.3, epsilon: float = 0.005,
+                    score: str = "sum_dominant_mass", gamma: float = 0.01) -> float:
+    """BoostedProb of one step (docs/methods.md#boostedprob): ``logprobs [V]`` (normalised, float64) and the
+    emitted ``token``. Sort the probabilities, cut after the last position whose gap to
+    the next one exceeds both ``p_jump`` times its probability and ``epsilon``; the tokens before the cut
+    are dominant. A dominant token scores the dominant mass (times ``p^gamma`` when weighted), any other
+    its own probability."""
+    p = np.exp(np.asarray(logprobs, dtype=np.float64))
+    order = np.argsort(-p, kind="stable")
+    top = p[order]
+    cut = -1
+    for i in range(len(top) - 1):
+        gap = top[i] - top[i + 1]
+        if gap > p_jump * top[i] and gap > epsilon:
+            cut = i
+    p_y = float(p[token])
+    if cut < 0 or token not in set(order[: cut + 1].tolist()):
+        return p_y
+    mass = float(top[: cut + 1].sum())
+    return mass if score == "sum_dominant_mass" else mass * p_y ** gamma

@@ -73,6 +73,29 @@ def test_recorder_matches_generate_output_logits(kind, mode):
     torch.testing.assert_close(got.logprob, got.max_logprob)  # ...so its log-prob is the max
 
 
+@pytest.mark.parametrize("mode", ["processor", "hook"])
+def test_recorder_boostedprob_matches_the_reference_on_generate_logits(mode):
+    model = tiny("llama")
+    ids, mask = prompts()
+    rec = hf.UncertaintyRecorder(temperature=0.5, boostedprob=True)
+    kw = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    if mode == "processor":
+        out = model.generate(ids, attention_mask=mask, logits_processor=[rec], **kw)
+    else:
+        with rec.attach(model):
+            out = model.generate(ids, attention_mask=mask, **kw)
+    new = out.sequences[:, ids.shape[1]:]
+    got = rec.boostedprob_scores(out.sequences)
+    assert got.shape == new.shape
+    for t, z in enumerate(out.logits):
+        for b in range(new.shape[0]):
+            lp = torch.log_softmax(z[b].double() / 0.5, -1).numpy()
+            want = fuq.reference.boostedprob_ref(lp, int(new[b, t]))
+            assert got[b, t].item() == pytest.approx(want, rel=1e-5), (b, t)
+    with pytest.raises(RuntimeError, match="boostedprob"):
+        hf.UncertaintyRecorder().boostedprob_scores(out.sequences)
+
+
 def test_sampling_with_num_return_sequences_records_the_sampled_tokens():
     model = tiny("llama")
     ids, mask = prompts()
@@ -103,8 +126,13 @@ def test_generate_returns_stats_mask_scores_and_samples(kind):
     g = hf.generate(model, ids, mask, num_samples=3, max_new_tokens=7, pad_token_id=0, eos_token_id=EOS)
     B, T = g.new_tokens.shape
     assert g.stats.entropy.shape == (B, T) and g.mask.shape == (B, T)
-    assert set(g.scores) == set(fuq.methods.SCORES)
+    assert set(g.scores) == set(fuq.methods.SCORES) and g.boostedprob is None
     torch.testing.assert_close(g.scores["msp"], -torch.where(g.mask, g.stats.logprob, 0.0).sum(-1))
+    g2 = hf.generate(model, ids, mask, max_new_tokens=7, pad_token_id=0, eos_token_id=EOS, boostedprob=True)
+    rec = hf.UncertaintyRecorder(boostedprob=True)
+    out = model.generate(ids, attention_mask=mask, logits_processor=[rec], max_new_tokens=7, do_sample=False,
+                         pad_token_id=0, eos_token_id=EOS)
+    torch.testing.assert_close(g2.boostedprob, rec.boostedprob_scores(out), rtol=0, atol=0)
     assert g.sample_log_probs.shape == (B, 3) and g.sample_lengths.shape == (B, 3)
     lp = torch.where(g.sample_mask, g.sample_stats.logprob, 0.0).sum(-1)
     torch.testing.assert_close(g.sample_log_probs, lp)

@@ -36,6 +36,8 @@ class Generation:
     #: attention of the token ``sequences[:, i]`` to itself (aligned with ``sequences``; left-pad
     #: columns 0; the last column NaN: the final token is never fed back to the model)
     attention_diagonals: Optional[Tensor] = None
+    #: ``[B, T]`` per-token BoostedProb of the greedy answer, with ``boostedprob=True``
+    boostedprob: Optional[Tensor] = None
     extra: dict = field(default_factory=dict)
 
 
@@ -86,7 +88,7 @@ def _shared_prompt_cache(model, input_ids: Tensor, attention_mask: Optional[Tens
 def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, *, num_samples: int = 0,
              temperature: float = 1.0, topk: int = 0, sample_kwargs: Optional[dict] = None,
              capture_attention: bool = False, attention_layers: Optional[Sequence[int]] = None,
-             **generate_kwargs) -> Generation:
+             boostedprob: bool = False, **generate_kwargs) -> Generation:
     """Greedy answer with its per-token statistics and sequence scores, plus ``num_samples`` sampled
     answers per prompt with their log-probabilities (for the sample-based methods).
 
@@ -106,6 +108,9 @@ def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, 
     ``i`` equals the diagonal of a teacher-forced pass over ``sequences`` (with the prompt's mask
     extended by ones and positions from :func:`position_ids_from_mask`, as ``generate`` runs it).
     ``attention_layers`` restricts the capture to those layers (ascending).
+
+    ``boostedprob=True`` also records each greedy token's BoostedProb (:attr:`Generation.boostedprob`):
+    one ``topk`` of about 200 entries per step, on the step's scores.
     """
     num_samples = check_int(num_samples, "num_samples", 0)
     for k in ("do_sample", "num_return_sequences", "logits_processor", "return_dict_in_generate"):
@@ -113,7 +118,7 @@ def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, 
             raise ValueError(f"{k}: set by flashuq.hf.generate itself")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
-    rec = UncertaintyRecorder(topk=topk)
+    rec = UncertaintyRecorder(topk=topk, boostedprob=boostedprob)
     if capture_attention:
         with AttentionCapture(model, diagonals=True, layers=attention_layers) as cap:
             seqs, new, stats, mask = _run(model, input_ids, attention_mask, rec, do_sample=False, **generate_kwargs)
@@ -125,7 +130,8 @@ def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, 
     else:
         diag = None
         seqs, new, stats, mask = _run(model, input_ids, attention_mask, rec, do_sample=False, **generate_kwargs)
-    g = Generation(seqs, new, stats, mask, sequence_scores(stats, mask), attention_diagonals=diag)
+    g = Generation(seqs, new, stats, mask, sequence_scores(stats, mask), attention_diagonals=diag,
+                   boostedprob=rec.boostedprob_scores(seqs) if boostedprob else None)
     if num_samples:
         B = input_ids.shape[0]
         rec = UncertaintyRecorder(topk=topk)

@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from ..methods.boostedprob import boostedprob_token_scores
 from ..ops.token_stats import TokenStats, token_stats
 
 
@@ -59,15 +60,17 @@ class UncertaintyRecorder(_logits_processor_base()):
     :func:`score` instead.
     """
 
-    def __init__(self, *, temperature: float = 1.0, topk: int = 0, renyi: bool = True):
+    def __init__(self, *, temperature: float = 1.0, topk: int = 0, renyi: bool = True, boostedprob: bool = False):
         self.temperature = temperature
         self.topk = topk
         self.renyi = renyi
+        self.boostedprob = boostedprob
         self.reset()
 
     def reset(self) -> "UncertaintyRecorder":
         self._steps: List[TokenStats] = []
         self._chosen_lp: List[Tensor] = []
+        self._boosted: List[Tensor] = []
         self._last: Optional[Tensor] = None
         self._hooks: list = []
         self._hook_prev_token: Optional[Tensor] = None
@@ -79,6 +82,8 @@ class UncertaintyRecorder(_logits_processor_base()):
             if prev_token is None:
                 raise RuntimeError("UncertaintyRecorder: the previous step's token is unknown")
             self._chosen_lp.append(self._chosen_logprob(prev_token))
+            if self.boostedprob:
+                self._boosted.append(self._chosen_boostedprob(prev_token))
         self._steps.append(token_stats(scores, temperature=self.temperature, topk=self.topk, renyi=self.renyi))
         self._last = scores
 
@@ -91,6 +96,14 @@ class UncertaintyRecorder(_logits_processor_base()):
         idx = torch.stack([token.to(z.device, torch.long), s.argmax.clamp(min=0)], dim=-1)
         zz = z.gather(-1, idx).to(s.max_logprob.dtype)
         return (zz[..., 0] - zz[..., 1]) / self.temperature + s.max_logprob
+
+    def _chosen_boostedprob(self, token: Tensor) -> Tensor:
+        """BoostedProb of the emitted token at the kept step (of ``softmax(scores / temperature)``)."""
+        z = self._last
+        if token.shape[0] != z.shape[0]:
+            return torch.full((z.shape[0],), float("nan"), device=z.device)
+        return boostedprob_token_scores((z / self.temperature)[:, None, :],
+                                        token.to(z.device, torch.long)[:, None])[:, 0]
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         self._record(scores, None if input_ids is None else input_ids[:, -1])
@@ -138,6 +151,18 @@ class UncertaintyRecorder(_logits_processor_base()):
             raise ValueError(f"sequences: holds {sequences.shape[-1]} tokens, fewer than the {T} recorded steps")
         lps = self._chosen_lp + [self._chosen_logprob(sequences[:, -1])]
         return _stack(self._steps, torch.stack(lps, dim=1))
+
+    def boostedprob_scores(self, sequences: Tensor) -> Tensor:
+        """``[B, T]`` per-token BoostedProb of the emitted tokens (:func:`flashuq.methods.boostedprob_token_scores`
+        with its defaults), for a recorder made with ``boostedprob=True``; ``sequences`` as in :meth:`stats`."""
+        if not self.boostedprob:
+            raise RuntimeError("UncertaintyRecorder: made without boostedprob=True")
+        if not self._steps:
+            raise RuntimeError("UncertaintyRecorder: nothing recorded (was it passed to generate?)")
+        if sequences.shape[-1] < len(self._steps):
+            raise ValueError(f"sequences: holds {sequences.shape[-1]} tokens, fewer than the {len(self._steps)} "
+                             "recorded steps")
+        return torch.stack(self._boosted + [self._chosen_boostedprob(sequences[:, -1])], dim=1)
 
 
 def _is_eos(tokens: Tensor, eos_token_id) -> Tensor:

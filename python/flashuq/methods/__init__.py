@@ -16,6 +16,10 @@ from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_marg
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
 from .hidden import eigenscore, feature_gaps, linear_probe, mean_hidden_over_span, pa_ccs_metrics, project_scores
 from .ccp import ccp, ccp_token_logprobs, combine_nli
+from .boostedprob import boostedprob, boostedprob_token_scores
+from .claim import (attention_score_claim, boostedprob_claim, ccp_claim, focus_claim, frequency_scoring_claim,
+                    max_token_entropy_claim, maximum_claim_probability, perplexity_claim, pmi_claim,
+                    self_certainty_claim, token_sar_claim)
 from .attention_weighted import csl, focus
 from .consistency import cocoa_msp, cocoa_mte, cocoa_ppl, semantic_density
 from .blackbox import (maqa_response_consistency, uqlm_consistency_and_confidence, uqlm_cosine_sim, uqlm_entailment,
@@ -73,6 +77,31 @@ REGISTRY: Dict[str, Method] = {
                         ("maqa_entropy", maqa_entropy), ("maqa_greedy_entropy", maqa_greedy_entropy))},
     "ccp": Method(ccp, ("alt_logprobs", "nli_forward", "nli_backward"),
                   "Fadeeva et al., ACL Findings 2024; LM-Polygraph ClaimConditionedProbability"),
+    "boostedprob": Method(boostedprob, ("logits", "tokens"),
+                          "Dang, Le, Niehues, EMNLP 2025, arXiv 2502.11115; LM-Polygraph BoostedProbSequence"),
+    # ---- claim-level (docs/methods.md#claim-level): one uncertainty per claim [C]
+    "maximum_claim_probability": Method(maximum_claim_probability, ("stats", "claims"),
+                                        "LM-Polygraph MaximumClaimProbability"),
+    "perplexity_claim": Method(perplexity_claim, ("stats", "claims"), "LM-Polygraph PerplexityClaim"),
+    "max_token_entropy_claim": Method(max_token_entropy_claim, ("stats", "claims"),
+                                      "LM-Polygraph MaxTokenEntropyClaim"),
+    "self_certainty_claim": Method(self_certainty_claim, ("stats", "claims"),
+                                   "Kang et al. 2025; LM-Polygraph SelfCertaintyClaim"),
+    "pmi_claim": Method(pmi_claim, ("stats", "lm_logprobs", "claims"),
+                        "LM-Polygraph PointwiseMutualInformationClaim"),
+    "token_sar_claim": Method(token_sar_claim, ("stats", "relevance", "claims"),
+                              "Duan et al., SAR (ACL 2024); LM-Polygraph TokenSARClaim"),
+    "ccp_claim": Method(ccp_claim, ("alt_logprobs", "nli_forward", "nli_backward", "claims"),
+                        "Fadeeva et al., ACL Findings 2024; LM-Polygraph ClaimConditionedProbabilityClaim"),
+    "boostedprob_claim": Method(boostedprob_claim, ("logits", "tokens", "claims"),
+                                "Dang, Le, Niehues, EMNLP 2025; LM-Polygraph BoostedProbClaim"),
+    "focus_claim": Method(focus_claim, ("logits", "tokens", "attn", "keyword_mask", "idf", "claims"),
+                          "Zhang et al., EMNLP 2023, arXiv 2311.13230; LM-Polygraph FocusClaim"),
+    "attention_score_claim": Method(attention_score_claim, ("attn", "response_start", "claims"),
+                                    "Sriramanan et al., LLM-Check, NeurIPS 2024; LM-Polygraph AttentionScoreClaim"),
+    "frequency_scoring_claim": Method(frequency_scoring_claim, ("nli_to_samples",),
+                                      "Mohri & Hashimoto, ICML 2024, arXiv 2402.10978; "
+                                      "LM-Polygraph FrequencyScoringClaim"),
     # ---- sample- and similarity-graph methods (docs/methods.md#sample-methods), batched over Q questions
     "monte_carlo_sequence_entropy": Method(monte_carlo_sequence_entropy, ("sample_logprobs",),
                                            "LM-Polygraph MonteCarloSequenceEntropy (Kuhn et al. 2023)"),
@@ -165,5 +194,5 @@ __all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "fro
            "nli_similarity", "greedy_bidirectional_clusters", "nli_argmax_is_entail", "similarity", "symmetrize",
            "uqlm_semantic_negentropy", "weighted_ensemble", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs",
            "uqac_terms", "UqacTerms", "ccp_token_logprobs", "combine_nli", "mean_hidden_over_span", "project_scores",
-           "linear_probe", "pa_ccs_metrics",
+           "linear_probe", "pa_ccs_metrics", "boostedprob_token_scores",
            *REGISTRY]

@@ -39,24 +39,8 @@ def csl(attn_rows, logprobs, mask=None) -> Tensor:
     return -torch.where(valid, w * ll.to(dt), 0.0).sum(1)
 
 
-def focus(logits, tokens, attn, keyword_mask, idf, *, gamma: float, p_threshold: float, mask=None) -> Tensor:
-    """Focus (Zhang et al., "Enhancing Uncertainty-Based Hallucination Detection with Stronger Focus",
-    EMNLP 2023, arXiv 2311.13230; LM-Polygraph ``Focus``), uncertainty::
-
-        p'   = normalise(idf ⊙ p ⊙ 1[p >= p_threshold])           per step, p = softmax(logits)
-        hc_t = -ln(p'(y_t) + 1e-5) + 2^{H_2(p')}                   H_2: the base-2 entropy
-        W    = keyword rows of the attention, each / (row sum + 1e-6); other rows 0
-        f_t  = hc_t + γ Σ_{j<t} W[t, j] f_j
-        u    = mean of f over the keyword tokens                  (NaN without one)
-
-    ``logits [B, T, V]`` of the answer's steps and ``tokens [B, T]`` the emitted tokens;
-    ``attn [B, T, T]`` the attention among the answer's tokens, or ``[B, L, H, T, T]`` (its maximum over
-    layers and heads is taken, as the reference); ``keyword_mask [B, T]`` marks the keywords (the
-    reference: spaCy named entities, nouns, numbers and proper nouns); ``idf [V']`` with V' <= V weighs
-    the first V' token ids (the reference: IDF over a text corpus). ``gamma`` and ``p_threshold`` have
-    no defaults, as in the reference class. ``mask [B, T]`` drops padding steps. A step whose
-    thresholded, weighted mass is 0 gives NaN where it is used.
-    """
+def _focus_terms(logits, tokens, attn, keyword_mask, idf, gamma, p_threshold, mask):
+    """Focus's per-token scores ``f [B, T]`` and the real keywords ``[B, T]`` (see :func:`focus`)."""
     gamma = check_real(gamma, "gamma")
     p_threshold = check_real(p_threshold, "p_threshold")
     z = input_tensor(logits, "logits", 3, "float")
@@ -92,8 +76,30 @@ def focus(logits, tokens, attn, keyword_mask, idf, *, gamma: float, p_threshold:
     hc = torch.where(valid, hc, 0.0)  # (padding steps hold anything; their f stays 0)
     for t in range(T):  # f_t depends on every earlier f_j
         f[:, t] = hc[:, t] + gamma * (Wt[:, t, :t] * f[:, :t]).sum(-1)
+    return f, kw
+
+
+def focus(logits, tokens, attn, keyword_mask, idf, *, gamma: float, p_threshold: float, mask=None) -> Tensor:
+    """Focus (Zhang et al., "Enhancing Uncertainty-Based Hallucination Detection with Stronger Focus",
+    EMNLP 2023, arXiv 2311.13230; LM-Polygraph ``Focus``), uncertainty::
+
+        p'   = normalise(idf ⊙ p ⊙ 1[p >= p_threshold])           per step, p = softmax(logits)
+        hc_t = -ln(p'(y_t) + 1e-5) + 2^{H_2(p')}                   H_2: the base-2 entropy
+        W    = keyword rows of the attention, each / (row sum + 1e-6); other rows 0
+        f_t  = hc_t + γ Σ_{j<t} W[t, j] f_j
+        u    = mean of f over the keyword tokens                  (NaN without one)
+
+    ``logits [B, T, V]`` of the answer's steps and ``tokens [B, T]`` the emitted tokens;
+    ``attn [B, T, T]`` the attention among the answer's tokens, or ``[B, L, H, T, T]`` (its maximum over
+    layers and heads is taken, as the reference); ``keyword_mask [B, T]`` marks the keywords (the
+    reference: spaCy named entities, nouns, numbers and proper nouns); ``idf [V']`` with V' <= V weighs
+    the first V' token ids (the reference: IDF over a text corpus). ``gamma`` and ``p_threshold`` have
+    no defaults, as in the reference class. ``mask [B, T]`` drops padding steps. A step whose
+    thresholded, weighted mass is 0 gives NaN where it is used.
+    """
+    f, kw = _focus_terms(logits, tokens, attn, keyword_mask, idf, gamma, p_threshold, mask)
     n = kw.sum(1)
-    return torch.where(n > 0, torch.where(kw, f, 0.0).sum(1) / n.clamp(min=1).to(dt), torch.nan)
+    return torch.where(n > 0, torch.where(kw, f, 0.0).sum(1) / n.clamp(min=1).to(f.dtype), torch.nan)
 
 
 __all__ = ["csl", "focus"]
