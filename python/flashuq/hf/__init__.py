@@ -17,13 +17,15 @@ patterns; docs/methods.md#orientation the orientation of every score (uncertaint
   the attention methods need (diagonals ``a_ii`` for RAUQ / AttentionScore, the UQAC response rows,
   or UQAC's streaming lowest-entropy reduction), so ``output_attentions``' ``[L, H, N, N]`` maps are
   never built. :func:`attention_diagonals` and :func:`uqac_inputs` are one-call helpers;
+  :func:`uqac_variants` runs UQAC's substituted variants and :func:`uqac_score` the whole UQAC;
   ``generate(..., capture_attention=True)`` records the diagonals during generation.
 - :func:`hidden_states` — the hidden states of the layers asked for (hooks on those layers only),
   reduced to each row's last real token or a mean over a span: EigenScore's and Feature Gaps' inputs.
 
 One module per concern: ``recorder.py`` (the recorder, the response mask), ``generation.py``
 (``generate``, ``score``), ``hidden.py`` (hidden states), ``attention.py`` (the capture), ``uqac.py``
-(UQAC's constants and stop tokens), ``uqac_inputs.py`` (UQAC's per-sequence inputs) and ``_model.py``
+(UQAC's constants and stop tokens), ``uqac_inputs.py`` (UQAC's per-sequence inputs), ``uqac_variants.py``
+(UQAC's substituted variants and the end-to-end ``uqac_score``) and ``_model.py``
 (what they read from a model). Everything is importable from ``flashuq.hf``.
 """
 
@@ -34,7 +36,9 @@ from .recorder import UncertaintyRecorder, response_mask
 from ._model import position_ids_from_mask
 from .uqac import UQAC_CALIBRATION, UQAC_INSTR_TOKEN, UQAC_STOP_WORDS, uqac_is_stop  # noqa: F401
 from .uqac_inputs import UQACInputs, uqac_inputs
+from .uqac_variants import UqacVariants, uqac_candidates, uqac_score, uqac_variants
 
 __all__ = ["UncertaintyRecorder", "Generation", "Scored", "generate", "score", "hidden_states", "response_mask",
            "position_ids_from_mask", "AttentionCapture", "attention_diagonals", "uqac_inputs", "UQACInputs",
-           "uqac_is_stop", "UQAC_STOP_WORDS", "UQAC_CALIBRATION", "ATTN_IMPLEMENTATION"]
+           "uqac_is_stop", "UQAC_STOP_WORDS", "UQAC_CALIBRATION", "ATTN_IMPLEMENTATION", "uqac_variants",
+           "UqacVariants", "uqac_candidates", "uqac_score"]
