@@ -24,6 +24,7 @@ from .attention_weighted import csl, focus
 from .consistency import cocoa_msp, cocoa_mte, cocoa_ppl, semantic_density
 from .blackbox import (maqa_response_consistency, uqlm_consistency_and_confidence, uqlm_cosine_sim, uqlm_entailment,
                        uqlm_exact_match, uqlm_noncontradiction, uqlm_semantic_density, weighted_ensemble)
+from .gaap import GaapResult, gaap_perturbations
 from .inv_entropy import (InvEntropyMeasures, inv_entropy, inv_entropy_measures, inv_entropy_similarity,
                           nli_similarity)
 from .samples import (greedy_bidirectional_clusters, label_prob, lexical_similarity, luq,
@@ -194,5 +195,5 @@ __all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "fro
            "nli_similarity", "greedy_bidirectional_clusters", "nli_argmax_is_entail", "similarity", "symmetrize",
            "uqlm_semantic_negentropy", "weighted_ensemble", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs",
            "uqac_terms", "UqacTerms", "ccp_token_logprobs", "combine_nli", "mean_hidden_over_span", "project_scores",
-           "linear_probe", "pa_ccs_metrics", "boostedprob_token_scores",
+           "linear_probe", "pa_ccs_metrics", "boostedprob_token_scores", "GaapResult", "gaap_perturbations",
            *REGISTRY]
