@@ -371,3 +371,35 @@ def test_uqac_is_stop_rule():
     assert len(hf.UQAC_STOP_WORDS) == 175 + 24 + 1 - 0  # 174 words + "", 24 characters, the marker
     with pytest.raises(ValueError, match="tokenizer"):
         hf.uqac_is_stop(torch.tensor([5, 6]), 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# last_row_attention (CSL's input)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_last_row_attention_equals_eager_and_feeds_csl(model, side):
+    ids, mask = batch(side, B=3, N=12)
+    maps, _ = eager_maps(model, ids, mask)                   # [B, L, H, N, N]
+    real = mask.bool()
+    first = [int(torch.nonzero(real[b]).min()) for b in range(3)]
+    last = [int(torch.nonzero(real[b]).max()) for b in range(3)]
+    start = [first[b] + 2 for b in range(3)]
+    length = [4, 3, 2]
+    rows, span = hf.last_row_attention(model, ids, mask, span_start=start, span_len=length)
+    assert rows.shape == (3, 3, 8, 4) and span.tolist() == [[True] * 4, [True] * 3 + [False], [True] * 2 + [False] * 2]
+    for b in range(3):
+        want = maps[b, :, :, last[b], start[b]:start[b] + length[b]]
+        torch.testing.assert_close(rows[b, :, :, :length[b]].double(), want.double(), atol=ATOL, rtol=0)
+        assert bool((rows[b, :, :, length[b]:] == 0).all())
+    # CSL from these rows: LM-Polygraph's weights (the mean over every layer and head, normalised)
+    g = torch.Generator().manual_seed(5)
+    ll = -torch.rand(3, 4, generator=g, dtype=torch.float64)
+    got = fuq.methods.csl(rows, ll, span)
+    for b in range(3):
+        w = maps[b, :, :, last[b], start[b]:start[b] + length[b]].double().mean((0, 1))
+        w = w / w.sum()
+        assert got[b].item() == pytest.approx(-(w * ll[b, :length[b]]).sum().item(), rel=1e-4)
+    with pytest.raises(ValueError, match="span_start"):
+        hf.last_row_attention(model, ids, mask, span_start=[0, 0, 0], span_len=12)
+    with pytest.raises(ValueError, match="span_len"):
+        hf.last_row_attention(model, ids, mask, span_start=start, span_len=[1, 2])

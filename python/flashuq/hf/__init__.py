@@ -16,7 +16,8 @@ patterns; docs/methods.md#orientation the orientation of every score (uncertaint
   implementation (``"fuq_capture_sdpa"``) that computes the real output with SDPA and records only what
   the attention methods need (diagonals ``a_ii`` for RAUQ / AttentionScore, the UQAC response rows,
   or UQAC's streaming lowest-entropy reduction), so ``output_attentions``' ``[L, H, N, N]`` maps are
-  never built. :func:`attention_diagonals` and :func:`uqac_inputs` are one-call helpers;
+  never built. :func:`attention_diagonals`, :func:`last_row_attention` (CSL) and :func:`uqac_inputs` are
+  one-call helpers;
   :func:`uqac_variants` runs UQAC's substituted variants and :func:`uqac_score` the whole UQAC;
   ``generate(..., capture_attention=True)`` records the diagonals during generation.
 - :func:`hidden_states` — the hidden states of the layers asked for (hooks on those layers only),
@@ -29,7 +30,7 @@ One module per concern: ``recorder.py`` (the recorder, the response mask), ``gen
 (what they read from a model). Everything is importable from ``flashuq.hf``.
 """
 
-from .attention import ATTN_IMPLEMENTATION, AttentionCapture, attention_diagonals
+from .attention import ATTN_IMPLEMENTATION, AttentionCapture, attention_diagonals, last_row_attention
 from .generation import Generation, Scored, generate, score
 from .hidden import hidden_states
 from .recorder import UncertaintyRecorder, response_mask
@@ -41,4 +42,4 @@ from .uqac_variants import UqacVariants, uqac_candidates, uqac_score, uqac_varia
 __all__ = ["UncertaintyRecorder", "Generation", "Scored", "generate", "score", "hidden_states", "response_mask",
            "position_ids_from_mask", "AttentionCapture", "attention_diagonals", "uqac_inputs", "UQACInputs",
            "uqac_is_stop", "UQAC_STOP_WORDS", "UQAC_CALIBRATION", "ATTN_IMPLEMENTATION", "uqac_variants",
-           "UqacVariants", "uqac_candidates", "uqac_score"]
+           "UqacVariants", "uqac_candidates", "uqac_score", "last_row_attention"]

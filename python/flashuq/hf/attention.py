@@ -71,14 +71,14 @@ def _attention_modules(model) -> Dict[int, list]:
     return found
 
 
-def _response_start_list(response_start, B: int) -> List[int]:
+def _response_start_list(response_start, B: int, name: str = "response_start") -> List[int]:
     if isinstance(response_start, Tensor):
         response_start = response_start.reshape(-1).tolist()
     if isinstance(response_start, numbers.Integral) and not isinstance(response_start, bool):
         return [int(response_start)] * B
     rs = [int(r) for r in response_start]
     if len(rs) != B:
-        raise ValueError(f"response_start: {len(rs)} entries for a batch of {B}")
+        raise ValueError(f"{name}: {len(rs)} entries for a batch of {B}")
     return rs
 
 
@@ -431,3 +431,45 @@ def attention_diagonals(model, input_ids: Tensor, attention_mask: Optional[Tenso
         model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids_from_mask(attention_mask), use_cache=False)
     return cap.diagonals
+
+
+@torch.no_grad()
+def last_row_attention(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, *, span_start,
+                       span_len, layers: Optional[Sequence[int]] = None):
+    """The attention of each sequence's **last real position** to a span of its tokens, ``(rows [B, L', H, T],
+    mask [B, T])`` float32 / bool, from one teacher-forced pass of the model's body under
+    :class:`AttentionCapture` (one query row per sequence; no ``[N, N]`` map). CSL's input
+    (docs/methods.md#csl): pass ``[verification prompt; answer; suffix]`` with ``span_start [B]`` the
+    answer's first column in the padded ``input_ids`` and ``span_len [B]`` its length (T = the longest);
+    ``mask`` marks each row's real span entries. Padding on either side."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, N], got shape {tuple(input_ids.shape)}")
+    B, N = input_ids.shape
+    am = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    if am.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}")
+    start = _response_start_list(span_start, B, "span_start")
+    length = _response_start_list(span_len, B, "span_len")
+    real = am.bool().cpu()
+    last = [int(torch.nonzero(real[b]).max()) if bool(real[b].any()) else -1 for b in range(B)]
+    for b in range(B):
+        if last[b] < 0:
+            raise ValueError(f"attention_mask: sequence {b} has no real token")
+        if length[b] < 1 or start[b] < 0 or start[b] + length[b] > last[b] + 1:
+            raise ValueError(f"span_start/span_len: sequence {b}'s span [{start[b]}, {start[b] + length[b]}) must "
+                             f"hold at least one token at or before its last real position {last[b]}")
+        if not bool(real[b, start[b]:start[b] + length[b]].all()):
+            raise ValueError(f"span_start/span_len: sequence {b}'s span holds padding")
+    with AttentionCapture(model, diagonals=False, response_rows=True, layers=layers, response_start=last) as cap:
+        model.base_model(input_ids=input_ids, attention_mask=am, position_ids=position_ids_from_mask(am),
+                         use_cache=False)
+    T = max(length)
+    rows = None
+    for b, r in enumerate(cap.response_rows):                      # [L', H, 1, Ntok_b] over the real columns
+        off = int(real[b, :start[b]].sum())
+        if rows is None:
+            rows = torch.zeros(B, r.shape[0], r.shape[1], T, dtype=torch.float32, device=r.device)
+        rows[b, :, :, :length[b]] = r[:, :, 0, off:off + length[b]].float()
+    mask = torch.arange(T)[None, :] < torch.tensor(length)[:, None]
+    return rows, mask.to(rows.device)
+
