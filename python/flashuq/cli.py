@@ -197,8 +197,8 @@ def _common(p):
                    help="skip the all-MiniLM-L6-v2 similarity methods even when the package is installed")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled answers (torch.manual_seed)")
     p.add_argument("--attention", action="store_true",
-                   help="also RAUQ and AttentionScore, from attention diagonals captured during generation (slower; "
-                        "--engine hf)")
+                   help="also RAUQ and AttentionScore, from attention diagonals captured during generation, and "
+                        "CSL, from one verification pass (slower; --engine hf)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
                    help="generate with transformers (default) or vLLM (flashuq's processor in vLLM's sampler)")
 

@@ -224,6 +224,49 @@ def attention_scores(g, prompt_mask) -> Dict[str, torch.Tensor]:
     return out
 
 
+#: CSL's verification prompt (docs/methods.md#csl): a few-shot yes/no judgement in the style of
+#: LM-Polygraph's eliciting prompt; the answer's tokens follow ``Answer: `` and :data:`CSL_SUFFIX` ends it.
+CSL_PROMPT = ("Decide whether the answer correctly answers the question. Reply Y or N.\n"
+              "Question: What is the capital of Kenya?\nAnswer: Nairobi.\nDecision: Y.\n"
+              "Question: How many legs does a spider have?\nAnswer: Six legs.\nDecision: N.\n"
+              "Question: Who wrote Hamlet?\nAnswer: William Shakespeare.\nDecision: Y.\n"
+              "Question: {q}\nAnswer: ")
+CSL_SUFFIX = "\nDecision:"
+
+
+def csl_scores(model, prefix_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequence[int]],
+               suffix_ids: Sequence[int], answer_logprobs: Sequence[Sequence[float]], *, pad_token_id: int = 0):
+    """CSL of B answers (docs/methods.md#csl): one left-padded teacher-forced pass over
+    ``[prefix_b; answer_b; suffix]`` under the attention capture (:func:`flashuq.hf.last_row_attention`),
+    then :func:`flashuq.methods.csl` with each answer's token log-probabilities. ``[B]`` float64; an empty
+    answer gives NaN."""
+    from .hf import last_row_attention
+    from .methods.attention_weighted import csl
+
+    B = len(answer_ids)
+    out = torch.full((B,), float("nan"), dtype=torch.float64)
+    ok = [b for b in range(B) if len(answer_ids[b]) > 0]
+    if not ok:
+        return out
+    seqs = [list(prefix_ids[b]) + list(answer_ids[b]) + list(suffix_ids) for b in ok]
+    N = max(len(x) for x in seqs)
+    dev = next(model.parameters()).device
+    ids = torch.full((len(ok), N), int(pad_token_id), dtype=torch.long)
+    am = torch.zeros(len(ok), N, dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, N - len(x):] = torch.tensor(x)
+        am[i, N - len(x):] = 1
+    start = [N - len(x) + len(prefix_ids[b]) for x, b in zip(seqs, ok)]
+    lens = [len(answer_ids[b]) for b in ok]
+    rows, span = last_row_attention(model, ids.to(dev), am.to(dev), span_start=start, span_len=lens)
+    T = rows.shape[-1]
+    lp = torch.zeros(len(ok), T, dtype=torch.float64)
+    for i, b in enumerate(ok):
+        lp[i, :lens[i]] = torch.as_tensor(answer_logprobs[b], dtype=torch.float64)[:lens[i]]
+    out[ok] = csl(rows.cpu().double(), lp, span.cpu()).double()
+    return out
+
+
 @dataclass
 class Answers:
     """Generated answers of B prompts: the greedy answer with its token statistics and scores, and
@@ -260,11 +303,12 @@ def _eigenscore(model, g, attention_mask, samples) -> torch.Tensor:
 
 def answer_batch(model, tok, input_ids, attention_mask, *, max_new_tokens: int = 24, num_samples: int = 0,
                  temperature: float = 1.0, sample_max_new_tokens: Optional[int] = None, encoder=None,
-                 attention: bool = False) -> Answers:
+                 attention: bool = False, questions: Optional[Sequence[str]] = None) -> Answers:
     """One left-padded batch of prompts through :func:`flashuq.hf.generate` with the recorder: the
     greedy answers and their token-statistics scores (BoostedProb too); K = ``num_samples`` sampled answers
     (``temperature``, at most ``sample_max_new_tokens`` tokens), :func:`sample_scores` and EigenScore
-    (the samples' middle-layer hidden states); with ``attention`` also :func:`attention_scores`."""
+    (the samples' middle-layer hidden states); with ``attention`` also :func:`attention_scores`, and CSL
+    (:func:`csl_scores` with :data:`CSL_PROMPT`) when the ``questions`` are given."""
     eos = model.generation_config.eos_token_id
     with torch.no_grad():
         g = generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
@@ -284,6 +328,12 @@ def answer_batch(model, tok, input_ids, attention_mask, *, max_new_tokens: int =
         out.token_ids.append(ids)
         out.tokens.append([tok.decode([i]) for i in ids])
         out.token_stats.append({f: getattr(g.stats, f)[b][m].double().tolist() for f in _STAT_FIELDS})
+    if attention and questions is not None:
+        prefix = [tok(CSL_PROMPT.format(q=q), add_special_tokens=True)["input_ids"] for q in questions]
+        suffix = tok(CSL_SUFFIX, add_special_tokens=False)["input_ids"]
+        scores["csl"] = csl_scores(model, prefix, out.token_ids, suffix,
+                                   [st["logprob"] for st in out.token_stats],
+                                   pad_token_id=tok.pad_token_id or 0).tolist()
     if num_samples:
         t1 = time.perf_counter()
         new = g.sample_sequences[:, :, input_ids.shape[1]:]
@@ -323,7 +373,8 @@ def run_eval(model, tok, items: Sequence[Item], *, batch_size: int = 16, max_new
         enc = tok(_prompts(tok, batch, chat), return_tensors="pt", padding=True, add_special_tokens=not chat)
         a = answer_batch(model, tok, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
                          num_samples=num_samples, temperature=temperature,
-                         sample_max_new_tokens=sample_max_new_tokens, encoder=encoder, attention=attention)
+                         sample_max_new_tokens=sample_max_new_tokens, encoder=encoder, attention=attention,
+                         questions=[it.question for it in batch])
         for name, v in a.scores.items():
             scores.setdefault(name, []).extend(v)
         answers += a.texts

@@ -108,6 +108,7 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     methods = {r["method"] for r in res["leaderboard"]}
     assert len(res["items"]) == 2 and methods >= {"msp", "perplexity", "monte_carlo_sequence_entropy"}
     assert "attention_score" in methods and "rauq" not in methods  # --attention; one layer: no RAUQ (L >= 3)
+    assert "csl" in methods and "boostedprob" in methods            # CSL's verification pass; BoostedProb
     if minilm_available():  # the sample-based similarity methods, K = 5 samples by default
         assert methods >= {"semantic_entropy", "eigv", "eccentricity", "degree", "kernel_language_entropy", "vr",
                            "cocoa_msp", "semantic_density", "uqlm_cosine_sim", "uqlm_exact_match"}
@@ -262,3 +263,34 @@ def test_eval_attention_scores_match_eager_maps():
         assert got["rauq"][b].item() == pytest.approx(rauq_ref(maps, lp, [rs])[0], rel=1e-5)
         assert got["attention_score"][b].item() == pytest.approx(attention_score_ref(maps, [rs])[0], rel=1e-5)
     assert got["rauq"][0].item() != pytest.approx(got["rauq"][1].item())  # each item its own maps
+
+
+def test_eval_csl_matches_an_eager_verification_pass():
+    # CSL of a left-padded batch: the last position's attention to each answer, against eager
+    # output_attentions over each item's own unpadded [prefix; answer; suffix]
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from flashuq import evaluate
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                                   pad_token_id=0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    prefix = [[1, 5, 9, 11, 4], [1, 7, 3]]
+    answers = [[12, 13, 14], [20, 21, 22, 23], []]
+    prefix.append([1, 8])
+    suffix = [30, 31]
+    lps = [[-0.1, -2.0, -0.5], [-1.0, -0.2, -0.3, -3.0], []]
+    got = evaluate.csl_scores(model, prefix, answers, suffix, lps)
+    assert got[2].isnan()
+    model.set_attn_implementation("eager")
+    for b in range(2):
+        seq = torch.tensor([prefix[b] + answers[b] + suffix])
+        with torch.no_grad():
+            att = torch.stack(model(seq, output_attentions=True).attentions, 1)[0].double()  # [L, H, n, n]
+        s0 = len(prefix[b])
+        w = att[:, :, -1, s0:s0 + len(answers[b])].mean((0, 1))
+        w = w / w.sum()
+        assert got[b].item() == pytest.approx(-(w * torch.tensor(lps[b], dtype=torch.float64)).sum().item(), rel=1e-5)
