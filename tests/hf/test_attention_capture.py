@@ -403,3 +403,22 @@ def test_last_row_attention_equals_eager_and_feeds_csl(model, side):
         hf.last_row_attention(model, ids, mask, span_start=[0, 0, 0], span_len=12)
     with pytest.raises(ValueError, match="span_len"):
         hf.last_row_attention(model, ids, mask, span_start=start, span_len=[1, 2])
+
+
+def test_focus_from_captured_response_rows_equals_eager(model):
+    # Focus's [L, H, T, T] answer block from the captured response rows of a left-padded batch
+    ids, mask = batch("left", B=3, N=12)
+    rs = 8                                                   # 4 response tokens per sequence
+    maps, out = eager_maps(model, ids, mask)
+    with hf.AttentionCapture(model, diagonals=False, response_rows=True, response_start=rs) as cap:
+        with torch.no_grad():
+            model.base_model(input_ids=ids, attention_mask=mask, position_ids=hf.position_ids_from_mask(mask))
+    block = torch.stack([r[..., i:] for r, i in zip(cap.response_rows, cap.n_instr)])    # [B, L, H, 4, 4]
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 4, V, generator=g, dtype=torch.float64) * 3
+    tokens = torch.randint(0, V, (3, 4), generator=g)
+    kw = torch.tensor([[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    idf = torch.rand(V, generator=g, dtype=torch.float64) + 0.5
+    got = fuq.methods.focus(logits, tokens, block.double(), kw, idf, gamma=0.9, p_threshold=0.01)
+    want = fuq.methods.focus(logits, tokens, maps[:, :, :, rs:, rs:].double(), kw, idf, gamma=0.9, p_threshold=0.01)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
