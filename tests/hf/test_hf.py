@@ -96,6 +96,26 @@ def test_recorder_boostedprob_matches_the_reference_on_generate_logits(mode):
         hf.UncertaintyRecorder().boostedprob_scores(out.sequences)
 
 
+def test_recorder_boostedprob_redoes_steps_its_top_16_cannot_decide():
+    # crafted scores fed as a logits processor: step 0 has a broad cluster of 40 tokens (its 16th
+    # probability exceeds epsilon), step 1 one dominant token
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(2, 300, generator=g) * 0.3
+    z0[:, 10:50] += 4.0
+    z1 = torch.randn(2, 300, generator=g)
+    z1[:, 7] += 9.0
+    rec = hf.UncertaintyRecorder(temperature=0.8, boostedprob=True, topk=3)
+    seq = torch.tensor([[5, 20, 7], [5, 200, 8]])
+    rec(seq[:, :1], z0)
+    rec(seq[:, :2], z1)
+    got = rec.boostedprob_scores(seq)
+    for t, z in enumerate((z0, z1)):
+        for b in range(2):
+            lp = torch.log_softmax(z[b].double() / 0.8, -1).numpy()
+            assert got[b, t].item() == pytest.approx(fuq.reference.boostedprob_ref(lp, int(seq[b, t + 1])), rel=1e-5)
+    assert got[0, 0].item() > 0.5 and rec.stats(seq).topk_logprobs.shape == (2, 2, 3)
+
+
 def test_sampling_with_num_return_sequences_records_the_sampled_tokens():
     model = tiny("llama")
     ids, mask = prompts()

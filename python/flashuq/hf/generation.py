@@ -109,8 +109,9 @@ def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, 
     extended by ones and positions from :func:`position_ids_from_mask`, as ``generate`` runs it).
     ``attention_layers`` restricts the capture to those layers (ascending).
 
-    ``boostedprob=True`` also records each greedy token's BoostedProb (:attr:`Generation.boostedprob`):
-    one ``topk`` of about 200 entries per step, on the step's scores.
+    ``boostedprob=True`` also records each greedy token's BoostedProb (:attr:`Generation.boostedprob`)
+    from the step's 16 largest log-probabilities, which the recorder's ``token_stats`` pass returns; a
+    step they do not decide (its 16th probability above 0.005) is redone from its scores.
     """
     num_samples = check_int(num_samples, "num_samples", 0)
     for k in ("do_sample", "num_return_sequences", "logits_processor", "return_dict_in_generate"):

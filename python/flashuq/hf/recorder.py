@@ -9,7 +9,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from ..methods.boostedprob import boostedprob_token_scores
+from ..methods.boostedprob import FAST_TOPK, boosted_from_top, boostedprob_token_scores
 from ..ops.token_stats import TokenStats, token_stats
 
 
@@ -71,6 +71,7 @@ class UncertaintyRecorder(_logits_processor_base()):
         self._steps: List[TokenStats] = []
         self._chosen_lp: List[Tensor] = []
         self._boosted: List[Tensor] = []
+        self._top: Optional[Tensor] = None
         self._last: Optional[Tensor] = None
         self._hooks: list = []
         self._hook_prev_token: Optional[Tensor] = None
@@ -83,8 +84,15 @@ class UncertaintyRecorder(_logits_processor_base()):
                 raise RuntimeError("UncertaintyRecorder: the previous step's token is unknown")
             self._chosen_lp.append(self._chosen_logprob(prev_token))
             if self.boostedprob:
-                self._boosted.append(self._chosen_boostedprob(prev_token))
-        self._steps.append(token_stats(scores, temperature=self.temperature, topk=self.topk, renyi=self.renyi))
+                self._boosted.append(self._chosen_boostedprob(prev_token, self._chosen_lp[-1]))
+        if self.boostedprob:  # the step's 16 largest log-probabilities come from the same pass
+            k = min(max(self.topk, FAST_TOPK), scores.shape[-1])
+            st = token_stats(scores, temperature=self.temperature, topk=k, renyi=self.renyi)
+            self._top = st.topk_logprobs[..., :FAST_TOPK]
+            st = st._replace(topk_logprobs=st.topk_logprobs[..., :self.topk], topk_ids=st.topk_ids[..., :self.topk])
+        else:
+            st = token_stats(scores, temperature=self.temperature, topk=self.topk, renyi=self.renyi)
+        self._steps.append(st)
         self._last = scores
 
     def _chosen_logprob(self, token: Tensor) -> Tensor:
@@ -97,13 +105,19 @@ class UncertaintyRecorder(_logits_processor_base()):
         zz = z.gather(-1, idx).to(s.max_logprob.dtype)
         return (zz[..., 0] - zz[..., 1]) / self.temperature + s.max_logprob
 
-    def _chosen_boostedprob(self, token: Tensor) -> Tensor:
-        """BoostedProb of the emitted token at the kept step (of ``softmax(scores / temperature)``)."""
+    def _chosen_boostedprob(self, token: Tensor, logprob: Tensor) -> Tensor:
+        """BoostedProb of the emitted token at the kept step (of ``softmax(scores / temperature)``), from the
+        step's top log-probabilities; the rare steps they do not decide are redone from the scores."""
         z = self._last
         if token.shape[0] != z.shape[0]:
             return torch.full((z.shape[0],), float("nan"), device=z.device)
-        return boostedprob_token_scores((z / self.temperature)[:, None, :],
-                                        token.to(z.device, torch.long)[:, None])[:, 0]
+        out, exact = boosted_from_top(self._top, logprob, z.shape[-1])
+        if not bool(exact.all()):
+            redo = ~exact
+            out = out.clone()
+            out[redo] = boostedprob_token_scores((z[redo] / self.temperature)[:, None, :],
+                                                 token.to(z.device, torch.long)[redo][:, None])[:, 0].to(out.dtype)
+        return out
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         self._record(scores, None if input_ids is None else input_ids[:, -1])
@@ -162,7 +176,8 @@ class UncertaintyRecorder(_logits_processor_base()):
         if sequences.shape[-1] < len(self._steps):
             raise ValueError(f"sequences: holds {sequences.shape[-1]} tokens, fewer than the {len(self._steps)} "
                              "recorded steps")
-        return torch.stack(self._boosted + [self._chosen_boostedprob(sequences[:, -1])], dim=1)
+        last = self._chosen_boostedprob(sequences[:, -1], self._chosen_logprob(sequences[:, -1]))
+        return torch.stack(self._boosted + [last], dim=1)
 
 
 def _is_eos(tokens: Tensor, eos_token_id) -> Tensor:

@@ -1,6 +1,7 @@
 """BoostedProb (docs/methods.md#boostedprob): a token's probability, boosted to the mass of the whole
-dominant cluster when the token belongs to it. Batched over ``[B, T, V]`` logits; only the top few
-hundred entries of each step can be dominant, so one ``topk`` per step replaces the reference's sort."""
+dominant cluster when the token belongs to it. Batched over ``[B, T, V]`` logits: only entries above
+``epsilon`` can precede the cut, so a step's few largest log-probabilities (from the fused
+``token_stats`` pass) replace the reference's sort of the vocabulary."""
 
 from __future__ import annotations
 
@@ -10,9 +11,56 @@ import torch
 from torch import Tensor
 
 from .._checks import check_real
-from ._inputs import bool_mask, check_shape, compute_dtype, input_tensor
+from ..ops.token_stats import token_stats
+from ._inputs import bool_mask, check_shape, input_tensor
 
 _SCORES = ("sum_dominant_mass", "weighted_sum_dominant_mass")
+
+
+#: top entries read from the fused token_stats pass; a step needs more only when its 16th largest
+#: probability still exceeds epsilon (then the full-window path recomputes it)
+FAST_TOPK = 16
+
+
+def _check_options(p_jump, epsilon, score, gamma):
+    if score not in _SCORES:
+        raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+    return check_real(p_jump, "p_jump", 0.0), check_real(epsilon, "epsilon", 0.0), check_real(gamma, "gamma", 0.0)
+
+
+def boosted_from_top(top_logprobs: Tensor, token_logprob: Tensor, V: int, *, p_jump: float = 0.3,
+                     epsilon: float = 0.005, score: str = "sum_dominant_mass", gamma: float = 0.01):
+    """BoostedProb from each step's ``k`` largest log-probabilities ``[..., k]`` (descending) and the emitted
+    token's ``[...]``: ``(scores [...], exact [...])``. ``exact`` is True where the ``k`` entries decide the
+    cut: ``k = V``, or the k-th probability is at most ``epsilon`` (a cut needs ``p_(i) > epsilon``, so none
+    lies at or after it). Elsewhere the score is not the reference's; recompute those steps."""
+    k = top_logprobs.shape[-1]
+    p = torch.exp(top_logprobs)
+    gap = p[..., :-1] - p[..., 1:]
+    cut_ok = (gap > p_jump * p[..., :-1]) & (gap > epsilon)                    # [..., k - 1]
+    idx = torch.arange(k - 1, device=p.device)
+    no_cut = torch.full((*p.shape[:-1], 1), -1, dtype=idx.dtype, device=p.device)  # (k = 1 has no gap)
+    cut = torch.cat([no_cut, torch.where(cut_ok, idx, -1)], -1).amax(-1)      # -1: no dominant cluster
+    mass = torch.where(idx <= cut[..., None], p[..., :-1], 0.0).sum(-1)
+    p_cut = p.gather(-1, cut.clamp(min=0)[..., None]).squeeze(-1)
+    p_y = torch.exp(token_logprob)
+    dominant = (cut >= 0) & (p_y >= p_cut)  # the cut's gap is strict, so D = {v : p_v >= p_(cut)}
+    boosted = mass if score == "sum_dominant_mass" else mass * torch.pow(p_y, gamma)
+    out = torch.where(dominant, boosted, p_y)
+    bad = torch.isnan(token_logprob) | torch.isnan(p[..., 0])
+    exact = bad | (k >= V) | (p[..., -1] <= epsilon)
+    return torch.where(bad, torch.nan, out), exact
+
+
+def _full_window(z: Tensor, y: Tensor, p_jump, epsilon, score, gamma) -> Tensor:
+    """The steps ``z [n, V]`` from their ``ceil(1/epsilon) + 2`` largest logits (all V when epsilon = 0)."""
+    V = z.shape[-1]
+    lse = torch.logsumexp(z, -1, keepdim=True)
+    window = V if epsilon == 0 else min(V, math.ceil(1.0 / epsilon) + 2)
+    top = torch.topk(z, window, dim=-1, sorted=True).values - lse
+    lp_y = z.gather(-1, y[..., None]).squeeze(-1) - lse.squeeze(-1)
+    out, _ = boosted_from_top(top, lp_y, V, p_jump=p_jump, epsilon=epsilon, score=score, gamma=gamma)
+    return torch.where(torch.isinf(lse.squeeze(-1)), torch.nan, out)
 
 
 def boostedprob_token_scores(logits, tokens, *, p_jump: float = 0.3, epsilon: float = 0.005,
@@ -29,17 +77,13 @@ def boostedprob_token_scores(logits, tokens, *, p_jump: float = 0.3, epsilon: fl
                                                repository after 0.1.1)
                 p(y_t)   otherwise
 
-    ``logits [B, T, V]`` (or log-probabilities: both are normalised with a logsumexp), ``tokens [B, T]``
-    the emitted tokens. The gap test needs ``p_(i) > epsilon``, so fewer than ``1/epsilon`` entries can
-    precede the cut: a ``topk`` of ``ceil(1/epsilon) + 2`` entries finds the same cut as the reference's
-    full sort (``epsilon = 0`` sorts the whole step). A step whose logits hold a NaN or are all ``-inf``
-    gives NaN.
+    ``logits [B, T, V]`` (or log-probabilities), ``tokens [B, T]`` the emitted tokens. One fused
+    ``token_stats`` pass gives each step's 16 largest log-probabilities; they decide the cut unless the
+    16th still exceeds ``epsilon`` (a gap test needs ``p_(i) > epsilon``), and those rare steps are redone
+    from their ``ceil(1/epsilon) + 2`` largest logits, which is as exact as the reference's full sort. A
+    step whose logits hold a NaN or are all ``-inf`` gives NaN.
     """
-    p_jump = check_real(p_jump, "p_jump", 0.0)
-    epsilon = check_real(epsilon, "epsilon", 0.0)
-    gamma = check_real(gamma, "gamma", 0.0)
-    if score not in _SCORES:
-        raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+    p_jump, epsilon, gamma = _check_options(p_jump, epsilon, score, gamma)
     z = input_tensor(logits, "logits", 3, "float")
     B, T, V = z.shape
     if V == 0:
@@ -48,26 +92,17 @@ def boostedprob_token_scores(logits, tokens, *, p_jump: float = 0.3, epsilon: fl
     check_shape(y, "tokens", (B, T))
     if bool(((y < 0) | (y >= V)).any()):
         raise ValueError(f"tokens must lie in [0, V) = [0, {V})")
-    dt = compute_dtype(z)
-    zc = z.to(dt)
-    lse = torch.logsumexp(zc, -1, keepdim=True)
-    window = V if epsilon == 0 else min(V, math.ceil(1.0 / epsilon) + 2)
-    top = torch.topk(zc, window, dim=-1, sorted=True).values
-    p = torch.exp(top - lse)                                               # [B, T, window], descending
-    gap = p[..., :-1] - p[..., 1:]
-    cut_ok = (gap > p_jump * p[..., :-1]) & (gap > epsilon)                # [B, T, window - 1]
-    idx = torch.arange(window - 1, device=z.device)
-    no_cut = torch.full((B, T, 1), -1, dtype=idx.dtype, device=z.device)  # (a window of one has no gap)
-    cut = torch.cat([no_cut, torch.where(cut_ok, idx, -1)], -1).amax(-1)  # -1: no dominant cluster
-    in_cluster = idx[None, None, :] <= cut[..., None]
-    mass = torch.where(in_cluster, p[..., :-1], 0.0).sum(-1)
-    p_cut = p.gather(-1, cut.clamp(min=0)[..., None]).squeeze(-1)
-    p_y = torch.exp(zc.gather(-1, y[..., None].long()).squeeze(-1) - lse.squeeze(-1))
-    dominant = (cut >= 0) & (p_y >= p_cut)  # the cut's gap is strict, so D = {v : p_v >= p_(cut)}
-    boosted = mass if score == "sum_dominant_mass" else mass * torch.pow(p_y, gamma)
-    out = torch.where(dominant, boosted, p_y)
-    bad = torch.isnan(lse.squeeze(-1)) | torch.isinf(lse.squeeze(-1))
-    return torch.where(bad, torch.nan, out)
+    if z.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        z = z.float()
+    y = y.long()
+    st = token_stats(z, y, topk=min(V, FAST_TOPK))
+    out, exact = boosted_from_top(st.topk_logprobs, st.logprob, V, p_jump=p_jump, epsilon=epsilon, score=score,
+                                  gamma=gamma)
+    if not bool(exact.all()):
+        redo = ~exact
+        out = out.clone()
+        out[redo] = _full_window(z[redo].to(out.dtype), y[redo], p_jump, epsilon, score, gamma)
+    return out
 
 
 def boostedprob(logits, tokens, mask=None, *, p_jump: float = 0.3, epsilon: float = 0.005,
@@ -81,4 +116,4 @@ def boostedprob(logits, tokens, mask=None, *, p_jump: float = 0.3, epsilon: floa
     return -torch.where(n > 0, torch.where(m, b, 0.0).sum(-1) / n.clamp(min=1), torch.nan)
 
 
-__all__ = ["boostedprob_token_scores", "boostedprob"]
+__all__ = ["boostedprob_token_scores", "boostedprob", "boosted_from_top"]
