@@ -107,3 +107,89 @@ def test_ccp_argument_errors():
     with pytest.raises(ValueError, match="nli_backward"):
         M.combine_nli(torch.tensor([0, 1]), torch.tensor([0, 1, 2]))
     assert M.REGISTRY["ccp"].fn is M.ccp
+
+
+def lm_polygraph_alternatives_nli(monkeypatch):
+    """LM-Polygraph's GreedyAlternativesNLICalculator (its module imported bare; its model and DeBERTa
+    imports stand in for types it never uses here)."""
+    import sys
+    import types
+
+    stand_ins = (("lm_polygraph.utils.model", ("Model", "WhiteboxModel")), ("lm_polygraph.utils.deberta", ("Deberta",)))
+    for name, attrs in stand_ins:
+        mod = types.ModuleType(name)
+        for attr in attrs:
+            setattr(mod, attr, object)
+        monkeypatch.setitem(sys.modules, name, mod)
+    from lmp_cases import lm_polygraph_stat_calculator
+    return lm_polygraph_stat_calculator("greedy_alternatives_nli").GreedyAlternativesNLICalculator
+
+
+VOCAB = [" Paris", "Paris.", " London", "\n", "the", " Rome,", "rome", " Berlin", "Madrid!", " a", "(Paris)", "x"]
+
+
+def fake_nli_logits(a: str, b: str):
+    """A deterministic stand-in for DeBERTa: logits over (CONTRADICTION, NEUTRAL, ENTAILMENT)."""
+    return [(len(a) * 7 + len(b) * 3) % 5 + 0.1, (len(a) + 2 * len(b)) % 4 + 0.2, (len(a) * len(b)) % 6 + 0.3]
+
+
+def test_ccp_nli_labels_match_lm_polygraph_calculator_and_dedupe(monkeypatch):
+    import types
+
+    g = torch.Generator().manual_seed(4)
+    B, T, A = 3, 5, 4
+    ids = torch.stack([torch.randperm(len(VOCAB), generator=g)[:A] for _ in range(B * T)]).reshape(B, T, A)
+    lp = torch.log_softmax(torch.randn(B, T, A, generator=g, dtype=torch.float64), -1).sort(-1, descending=True).values
+    calls = []
+
+    def nli(pairs):  # flashuq's callable: probabilities in (ENTAIL, NEUTRAL, CONTRA) order
+        calls.append(list(pairs))
+        z = torch.tensor([fake_nli_logits(a, b) for a, b in pairs], dtype=torch.float64)
+        return torch.softmax(z, -1)[:, [2, 1, 0]]
+
+    fwd, bwd = M.ccp_nli_labels(ids, lambda i: VOCAB[i], nli, batch_size=7)
+    seen = [p for c in calls for p in c]
+    assert len(seen) == len(set(seen)) and all(len(c) <= 7 for c in calls)  # each distinct pair once
+    # LM-Polygraph's own calculator with a DeBERTa stand-in giving the same logits
+    class Enc(dict):
+        def to(self, dev):
+            return self
+
+    class Model:
+        config = types.SimpleNamespace(label2id={"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2})
+
+        def __call__(self, pairs):
+            return types.SimpleNamespace(logits=torch.tensor([fake_nli_logits(a, b) for a, b in pairs]))
+
+    deberta = types.SimpleNamespace(batch_size=5, device="cpu", deberta=Model(),
+                                    deberta_tokenizer=lambda batch, padding, return_tensors: Enc(pairs=batch))
+    model = types.SimpleNamespace(tokenizer=types.SimpleNamespace(decode=lambda i: VOCAB[i[0]]))
+    calc = lm_polygraph_alternatives_nli(monkeypatch)(deberta)
+    alts = [[[(int(ids[b, t, i]), float(lp[b, t, i])) for i in range(A)] for t in range(T)] for b in range(B)]
+    mats = calc({"greedy_tokens_alternatives": alts}, [], model)["greedy_tokens_alternatives_nli"]
+    for b in range(B):
+        for t in range(T):
+            for i in range(1, A):
+                assert NAMES[int(fwd[b, t, i])] == mats[b][t][0][i], (b, t, i)
+                assert NAMES[int(bwd[b, t, i])] == mats[b][t][i][0], (b, t, i)
+    # and CCP from them equals LM-Polygraph's estimator on the calculator's matrices
+    ref = lm_polygraph_ccp()
+    got = M.ccp(lp, fwd, bwd)
+    for b in range(B):
+        st = {"greedy_tokens": [[0] * T],
+              "greedy_tokens_alternatives": [[[(VOCAB[a], l) for a, l in row] for row in alts[b]]],
+              "greedy_tokens_alternatives_nli": [mats[b]]}
+        assert got[b].item() == pytest.approx(ref(st)[0], rel=1e-12, abs=1e-300)
+    # integer labels from the callable, masks, errors
+    f2, b2 = M.ccp_nli_labels(ids, lambda i: VOCAB[i], lambda pairs: nli(pairs).argmax(1))
+    assert torch.equal(f2, fwd) and torch.equal(b2, bwd)
+    keep = torch.ones(B, T, A, dtype=torch.bool)
+    keep[:, :, 3] = False
+    f3, _ = M.ccp_nli_labels(ids, lambda i: VOCAB[i], nli, alt_mask=keep)
+    assert bool((f3[..., 3] == NEUTRAL).all()) and torch.equal(f3[..., :3], fwd[..., :3])
+    with pytest.raises(ValueError, match="nli"):
+        M.ccp_nli_labels(ids, lambda i: VOCAB[i], lambda pairs: torch.zeros(len(pairs), 2))
+    with pytest.raises(TypeError, match="decode"):
+        M.ccp_nli_labels(ids, lambda i: 3, nli)
+    with pytest.raises(TypeError, match="nli"):
+        M.ccp_nli_labels(ids, lambda i: VOCAB[i], "deberta")

@@ -15,7 +15,7 @@ from .maqa import (TopKAtPositions, maqa_entropy, maqa_greedy_entropy, maqa_marg
                    topk_stats_at_positions)
 from .graph import degree, eccentricity, eigv, kernel_language_entropy, num_sem_sets
 from .hidden import eigenscore, feature_gaps, linear_probe, mean_hidden_over_span, pa_ccs_metrics, project_scores
-from .ccp import ccp, ccp_token_logprobs, combine_nli
+from .ccp import ccp, ccp_nli_labels, ccp_token_logprobs, combine_nli
 from .boostedprob import boostedprob, boostedprob_token_scores
 from .claim import (attention_score_claim, boostedprob_claim, ccp_claim, focus_claim, frequency_scoring_claim,
                     max_token_entropy_claim, maximum_claim_probability, perplexity_claim, pmi_claim,
@@ -194,6 +194,7 @@ __all__ = ["REGISTRY", "SCORES", "STATS_ONLY", "Method", "TopKAtPositions", "fro
            "topk_stats_at_positions", "InvEntropyMeasures", "inv_entropy_measures", "inv_entropy_similarity",
            "nli_similarity", "greedy_bidirectional_clusters", "nli_argmax_is_entail", "similarity", "symmetrize",
            "uqlm_semantic_negentropy", "weighted_ensemble", "RAUQ_ALPHA", "rauq_layers", "uqac_top5_logprobs",
-           "uqac_terms", "UqacTerms", "ccp_token_logprobs", "combine_nli", "mean_hidden_over_span", "project_scores",
-           "linear_probe", "pa_ccs_metrics", "boostedprob_token_scores", "GaapResult", "gaap_perturbations",
+           "uqac_terms", "UqacTerms", "ccp_token_logprobs", "ccp_nli_labels", "combine_nli", "mean_hidden_over_span",
+           "project_scores", "linear_probe", "pa_ccs_metrics", "boostedprob_token_scores", "GaapResult",
+           "gaap_perturbations",
            *REGISTRY]

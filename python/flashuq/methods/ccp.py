@@ -4,8 +4,10 @@ sequences. The NLI step runs outside flashuq; its labels come in as integer code
 
 from __future__ import annotations
 
+import string
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,6 +57,70 @@ def ccp_token_logprobs(alt_logprobs, nli_forward, nli_backward=None, *, alt_mask
     return num - den
 
 
+_STRIP = string.punctuation + " \n"
+
+
+def ccp_nli_labels(alt_ids, decode, nli, *, alt_mask=None, batch_size: int = 64):
+    """The directional NLI labels CCP needs, ``(nli_forward, nli_backward)`` int64 ``[B, T, A]``, from an NLI
+    model the caller passes, with every (word, alternative) pair scored once for the whole batch.
+
+    ``alt_ids [B, T, A]``: each step's alternatives (alternative 0 the emitted token). ``decode(id) -> str``
+    turns a token id into text (e.g. ``lambda i: tokenizer.decode([i])``); as LM-Polygraph's
+    ``GreedyAlternativesNLICalculator`` does, the word is that text stripped of punctuation, spaces and
+    newlines. ``nli(pairs) -> [n, 3]`` scores a list of ``(premise, hypothesis)`` pairs: probabilities
+    (or logits) in the order ``ENTAIL, NEUTRAL, CONTRA``, whose argmax is the label (ties go to entail,
+    then contra, then neutral, LM-Polygraph's order), or ``[n]`` integer labels. It is called on at most
+    ``batch_size`` pairs at a time, each distinct pair once (LM-Polygraph re-scores them at every step).
+    Alternative 0's labels are ENTAIL; masked alternatives (``alt_mask``) are not scored (NEUTRAL)."""
+    from .._checks import check_int
+
+    ids = input_tensor(alt_ids, "alt_ids", 3, "int")
+    if not callable(decode):
+        raise TypeError(f"decode must be a callable token id -> str, got {type(decode).__name__}")
+    if not callable(nli):
+        raise TypeError(f"nli must be a callable list of (premise, hypothesis) -> [n, 3], got {type(nli).__name__}")
+    batch_size = check_int(batch_size, "batch_size", 1)
+    valid = bool_mask(alt_mask, "alt_mask", ids.shape, ids).cpu()
+    idc = ids.cpu()
+    words = {}
+    for i in torch.unique(idc[valid]).tolist():
+        w = decode(int(i))
+        if not isinstance(w, str):
+            raise TypeError(f"decode({i}) must return a str, got {type(w).__name__}")
+        words[i] = w.strip(_STRIP)
+    B, T, A = idc.shape
+    first = idc[..., :1].expand(B, T, A)
+    use = valid.clone()
+    use[..., 0] = False
+    use &= valid[..., :1]
+    heads, alts = first[use].tolist(), idc[use].tolist()
+    pairs = sorted({(words[h], words[a]) for h, a in zip(heads, alts)}
+                   | {(words[a], words[h]) for h, a in zip(heads, alts)})
+    label = {}
+    prefer = torch.tensor([ENTAIL, CONTRA, NEUTRAL])  # LM-Polygraph's max over {entail, contra, neutral}
+    for lo in range(0, len(pairs), batch_size):
+        chunk = pairs[lo:lo + batch_size]
+        out = nli(chunk)
+        out = torch.as_tensor(out if isinstance(out, Tensor) else np.asarray(out))
+        if out.dtype.is_floating_point:
+            if tuple(out.shape) != (len(chunk), 3):
+                raise ValueError(f"nli must return [n, 3] scores for {len(chunk)} pairs, got shape {tuple(out.shape)}")
+            lab = prefer[out.double()[:, prefer].argmax(1)]
+        else:
+            if tuple(out.shape) != (len(chunk),) or bool(((out < 0) | (out > 2)).any()):
+                raise ValueError(f"nli must return {len(chunk)} labels in {{0, 1, 2}} or [n, 3] scores, got "
+                                 f"{out.dtype} {tuple(out.shape)}")
+            lab = out.long()
+        label.update(zip(chunk, lab.tolist()))
+    fwd = torch.full((B, T, A), NEUTRAL, dtype=torch.long)
+    bwd = torch.full((B, T, A), NEUTRAL, dtype=torch.long)
+    fwd[..., 0] = ENTAIL
+    bwd[..., 0] = ENTAIL
+    fwd[use] = torch.tensor([label[(words[h], words[a])] for h, a in zip(heads, alts)], dtype=torch.long)
+    bwd[use] = torch.tensor([label[(words[a], words[h])] for h, a in zip(heads, alts)], dtype=torch.long)
+    return fwd.to(ids.device), bwd.to(ids.device)
+
+
 def ccp(alt_logprobs, nli_forward, nli_backward=None, mask=None, *, alt_mask=None) -> Tensor:
     """Claim-Conditioned Probability (Fadeeva et al., "Fact-Checking the Output of Large Language Models
     via Token-Level Uncertainty Quantification", ACL Findings 2024; LM-Polygraph ``CCP``), uncertainty:
@@ -69,4 +135,4 @@ def ccp(alt_logprobs, nli_forward, nli_backward=None, mask=None, *, alt_mask=Non
     return -torch.exp(s)
 
 
-__all__ = ["ENTAIL", "NEUTRAL", "CONTRA", "combine_nli", "ccp_token_logprobs", "ccp"]
+__all__ = ["ENTAIL", "NEUTRAL", "CONTRA", "combine_nli", "ccp_token_logprobs", "ccp_nli_labels", "ccp"]
