@@ -244,6 +244,13 @@ def csl_scores(model, prefix_ids: Sequence[Sequence[int]], answer_ids: Sequence[
     from .methods.attention_weighted import csl
 
     B = len(answer_ids)
+    for name, x in (("prefix_ids", prefix_ids), ("answer_logprobs", answer_logprobs)):
+        if len(x) != B:
+            raise ValueError(f"{name} must have one entry per answer ({B}), got {len(x)}")
+    for b in range(B):
+        if len(answer_logprobs[b]) != len(answer_ids[b]):
+            raise ValueError(f"answer_logprobs[{b}] must have one value per answer token ({len(answer_ids[b])}), "
+                             f"got {len(answer_logprobs[b])}")
     out = torch.full((B,), float("nan"), dtype=torch.float64)
     ok = [b for b in range(B) if len(answer_ids[b]) > 0]
     if not ok:
@@ -331,9 +338,13 @@ def answer_batch(model, tok, input_ids, attention_mask, *, max_new_tokens: int =
     if attention and questions is not None:
         prefix = [tok(CSL_PROMPT.format(q=q), add_special_tokens=True)["input_ids"] for q in questions]
         suffix = tok(CSL_SUFFIX, add_special_tokens=False)["input_ids"]
-        scores["csl"] = csl_scores(model, prefix, out.token_ids, suffix,
-                                   [st["logprob"] for st in out.token_stats],
-                                   pad_token_id=tok.pad_token_id or 0).tolist()
+        stop = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        ans, lps = [], []
+        for ids, st in zip(out.token_ids, out.token_stats):  # the answer without its closing EOS
+            n = len(ids) - 1 if ids and ids[-1] in stop else len(ids)
+            ans.append(ids[:n])
+            lps.append(st["logprob"][:n])
+        scores["csl"] = csl_scores(model, prefix, ans, suffix, lps, pad_token_id=tok.pad_token_id or 0).tolist()
     if num_samples:
         t1 = time.perf_counter()
         new = g.sample_sequences[:, :, input_ids.shape[1]:]

@@ -294,3 +294,7 @@ def test_eval_csl_matches_an_eager_verification_pass():
         w = att[:, :, -1, s0:s0 + len(answers[b])].mean((0, 1))
         w = w / w.sum()
         assert got[b].item() == pytest.approx(-(w * torch.tensor(lps[b], dtype=torch.float64)).sum().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="answer_logprobs"):
+        evaluate.csl_scores(model, prefix, answers, suffix, [[-0.1], [-1.0], []])
+    with pytest.raises(ValueError, match="prefix_ids"):
+        evaluate.csl_scores(model, prefix[:2], answers, suffix, lps)

@@ -116,6 +116,31 @@ def test_recorder_boostedprob_redoes_steps_its_top_16_cannot_decide():
     assert got[0, 0].item() > 0.5 and rec.stats(seq).topk_logprobs.shape == (2, 2, 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_recorder_boostedprob_of_sampled_tokens_matches_the_package(dtype, temperature):
+    # clusters of 3 raised logits and tokens drawn among the top 4: tokens at the cut, inside and just
+    # outside the cluster, with temperature and half-precision scores
+    bp_package = pytest.importorskip("boostedprob")
+    g = torch.Generator().manual_seed(0)
+    B, T, V = 64, 6, 40
+    logits = torch.randn(B, T, V, generator=g) * 3
+    logits[..., :3] += 6
+    logits = logits.to(dtype)
+    toks = torch.randint(0, 4, (B, T), generator=g)
+    rec = hf.UncertaintyRecorder(boostedprob=True, temperature=temperature)
+    seq = torch.zeros(B, 1, dtype=torch.long)
+    for t in range(T):
+        rec(seq, logits[:, t])
+        seq = torch.cat([seq, toks[:, t:t + 1]], 1)
+    got = rec.boostedprob_scores(seq)
+    lp = torch.log_softmax(logits.double() / temperature, -1)
+    want = bp_package.calculate_boostedprob(lp, toks).float()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    p_y = lp.gather(-1, toks[..., None])[..., 0].exp().float()
+    assert bool((got > p_y * 1.01).sum() > 20)  # many tokens boosted
+
+
 def test_sampling_with_num_return_sequences_records_the_sampled_tokens():
     model = tiny("llama")
     ids, mask = prompts()

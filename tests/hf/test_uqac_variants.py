@@ -29,9 +29,9 @@ def tiny():
     return model.eval()
 
 
-def reference_candidates(ids, probs, orig, ens_k=10, thr=1e-2):
+def reference_candidates(ids, probs, orig, ens_k=10, thr=1e-2, paper=False):
     """The UQAC repository's selection, transcribed: thresholded 2-D top-k, then the pairs (row,
-    argmax(ids[row] == orig[row])) filtered out."""
+    argmax(ids[row] == orig[row])) filtered out; ``paper``: only the pairs holding the original token."""
     J, C = probs.shape
     flat = probs.reshape(-1)
     mask = flat > thr
@@ -44,6 +44,8 @@ def reference_candidates(ids, probs, orig, ens_k=10, thr=1e-2):
     drop = torch.stack([torch.arange(J), attn_cols], 1)
     pairs = torch.stack([rows, cols], 1)
     keep = ~(pairs[:, None, :] == drop[None]).all(2).any(1)
+    if paper:
+        keep = ids[rows, cols] != orig[rows]
     return rows[keep], cols[keep]
 
 
@@ -60,8 +62,9 @@ def test_candidates_match_the_reference_transcription():
         assert rows.tolist() == want_r.tolist() and cols.tolist() == want_c.tolist(), trial
         # "paper": only a column holding the original token goes
         pr, pc = hf.uqac_candidates(ids, p, orig, ens_k=3, variant="paper")
-        assert not bool((ids[pr, pc] == orig[pr]).any())
-        assert len(pr) >= len(rows)
+        want_pr, want_pc = reference_candidates(ids, p, orig, ens_k=3, paper=True)
+        assert pr.tolist() == want_pr.tolist() and pc.tolist() == want_pc.tolist(), trial
+        assert not bool((ids[pr, pc] == orig[pr]).any()) and len(pr) >= len(rows)
     with pytest.raises(ValueError, match="variant"):
         hf.uqac_candidates(ids, p, orig, variant="other")
     with pytest.raises(ValueError, match="ens_k"):
@@ -98,8 +101,7 @@ def test_variant_logprobs_equal_full_passes(variant):
         rows_at = torch.where(keep == -1, ids.numel() - 1, rows_at)
     top = lp0[rows_at].exp().topk(5, -1)
     orig = ids[keep + rs + 1]
-    r, c = (reference_candidates(top.indices, top.values.float(), orig, thr=thr) if variant == "reference"
-            else hf.uqac_candidates(top.indices, top.values.float(), orig, ens_threshold=thr, variant="paper"))
+    r, c = reference_candidates(top.indices, top.values.float(), orig, thr=thr, paper=variant == "paper")
     assert got.positions.tolist() == (keep[r] + 1).tolist() and got.tokens.tolist() == top.indices[r, c].tolist()
     for v in range(n + 1):
         seq = ids.clone()

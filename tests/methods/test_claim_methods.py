@@ -155,6 +155,12 @@ def test_frequency_scoring_claim_matches_lm_polygraph(monkeypatch):
     np.testing.assert_array_equal(got.numpy(), want)
     assert len(set(want.tolist())) > 2
     torch.testing.assert_close(M.frequency_scoring_claim(probs.argmax(-1)), got, rtol=0, atol=0)
+    # ties go as LM-Polygraph's max over {entail, contra, neutral}: entail, then contra, then neutral
+    ties = torch.tensor([[[0.1, 0.45, 0.45], [0.4, 0.2, 0.4], [0.4, 0.4, 0.2]]], dtype=torch.float64)
+    want_ties = est({"claims": [[types.SimpleNamespace(aligned_token_ids=[0])]],
+                     "nli_to_sample_texts": [[[{"entail": float(r[0]), "contra": float(r[2]), "neutral": float(r[1])}
+                                               for r in ties[0]]]]})
+    assert M.frequency_scoring_claim(ties).tolist() == [want_ties[0][0]] == [1.0 - 2.0]
     keep = torch.arange(S) < 4
     torch.testing.assert_close(M.frequency_scoring_claim(probs, keep.expand(C, S)),
                                M.frequency_scoring_claim(probs[:, :4]), rtol=0, atol=0)

@@ -106,6 +106,25 @@ def test_with_the_offline_sentence_encoder():
     assert all(0.7 <= s <= 1.0 + 1e-6 for s in res.best_similarity[:-1])
 
 
+def test_set_substitutions_and_numpy_keywords_are_reproducible():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, numpy as np; from flashuq import methods as M\n"
+            "syn = {'river': {'stream', 'waterway', 'brook', 'creek'}, 'city': {'town', 'burg', 'borough'}}\n"
+            "sim = lambda q, t: torch.tensor([len(set(q.split()) & set(x.split())) / 9 for x in t])\n"
+            f"r = M.gaap_perturbations({Q!r}, np.array([1, 6]), lambda w: syn.get(w, set()), sim, "
+            "num_generations=3, delta=0.0, seed=2)\n"
+            "print(r.perturbations)")
+    outs = set()
+    for h in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": h}
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    assert len(outs) == 1
+
+
 def test_argument_errors():
     with pytest.raises(TypeError, match="question"):
         M.gaap_perturbations(3, KEYWORDS, substitutes, overlap)
@@ -113,6 +132,8 @@ def test_argument_errors():
         M.gaap_perturbations(Q, [9], substitutes, overlap)
     with pytest.raises(ValueError, match="keywords"):
         M.gaap_perturbations(Q, [], substitutes, overlap)
+    with pytest.raises(TypeError, match="keywords"):
+        M.gaap_perturbations(Q, [1.0], substitutes, overlap)
     with pytest.raises(ValueError, match="question"):
         M.gaap_perturbations("   ", [0], substitutes, overlap)
     with pytest.raises(ValueError, match="n_out"):

@@ -72,6 +72,12 @@ def test_max_then_mean_matches_alignscore():
     assert fuq.max_then_mean(S.float()).dtype == torch.float32
 
 
+def test_empty_axes_give_nan():
+    assert fuq.max_then_mean(torch.zeros(2, 0, 3)).isnan().all()
+    assert fuq.max_window_mean(torch.zeros(3, 0)).isnan().all() and fuq.max_window_mean(torch.zeros(0, 4)).shape == (0,)
+    assert fuq.thresholded_mean(torch.zeros(3, 0), threshold=0.1).tolist() == [0.0, 0.0, 0.0]
+
+
 def test_errors_name_the_argument():
     v = torch.rand(2, 5)
     with pytest.raises(ValueError, match="window"):

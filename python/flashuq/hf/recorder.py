@@ -9,7 +9,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from ..methods.boostedprob import FAST_TOPK, boosted_from_top, boostedprob_token_scores
+from ..methods.boostedprob import FAST_TOPK, boosted_from_logits, boosted_from_top
 from ..ops.token_stats import TokenStats, token_stats
 
 
@@ -45,6 +45,10 @@ class UncertaintyRecorder(_logits_processor_base()):
     step's scores (to read the chosen token's logit once the next step reveals it); nothing is
     synchronised with the host.
 
+    ``boostedprob=True`` also records each emitted token's BoostedProb (:meth:`boostedprob_scores`): the
+    step's 16 largest log-probabilities come from the same pass, and the steps they do not decide are
+    redone from the scores (see :func:`flashuq.methods.boostedprob_token_scores`).
+
     With :meth:`attach` it records from forward hooks on the model instead: the raw ``lm_head``
     logits, before any processor (temperature, top-k/top-p, penalties).
 
@@ -71,7 +75,7 @@ class UncertaintyRecorder(_logits_processor_base()):
         self._steps: List[TokenStats] = []
         self._chosen_lp: List[Tensor] = []
         self._boosted: List[Tensor] = []
-        self._top: Optional[Tensor] = None
+        self._top: Optional[tuple] = None
         self._last: Optional[Tensor] = None
         self._hooks: list = []
         self._hook_prev_token: Optional[Tensor] = None
@@ -88,7 +92,7 @@ class UncertaintyRecorder(_logits_processor_base()):
         if self.boostedprob:  # the step's 16 largest log-probabilities come from the same pass
             k = min(max(self.topk, FAST_TOPK), scores.shape[-1])
             st = token_stats(scores, temperature=self.temperature, topk=k, renyi=self.renyi)
-            self._top = st.topk_logprobs[..., :FAST_TOPK]
+            self._top = (st.topk_logprobs[..., :FAST_TOPK], st.topk_ids[..., :FAST_TOPK])
             st = st._replace(topk_logprobs=st.topk_logprobs[..., :self.topk], topk_ids=st.topk_ids[..., :self.topk])
         else:
             st = token_stats(scores, temperature=self.temperature, topk=self.topk, renyi=self.renyi)
@@ -107,16 +111,20 @@ class UncertaintyRecorder(_logits_processor_base()):
 
     def _chosen_boostedprob(self, token: Tensor, logprob: Tensor) -> Tensor:
         """BoostedProb of the emitted token at the kept step (of ``softmax(scores / temperature)``), from the
-        step's top log-probabilities; the rare steps they do not decide are redone from the scores."""
+        step's top log-probabilities; the steps they do not decide are redone from the scores: on the CPU
+        only those, on a GPU every row (a ``topk`` of about 200 entries, no host synchronisation)."""
         z = self._last
         if token.shape[0] != z.shape[0]:
             return torch.full((z.shape[0],), float("nan"), device=z.device)
-        out, exact = boosted_from_top(self._top, logprob, z.shape[-1])
+        tok = token.to(z.device, torch.long)
+        out, exact = boosted_from_top(self._top[0], self._top[1], tok, logprob, z.shape[-1])
+        zt = z.to(out.dtype) / self.temperature
+        if z.device.type != "cpu":
+            return torch.where(exact, out, boosted_from_logits(zt, tok, 0.3, 0.005, "sum_dominant_mass", 0.01))
         if not bool(exact.all()):
             redo = ~exact
             out = out.clone()
-            out[redo] = boostedprob_token_scores((z[redo] / self.temperature)[:, None, :],
-                                                 token.to(z.device, torch.long)[redo][:, None])[:, 0].to(out.dtype)
+            out[redo] = boosted_from_logits(zt[redo], tok[redo], 0.3, 0.005, "sum_dominant_mass", 0.01)
         return out
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:

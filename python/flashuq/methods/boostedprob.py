@@ -28,23 +28,26 @@ def _check_options(p_jump, epsilon, score, gamma):
     return check_real(p_jump, "p_jump", 0.0), check_real(epsilon, "epsilon", 0.0), check_real(gamma, "gamma", 0.0)
 
 
-def boosted_from_top(top_logprobs: Tensor, token_logprob: Tensor, V: int, *, p_jump: float = 0.3,
-                     epsilon: float = 0.005, score: str = "sum_dominant_mass", gamma: float = 0.01):
-    """BoostedProb from each step's ``k`` largest log-probabilities ``[..., k]`` (descending) and the emitted
-    token's ``[...]``: ``(scores [...], exact [...])``. ``exact`` is True where the ``k`` entries decide the
-    cut: ``k = V``, or the k-th probability is at most ``epsilon`` (a cut needs ``p_(i) > epsilon``, so none
-    lies at or after it). Elsewhere the score is not the reference's; recompute those steps."""
+def boosted_from_top(top_logprobs: Tensor, top_ids: Tensor, token: Tensor, token_logprob: Tensor, V: int, *,
+                     p_jump: float = 0.3, epsilon: float = 0.005, score: str = "sum_dominant_mass",
+                     gamma: float = 0.01):
+    """BoostedProb from each step's ``k`` largest log-probabilities ``[..., k]`` (descending) with their ids,
+    and the emitted token and its log-probability ``[...]``: ``(scores [...], exact [...])``. The token is
+    dominant when its id is among the entries before the cut (as the reference decides it: a comparison of
+    probabilities computed two ways could disagree in the last bit). ``exact`` is True where the ``k``
+    entries decide the cut: ``k = V``, or the k-th probability is at most ``epsilon`` (a cut needs
+    ``p_(i) > epsilon``, so none lies at or after it). Elsewhere the score is not the reference's;
+    recompute those steps."""
     k = top_logprobs.shape[-1]
     p = torch.exp(top_logprobs)
     gap = p[..., :-1] - p[..., 1:]
     cut_ok = (gap > p_jump * p[..., :-1]) & (gap > epsilon)                    # [..., k - 1]
-    idx = torch.arange(k - 1, device=p.device)
-    no_cut = torch.full((*p.shape[:-1], 1), -1, dtype=idx.dtype, device=p.device)  # (k = 1 has no gap)
-    cut = torch.cat([no_cut, torch.where(cut_ok, idx, -1)], -1).amax(-1)      # -1: no dominant cluster
-    mass = torch.where(idx <= cut[..., None], p[..., :-1], 0.0).sum(-1)
-    p_cut = p.gather(-1, cut.clamp(min=0)[..., None]).squeeze(-1)
+    idx = torch.arange(k, device=p.device)
+    cut = torch.where(cut_ok, idx[:-1], -1).amax(-1) if k > 1 else torch.full(p.shape[:-1], -1, device=p.device)
+    in_cluster = idx <= cut[..., None]                                          # [..., k]; cut -1: none
+    mass = torch.where(in_cluster, p, 0.0).sum(-1)
+    dominant = (in_cluster & (top_ids == token[..., None])).any(-1)
     p_y = torch.exp(token_logprob)
-    dominant = (cut >= 0) & (p_y >= p_cut)  # the cut's gap is strict, so D = {v : p_v >= p_(cut)}
     boosted = mass if score == "sum_dominant_mass" else mass * torch.pow(p_y, gamma)
     out = torch.where(dominant, boosted, p_y)
     bad = torch.isnan(token_logprob) | torch.isnan(p[..., 0])
@@ -52,14 +55,15 @@ def boosted_from_top(top_logprobs: Tensor, token_logprob: Tensor, V: int, *, p_j
     return torch.where(bad, torch.nan, out), exact
 
 
-def _full_window(z: Tensor, y: Tensor, p_jump, epsilon, score, gamma) -> Tensor:
+def boosted_from_logits(z: Tensor, y: Tensor, p_jump, epsilon, score, gamma) -> Tensor:
     """The steps ``z [n, V]`` from their ``ceil(1/epsilon) + 2`` largest logits (all V when epsilon = 0)."""
     V = z.shape[-1]
     lse = torch.logsumexp(z, -1, keepdim=True)
     window = V if epsilon == 0 else min(V, math.ceil(1.0 / epsilon) + 2)
-    top = torch.topk(z, window, dim=-1, sorted=True).values - lse
+    top = torch.topk(z, window, dim=-1, sorted=True)
     lp_y = z.gather(-1, y[..., None]).squeeze(-1) - lse.squeeze(-1)
-    out, _ = boosted_from_top(top, lp_y, V, p_jump=p_jump, epsilon=epsilon, score=score, gamma=gamma)
+    out, _ = boosted_from_top(top.values - lse, top.indices, y, lp_y, V, p_jump=p_jump, epsilon=epsilon,
+                              score=score, gamma=gamma)
     return torch.where(torch.isinf(lse.squeeze(-1)), torch.nan, out)
 
 
@@ -96,12 +100,12 @@ def boostedprob_token_scores(logits, tokens, *, p_jump: float = 0.3, epsilon: fl
         z = z.float()
     y = y.long()
     st = token_stats(z, y, topk=min(V, FAST_TOPK))
-    out, exact = boosted_from_top(st.topk_logprobs, st.logprob, V, p_jump=p_jump, epsilon=epsilon, score=score,
-                                  gamma=gamma)
+    out, exact = boosted_from_top(st.topk_logprobs, st.topk_ids, y, st.logprob, V, p_jump=p_jump, epsilon=epsilon,
+                                  score=score, gamma=gamma)
     if not bool(exact.all()):
         redo = ~exact
         out = out.clone()
-        out[redo] = _full_window(z[redo].to(out.dtype), y[redo], p_jump, epsilon, score, gamma)
+        out[redo] = boosted_from_logits(z[redo].to(out.dtype), y[redo], p_jump, epsilon, score, gamma)
     return out
 
 

@@ -101,7 +101,7 @@ def ccp_nli_labels(alt_ids, decode, nli, *, alt_mask=None, batch_size: int = 64)
     for lo in range(0, len(pairs), batch_size):
         chunk = pairs[lo:lo + batch_size]
         out = nli(chunk)
-        out = torch.as_tensor(out if isinstance(out, Tensor) else np.asarray(out))
+        out = torch.as_tensor(out.detach().cpu() if isinstance(out, Tensor) else np.asarray(out))
         if out.dtype.is_floating_point:
             if tuple(out.shape) != (len(chunk), 3):
                 raise ValueError(f"nli must return [n, 3] scores for {len(chunk)} pairs, got shape {tuple(out.shape)}")

@@ -114,14 +114,16 @@ def frequency_scoring_claim(nli_to_samples, sample_mask=None) -> Tensor:
     """``#contra - #entail`` over the sampled answers, LM-Polygraph ``FrequencyScoringClaim`` (Mohri &
     Hashimoto's frequency scoring with an NLI model). ``nli_to_samples``: ``[C, S, 3]`` NLI probabilities
     of (claim, sample) pairs in the label order ``ENTAIL, NEUTRAL, CONTRA`` (the argmax is taken, ties to
-    the earlier label), or ``[C, S]`` integer labels. ``sample_mask [C, S]`` drops samples. Returns ``[C]``
+    entail, then contra, then neutral, as LM-Polygraph's ``max`` over its label dict), or ``[C, S]``
+    integer labels. ``sample_mask [C, S]`` drops samples. Returns ``[C]``
     (fp32)."""
     x = input_tensor(nli_to_samples, "nli_to_samples", None, "real")
     if x.dtype.is_floating_point:
         if x.dim() != 3 or x.shape[-1] != 3:
             raise ValueError(f"nli_to_samples must be [C, S, 3] probabilities or [C, S] labels, "
                              f"got {x.dtype} {tuple(x.shape)}")
-        labels = x.argmax(-1)
+        prefer = torch.tensor([0, 2, 1], device=x.device)  # ENTAIL, CONTRA, NEUTRAL
+        labels = prefer[x[..., prefer].argmax(-1)]
     else:
         if x.dim() != 2:
             raise ValueError(f"nli_to_samples must be [C, S, 3] probabilities or [C, S] labels, got shape "

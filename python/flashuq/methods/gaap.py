@@ -5,6 +5,7 @@ search: batched fitness rows, roulette selection, one-point crossover and one-to
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import torch
@@ -85,9 +86,14 @@ def gaap_perturbations(question: str, keywords, substitutes: Callable[[str], Seq
     if ratio is not None:
         ratio = check_real(ratio, "ratio", 0.0, 1.0, lo_open=True)
         pos = pos[: max(1, int(ratio * p))]
-    for i in pos:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < p:
+    for k, i in enumerate(pos):
+        if isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point:
+            i = pos[k] = int(i)
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"keywords must be integer token positions, got {i!r}")
+        if not 0 <= i < p:
             raise ValueError(f"keywords must be token positions in [0, {p}), got {i!r}")
+        pos[k] = int(i)
     if not pos:
         raise ValueError("keywords: no keyword position to perturb")
     cache = {}
@@ -97,6 +103,8 @@ def gaap_perturbations(question: str, keywords, substitutes: Callable[[str], Seq
             s = substitutes(t)
             if isinstance(s, str) or not all(isinstance(w, str) for w in s):
                 raise TypeError(f"substitutes({t!r}) must return a list of str")
+            if isinstance(s, (set, frozenset)):
+                s = sorted(s)  # a set's order follows the string hash: sort it, for reproducible draws
             cache[t] = [w for w in dict.fromkeys(s) if w != t] + [None]
         return cache[t]
 

@@ -54,6 +54,8 @@ def max_then_mean(scores, chunk_mask=None, sentence_mask=None) -> Tensor:
         raise ValueError(f"scores must be [..., C, J], got shape {tuple(s.shape)}")
     cm = _mask(chunk_mask, "chunk_mask", s.shape[:-1], s)
     sm = _mask(sentence_mask, "sentence_mask", s.shape[:-2] + s.shape[-1:], s)
+    if s.shape[-2] == 0:  # no chunk: every result is NaN
+        return torch.full(s.shape[:-2], torch.nan, dtype=s.dtype, device=s.device)
     best = torch.where(cm[..., :, None], s, -torch.inf).amax(-2)          # [..., J]
     best = torch.where(cm.any(-1, keepdim=True), best, torch.nan)
     n = sm.sum(-1)
@@ -75,6 +77,8 @@ def max_window_mean(values, mask=None, *, window: int = 10, mean: bool = True) -
     v, m = _values_and_mask(values, mask)
     T = v.shape[-1]
     lead = v.shape[:-1]
+    if T == 0 or v.numel() == 0:  # no values: NaN (an empty batch: an empty result)
+        return torch.full(lead, torch.nan, dtype=v.dtype, device=v.device)
     v2 = v.reshape(-1, T)
     m2 = m.reshape(-1, T)
     # pack each row's real values to the front, keeping their order
