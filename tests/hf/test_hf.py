@@ -97,7 +97,7 @@ def test_recorder_boostedprob_matches_the_reference_on_generate_logits(mode):
 
 
 def test_recorder_boostedprob_redoes_steps_its_top_16_cannot_decide():
-    # crafted scores fed as a logits processor: step 0 has a broad cluster of 40 tokens (its 16th
+    # crafted scores fed as a logits processor: step 0 has a broad cluster of 40 tokens (its 32nd
     # probability exceeds epsilon), step 1 one dominant token
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(2, 300, generator=g) * 0.3

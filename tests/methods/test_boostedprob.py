@@ -56,17 +56,17 @@ def test_token_scores_match_the_package(V):
     assert bool((got > p_y * (1 + 1e-9)).any()) and bool((got == p_y).any())
 
 
-def test_steps_beyond_the_fused_top_16_match_the_package():
-    # 40 tokens of about 2% each, after a few larger ones: the 16th probability exceeds epsilon, so the
-    # fused pass's top 16 cannot decide the cut and the step is redone from its larger window
+def test_steps_beyond_the_fused_top_32_match_the_package():
+    # 40 tokens of about 2% each, after a few larger ones: the 32nd probability exceeds epsilon, so the
+    # fused pass's top 32 cannot decide the cut and the step is redone from its larger window
     g = torch.Generator().manual_seed(9)
     z = torch.randn(3, 5, 400, generator=g, dtype=torch.float64) * 0.3
     z[:, :, 10:50] += 4.0
     z[:, :, :3] += torch.tensor([7.0, 6.5, 5.0], dtype=torch.float64)
     y = tokens_for(z, 9)
     y[:, ::2] = 20                                                  # a token inside the broad cluster
-    p16 = torch.softmax(z, -1).topk(16, -1).values[..., -1]
-    assert bool((p16 > 0.005).all())
+    p32 = torch.softmax(z, -1).topk(32, -1).values[..., -1]
+    assert bool((p32 > 0.005).all())
     got = M.boostedprob_token_scores(z, y)
     want = package(torch.log_softmax(z, -1), y)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300)

@@ -110,8 +110,8 @@ def generate(model, input_ids: Tensor, attention_mask: Optional[Tensor] = None, 
     ``attention_layers`` restricts the capture to those layers (ascending).
 
     ``boostedprob=True`` also records each greedy token's BoostedProb (:attr:`Generation.boostedprob`)
-    from the step's 16 largest log-probabilities, which the recorder's ``token_stats`` pass returns; a
-    step they do not decide (its 16th probability above 0.005) is redone from its scores.
+    from the step's 32 largest log-probabilities, which the recorder's ``token_stats`` pass returns; a
+    step they do not decide (its 32nd probability above 0.005) is redone from its scores.
     """
     num_samples = check_int(num_samples, "num_samples", 0)
     for k in ("do_sample", "num_return_sequences", "logits_processor", "return_dict_in_generate"):

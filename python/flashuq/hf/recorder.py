@@ -46,7 +46,7 @@ class UncertaintyRecorder(_logits_processor_base()):
     synchronised with the host.
 
     ``boostedprob=True`` also records each emitted token's BoostedProb (:meth:`boostedprob_scores`): the
-    step's 16 largest log-probabilities come from the same pass, and the steps they do not decide are
+    step's 32 largest log-probabilities come from the same pass, and the steps they do not decide are
     redone from the scores (see :func:`flashuq.methods.boostedprob_token_scores`).
 
     With :meth:`attach` it records from forward hooks on the model instead: the raw ``lm_head``
@@ -89,7 +89,7 @@ class UncertaintyRecorder(_logits_processor_base()):
             self._chosen_lp.append(self._chosen_logprob(prev_token))
             if self.boostedprob:
                 self._boosted.append(self._chosen_boostedprob(prev_token, self._chosen_lp[-1]))
-        if self.boostedprob:  # the step's 16 largest log-probabilities come from the same pass
+        if self.boostedprob:  # the step's 32 largest log-probabilities come from the same pass
             k = min(max(self.topk, FAST_TOPK), scores.shape[-1])
             st = token_stats(scores, temperature=self.temperature, topk=k, renyi=self.renyi)
             self._top = (st.topk_logprobs[..., :FAST_TOPK], st.topk_ids[..., :FAST_TOPK])
@@ -118,13 +118,14 @@ class UncertaintyRecorder(_logits_processor_base()):
             return torch.full((z.shape[0],), float("nan"), device=z.device)
         tok = token.to(z.device, torch.long)
         out, exact = boosted_from_top(self._top[0], self._top[1], tok, logprob, z.shape[-1])
-        zt = z.to(out.dtype) / self.temperature
         if z.device.type != "cpu":
+            zt = z.to(out.dtype) / self.temperature
             return torch.where(exact, out, boosted_from_logits(zt, tok, 0.3, 0.005, "sum_dominant_mass", 0.01))
         if not bool(exact.all()):
             redo = ~exact
             out = out.clone()
-            out[redo] = boosted_from_logits(zt[redo], tok[redo], 0.3, 0.005, "sum_dominant_mass", 0.01)
+            zt = z[redo].to(out.dtype) / self.temperature
+            out[redo] = boosted_from_logits(zt, tok[redo], 0.3, 0.005, "sum_dominant_mass", 0.01)
         return out
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:

@@ -17,9 +17,10 @@ from ._inputs import bool_mask, check_shape, input_tensor
 _SCORES = ("sum_dominant_mass", "weighted_sum_dominant_mass")
 
 
-#: top entries read from the fused token_stats pass; a step needs more only when its 16th largest
-#: probability still exceeds epsilon (then the full-window path recomputes it)
-FAST_TOPK = 16
+#: top entries read from the fused token_stats pass; a step needs more only when its 32nd largest
+#: probability still exceeds epsilon (then the full-window path recomputes it). 16 left 35% of
+#: SmolLM2-135M's sampled steps to redo, 32 leaves 2.6%, at 0.3 ms more per 16 rows of V = 49152
+FAST_TOPK = 32
 
 
 def _check_options(p_jump, epsilon, score, gamma):
@@ -82,8 +83,8 @@ def boostedprob_token_scores(logits, tokens, *, p_jump: float = 0.3, epsilon: fl
                 p(y_t)   otherwise
 
     ``logits [B, T, V]`` (or log-probabilities), ``tokens [B, T]`` the emitted tokens. One fused
-    ``token_stats`` pass gives each step's 16 largest log-probabilities; they decide the cut unless the
-    16th still exceeds ``epsilon`` (a gap test needs ``p_(i) > epsilon``), and those rare steps are redone
+    ``token_stats`` pass gives each step's 32 largest log-probabilities; they decide the cut unless the
+    32nd still exceeds ``epsilon`` (a gap test needs ``p_(i) > epsilon``), and those rare steps are redone
     from their ``ceil(1/epsilon) + 2`` largest logits, which is as exact as the reference's full sort. A
     step whose logits hold a NaN or are all ``-inf`` gives NaN.
     """
