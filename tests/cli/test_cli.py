@@ -228,6 +228,17 @@ def test_demo_on_smollm2_and_the_cached_reload(tmp_path, capsys, monkeypatch):
     assert france["correct"] and "Paris" in france["answer"]
 
 
+def tiny_llama(transformers, layers):
+    """A seeded config-built Llama (vocabulary 64, width 32, 4 heads over 2 key/value heads)."""
+    import torch
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                                   pad_token_id=0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
 def test_eval_attention_scores_match_eager_maps():
     # RAUQ and AttentionScore of run_eval(attention=True): diagonals captured during a left-padded batched
     # generate, against the float64 references on eager output_attentions of each item's own sequence
@@ -237,11 +248,7 @@ def test_eval_attention_scores_match_eager_maps():
     from flashuq import evaluate, hf
     from flashuq.reference import attention_score_ref, rauq_ref
 
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                   num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
-                                   pad_token_id=0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(transformers, layers=4)
     ids = torch.tensor([[0, 0, 1, 5, 9, 11], [1, 7, 3, 8, 4, 6]])  # item 0 left-padded
     am = (ids != 0).long()
     with torch.no_grad():
@@ -273,11 +280,7 @@ def test_eval_csl_matches_an_eager_verification_pass():
 
     from flashuq import evaluate
 
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
-                                   pad_token_id=0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(transformers, layers=3)
     prefix = [[1, 5, 9, 11, 4], [1, 7, 3]]
     answers = [[12, 13, 14], [20, 21, 22, 23], []]
     prefix.append([1, 8])

@@ -52,18 +52,23 @@ def recomputed(logits_steps, tokens):
     return fuq.reference.token_stats(z, tokens, renyi=True)
 
 
+def recorded_generate(model, ids, mask, rec, mode, max_new_tokens):
+    """Greedy generate with ``rec`` as a logits processor or attached by hooks; its logits returned too."""
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True,
+              pad_token_id=0)
+    if mode == "processor":
+        return model.generate(ids, attention_mask=mask, logits_processor=[rec], **kw)
+    with rec.attach(model):
+        return model.generate(ids, attention_mask=mask, **kw)
+
+
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 @pytest.mark.parametrize("mode", ["processor", "hook"])
 def test_recorder_matches_generate_output_logits(kind, mode):
     model = tiny(kind)
     ids, mask = prompts()
     rec = hf.UncertaintyRecorder()
-    kw = dict(max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
-    if mode == "processor":
-        out = model.generate(ids, attention_mask=mask, logits_processor=[rec], **kw)
-    else:
-        with rec.attach(model):
-            out = model.generate(ids, attention_mask=mask, **kw)
+    out = recorded_generate(model, ids, mask, rec, mode, max_new_tokens=8)
     new = out.sequences[:, ids.shape[1]:]
     got = rec.stats(out.sequences)
     ref = recomputed(out.logits, new)
@@ -78,12 +83,7 @@ def test_recorder_boostedprob_matches_the_reference_on_generate_logits(mode):
     model = tiny("llama")
     ids, mask = prompts()
     rec = hf.UncertaintyRecorder(temperature=0.5, boostedprob=True)
-    kw = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
-    if mode == "processor":
-        out = model.generate(ids, attention_mask=mask, logits_processor=[rec], **kw)
-    else:
-        with rec.attach(model):
-            out = model.generate(ids, attention_mask=mask, **kw)
+    out = recorded_generate(model, ids, mask, rec, mode, max_new_tokens=6)
     new = out.sequences[:, ids.shape[1]:]
     got = rec.boostedprob_scores(out.sequences)
     assert got.shape == new.shape

@@ -160,6 +160,8 @@ def test_argument_errors():
         M.boostedprob(z, y, p_jump=-0.1)
     with pytest.raises(ValueError, match="epsilon"):
         M.boostedprob(z, y, epsilon=float("nan"))
+    with pytest.raises(ValueError, match="gamma"):
+        M.boostedprob(z, y, gamma=-0.5)
     with pytest.raises(ValueError, match="score"):
         M.boostedprob(z, y, score="is_dominant")
     with pytest.raises(ValueError, match="mask"):

@@ -189,6 +189,10 @@ def test_ccp_nli_labels_match_lm_polygraph_calculator_and_dedupe(monkeypatch):
     assert bool((f3[..., 3] == NEUTRAL).all()) and torch.equal(f3[..., :3], fwd[..., :3])
     with pytest.raises(ValueError, match="nli"):
         M.ccp_nli_labels(ids, lambda i: VOCAB[i], lambda pairs: torch.zeros(len(pairs), 2))
+    with pytest.raises(ValueError, match="batch_size"):
+        M.ccp_nli_labels(ids, lambda i: VOCAB[i], nli, batch_size=0)
+    with pytest.raises(ValueError, match="alt_mask"):
+        M.ccp_nli_labels(ids, lambda i: VOCAB[i], nli, alt_mask=keep[..., :2])
     with pytest.raises(TypeError, match="decode"):
         M.ccp_nli_labels(ids, lambda i: 3, nli)
     with pytest.raises(TypeError, match="nli"):

@@ -140,6 +140,12 @@ def test_argument_errors():
         M.gaap_perturbations(Q, KEYWORDS, substitutes, overlap, n_out=0)
     with pytest.raises(ValueError, match="n_parents"):
         M.gaap_perturbations(Q, KEYWORDS, substitutes, overlap, n_parents=1)
+    with pytest.raises(ValueError, match="tau"):
+        M.gaap_perturbations(Q, KEYWORDS, substitutes, overlap, tau=0)
+    with pytest.raises(ValueError, match="num_generations"):
+        M.gaap_perturbations(Q, KEYWORDS, substitutes, overlap, num_generations=-1)
+    with pytest.raises(TypeError, match="seed"):
+        M.gaap_perturbations(Q, KEYWORDS, substitutes, overlap, seed=1.5)
     with pytest.raises(ValueError, match="delta"):
         M.gaap_perturbations(Q, KEYWORDS, substitutes, overlap, delta=2.0)
     with pytest.raises(ValueError, match="ratio"):

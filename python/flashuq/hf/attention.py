@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .._checks import check_int
 from ..ops.uqac import uqac_reduce_attention
-from ._model import position_ids_from_mask
+from ._model import batch_and_mask, position_ids_from_mask
 
 #: The attention implementation name :class:`AttentionCapture` registers and switches models to.
 ATTN_IMPLEMENTATION = "fuq_capture_sdpa"  # no "flash" in it: transformers treats such names as flash-attention kernels
@@ -421,12 +421,7 @@ def attention_diagonals(model, input_ids: Tensor, attention_mask: Optional[Tenso
     the input RAUQ and AttentionScore accept instead of full maps), from one pass of the model's body
     under :class:`AttentionCapture` (no logits computed). Padding on either side: positions come from
     ``attention_mask`` (:func:`position_ids_from_mask`, as ``generate``); pad positions hold 0."""
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [B, N], got shape {tuple(input_ids.shape)}")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}")
+    input_ids, attention_mask = batch_and_mask(input_ids, attention_mask)
     with AttentionCapture(model, diagonals=True, layers=layers) as cap:
         model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids_from_mask(attention_mask), use_cache=False)
@@ -442,12 +437,8 @@ def last_row_attention(model, input_ids: Tensor, attention_mask: Optional[Tensor
     (docs/methods.md#csl): pass ``[verification prompt; answer; suffix]`` with ``span_start [B]`` the
     answer's first column in the padded ``input_ids`` and ``span_len [B]`` its length (T = the longest);
     ``mask`` marks each row's real span entries. Padding on either side."""
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [B, N], got shape {tuple(input_ids.shape)}")
+    input_ids, am = batch_and_mask(input_ids, attention_mask)
     B, N = input_ids.shape
-    am = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    if am.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}")
     start = _response_start_list(span_start, B, "span_start")
     length = _response_start_list(span_len, B, "span_len")
     real = am.bool().cpu()

@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ._model import position_ids_from_mask
+from ._model import batch_and_mask, position_ids_from_mask
 
 
 class _Captured(Exception):
@@ -53,12 +53,8 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Optional[Tensor] = N
       Gaps takes ``start = P - 1``, ``end = S - 1`` (docs/methods.md#feature-gaps). An empty span gives
       NaN.
     """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [B, S], got shape {tuple(input_ids.shape)}")
+    input_ids, am = batch_and_mask(input_ids, attention_mask, "S")
     B, S = input_ids.shape
-    am = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    if am.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}")
     blocks = _decoder_layers(model)
     L = len(blocks)
     idx: List[int] = []
