@@ -143,7 +143,9 @@ static void masked_reduce_py(Arr values, std::optional<CArrAny<const uint8_t>> m
       if (!(qs[j] >= 0.0 && qs[j] <= 1.0)) throw std::invalid_argument("q: levels must be in [0, 1]");
     if (weights) throw std::invalid_argument("weights: not defined for quantiles");
   }
-  const bool f64 = dtype_of_f32_f64(values, "values") == DType::F64;
+  // fp16 and bf16 values are read as they are by the logsumexp without weights only
+  const DType vt = op == 4 && !weights ? dtype_of(values, "values") : dtype_of_f32_f64(values, "values");
+  const bool f64 = vt == DType::F64;
   if (B < 0 || T < 0) throw std::invalid_argument("masked_reduce: bad sizes");
   dense(values, "values");
   out_ptr(out, B * nq, f64, "out");
@@ -174,7 +176,9 @@ static void masked_reduce_py(Arr values, std::optional<CArrAny<const uint8_t>> m
                              static_cast<float*>(out.data()), num_threads);
     return;
   }
-  if (f64)
+  if (vt == DType::BF16 || vt == DType::F16)
+    masked_logsumexp(vt, values.data(), m, cu, B, T, static_cast<float*>(out.data()), num_threads);
+  else if (f64)
     masked_reduce<double>(static_cast<const double*>(values.data()), m, static_cast<const double*>(w), cu, B, T,
                           ReduceOp(op), static_cast<double*>(out.data()), num_threads);
   else

@@ -22,6 +22,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -162,38 +163,38 @@ struct GraphLanes {
     // C = f(i, j, X Y) for symmetric X, Y that commute and an f that keeps the result symmetric:
     // the lower triangle, each sum over k in order, mirrored. Two rows at a time (eight
     // independent sums): reads up to 3 entries past Y's last row (padding, never used in a result).
+    // C = f(i, j, X Y) for symmetric X, Y that commute and an f that keeps the result symmetric:
+    // the lower triangle, each sum over k in order, mirrored. kRows rows and four columns at a
+    // time (4 kRows independent sums; four rows where 32 registers hold them, else two): reads up
+    // to 3 entries past Y's last row (padding, never used in a result). The blocking changes no
+    // sum, so every build gives the same bits.
+    static constexpr int kRows = W >= 8 ? 4 : 2;
     template <class F>
     static void sym_product(int n, const V* __restrict__ X, const V* __restrict__ Y, V* __restrict__ C, F f) {
-      for (int i = 0; i < n; i += 2) {
-        const int i1 = i + 1 < n ? i + 1 : i;  // an odd last row is computed twice
-        for (int j0 = 0; j0 <= i1; j0 += 4) {
-          V c0 = zero(), c1 = zero(), c2 = zero(), c3 = zero();
-          V d0 = zero(), d1 = zero(), d2 = zero(), d3 = zero();
+      for (int i = 0; i < n; i += kRows) {
+        int r[kRows];  // rows past the last repeat it (computed twice)
+        for (int q = 0; q < kRows; ++q) r[q] = i + q < n ? i + q : n - 1;
+        for (int j0 = 0; j0 <= r[kRows - 1]; j0 += 4) {
+          V c[kRows][4];
+          for (int q = 0; q < kRows; ++q)
+            for (int u = 0; u < 4; ++u) c[q][u] = zero();
           for (int k = 0; k < n; ++k) {
-            const V x = X[i * n + k], x1 = X[i1 * n + k];
             const V* y = Y + k * n + j0;
             const V y0 = y[0], y1 = y[1], y2 = y[2], y3 = y[3];
-            c0 += x * y0;
-            c1 += x * y1;
-            c2 += x * y2;
-            c3 += x * y3;
-            d0 += x1 * y0;
-            d1 += x1 * y1;
-            d2 += x1 * y2;
-            d3 += x1 * y3;
+            for (int q = 0; q < kRows; ++q) {
+              const V x = X[r[q] * n + k];
+              c[q][0] += x * y0;
+              c[q][1] += x * y1;
+              c[q][2] += x * y2;
+              c[q][3] += x * y3;
+            }
           }
-          V* ci = C + i * n + j0;
-          const int jn = i + 1 - j0;
-          if (jn > 0) ci[0] = f(i, j0, c0);
-          if (jn > 1) ci[1] = f(i, j0 + 1, c1);
-          if (jn > 2) ci[2] = f(i, j0 + 2, c2);
-          if (jn > 3) ci[3] = f(i, j0 + 3, c3);
-          V* di = C + i1 * n + j0;
-          const int jn1 = i1 + 1 - j0;
-          di[0] = f(i1, j0, d0);
-          if (jn1 > 1) di[1] = f(i1, j0 + 1, d1);
-          if (jn1 > 2) di[2] = f(i1, j0 + 2, d2);
-          if (jn1 > 3) di[3] = f(i1, j0 + 3, d3);
+          for (int q = 0; q < kRows; ++q) {
+            V* ci = C + r[q] * n + j0;
+            const int jn = r[q] + 1 - j0;
+            for (int u = 0; u < 4; ++u)
+              if (u < jn) ci[u] = f(r[q], j0 + u, c[q][u]);
+          }
         }
       }
       for (int i = 0; i < n; ++i)
@@ -591,6 +592,15 @@ struct GraphLanes {
         }
       }
       int lo = n, hi = -1;
+      // a sweep's first state, recorded by the deflation; a question without a sweep keeps these
+      // placeholders (finite, and never used: its rows are never active)
+      alignas(64) double el_a[L], dl_a[L], dl1_a[L], dm_a[L], lv_a[L], mv_a[L];
+      for (int k = 0; k < L; ++k) {
+        el_a[k] = dl1_a[k] = dm_a[k] = 1.0;
+        dl_a[k] = 0.0;
+        lv_a[k] = double(n);  // never active
+        mv_a[k] = -1.0;
+      }
       for (int k = 0; k < L; ++k) {  // deflation, per question
         double* ds = reinterpret_cast<double*>(ch[k / W].qd) + k % W;  // entry i: ds[i * W]
         double* es = reinterpret_cast<double*>(ch[k / W].qe) + k % W;
@@ -627,37 +637,42 @@ struct GraphLanes {
             break;
           }
           m[k] = mm;
+          el_a[k] = es[lk * W];
+          dl_a[k] = ds[lk * W];
+          dl1_a[k] = ds[(lk + 1) * W];
+          dm_a[k] = ds[mm * W];
+          lv_a[k] = lk;
+          mv_a[k] = mm;
           lo = lk < lo ? lk : lo;
           hi = mm > hi ? mm : hi;
           break;
         }
       }
       if (hi < 0) break;
-      // each sweep's shift (Wilkinson, from the leading 2 x 2 block) and first state
-      V sigma[NC], lv[NC], mv[NC], mv1[NC];
-      for (int h = 0; h < NC; ++h) {
-        V el, dl, dl1, dm;
-        for (int w = 0; w < W; ++w) {
-          const int k = h * W + w;
-          const bool on = m[k] >= 0;
-          const int lk = on ? l[k] : 0, mk = on ? m[k] : 1;
-          el[w] = on ? ch[h].qe[lk][w] : 1.0;
-          dl[w] = ch[h].qd[lk][w];
-          dl1[w] = ch[h].qd[lk + 1][w];
-          dm[w] = ch[h].qd[mk][w];
-          lv[h][w] = on ? l[k] : double(n);  // a question without a sweep is never active
-          mv[h][w] = on ? m[k] : -1.0;
-        }
+      // each sweep's shift (Wilkinson, from the leading 2 x 2 block) and first state, written
+      // across the chunks (their chains of square roots and divisions overlap)
+      V sigma[NC], lv[NC], mv[NC], mv1[NC], el[NC], dl[NC], dl1[NC], rte[NC], hh[NC], r[NC];
+#define FUQ_CHUNKS for (int h = 0; h < NC; ++h)
+      FUQ_CHUNKS {
+        std::memcpy(&el[h], el_a + h * W, sizeof(V));
+        std::memcpy(&dl[h], dl_a + h * W, sizeof(V));
+        std::memcpy(&dl1[h], dl1_a + h * W, sizeof(V));
+        std::memcpy(&g[h], dm_a + h * W, sizeof(V));
+        std::memcpy(&lv[h], lv_a + h * W, sizeof(V));
+        std::memcpy(&mv[h], mv_a + h * W, sizeof(V));
         mv1[h] = mv[h] - 1.0;
-        const V rte = vsqrt(el);
-        const V hh = (dl1 - dl) / (2.0 * rte);
-        const V r = vsqrt(hh * hh + 1.0);
-        sigma[h] = dl - rte / (hh + copysign_pos(r, hh));
+      }
+      FUQ_CHUNKS rte[h] = vsqrt(el[h]);
+      FUQ_CHUNKS hh[h] = (dl1[h] - dl[h]) / (2.0 * rte[h]);
+      FUQ_CHUNKS r[h] = vsqrt(hh[h] * hh[h] + 1.0);
+      FUQ_CHUNKS sigma[h] = dl[h] - rte[h] / (hh[h] + copysign_pos(r[h], hh[h]));
+      FUQ_CHUNKS {
         c[h] = splat(1.0);
         s[h] = zero();
-        g[h] = dm - sigma[h];
+        g[h] = g[h] - sigma[h];  // d[m] - sigma
         pp[h] = g[h] * g[h];
       }
+#undef FUQ_CHUNKS
       // The sweeps, row by row: question k rotates at rows m_k - 1 down to l_k; elsewhere its
       // state stands still (before its rows: the first state; after them: the last, from which
       // its sweep is closed below). One rotation is written operation by operation across the

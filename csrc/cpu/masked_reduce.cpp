@@ -1,13 +1,18 @@
 // Masked and ragged reductions: one sequence per OpenMP iteration, accumulated in fp64 in index
 // order (deterministic; padding is never read into an accumulator, so it cannot change a result).
+// The logsumexp of fp32 values without weights is the exception: blocks of the token statistics'
+// fp32 lanes, merged in fp64 (still deterministic; padding reads as -inf and adds nothing).
 #include "masked_reduce.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
+
+#include "token_stats.h"  // masked_logsumexp
 
 namespace flashuq {
 namespace cpu {
@@ -18,6 +23,11 @@ void masked_reduce(const F* values, const uint8_t* mask, const F* weights, const
   const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double inf = std::numeric_limits<double>::infinity();
+  // The logsumexp of fp32 values without weights runs on the token statistics' vectorised passes
+  // (token_stats.h).
+  if constexpr (std::is_same<F, float>::value)
+    if (op == ReduceOp::LogSumExp && weights == nullptr)
+      return masked_logsumexp(DType::F32, values, mask, cu, B, T, out, nt);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t b = 0; b < B; ++b) {
     const int64_t lo = cu ? cu[b] : b * T, hi = cu ? cu[b + 1] : b * T + T;

@@ -30,5 +30,18 @@ void exp_nonpos_f32(const float* x, float* out, int64_t n) {
   }
 }
 
+void masked_logsumexp(DType dtype, const void* values, const uint8_t* mask, const int64_t* cu, int64_t B, int64_t T,
+                      float* out, int num_threads) {
+  switch (isa_level()) {
+#if defined(FUQ_HAVE_AVX512_VARIANT)
+    case kAvx512: return avx512::masked_logsumexp(dtype, values, mask, cu, B, T, out, num_threads);
+#endif
+#if defined(FUQ_HAVE_AVX2_VARIANT)
+    case kAvx2: return avx2::masked_logsumexp(dtype, values, mask, cu, B, T, out, num_threads);
+#endif
+    default: return base::masked_logsumexp(dtype, values, mask, cu, B, T, out, num_threads);
+  }
+}
+
 }  // namespace cpu
 }  // namespace flashuq

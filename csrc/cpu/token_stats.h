@@ -44,10 +44,17 @@ void token_stats(const TokenStatsArgs& a);
 // e^x for x <= 0 as the kernel computes it (0 below -104), elementwise, for the tests' error bound.
 void exp_nonpos_f32(const float* x, float* out, int64_t n);
 
+// masked_reduce's logsumexp without weights of fp32, bf16 or fp16 sequences (masked_reduce.h's
+// layouts; out fp32), on the passes above: blocks summed in fp32 lanes, merged in fp64.
+void masked_logsumexp(DType dtype, const void* values, const uint8_t* mask, const int64_t* cu, int64_t B, int64_t T,
+                      float* out, int num_threads);
+
 #define FUQ_TOKEN_STATS_VARIANT(ns)                              \
   namespace ns {                                                 \
   void token_stats(const TokenStatsArgs& a);                     \
   void exp_nonpos_f32(const float* x, float* out, int64_t n);    \
+  void masked_logsumexp(DType dtype, const void* values, const uint8_t* mask, const int64_t* cu,     \
+                        int64_t B, int64_t T, float* out, int num_threads);                        \
   }
 FUQ_TOKEN_STATS_VARIANT(base)
 FUQ_TOKEN_STATS_VARIANT(avx2)

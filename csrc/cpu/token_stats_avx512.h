@@ -49,20 +49,36 @@ inline __m512 load16(const Half* x, __mmask16 m) {  // exact, subnormals, inf an
   return _mm512_mask_mov_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), m, v);
 }
 
+// 16 whole logits as fp32 (the passes' main loops, without masks).
+inline __m512 load16(const float* x) { return _mm512_loadu_ps(x); }
+inline __m512 load16(const Bf16* x) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16(const Half* x) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+}
+
+// The loops below run whole vectors unmasked, then the tail (if any) masked: the same lanes
+// take the same columns either way, so the sums are those of one masked loop, bit for bit.
 template <typename In>
 struct LoadPass16 {
   static float run(const In* x, int len, float* buf, int* nbad) {
     const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     __m512 bm = ninf;
     __mmask16 bad = 0;
-    for (int i = 0; i < len; i += kLanes) {
-      const __mmask16 m = tail_mask(len - i);
-      __m512 v = load16(x + i, m);
+    const auto step = [&](__m512 v) {
       const __mmask16 b = _mm512_fpclass_ps_mask(v, 0x01 | 0x08 | 0x80);  // QNaN, +inf, SNaN
       v = _mm512_mask_mov_ps(v, b, ninf);
-      _mm512_mask_storeu_ps(buf + i, m, v);
       bm = _mm512_max_ps(bm, v);
       bad = _kor_mask16(bad, b);
+      return v;
+    };
+    int i = 0;
+    for (; i + kLanes <= len; i += kLanes) _mm512_storeu_ps(buf + i, step(load16(x + i)));
+    if (i < len) {
+      const __mmask16 m = tail_mask(len - i);
+      _mm512_mask_storeu_ps(buf + i, m, step(load16(x + i, m)));
     }
     *nbad = bad != 0 ? 1 : 0;
     return _mm512_reduce_max_ps(bm);
@@ -77,9 +93,7 @@ struct ExpPass16 {
     const __m512 kmin = _mm512_set1_ps(Math<float>::kMinArg), one = _mm512_set1_ps(1.0f);
     const __m512 zero = _mm512_setzero_ps();
     __m512 r = zero, t = zero, q = zero, qh = zero, qq = zero, dd = zero, f = zero, m2 = ninf;
-    for (int i = 0; i < len; i += kLanes) {
-      const __mmask16 m = tail_mask(len - i);
-      const __m512 x = _mm512_mask_loadu_ps(ninf, m, buf + i);
+    const auto step = [&](__m512 x) {
       m2 = _mm512_max_ps(m2, x);
       const __mmask16 fin = _mm512_cmp_ps_mask(x, ninf, _CMP_GT_OQ);
       const __m512 d = _mm512_mul_ps(_mm512_sub_ps(x, vbm), vit);  // -inf where x is
@@ -98,7 +112,13 @@ struct ExpPass16 {
       q = _mm512_fmadd_ps(e, e, q);
       dd = _mm512_mask_add_ps(dd, fin, dd, d);
       f = _mm512_mask_add_ps(f, fin, f, one);
-      _mm512_mask_storeu_ps(buf + i, m, e);
+      return e;
+    };
+    int i = 0;
+    for (; i + kLanes <= len; i += kLanes) _mm512_storeu_ps(buf + i, step(_mm512_loadu_ps(buf + i)));
+    if (i < len) {
+      const __mmask16 m = tail_mask(len - i);
+      _mm512_mask_storeu_ps(buf + i, m, step(_mm512_mask_loadu_ps(ninf, m, buf + i)));
     }
     ExpSums<float> s;
     s.R = _mm512_reduce_add_ps(r);

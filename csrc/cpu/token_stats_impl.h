@@ -400,6 +400,75 @@ void token_stats(const TokenStatsArgs& a) {
   else dispatch<false>(a);
 }
 
+// masked_reduce's logsumexp without weights (masked_reduce.h's layouts) on the token statistics'
+// passes: per block of kBlock entries, the real ones are read (padding as -inf) with their max,
+// ExpPass sums e^{x - max} in its fp32 lanes, and the blocks merge in fp64 as (max, sum). A
+// sequence with a NaN or +inf among its real entries is NaN if it holds a NaN, else +inf (the fp64
+// loop's results); without real entries, NaN.
+template <typename In>
+void masked_logsumexp_rows(const In* values, const uint8_t* mask, const int64_t* cu, int64_t B, int64_t T,
+                           float* out, int nt) {
+  const float ninf = neg_inf<float>();
+  const double dninf = -std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+#pragma omp parallel num_threads(nt)
+  {
+    float buf[kBlock];
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t lo = cu ? cu[b] : b * T, hi = cu ? cu[b + 1] : b * T + T;
+      double m = dninf, S = 0.0;
+      int64_t n = 0;
+      bool bad = false;
+      for (int64_t c = lo; c < hi && !bad; c += kBlock) {
+        const int len = int(std::min<int64_t>(kBlock, hi - c));
+        const In* x = values + c;
+        const uint8_t* mk = mask ? mask + c : nullptr;
+        int nreal = len, nbad = 0;  // NaN or +inf
+        float bm;
+        if (mk) {  // the padding as -inf, into buf first
+          nreal = 0;
+#pragma omp simd reduction(+ : nreal)
+          for (int i = 0; i < len; ++i) {
+            const bool real = mk[i] != 0;
+            buf[i] = real ? load<In, float>(x, i) : ninf;
+            nreal += real ? 1 : 0;
+          }
+          bm = LoadPass<float, float>::run(buf, len, buf, &nbad);
+        } else {
+          bm = LoadPass<In, float>::run(x, len, buf, &nbad);
+        }
+        bad = nbad > 0;
+        n += nreal;
+        if (bad || !(bm > ninf)) continue;
+        const double r = double(ExpPass<float, false>::run(buf, len, bm, 1.0f).R);  // Σ e^{x - bm}, >= 1
+        if (double(bm) > m) {
+          S = S * std::exp(m - double(bm)) + r;
+          m = bm;
+        } else {
+          S += r * std::exp(double(bm) - m);
+        }
+      }
+      double res = n == 0 ? nan : m > dninf ? m + std::log(S) : m;
+      if (bad) {  // rare: NaN if the sequence holds one among its real entries, else +inf
+        res = std::numeric_limits<double>::infinity();
+        for (int64_t i = lo; i < hi; ++i)
+          if ((mask == nullptr || mask[i] != 0) && std::isnan(load<In, float>(values, i))) res = nan;
+      }
+      out[b] = float(res);
+    }
+  }
+}
+
+void masked_logsumexp(DType dtype, const void* values, const uint8_t* mask, const int64_t* cu, int64_t B, int64_t T,
+                      float* out, int num_threads) {
+  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+  switch (dtype) {
+    case DType::BF16: return masked_logsumexp_rows(static_cast<const Bf16*>(values), mask, cu, B, T, out, nt);
+    case DType::F16: return masked_logsumexp_rows(static_cast<const Half*>(values), mask, cu, B, T, out, nt);
+    default: return masked_logsumexp_rows(static_cast<const float*>(values), mask, cu, B, T, out, nt);
+  }
+}
+
 void exp_nonpos_f32(const float* x, float* out, int64_t n) {
   using F = Math<float>;
 #if defined(__AVX512F__)  // the exponential pass 2 takes in this build
