@@ -228,6 +228,13 @@ static void log_f64_py(CArrAny<const double> x, Arr out) {
   for (size_t i = 0; i < x.size(); ++i) o[i] = flashuq::cpu::log_f64(p[i]);
 }
 
+// The CPU's vectorisable fp64 exp (flashuq/cpu_math.h), elementwise, for the tests' ulp check.
+static void exp_f64_py(CArrAny<const double> x, Arr out) {
+  double* o = static_cast<double*>(out_ptr(out, int64_t(x.size()), true, "out"));
+  const double* p = dense(x, "x").data();
+  for (size_t i = 0; i < x.size(); ++i) o[i] = flashuq::cpu::exp_f64(p[i]);
+}
+
 // The CPU's vectorisable fp32 log (flashuq/cpu_math.h), elementwise, for the tests' ulp check.
 static void log_f32_py(CArrAny<const float> x, Arr out) {
   float* o = static_cast<float*>(out_ptr(out, int64_t(x.size()), false, "out"));
@@ -497,6 +504,8 @@ NB_MODULE(_C, m) {
         "ln x by the CPU kernels' branch-free fp32 log (for tests: within 1 ulp of the correctly rounded log).");
   m.def("_log_f64", &log_f64_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
         "ln x by the CPU kernels' branch-free fp64 log (for tests: within 1 ulp of std::log).");
+  m.def("_exp_f64", &exp_f64_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
+        "e^x by the CPU kernels' branch-free fp64 exp (for tests: within 2 ulp of std::exp).");
   m.def("isotonic_pav", &isotonic_pav_py, nb::arg("y").noconvert(), nb::arg("w").noconvert(),
         nb::arg("out").noconvert(), "Pool-adjacent-violators non-decreasing fit of y with weights w into out.");
   m.def("graph", &graph_py, nb::arg("op"), nb::arg("W").noconvert(), nb::arg("counts").noconvert(),

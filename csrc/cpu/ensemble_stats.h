@@ -31,6 +31,9 @@ struct EnsembleStatsArgs {
 };
 
 void ensemble_stats(const EnsembleStatsArgs& a);
+namespace base { void ensemble_stats(const EnsembleStatsArgs& a); }
+namespace avx2 { void ensemble_stats(const EnsembleStatsArgs& a); }
+namespace avx512 { void ensemble_stats(const EnsembleStatsArgs& a); }
 
 }  // namespace cpu
 }  // namespace flashuq

@@ -1,0 +1,262 @@
+// Ensemble decomposition on the CPU, included once per instruction set (FUQ_ISA names the
+// namespace; ensemble_stats.cpp picks one at run time): one position per OpenMP iteration,
+// everything in fp64, in loops over columns that vectorise (exp_f64, log_f64 of cpu_math.h).
+//
+// Pass 1 reads each member's row once in blocks and keeps the shifted online accumulator of
+// docs/numerics.md#accumulator restricted to (m, R, T): log1p(R) gives log P_mv = (z - m) / T - log1p(R), and
+// H_m = log1p(R) - T / (1 + R). Pass 2 reads the M members' logits column by column and, with
+// log p̄_v = logsumexp_m(log w_m + log P_mv) and r_mv = log P_mv - log p̄_v, accumulates
+//
+//   MI  = Σ_v p̄_v Σ_m w_m φ(r_mv),   φ(r) = 1 + e^r (r - 1) >= 0
+//   RMI = Σ_v p̄_v Σ_m w_m ψ(r_mv),   ψ(r) = e^r - 1 - r     >= 0
+//
+// (both follow from Σ_m w_m e^{r_mv} = 1; MI = Σ_m w_m KL(P_m || p̄) and RMI =
+// Σ_m w_m KL(p̄ || P_m)). Every term is non-negative, so nothing cancels: TU = AU + MI and
+// EPKL - AU = MI + RMI come out accurate even when the members nearly agree, and MI >= 0 holds
+// exactly. φ and ψ use their Taylor series for |r| < 1/4 (evaluated for every column, then selected). A member with P_mv = 0 where p̄_v > 0
+// gives ψ = +inf: EPKL and RMI are +inf (docs/methods.md#ensemble with xlogy semantics).
+//
+// A position is summed by one thread, in a fixed order: results do not depend on the thread count.
+// The builds differ by rounding (FMA contraction), within the tests' tolerances.
+#include "ensemble_stats.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <omp.h>
+
+#include "flashuq/cpu_math.h"
+
+namespace flashuq {
+namespace cpu {
+namespace FUQ_ISA {
+namespace {
+
+constexpr int kBlock = 1024;  // pass-1 block (columns of one member)
+constexpr int kCols = 256;    // pass-2 block (columns of all members)
+constexpr double kSmall = 0.25;
+constexpr int kSeries = 12;   // the series' degree: truncation < 1e-18 relative at |r| = 1/4
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+struct Bf16 { uint16_t v; };
+struct Half { uint16_t v; };
+
+inline double load(const float* p, int64_t i) { return p[i]; }
+inline double load(const double* p, int64_t i) { return p[i]; }
+inline double load(const Bf16* p, int64_t i) { return bf16_to_float(p[i].v); }
+inline double load(const Half* p, int64_t i) { return half_to_float(p[i].v); }
+
+// (max, R, T) of a range of one member's row, and whether a NaN/+inf was seen.
+struct MemberAcc {
+  double m, R, T;
+  bool bad;
+};
+
+// Fold partial b (columns after a's) into a: the merge of docs/numerics.md#merge restricted to (m, R, T).
+inline void merge_into(MemberAcc& a, const MemberAcc& b, double inv_temp) {
+  const bool a_top = a.m >= b.m;  // a tie keeps a's (earlier) argmax implicit
+  const MemberAcc X = a_top ? a : b;
+  const MemberAcc Y = a_top ? b : a;
+  double R = X.R, T = X.T;
+  if (Y.m > -kInf) {
+    const double delta = (Y.m - X.m) * inv_temp;
+    const double c = std::exp(delta);
+    const double SY = 1.0 + Y.R;
+    R = X.R + c * SY;
+    if (c > 0.0) T = X.T + c * (Y.T + delta * SY);
+  }
+  a.m = X.m;
+  a.R = R;
+  a.T = T;
+  a.bad = a.bad || b.bad;
+}
+
+template <typename In>
+MemberAcc block_partial(const In* row, int64_t base, int len, double inv_temp, double* buf) {
+  double bm = -kInf;
+  int bad = 0;
+#pragma omp simd reduction(max : bm) reduction(| : bad)
+  for (int i = 0; i < len; ++i) {
+    double x = load(row, base + i);
+    const bool b = !(x == x) || x == kInf;  // NaN or +inf: no distribution
+    x = b ? -kInf : x;
+    buf[i] = x;
+    bm = x > bm ? x : bm;
+    bad |= b ? 1 : 0;
+  }
+  MemberAcc acc{bm, 0.0, 0.0, bad != 0};
+  if (!(bm > -kInf)) return acc;
+  int bidx = 0;
+  while (buf[bidx] != bm) ++bidx;
+  double R = 0.0, T = 0.0;
+#pragma omp simd reduction(+ : R, T)
+  for (int i = 0; i < len; ++i) {
+    const double d = (buf[i] - bm) * inv_temp;  // -inf for a -inf column, whose e^d is 0
+    const double e = exp_f64(d);
+    R += i == bidx ? 0.0 : e;  // the max's e^0 = 1 stays implicit: R never forms 1 + tiny
+    T += e > 0.0 ? e * d : 0.0;
+  }
+  acc.R = R;
+  acc.T = T;
+  return acc;
+}
+
+// Coefficients of φ(r)/r² = Σ_k a_k r^k, a_k = (k+1)/(k+2)!, and ψ(r)/r² = Σ_k b_k r^k,
+// b_k = 1/(k+2)!, k = 0..kSeries (Horner, one multiply-add per term).
+struct Series {
+  double a[kSeries + 1], b[kSeries + 1];
+  Series() {
+    double f = 2.0;  // (k+2)!
+    for (int k = 0; k <= kSeries; ++k) {
+      if (k > 0) f *= double(k + 2);
+      a[k] = double(k + 1) / f;
+      b[k] = 1.0 / f;
+    }
+  }
+};
+
+template <typename In, typename Out>
+void run(const EnsembleStatsArgs& a) {
+  const In* x = static_cast<const In*>(a.logits);
+  Out* o_tu = static_cast<Out*>(a.total);
+  Out* o_au = static_cast<Out*>(a.aleatoric);
+  Out* o_mi = static_cast<Out*>(a.epistemic);
+  Out* o_epkl = static_cast<Out*>(a.epkl);
+  Out* o_rmi = static_cast<Out*>(a.rmi);
+  const int64_t M = a.M, V = a.V;
+  const double inv_temp = a.inv_temp;
+  const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
+  const Series series;
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<double> buf(kBlock), lp(size_t(kCols) * size_t(M)), sp(size_t(kCols) * size_t(M)), mx(M), l1p(M),
+        w(M), lw(M);
+    double amax[kCols], S[kCols], lpbar[kCols], pbar[kCols], invS[kCols], cphi[kCols], cpsi[kCols];
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < a.P; ++p) {
+      const In* pos = x + (p / a.n1) * a.s0 + (p % a.n1) * a.s1;
+      const double* lwp = a.lw + p * a.lw_stride;
+      bool valid = true;
+      double AU = 0.0;
+      // ---- pass 1: per member (max, log1p R, entropy)
+      for (int64_t m = 0; m < M && valid; ++m) {
+        lw[m] = lwp[m];
+        w[m] = std::exp(lw[m]);  // 0 for lw = -inf: a member without weight
+        valid = lw[m] == lw[m];
+        const In* row = pos + m * a.sm;
+        MemberAcc acc{-kInf, 0.0, 0.0, false};
+        for (int64_t b = 0; b < V; b += kBlock) {
+          const int len = int(std::min<int64_t>(kBlock, V - b));
+          merge_into(acc, block_partial(row, b, len, inv_temp, buf.data()), inv_temp);
+        }
+        valid = valid && !acc.bad && acc.m > -kInf;
+        mx[m] = acc.m;
+        l1p[m] = std::log1p(acc.R);
+        const double H = l1p[m] - acc.T / (1.0 + acc.R);  // both terms >= 0
+        if (w[m] > 0.0) AU += w[m] * H;
+      }
+      if (!valid) {
+        o_tu[p] = o_au[p] = o_mi[p] = o_epkl[p] = o_rmi[p] = Out(kNaN);
+        continue;
+      }
+      // ---- pass 2: blocks of kCols columns, each step a loop over the block's columns
+      double MI = 0.0, RMI = 0.0;
+      for (int64_t c0 = 0; c0 < V; c0 += kCols) {
+        const int len = int(std::min<int64_t>(kCols, V - c0));
+        for (int64_t m = 0; m < M; ++m) {  // log P_mv
+          const In* row = pos + m * a.sm;
+          double* lm = &lp[size_t(m) * kCols];
+          const double mxm = mx[m], l1 = l1p[m];
+#pragma omp simd
+          for (int j = 0; j < len; ++j) {
+            const double z = load(row, c0 + j);  // finite or -inf here (the position is valid)
+            lm[j] = z > -kInf ? (z - mxm) * inv_temp - l1 : -kInf;
+          }
+        }
+        for (int j = 0; j < len; ++j) amax[j] = -kInf;
+        for (int64_t m = 0; m < M; ++m) {
+          if (!(w[m] > 0.0)) continue;
+          const double* lm = &lp[size_t(m) * kCols];
+          const double lwm = lw[m];
+#pragma omp simd
+          for (int j = 0; j < len; ++j) amax[j] = std::max(amax[j], lwm + lm[j]);
+        }
+        // s_mv = w_m P_mv / e^amax and S = Σ_m s_mv >= 1 (p̄_v = e^amax S); a column with p̄_v = 0
+        // (amax = -inf) adds nothing (xlogy)
+        for (int j = 0; j < len; ++j) S[j] = 0.0;
+        for (int64_t m = 0; m < M; ++m) {
+          if (!(w[m] > 0.0)) continue;
+          const double* lm = &lp[size_t(m) * kCols];
+          double* sm = &sp[size_t(m) * kCols];
+          const double lwm = lw[m];
+#pragma omp simd
+          for (int j = 0; j < len; ++j) {
+            const double e = exp_f64(lwm + lm[j] - (amax[j] > -kInf ? amax[j] : 0.0));
+            sm[j] = e;
+            S[j] += e;
+          }
+        }
+#pragma omp simd
+        for (int j = 0; j < len; ++j) {
+          const bool live = amax[j] > -kInf;
+          const double Sj = live ? S[j] : 1.0;
+          lpbar[j] = amax[j] + log_f64(Sj);
+          pbar[j] = live ? exp_f64(lpbar[j]) : 0.0;
+          invS[j] = 1.0 / Sj;
+          cphi[j] = 0.0;
+          cpsi[j] = 0.0;
+        }
+        for (int64_t m = 0; m < M; ++m) {
+          if (!(w[m] > 0.0)) continue;
+          const double* lm = &lp[size_t(m) * kCols];
+          const double* sm = &sp[size_t(m) * kCols];
+          const double wm = w[m];
+#pragma omp simd
+          for (int j = 0; j < len; ++j) {
+            const double r = lm[j] - lpbar[j];
+            double sphi = series.a[kSeries], spsi = series.b[kSeries];  // φ/r², ψ/r² where |r| < kSmall
+            for (int k = kSeries - 1; k >= 0; --k) {
+              sphi = sphi * r + series.a[k];
+              spsi = spsi * r + series.b[k];
+            }
+            const double wr2 = wm * r * r, q = sm[j] * invS[j];  // q = w_m P_mv / p̄_v <= 1
+            const bool small = std::fabs(r) < kSmall, fin = r > -kInf;
+            // P_mv = 0 < p̄_v: φ(-inf) = 1, ψ(-inf) = +inf
+            cphi[j] += small ? wr2 * sphi : fin ? wm + q * (r - 1.0) : wm;
+            cpsi[j] += small ? wr2 * spsi : fin ? (q - wm) - wm * r : kInf;
+          }
+        }
+#pragma omp simd reduction(+ : MI, RMI)
+        for (int j = 0; j < len; ++j) {
+          const bool live = amax[j] > -kInf;
+          MI += live ? pbar[j] * cphi[j] : 0.0;
+          RMI += live ? (cpsi[j] == kInf ? kInf : pbar[j] * cpsi[j]) : 0.0;  // +inf even if p̄_v underflowed
+        }
+      }
+      o_tu[p] = Out(AU + MI);
+      o_au[p] = Out(AU);
+      o_mi[p] = Out(MI);
+      o_epkl[p] = Out(MI + RMI);
+      o_rmi[p] = Out(RMI);
+    }
+  }
+}
+
+}  // namespace
+
+void ensemble_stats(const EnsembleStatsArgs& a) {
+  switch (a.dtype) {
+    case DType::F32: run<float, float>(a); break;
+    case DType::F64: run<double, double>(a); break;
+    case DType::F16: run<Half, float>(a); break;
+    case DType::BF16: run<Bf16, float>(a); break;
+  }
+}
+
+}  // namespace FUQ_ISA
+}  // namespace cpu
+}  // namespace flashuq
