@@ -54,3 +54,35 @@ def test_token_stats_bench_reports_a_missed_target():
     other = dict(slow, shape=[8, 4096])  # the targets are for [256, 128256] only
     missed = bench.missed_targets([hit, slow, other], torch.device("cpu"))
     assert len(missed) == 2 and all(m.startswith("bf16") for m in missed)
+
+
+def test_reductions_are_checked_then_timed_against_the_exp_pass(monkeypatch):
+    """masked_reduce's logsumexp and ensemble_stats: checked against the float64 reference (a wrong
+    result stops the run), timed against the exp pass over the same logits, and held to its target."""
+    bench = load_bench("token_stats")
+    monkeypatch.setattr(bench, "REDUCTION_SHAPE", (6, 3000))
+    monkeypatch.setattr(bench, "ENSEMBLE_SHAPE", (3, 4, 2000))
+    rows = bench.run_reductions(torch.device("cpu"), ["fp32", "bf16"], 2, with_compile=False)
+    assert [(r["op"], r["dtype"]) for r in rows] == [
+        (op, d) for d in ("fp32", "bf16")
+        for op in ("masked_reduce logsumexp", "masked_reduce logsumexp, 90% mask", "ensemble_stats")]
+    for r in rows:
+        assert 0 <= r["max_rel_diff"] < 1e-4 and r["flashuq_s"] > 0 and r["exp_s"] > 0 and r["baseline_s"] > 0
+        assert r["x_exp"] == pytest.approx(r["flashuq_s"] / r["exp_s"])
+    fast, slow = dict(rows[0], x_exp=0.5), dict(rows[2], x_exp=2.0)  # (tiny shapes time the call, not the kernel)
+    assert bench.missed_targets([fast, slow], torch.device("cpu")) == [
+        f"ensemble_stats fp32 [3, 4, 2000]: 2.00× the exp pass (target ≤ {bench.TARGET_X_EXP}×)"]
+
+    g = torch.Generator().manual_seed(0)
+    x, ens = torch.randn(6, 3000, generator=g), torch.randn(3, 4, 2000, generator=g)
+    mask = torch.rand(6, 3000, generator=g) < 0.9
+    assert bench.check_reductions(x, mask, ens) < 1e-5
+    real_reduce, real_ens = fuq.masked_reduce, fuq.ensemble_stats
+    monkeypatch.setattr(bench.fuq, "masked_reduce", lambda *a, **k: real_reduce(*a, **k) + 1e-3)
+    with pytest.raises(SystemExit, match="masked_reduce logsumexp differs"):
+        bench.check_reductions(x, mask, ens)
+    monkeypatch.setattr(bench.fuq, "masked_reduce", real_reduce)
+    monkeypatch.setattr(bench.fuq, "ensemble_stats",
+                        lambda *a, **k: real_ens(*a, **k)._replace(epistemic=real_ens(*a, **k).epistemic * 1.01))
+    with pytest.raises(SystemExit, match="ensemble_stats epistemic differs"):
+        bench.check_reductions(x, mask, ens)
