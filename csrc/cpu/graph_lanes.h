@@ -161,9 +161,6 @@ struct GraphLanes {
     static constexpr double kHeatExpMax = 128;
 
     // C = f(i, j, X Y) for symmetric X, Y that commute and an f that keeps the result symmetric:
-    // the lower triangle, each sum over k in order, mirrored. Two rows at a time (eight
-    // independent sums): reads up to 3 entries past Y's last row (padding, never used in a result).
-    // C = f(i, j, X Y) for symmetric X, Y that commute and an f that keeps the result symmetric:
     // the lower triangle, each sum over k in order, mirrored. kRows rows and four columns at a
     // time (4 kRows independent sums; four rows where 32 registers hold them, else two): reads up
     // to 3 entries past Y's last row (padding, never used in a result). The blocking changes no
