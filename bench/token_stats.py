@@ -311,12 +311,16 @@ REDUCTION_HEADER = ("| op | shape | dtype | flashuq ms | ns/elem·core | exp pas
                     "| × baseline | compile ms | × compile |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+def _cell(r, key, scale, fmt, unit="") -> str:
+    """One optional table cell: ``r[key] * scale`` in ``fmt``, or — when the run did not time it."""
+    return f"{r[key] * scale:{fmt}}{unit}" if key in r else "—"
+
+
 def format_reduction_row(r) -> str:
-    comp = f"{r['compile_s'] * 1e3:.1f}" if "compile_s" in r else "—"
-    xc = f"{r['speedup_vs_compile']:.1f}×" if "speedup_vs_compile" in r else "—"
     return (f"| {r['op']} | {'×'.join(map(str, r['shape']))} | {r['dtype']} | {r['flashuq_s'] * 1e3:.2f} | "
             f"{r['ns_per_element_core']:.2f} | {r['exp_s'] * 1e3:.2f} | {r['x_exp']:.2f} | {r['baseline']} | "
-            f"{r['baseline_s'] * 1e3:.1f} | {r['speedup_vs_baseline']:.1f}× | {comp} | {xc} |")
+            f"{r['baseline_s'] * 1e3:.1f} | {r['speedup_vs_baseline']:.1f}× | {_cell(r, 'compile_s', 1e3, '.1f')} | "
+            f"{_cell(r, 'speedup_vs_compile', 1, '.1f', '×')} |")
 
 
 def missed_targets(results, device) -> list:
@@ -345,15 +349,12 @@ HEADER = ("| shape | dtype | flashuq ms | kernel ms | ns/elem·core | exp pass m
 
 
 def format_row(r) -> str:
-    comp = f"{r['compile_s'] * 1e3:.2f}" if "compile_s" in r else "—"
-    xc = f"{r['speedup_vs_compile']:.1f}×" if "speedup_vs_compile" in r else "—"
-    eager = f"{r['eager_s'] * 1e3:.1f}" if "eager_s" in r else "—"
-    xe = f"{r['speedup_vs_eager']:.1f}×" if "speedup_vs_eager" in r else "—"
     var = " / ".join(f"{v * 1e3:.2f}" for v in r.get("variants_s", {}).values()) or "—"
-    kern = f"{r['kernel_s'] * 1e3:.2f}" if "kernel_s" in r else "—"
-    return (f"| {r['shape'][0]}×{r['shape'][1]} | {r['dtype']} | {r['flashuq_s'] * 1e3:.2f} | {kern} | "
-            f"{r['ns_per_element_core']:.2f} | {r['exp_s'] * 1e3:.2f} | {r['x_exp']:.2f} | {comp} | {xc} | "
-            f"{eager} | {xe} | {var} | {r['call_s'] * 1e6:.0f} |")
+    return (f"| {r['shape'][0]}×{r['shape'][1]} | {r['dtype']} | {r['flashuq_s'] * 1e3:.2f} | "
+            f"{_cell(r, 'kernel_s', 1e3, '.2f')} | {r['ns_per_element_core']:.2f} | {r['exp_s'] * 1e3:.2f} | "
+            f"{r['x_exp']:.2f} | {_cell(r, 'compile_s', 1e3, '.2f')} | {_cell(r, 'speedup_vs_compile', 1, '.1f', '×')} | "
+            f"{_cell(r, 'eager_s', 1e3, '.1f')} | {_cell(r, 'speedup_vs_eager', 1, '.1f', '×')} | {var} | "
+            f"{r['call_s'] * 1e6:.0f} |")
 
 
 def main(argv=None):

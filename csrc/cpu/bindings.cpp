@@ -144,7 +144,8 @@ static void masked_reduce_py(Arr values, std::optional<CArrAny<const uint8_t>> m
     if (weights) throw std::invalid_argument("weights: not defined for quantiles");
   }
   // fp16 and bf16 values are read as they are by the logsumexp without weights only
-  const DType vt = op == 4 && !weights ? dtype_of(values, "values") : dtype_of_f32_f64(values, "values");
+  const bool lse = op == int(ReduceOp::LogSumExp) && !weights;
+  const DType vt = lse ? dtype_of(values, "values") : dtype_of_f32_f64(values, "values");
   const bool f64 = vt == DType::F64;
   if (B < 0 || T < 0) throw std::invalid_argument("masked_reduce: bad sizes");
   dense(values, "values");

@@ -11,6 +11,7 @@ from scipy.special import xlogy
 
 import flashuq as fuq
 from flashuq.reference import ensemble_stats as reference
+from isa_cases import isa_levels, limited_isa
 
 FIELDS = fuq.EnsembleStats._fields
 # docs/methods.md#ensemble golden values: three members, logits = log P
@@ -357,24 +358,13 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(u, v)
 
 
-def _isa_levels():
-    """The CPU variants this processor runs (levels 0..2 that name different builds)."""
-    from flashuq import _ext
-    names = {}
-    for level in (0, 1, 2):
-        names.setdefault(_ext._C.limit_isa(level), level)
-    _ext._C.limit_isa(2)
-    return sorted(names.values())
-
-
-@pytest.mark.parametrize("level", _isa_levels())
+@pytest.mark.parametrize("level", isa_levels())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 def test_every_build_matches_the_reference(level, dtype):
     """The kernel has a baseline, an AVX2 and an AVX-512 build (the column loops vectorise over the
     vocabulary, csrc/cpu/ensemble_stats_impl.h); each matches the float64 reference: several
     blocks of columns, members that disagree and members that nearly agree (both sides of the
     series' |r| < 1/4), a member without mass on some columns (EPKL +inf), and mode "ep"."""
-    from flashuq import _ext
     g = torch.Generator().manual_seed(21)
     base = torch.randn(1, 3, 700, generator=g, dtype=torch.float64) * 2
     far = torch.randn(4, 3, 700, generator=g, dtype=torch.float64) * 3
@@ -382,11 +372,8 @@ def test_every_build_matches_the_reference(level, dtype):
     x = torch.cat([far, near], 1).to(dtype)
     x[1, 0, :50] = float("-inf")
     ll = torch.randn(4, 6, generator=g, dtype=torch.float64)
-    try:
-        _ext._C.limit_isa(level)
+    with limited_isa(level):
         got, got_ep = fuq.ensemble_stats(x), fuq.ensemble_stats(x, mode="ep", member_ll=ll)
-    finally:
-        _ext._C.limit_isa(2)
     rtol = 1e-12 if dtype == torch.float64 else 2e-6
     assert_close(got, reference(x), rtol=rtol, atol=1e-14)
     assert_close(got_ep, reference(x, mode="ep", member_ll=ll), rtol=rtol, atol=1e-14)
@@ -408,3 +395,9 @@ def test_exp_f64_within_two_ulp():
     fin = np.isfinite(want)
     ulp = np.spacing(np.abs(want[fin]))
     assert (np.abs(got[fin] - want[fin]) <= 2 * ulp).all()
+    with pytest.raises(TypeError):
+        _ext._C._exp_f64(torch.ones(4, dtype=torch.float32), torch.empty(4, dtype=torch.float64))  # not fp64
+    with pytest.raises(ValueError):
+        _ext._C._exp_f64(torch.ones(4, dtype=torch.float64), torch.empty(3, dtype=torch.float64))  # out's size
+    with pytest.raises(ValueError):
+        _ext._C._exp_f64(torch.ones(8, dtype=torch.float64)[::2], torch.empty(4, dtype=torch.float64))  # strided

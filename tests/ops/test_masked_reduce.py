@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import flashuq as fuq
+from isa_cases import isa_levels, limited_isa
 from reduce_cases import OPS, numpy_reduce, ragged
 
 
@@ -119,34 +120,23 @@ def test_opcheck_and_compile():
     torch.testing.assert_close(f(values, mask), fuq.masked_reduce(values, mask, op="mean") * 2, equal_nan=True)
 
 
-def _isa_levels():
-    """The CPU variants this processor runs (levels 0..2 that name different builds)."""
-    from flashuq import _ext
-    names = {}
-    for level in (0, 1, 2):
-        names.setdefault(_ext._C.limit_isa(level), level)
-    _ext._C.limit_isa(2)
-    return sorted(names.values())
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("level", _isa_levels())
+@pytest.mark.parametrize("level", isa_levels())
 def test_logsumexp_of_long_rows_on_every_build(level, dtype):
     """The logsumexp without weights runs on the token statistics' vectorised passes, reading fp16
     and bf16 as they are (blocks of 1024 in fp32 lanes, merged in fp64; csrc/cpu/masked_reduce.cpp,
-    docs/methods.md#masked-reductions): vocabulary-length rows, padded
-    and packed, the maximum in a later block, entries below exp's range, all -inf, empty, and NaN or
-    +inf in a later block (those rows take the fp64 loop) — against float64 torch, in each build,
-    and bitwise independent of the thread count."""
-    from flashuq import _ext
+    docs/numerics.md#masked-reductions): vocabulary-length rows, padded and packed, the maximum in
+    a later block, entries below exp's range, all -inf, empty, and NaN or +inf in a later block (NaN,
+    and +inf, as the fp64 loop gives) — against float64 torch, in each build, and bitwise
+    independent of the thread count."""
     g = torch.Generator().manual_seed(11)
     B, T = 9, 5000
     v = torch.randn(B, T, generator=g) * 4
     v[1, 4100] = 60.0                     # the maximum in the last block
     v[2, :3000] = -1e4                    # far below the maximum: e^d underflows to 0
     v[3, :] = float("-inf")               # every entry -inf
-    v[4, 2500] = float("inf")             # +inf among the real entries (fp64 loop)
-    v[5, 4999] = float("nan")             # NaN in the last block (fp64 loop)
+    v[4, 2500] = float("inf")             # +inf among the real entries: +inf
+    v[5, 4999] = float("nan")             # NaN in the last block: NaN where it is real
     mask = torch.rand(B, T, generator=g) < 0.7
     mask[6] = False                       # empty
     mask[7, 1024:] = False                # real entries in the first block only
@@ -157,8 +147,7 @@ def test_logsumexp_of_long_rows_on_every_build(level, dtype):
     want = torch.logsumexp(v.double().masked_fill(~mask, float("-inf")), -1)
     want[mask.sum(-1) == 0] = float("nan")
     want[5] = float("nan") if mask[5, 4999] else want[5]
-    try:
-        _ext._C.limit_isa(level)
+    with limited_isa(level):
         got = fuq.masked_reduce(junk, mask, op="logsumexp")
         packed = torch.cat([v[b][mask[b]] for b in range(B)])
         cu = torch.tensor([0] + mask.sum(-1).cumsum(0).tolist())
@@ -170,11 +159,28 @@ def test_logsumexp_of_long_rows_on_every_build(level, dtype):
         finally:
             torch.set_num_threads(threads)
         full = fuq.masked_reduce(v[:3], op="logsumexp")
-    finally:
-        _ext._C.limit_isa(2)
     for x in (got, got_packed):
         assert x.dtype == torch.float32
         torch.testing.assert_close(x.double(), want, rtol=3e-7, atol=0, equal_nan=True)
     assert got[3].item() == float("-inf") and got[4].item() == float("inf") and math.isnan(got[6].item())
     assert torch.equal(one.nan_to_num(7.0), got.nan_to_num(7.0))
     torch.testing.assert_close(full.double(), torch.logsumexp(v[:3].double(), -1), rtol=3e-7, atol=0)
+
+
+def test_binding_reads_half_precision_for_the_logsumexp_without_weights_only():
+    """The binding takes fp16/bf16 values only where the kernel reads them (logsumexp, no weights);
+    every other op or weights refuse them with a TypeError naming the argument; NaN rows stay NaN."""
+    from flashuq import _ext
+    v = torch.tensor([[0.5, 1.0, float("nan")], [2.0, -1.0, 0.0]], dtype=torch.bfloat16)
+    out = torch.empty(2)
+    _ext._C.masked_reduce(v.reshape(-1), None, None, None, 2, 3, 4, out, 1)
+    assert math.isnan(out[0].item())
+    torch.testing.assert_close(out[1:].double(), torch.logsumexp(v[1:].double(), -1), rtol=1e-6, atol=0)
+    for op in (0, 1, 2, 3, 5):
+        with pytest.raises(TypeError, match="values"):
+            _ext._C.masked_reduce(v.reshape(-1), None, None, None, 2, 3, op, out, 1,
+                                  torch.tensor([0.5], dtype=torch.float64) if op == 5 else None)
+    with pytest.raises(TypeError, match="values"):
+        _ext._C.masked_reduce(v.reshape(-1), None, torch.ones(6, dtype=torch.bfloat16), None, 2, 3, 4, out, 1)
+    with pytest.raises(ValueError, match="out"):
+        _ext._C.masked_reduce(v.reshape(-1), None, None, None, 2, 3, 4, torch.empty(1), 1)
