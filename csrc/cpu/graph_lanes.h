@@ -28,6 +28,10 @@
 
 #include "flashuq/graph.h"
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 namespace flashuq {
 namespace cpu {
 namespace FUQ_ISA {
@@ -55,10 +59,18 @@ struct GraphLanes {
   static V sel(M m, V a, V b) { return m ? a : b; }
   static V vabs(V x) { return (V)((M)x & ~(M)splat(-0.0)); }
   static V copysign_pos(V r, V h) { return (V)((M)r | ((M)h & (M)splat(-0.0))); }  // r >= 0
-  static bool any(M m) {
+  static bool any(M m) {  // one test instruction where there is one (GCC spells the loop out)
+#if defined(__AVX512F__)
+    return _mm512_test_epi64_mask((__m512i)m, (__m512i)m) != 0;
+#elif defined(__AVX__)
+    return !_mm256_testz_si256((__m256i)m, (__m256i)m);
+#elif defined(__SSE2__)
+    return _mm_movemask_pd((__m128d)m) != 0;
+#else
     long long a = 0;
     for (int k = 0; k < W; ++k) a |= m[k];
     return a != 0;
+#endif
   }
   static V zero() { return splat(0.0); }
   // W questions interleaved: the n x n matrix, its tridiagonal form and reflectors, scratch, and
@@ -112,7 +124,7 @@ struct GraphLanes {
           for (int k = 0; k < W; ++k) ok[k] = ok[k] && v[i][k] > 0;
         for (int i = 0; i < n; ++i) p[i] = 1.0 / vsqrt(v[i]);
         for (int i = 0; i < n; ++i)
-          for (int j = 0; j < n; ++j) a[i * n + j] = splat(i == j ? 1.0 : 0.0) - a[i * n + j] * p[i] * p[j];
+          for (int j = 0; j < n; ++j) a[i * n + j] = splat(i == j ? 1.0 : 0.0) - a[i * n + j] * (p[i] * p[j]);
       } else {  // the heat kernel: L = diag(row sums) - W, left for heat_kernel (not reduced)
         for (int i = 0; i < n; ++i)
           for (int j = 0; j < n; ++j) a[i * n + j] = (i == j ? v[i] : zero()) - a[i * n + j];
@@ -280,8 +292,27 @@ struct GraphLanes {
       return h;
     }
 
+    // Row i of the symmetric matrix dotted with y over columns [lo, hi), reading only the lower
+    // triangle (entry (i, j), j > i, from (j, i)): symeig.h's dot, the same four partial sums.
+    V dot_lower(int n, int i, const V* __restrict__ y, int lo, int hi) const {
+      auto x = [&](int j) -> V { return j <= i ? a[i * n + j] : a[j * n + i]; };
+      V s0 = zero(), s1 = zero(), s2 = zero(), s3 = zero();
+      int j = lo;
+      for (; j + 3 < hi; j += 4) {
+        s0 += x(j) * y[j];
+        s1 += x(j + 1) * y[j + 1];
+        s2 += x(j + 2) * y[j + 2];
+        s3 += x(j + 3) * y[j + 3];
+      }
+      for (; j < hi; ++j) s0 += x(j) * y[j];
+      return (s0 + s1) + (s2 + s3);
+    }
+
     // symeig.h tridiagonalize, lane-wise. A question whose column is already reduced
     // (beta == 0) skips the step, as the scalar code does; the masked update keeps its entries.
+    // Only the lower triangle is updated and read: the scalar code's full update keeps the
+    // matrix exactly symmetric (entries (i, j) and (j, i) subtract the same two products, added
+    // in swapped order), so the lower triangle alone gives bitwise the same reduction.
     void tridiagonalize(int n) {
       for (int k = 0; k + 2 < n; ++k) {
         V sigma = zero();
@@ -297,7 +328,7 @@ struct GraphLanes {
         const bool skip = any(~upd);
         if (skip && !any(upd)) continue;
         for (int i = k + 1; i < n; ++i) v[i] = i == k + 1 ? x0 - alpha : a[i * n + k];
-        for (int i = k + 1; i < n; ++i) p[i] = b * dot(a + i * n, v, k + 1, n);
+        for (int i = k + 1; i < n; ++i) p[i] = b * dot_lower(n, i, v, k + 1, n);
         V pv = zero();
         for (int i = k + 1; i < n; ++i) pv += p[i] * v[i];
         const V h = 0.5 * b * pv;
@@ -306,14 +337,14 @@ struct GraphLanes {
           for (int i = k + 1; i < n; ++i) {
             V* __restrict__ ai = a + i * n;
             const V vi = v[i], wi = p[i];
-            for (int j = k + 1; j < n; ++j) ai[j] -= vi * p[j] + wi * v[j];
+            for (int j = k + 1; j <= i; ++j) ai[j] -= vi * p[j] + wi * v[j];
           }
           for (int i = k + 1; i < n; ++i) a[k * n + i] = v[i];
         } else {
           for (int i = k + 1; i < n; ++i) {
             V* __restrict__ ai = a + i * n;
             const V vi = v[i], wi = p[i];
-            for (int j = k + 1; j < n; ++j) ai[j] = sel(upd, ai[j] - (vi * p[j] + wi * v[j]), ai[j]);
+            for (int j = k + 1; j <= i; ++j) ai[j] = sel(upd, ai[j] - (vi * p[j] + wi * v[j]), ai[j]);
           }
           for (int i = k + 1; i < n; ++i) a[k * n + i] = sel(upd, v[i], a[k * n + i]);
         }
@@ -327,21 +358,25 @@ struct GraphLanes {
       beta[n - 1] = zero();
     }
 
-    // sort_eigen (symeig.h) of each question's eigenvalues in qd, ascending: the same selection
-    // sort (the first smallest entry moves to the front), so that ties such as +0 and -0 land
-    // where the scalar code puts them.
+    // sort_eigen (symeig.h) of each question's eigenvalues in qd: ascending, -0 before +0, by a
+    // sorting network (odd-even transposition: n rounds of compare-exchanges between
+    // neighbours) on integer keys in that total order (a negative value's bits other than the
+    // sign flipped), the order sort_eigen's selection sort produces.
     void sort(int n) {
-      for (int i = 0; i + 1 < n; ++i) {
-        V vmin = qd[i], kmin = splat(double(i));
-        for (int j = i + 1; j < n; ++j) {
-          const M lt = qd[j] < vmin;
-          vmin = sel(lt, qd[j], vmin);
-          kmin = sel(lt, splat(double(j)), kmin);
-        }
-        const V t = qd[i];
-        qd[i] = vmin;
-        for (int w = 0; w < W; ++w) qd[int(kmin[w])][w] = t[w];  // k == i: puts t back
+      const M flip = ~(M)splat(-0.0);  // 0x7ff...f
+      for (int i = 0; i < n; ++i) {
+        const M b = (M)qd[i];
+        qd[i] = (V)(b ^ ((b >> 63) & flip));
       }
+      M* key = reinterpret_cast<M*>(qd);
+      for (int r = 0; r < n; ++r)
+        for (int i = r & 1; i + 1 < n; i += 2) {
+          const M x = key[i], y = key[i + 1];
+          const M sw = y < x;
+          key[i] = sw ? y : x;
+          key[i + 1] = sw ? x : y;
+        }
+      for (int i = 0; i < n; ++i) key[i] ^= (key[i] >> 63) & flip;
     }
 
     // GraphTask::laplacian_scores, lane-wise, after sort(), in three parts. EigV:
@@ -386,17 +421,19 @@ struct GraphLanes {
       ecc_out = vsqrt(total);
     }
 
-    // apply_reflectors (symeig.h): rows j < mmax of y <- Q y_j.
+    // apply_reflectors (symeig.h): rows j < mmax of y <- Q y_j, each reflector applied to all
+    // the rows in turn (the rows' operations are independent: the same as one row at a time).
     void apply_reflectors(int n, int mmax) {
-      for (int j = 0; j < mmax; ++j) {
-        V* __restrict__ yj = y + j * n;
-        for (int k = n - 3; k >= 0; --k) {
-          const V b = beta[k];
-          const M upd = b != 0;
-          if (!any(upd)) continue;
-          const V* __restrict__ vk = a + k * n;
+      for (int k = n - 3; k >= 0; --k) {
+        const V b = beta[k];
+        const M upd = b != 0;
+        if (!any(upd)) continue;
+        const bool all = !any(~upd);
+        const V* __restrict__ vk = a + k * n;
+        for (int j = 0; j < mmax; ++j) {
+          V* __restrict__ yj = y + j * n;
           const V sc = b * dot(vk, yj, k + 1, n);
-          if (!any(~upd))
+          if (all)
             for (int i = k + 1; i < n; ++i) yj[i] -= sc * vk[i];
           else
             for (int i = k + 1; i < n; ++i) yj[i] = sel(upd, yj[i] - sc * vk[i], yj[i]);

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import flashuq as fuq
 from flashuq import _ext
+from isa_cases import isa_levels, limited_isa
 
 F64 = torch.float64
 
@@ -715,6 +716,30 @@ def test_simd_lanes_match_scalar_path_bitwise(fp64):
                 np.testing.assert_allclose(scalar[0][q].item(), eigv_ref(Wq), rtol=1e-9, atol=1e-9)
                 np.testing.assert_allclose(scalar[1][q].item(), ecc, rtol=1e-7, atol=1e-7)
                 np.testing.assert_allclose(scalar[2][q * K:q * K + n].numpy(), per_sample, rtol=1e-7, atol=1e-7)
+
+
+def test_lanes_sort_signed_zeros_as_scalar_path():
+    """Eigenvalues that compare equal but differ in sign (+0 and -0) sort in one total order,
+    -0 first, on the CPU lanes' sorting network and the scalar path's selection sort alike
+    (flashuq/symeig.h sort_eigen): the bits of every value agree, on every instruction-set build,
+    whatever order the zeros came in."""
+    rng = np.random.default_rng(5)
+    diags = [rng.permutation([0.0, -0.0, 0.0, -0.0, 1.0, -0.0, 2.0]) for _ in range(40)]
+    n = len(diags[0])
+    W = torch.zeros(len(diags), n, n, dtype=F64)
+    for q, d in enumerate(diags):  # diagonal: QL leaves the eigenvalues as given, in place
+        W[q] = torch.diag(torch.from_numpy(d))
+    counts = torch.full((len(diags),), n, dtype=torch.int32)
+    outs = []
+    for level in isa_levels():  # 2, 4 and 8 lanes per register
+        for lanes in (True, False):
+            o = torch.full((len(diags) * n,), float("nan"), dtype=F64)
+            with limited_isa(level):
+                _ext._C.graph(0, W, counts, 0.9, 0.3, o, None, None, 1, lanes=lanes)
+            outs.append(o.view(-1, n))
+    want = torch.tensor([-0.0, -0.0, -0.0, 0.0, 0.0, 1.0, 2.0], dtype=F64).expand(len(diags), n)
+    for o in outs:
+        assert torch.equal(o, want) and torch.equal(torch.signbit(o), torch.signbit(want))
 
 
 # ---- torch.compile -------------------------------------------------------------------------------------

@@ -103,8 +103,9 @@ struct GraphTask {
         if (!(w.v[i] > 0)) return fail(tm);
       for (int i = tm.rank(); i < n; i += tm.size()) w.p[i] = T(1) / std::sqrt(w.v[i]);
       tm.sync();  // n square roots and divisions, not n²
+      // W_ij (p_i p_j): bitwise symmetric, as W is (the CPU lanes reduce its lower triangle alone)
       for (int i = tm.rank(); i < n; i += tm.size())
-        for (int j = 0; j < n; ++j) w.a[i * n + j] = (i == j ? T(1) : T(0)) - w.a[i * n + j] * w.p[i] * w.p[j];
+        for (int j = 0; j < n; ++j) w.a[i * n + j] = (i == j ? T(1) : T(0)) - w.a[i * n + j] * (w.p[i] * w.p[j]);
     } else {  // L = diag(row sums) - W
       for (int i = tm.rank(); i < n; i += tm.size())
         for (int j = 0; j < n; ++j) w.a[i * n + j] = (i == j ? w.v[i] : T(0)) - w.a[i * n + j];

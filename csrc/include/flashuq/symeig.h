@@ -297,15 +297,17 @@ struct QLIteration {
   }
 };
 
-// Sort the eigenvalues d ascending, permuting zt's rows alike (member r swaps the entries
-// k = r (mod size)). Selection sort: n swaps at most, no scratch memory.
+// Sort the eigenvalues d ascending, -0 before +0 (a total order on the values, so that any
+// sorting method gives this one order: the CPU lanes use a sorting network), permuting zt's
+// rows alike (member r swaps the entries k = r (mod size)). Selection sort: n swaps at most,
+// no scratch memory.
 template <class T, class Team>
 FUQ_HD void sort_eigen(const Team& tm, T* d, int n, T* zt) {
   const int r0 = tm.rank(), nt = tm.size();
   for (int i = 0; i + 1 < n; ++i) {
     int k = i;
     for (int j = i + 1; j < n; ++j)
-      if (d[j] < d[k]) k = j;
+      if (d[j] < d[k] || (d[j] == d[k] && std::signbit(d[j]) && !std::signbit(d[k]))) k = j;
     if (k == i) continue;
     const T t = d[i];
     d[i] = d[k];
