@@ -22,7 +22,7 @@ def test_graph_bench_quick(tmp_path, capsys):
     assert "| method | flashuq ms | numpy loop ms (×speedup) | torch batched ms (×speedup) | target met? |" in printed
     res = json.loads(out.read_text())
     assert res["benchmark"] == "graph" and res["shape"] == {"Q": 40, "K": 20} and res["check"]["passed"]
-    assert {"cpu", "torch", "threads"} <= set(res["machine"])
+    assert {"cpu", "torch", "threads"} <= set(res["machine"]) and "first 64 questions" in res["primer"]
     rows = {r["method"]: r for r in res["results"]}
     assert set(graph.ISSUE_METHODS) | {"kernel_language_entropy", "num_sem_sets"} <= set(rows)
     for r in rows.values():
@@ -81,3 +81,16 @@ def test_graph_bench_exits_1_on_a_missed_target(tmp_path, monkeypatch, capsys):
     assert "target missed: eigv" in capsys.readouterr().err
     res = json.loads(out.read_text())
     assert {m.split(":")[0] for m in res["missed"]} == set(graph.SPECTRAL)
+
+
+def test_interleaved_timing_runs_each_primer_untimed_before_its_run():
+    """Each timed run of a batched callable follows its primer (an untimed call on a few questions
+    that wakes the thread pool); runs without a primer, and the warm-ups, have none."""
+    graph = load_bench("graph")
+    log = []
+    fns = {"a": (lambda: log.append("a"), 3, 1, lambda: log.append("pa")),
+           "b": (lambda: log.append("b"), 2, 0, None)}
+    res = graph._interleaved_ms(fns)
+    assert log == ["a", "pa", "a", "b", "pa", "a", "b", "pa", "a"]
+    assert len(res["a"][1]) == 3 and len(res["b"][1]) == 2
+    assert graph.PRIMER_Q < 200  # the primer is a small slice, also of a --quick run's inputs
