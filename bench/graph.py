@@ -23,9 +23,10 @@ r = 5 answers, S = 20 draws, the Inv-Entropy repository's layout). Each runs thr
 
 Before any timing every flashuq result is checked against both baselines (float64 allclose; the
 largest absolute difference goes into the JSON); a disagreement stops the run. Times are medians of
---repeats runs after a warm-up; flashuq's and torch's runs each follow an untimed call on the first 64
-questions, which wakes their thread pool after the loops timed before them (on a virtual machine
-a worker thread idle for 150 ms can start milliseconds late) but leaves the timed inputs out of cache.
+--repeats runs after a warm-up; flashuq's and torch's runs each follow an untimed call on a copy of
+the first 64 questions, which wakes their thread pool after the loops timed before them (on a
+virtual machine a worker thread idle for 150 ms can start milliseconds late) but reads none of
+the timed inputs: their times are those of an awake pool, as in a loop over batches.
 Inputs are NLI-like and seeded: each question's K answers fall into
 1-6 semantic clusters, ``E[i, j]`` (P(entail)) is high inside a cluster and low across, with noise
 and an asymmetric ``E``; ``C`` (P(contradict)) the reverse, with ``E + C <= 1``; every method
@@ -392,9 +393,9 @@ def _interleaved_ms(fns):
     slow phase of the machine (its speed drifts within seconds) falls on all of them alike.
     fns: {key: (fn, repeats, warmup, primer)}; a callable with fewer repeats sits out the later
     rounds. ``primer`` (or None) runs untimed right before each timed run: the batched callables'
-    primer is the same call on the first PRIMER_Q questions, which wakes their thread pool after
-    the loops before them (on a virtual machine a worker thread idle that long can start
-    milliseconds late) without bringing the timed inputs into cache."""
+    primer is the same call on a copy of the first PRIMER_Q questions, which wakes their thread
+    pool after the loops before them (on a virtual machine a worker thread idle that long can
+    start milliseconds late) without reading the timed inputs."""
     for fn, _, warmup, _ in fns.values():
         for _ in range(warmup):
             fn()
@@ -454,7 +455,9 @@ def run(Q, K, repeats, loop_repeats, loop_q, loop_budget, rtol, atol, seed=0, lo
     d = make_data(Q, K, seed)
     results = []
     lmp_estimators = lmp[1] if lmp else {}
-    small = {k: v[:PRIMER_Q] for k, v in d.items()}  # the primers' inputs (every array is per question)
+    # the primers' inputs: copies of the first questions (every array is per question), so that a
+    # primer reads none of the timed arrays' memory
+    small = {k: v[:PRIMER_Q].copy() for k, v in d.items()}
     primers = {c[0]: (c[1], c[2]) for c in cases(small)}
     for name, f_fuq, f_torch, f_np, arrays, extra in cases(d):
         # correctness first: flashuq vs torch on all Q, vs the numpy loop on the questions it is timed on
@@ -631,8 +634,8 @@ def main(argv=None):
             "benchmark": "graph", "shape": {"Q": Q, "K": args.K}, "dtype": "float64", "quick": args.quick,
             "threads": args.threads, "repeats": repeats, "loop_repeats": loop_repeats, "statistic": "median",
             "timing": "interleaved: flashuq, torch, the numpy loop and LM-Polygraph timed in turn, round after round",
-            "primer": f"each timed flashuq and torch run follows an untimed call on the first {PRIMER_Q} questions "
-                      "(wakes the thread pool after the loops; leaves the timed inputs out of cache)",
+            "primer": f"each timed flashuq and torch run follows an untimed call on a copy of the first {PRIMER_Q} "
+                      "questions (wakes the thread pool after the loops; reads none of the timed inputs)",
             "numpy_loop_note": "per-question numpy/scipy loop timed on numpy_loop_questions_timed questions; "
                                "numpy_loop_ms is scaled linearly to Q (numpy_loop_measured_ms is the raw time)",
             "check": {"rtol": args.rtol, "atol": args.atol, "passed": True},

@@ -361,22 +361,21 @@ struct GraphLanes {
     // sort_eigen (symeig.h) of each question's eigenvalues in qd: ascending, -0 before +0, by a
     // sorting network (odd-even transposition: n rounds of compare-exchanges between
     // neighbours) on integer keys in that total order (a negative value's bits other than the
-    // sign flipped), the order sort_eigen's selection sort produces.
+    // sign flipped), the order sort_eigen's selection sort produces for values without NaN (a
+    // lane that reaches here has none: QL's input is finite and its failures leave the lanes).
     void sort(int n) {
       const M flip = ~(M)splat(-0.0);  // 0x7ff...f
-      for (int i = 0; i < n; ++i) {
-        const M b = (M)qd[i];
-        qd[i] = (V)(b ^ ((b >> 63) & flip));
-      }
-      M* key = reinterpret_cast<M*>(qd);
+      // the key, as a value bit-cast (no access through another type), and back: an involution
+      const auto key = [flip](V x) { const M b = (M)x; return (V)(b ^ ((b >> 63) & flip)); };
+      for (int i = 0; i < n; ++i) qd[i] = key(qd[i]);
       for (int r = 0; r < n; ++r)
         for (int i = r & 1; i + 1 < n; i += 2) {
-          const M x = key[i], y = key[i + 1];
+          const M x = (M)qd[i], y = (M)qd[i + 1];
           const M sw = y < x;
-          key[i] = sw ? y : x;
-          key[i + 1] = sw ? x : y;
+          qd[i] = (V)(sw ? y : x);
+          qd[i + 1] = (V)(sw ? x : y);
         }
-      for (int i = 0; i < n; ++i) key[i] ^= (key[i] >> 63) & flip;
+      for (int i = 0; i < n; ++i) qd[i] = key(qd[i]);
     }
 
     // GraphTask::laplacian_scores, lane-wise, after sort(), in three parts. EigV:

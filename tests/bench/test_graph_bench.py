@@ -93,4 +93,4 @@ def test_interleaved_timing_runs_each_primer_untimed_before_its_run():
     res = graph._interleaved_ms(fns)
     assert log == ["a", "pa", "a", "b", "pa", "a", "b", "pa", "a"]
     assert len(res["a"][1]) == 3 and len(res["b"][1]) == 2
-    assert graph.PRIMER_Q < 200  # the primer is a small slice, also of a --quick run's inputs
+    assert graph.PRIMER_Q < 200  # the primer is a small copy, also beside a --quick run's inputs

@@ -297,8 +297,8 @@ struct QLIteration {
   }
 };
 
-// Sort the eigenvalues d ascending, -0 before +0 (a total order on the values, so that any
-// sorting method gives this one order: the CPU lanes use a sorting network), permuting zt's
+// Sort the eigenvalues d ascending, -0 before +0 (a total order on values without NaN, so that
+// any sorting method gives this one order: the CPU lanes use a sorting network), permuting zt's
 // rows alike (member r swaps the entries k = r (mod size)). Selection sort: n swaps at most,
 // no scratch memory.
 template <class T, class Team>
