@@ -11,6 +11,7 @@ from scipy.stats import wasserstein_distance
 
 from flashuq.methods.inv_entropy import (DEFAULT_NUM_BOOTSTRAP, DEFAULT_SEED, InvEntropyMeasures, inv_entropy,
                                          inv_entropy_measures, inv_entropy_similarity, nli_similarity)
+from isa_cases import limited_isa
 
 SX = [[1, .9, .8, .3], [.9, 1, .7, .4], [.8, .7, 1, .5], [.3, .4, .5, 1]]
 SY = [[1, .95, .2, .1], [.95, 1, .25, .15], [.2, .25, 1, .6], [.1, .15, .6, 1]]
@@ -484,9 +485,8 @@ def test_cpu_single_draw_every_isa_and_bad_rows(N):
                    torch.empty(Q, N, dtype=torch.float64))
     cases = [(sx, (6, twice, 0)), (sx, (6, 0, twice)), (sx, (9, N - 1, N - 1)),  # row twice; a last block
              (sy, (7, twice, 1)), (sy, (7, 1, twice)), (sy, (8, N - 1, N - 1)), (sy, (8, 0, N // 2))]
-    try:
-        for level in (0, 1, 2):  # on a machine without AVX2 (AVX-512) these repeat a narrower build
-            _ext._C.limit_isa(level)
+    for level in (0, 1, 2):  # on a machine without AVX2 (AVX-512) these repeat a narrower build
+        with limited_isa(level):
             assert torch.equal(inv_entropy(sx, sy).nan_to_num(7.0), got.nan_to_num(7.0)), _ext._C.isa()
             assert torch.equal(inv_entropy(sx.float(), sy.float()).nan_to_num(7.0), got32.nan_to_num(7.0))
             for m, (q, i, j) in cases:
@@ -502,8 +502,6 @@ def test_cpu_single_draw_every_isa_and_bad_rows(N):
             assert _ext._C.inv_entropy(sx, sy, None, N, False, False, out, px, py, 2) == 1
             assert torch.isnan(out[0, 10]) and not torch.isnan(out[0, 11])
             sy[10, twice] = row
-    finally:
-        _ext._C.limit_isa(2)
 
 
 def test_cpu_binding_rejects_misuse():

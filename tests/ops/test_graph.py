@@ -561,14 +561,11 @@ def test_nli_heat_kernel_entropy_is_the_built_W_bitwise(fp64):
         mask = t(rand_mask(rng, Q, K))
         W = _kle_weights(E, C)
         for m in (None, mask):
-            try:
-                for level in (2, 1, 0):
-                    _ext._C.limit_isa(level)
+            for level in (2, 1, 0):
+                with limited_isa(level):
                     got = nli_heat_kernel_entropy(E, C, t=0.3, sample_mask=m)
                     assert got.dtype == dt
                     assert nan_eq(got, fuq.heat_kernel_entropy(W, t=0.3, sample_mask=m)), (K, m is None, level)
-            finally:
-                _ext._C.limit_isa(2)
             if m is None:  # (a mask may drop the bad entries)
                 assert got[3 % Q].isnan() and got[1].isnan() and got[0].isfinite()
         for lanes in (True, False):
@@ -999,10 +996,7 @@ def test_every_isa_build_agrees_bitwise():
                 fuq.heat_kernel_entropy(W, sample_mask=mask))
 
     wide = run()
-    try:
-        for level in (0, 1):  # on a machine without AVX2 (AVX-512) these repeat a narrower build
-            _ext._C.limit_isa(level)
+    for level in (0, 1):  # on a machine without AVX2 (AVX-512) these repeat a narrower build
+        with limited_isa(level):
             for a, b in zip(torch.utils._pytree.tree_leaves(wide), torch.utils._pytree.tree_leaves(run())):
                 assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), _ext._C.isa()
-    finally:
-        _ext._C.limit_isa(2)

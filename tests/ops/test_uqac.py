@@ -14,6 +14,7 @@ import flashuq as fuq
 from flashuq import _ext
 from flashuq import reference as ref
 from flashuq.ops import uqac as U
+from isa_cases import limited_isa
 from log_cases import check_log_specials
 
 F64 = torch.float64
@@ -543,13 +544,10 @@ def test_reduce_every_isa_build_agrees_bitwise():
     for dtype in (torch.float32, torch.bfloat16, F64):
         a = torch.from_numpy(causal_attn(rng, 3, 4, 37, 21, temp=1.5)).to(dtype)
         want = fuq.uqac_reduce_attention(a, n_heads=5, return_selected=True)
-        try:
-            for level in (0, 1):
-                _ext._C.limit_isa(level)
+        for level in (0, 1):
+            with limited_isa(level):
                 got = fuq.uqac_reduce_attention(a, n_heads=5, return_selected=True)
                 assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (_ext._C.isa(), dtype)
-        finally:
-            _ext._C.limit_isa(2)
 
 
 def test_reduce_clean_and_guarded_rows_agree_bitwise():
