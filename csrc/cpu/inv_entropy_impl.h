@@ -79,8 +79,13 @@ inline V8 mask8(const V8& x, const I8& keep) {  // +0 where keep is 0
   FUQ_PARTS r.v[h] = (VN)((IN)x.v[h] & keep.v[h]);
   return r;
 }
-inline void count_negative(I8& neg, const V8& x, const I8& keep) {  // a true comparison is -1
-  FUQ_PARTS neg.v[h] -= (IN)(x.v[h] < 0) & keep.v[h];
+inline void running_min(V8& lo, const V8& x) {  // NaN never replaces: one min per register
+  FUQ_PARTS lo.v[h] = x.v[h] < lo.v[h] ? x.v[h] : lo.v[h];
+}
+inline bool any_negative(const V8& lo) {
+  bool r = false;
+  for (int t = 0; t < 8; ++t) r |= lo[t] < 0;
+  return r;
 }
 inline void mark_zero(I8& bad, const V8& x) { FUQ_PARTS bad.v[h] |= (IN)(x.v[h] == 0); }
 inline I8 lanes8(bool on) {
@@ -167,14 +172,16 @@ inline void store_transposed8(V8* r, double* out, int ld) {
 
 // Inv-Entropy alone of one draw that uses the whole [N, N] matrices (no keep): the fast path.
 //   d_i = Σ_k Py[i,k] Px[k,i] = (1/ry_i) Σ_k sy[i,k] sxᵀ[i,k] / rx_k
-// forms neither Px nor Py: a pass over sx takes its row sums and a transposed copy (in L1), then
-// one pass over sy takes each row sum together with d_i, both operands contiguous. A row's sums
-// run in eight partial sums (blocks of 8 entries into sums 0..7; the last block is the row's last
-// 8 entries, its lanes already counted in a full block masked to zero), added in a fixed order:
-// chains of dependent additions eight times shorter than one running sum's, and the same order in
-// every build. Rows go eight at a time (the last eight rows last, some of them twice, to the same
-// bits), so that their sums, reciprocals and quotients are vector operations. Counts negative
-// entries into `negative`; a zero row sum gives NaN. 8 <= N <= kInvEntropyMaxN.
+// forms neither Px nor Py: a pass over sx, in 8 x 8 blocks, takes its row sums and writes its
+// transposed copy (in L1) from the same loads, then one pass over sy takes each row sum together
+// with d_i, both operands contiguous. A row's sums run in eight partial sums (blocks of 8 entries
+// into sums 0..7; the last block is the row's last 8 entries, its lanes already counted in a full
+// block masked to zero), added in a fixed order: chains of dependent additions eight times shorter
+// than one running sum's, and the same order in every build. Rows go eight at a time (the last
+// eight rows last, some of them twice, to the same bits), so that their sums, reciprocals and
+// quotients are vector operations. Negative entries are rare: the passes keep a running minimum
+// and only a question with one counts them (into `negative`). A zero row sum gives NaN.
+// 8 <= N <= kInvEntropyMaxN.
 template <typename S>
 double inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, int N, int64_t& negative) {
   double xt[kInvEntropyMaxN * kInvEntropyMaxN], ux[kInvEntropyMaxN], p[kInvEntropyMaxN];
@@ -183,55 +190,44 @@ double inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, in
   for (int t = 0; t < 8; ++t) tl[t] = t >= 8 - (N - nfull) ? -1 : 0;
   I8 tail;
   std::memcpy(&tail, tl, sizeof tail);
-  I8 bad = lanes8(false), neg = lanes8(false);
-  V8 acc[8], acc2[8];
+  I8 bad = lanes8(false);
+  V8 lo = zero8();  // running minimum of every entry read (a row read twice changes nothing)
+  V8 acc[8], acc2[8], blk[8];
   for (int g = 0; g < N; g += 8) {
     const int k0 = g + 8 <= N ? g : N - 8;
-    for (int r = 0; r < 8; ++r) {
-      const S* row = sx + (k0 + r) * N;
-      const I8 first = lanes8(k0 + r >= g);  // a row's negative entries count on its first visit
-      V8 s = zero8();
-      for (int j = 0; j < nfull; j += 8) {
-        const V8 v = load8(row + j);
-        s += v;
-        count_negative(neg, v, first);
+    for (int r = 0; r < 8; ++r) acc[r] = zero8();
+    for (int j0 = 0; j0 < N; j0 += 8) {  // full blocks in order, then the masked last block
+      const int c0 = j0 + 8 <= N ? j0 : N - 8;
+      for (int r = 0; r < 8; ++r) {
+        blk[r] = load8(sx + (k0 + r) * N + c0);
+        running_min(lo, blk[r]);
+        acc[r] += c0 == j0 ? blk[r] : mask8(blk[r], tail);
       }
-      if (nfull < N) {
-        const V8 v = mask8(load8(row + N - 8), tail);
-        s += v;
-        count_negative(neg, v, first);
-      }
-      acc[r] = s;
+      store_transposed8(blk, xt + c0 * N + k0, N);
     }
     const V8 sk = sum8x8(acc);
     mark_zero(bad, sk);
     V8 one;
     for (auto& x : one.v) x = VN{} + 1.0;
     store8(ux + k0, one / sk);
-    for (int j0 = 0; j0 < N; j0 += 8) {  // the transposed copy, in 8 x 8 blocks
-      const int c0 = j0 + 8 <= N ? j0 : N - 8;
-      for (int r = 0; r < 8; ++r) acc[r] = load8(sx + (k0 + r) * N + c0);
-      store_transposed8(acc, xt + c0 * N + k0, N);
-    }
   }
   for (int g = 0; g < N; g += 8) {
     const int i0 = g + 8 <= N ? g : N - 8;
     for (int r = 0; r < 8; ++r) {
       const S* row = sy + (i0 + r) * N;
       const double* x = xt + (i0 + r) * N;
-      const I8 first = lanes8(i0 + r >= g);
       V8 ry = zero8(), d = zero8();
       for (int k = 0; k < nfull; k += 8) {
         const V8 v = load8(row + k);
         ry += v;
-        count_negative(neg, v, first);
+        running_min(lo, v);
         d += v * (load8(x + k) * load8(ux + k));
       }
       if (nfull < N) {
         const int k = N - 8;
-        const V8 v = load8(row + k), vm = mask8(v, tail);
-        ry += vm;
-        count_negative(neg, vm, first);
+        const V8 v = load8(row + k);
+        ry += mask8(v, tail);
+        running_min(lo, v);
         d += mask8(v * (load8(x + k) * load8(ux + k)), tail);  // those lanes are in a full block
       }
       acc[r] = ry;
@@ -244,14 +240,12 @@ double inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, in
   for (int i = 0; i < N; ++i) p[i] = xlogx(p[i]);
   double inv = 0;
   for (int i = 0; i < N; ++i) inv -= p[i];
-  long long nb[8], bb[8];
-  std::memcpy(nb, &neg, sizeof nb);
+  if (any_negative(lo))
+    for (int i = 0; i < N * N; ++i) negative += int64_t(sx[i] < 0) + int64_t(sy[i] < 0);
+  long long bb[8];
   std::memcpy(bb, &bad, sizeof bb);
   long long any = 0;
-  for (int t = 0; t < 8; ++t) {
-    any |= bb[t];
-    negative += nb[t];
-  }
+  for (int t = 0; t < 8; ++t) any |= bb[t];
   return any ? std::numeric_limits<double>::quiet_NaN() : inv;
 }
 

@@ -461,7 +461,8 @@ def test_cpu_single_draw_every_isa_and_bad_rows(N):
     against batched torch and the kernel's general per-draw path, bitwise across the baseline,
     AVX2 and AVX-512 builds (docs/cpu_kernels.md), fp64 and fp32. A zero row, a NaN and an inf
     give NaN for their question only; a row of sy that sums to zero through a negative entry gives
-    NaN (not -inf); a negative entry is counted once wherever it sits."""
+    NaN (not -inf); a negative entry is counted once wherever it sits, every one of them in a
+    question that has several."""
     from flashuq import _ext
     from flashuq.methods.inv_entropy import _compute
     g = torch.Generator().manual_seed(N)
@@ -495,6 +496,10 @@ def test_cpu_single_draw_every_isa_and_bad_rows(N):
                 n = _ext._C.inv_entropy(sx, sy, None, N, False, False, out, px, py, 2)
                 assert n == 1, (level, q, i, j, n)
                 m[q, i, j] = keep
+            saved = sx.clone(), sy.clone()
+            sx[6, 1, 2], sy[6, 3, 4], sy[11, twice, twice] = -0.5, -0.25, -1e-300  # three in two questions
+            assert _ext._C.inv_entropy(sx, sy, None, N, False, False, out, px, py, 2) == 3
+            sx.copy_(saved[0]), sy.copy_(saved[1])
             # sy row 10 sums to zero exactly: d / 0 would be ±inf and the score -inf without the check
             row = sy[10, twice].clone()
             sy[10, twice] = 0.0
