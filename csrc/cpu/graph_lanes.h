@@ -587,6 +587,171 @@ struct GraphLanes {
     for (int c = 0; c < NC; ++c) ch[c].load(op, n, Wq + c * W, Cq + c * W, ld);
   }
 
+  // Deflation of chunk h for one QL round, step_rootfree's per question (l, iter: its first
+  // unconverged row and its sweeps there; bit w of live: question w is not done): while the
+  // first negligible row mm from l (bits: neg's bits | row n - 1) is l, row l has converged
+  // (l + 1); if it is l + 1, the 2 x 2 block (l, l + 1) is solved in closed form (l + 2); else
+  // the question needs a sweep over rows l..mm (m = mm, its first state recorded: e[l], d[l],
+  // d[l + 1], g = d[mm], lv = l, mv = mm, and [lo, hi] widened), or fails after 64 sweeps at one
+  // l. A question without a sweep gets m = -1 and the placeholders.
+  static void solve2x2(double aa, double cc, double b2, double& big, double& small) {
+    const double sm = aa + cc, df = aa - cc;
+    const double rt = std::sqrt(df * df + 4 * b2);
+    big = sm >= 0 ? 0.5 * (sm + rt) : 0.5 * (sm - rt);
+    small = big != 0 ? (aa * cc - b2) / big : -0.5 * rt;
+  }
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+  // The same, the chunk's eight questions at once: per-lane shifts and counts of trailing zeros
+  // instead of bit scans, gathers and scatters for the rows l, l + 1 and m.
+  static __m512i tzcnt(__m512i x) {  // the index of the lowest set bit (x != 0): 2^k as a double is exact
+    const __m512i low = _mm512_and_si512(x, _mm512_sub_epi64(_mm512_setzero_si512(), x));
+    const __m512i ex = _mm512_srli_epi64(_mm512_castpd_si512(_mm512_cvtepu64_pd(low)), 52);
+    return _mm512_sub_epi64(ex, _mm512_set1_epi64(1023));
+  }
+  void deflate(int h, M negh, long long* lq, long long* mq, long long* iq, unsigned& live, V& el, V& dl, V& dl1,
+               V& g, V& lv, V& mv, int& lo, int& hi) {
+    static_assert(W == 8, "one zmm of questions");
+    const __m512i zero_i = _mm512_setzero_si512(), one = _mm512_set1_epi64(1), nn = _mm512_set1_epi64(n);
+    const __m512i rows = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);  // entry (i, w) of a V array: i * 8 + w
+    double* ds = reinterpret_cast<double*>(ch[h].qd);
+    double* es = reinterpret_cast<double*>(ch[h].qe);
+    const __m512i bits = _mm512_or_si512((__m512i)negh, _mm512_set1_epi64((long long)(1ull << (n - 1))));
+    __m512i lk = _mm512_load_si512(lq), it = _mm512_load_si512(iq), mm = _mm512_set1_epi64(-1);
+    __mmask8 pend = __mmask8(live), sweep = 0;
+    while (pend) {
+      // rows l, l + 1, ... that have converged (a run of set bits from l; ~x is 0 only when all
+      // 64 are set, n = 64 and l = 0)
+      const __m512i inv = _mm512_andnot_si512(_mm512_srlv_epi64(bits, lk), _mm512_set1_epi64(-1));
+      const __m512i run = _mm512_mask_mov_epi64(tzcnt(inv), _mm512_cmpeq_epi64_mask(inv, zero_i),
+                                                _mm512_set1_epi64(64));
+      it = _mm512_mask_mov_epi64(it, pend & _mm512_cmpgt_epi64_mask(run, zero_i), zero_i);
+      lk = _mm512_mask_add_epi64(lk, pend, lk, run);
+      const __mmask8 done = pend & _mm512_cmpge_epi64_mask(lk, nn);
+      live &= ~unsigned(done);
+      pend &= ~done;
+      if (!pend) break;
+      const __m512i t = tzcnt(_mm512_srlv_epi64(bits, lk));  // >= 1: row n - 1's bit is set
+      const __m512i i0 = _mm512_add_epi64(_mm512_slli_epi64(lk, 3), rows), i1 = _mm512_add_epi64(i0, _mm512_set1_epi64(8));
+      const __mmask8 two = pend & _mm512_cmpeq_epi64_mask(t, one);
+      if (two) {  // solve2x2, lane-wise
+        const __m512d aa = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), two, i0, ds, 8);
+        const __m512d cc = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), two, i1, ds, 8);
+        const __m512d b2 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), two, i0, es, 8);
+        const __m512d sm = _mm512_add_pd(aa, cc), df = _mm512_sub_pd(aa, cc);
+        const __m512d rt = _mm512_sqrt_pd(_mm512_add_pd(_mm512_mul_pd(df, df), _mm512_mul_pd(_mm512_set1_pd(4), b2)));
+        const __m512d half = _mm512_set1_pd(0.5);
+        const __m512d big = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(sm, _mm512_setzero_pd(), _CMP_GE_OQ),
+                                                 _mm512_mul_pd(half, _mm512_sub_pd(sm, rt)),
+                                                 _mm512_mul_pd(half, _mm512_add_pd(sm, rt)));
+        const __m512d small = _mm512_mask_blend_pd(
+            _mm512_cmp_pd_mask(big, _mm512_setzero_pd(), _CMP_NEQ_UQ), _mm512_mul_pd(_mm512_set1_pd(-0.5), rt),
+            _mm512_div_pd(_mm512_sub_pd(_mm512_mul_pd(aa, cc), b2), big));
+        _mm512_mask_i64scatter_pd(ds, two, i0, big, 8);
+        _mm512_mask_i64scatter_pd(ds, two, i1, small, 8);
+        _mm512_mask_i64scatter_pd(es, two, i0, _mm512_setzero_pd(), 8);
+        lk = _mm512_mask_add_epi64(lk, two, lk, _mm512_set1_epi64(2));
+        it = _mm512_mask_mov_epi64(it, two, zero_i);
+      }
+      __mmask8 need = pend & ~two;
+      const __mmask8 fail = need & _mm512_cmpeq_epi64_mask(it, _mm512_set1_epi64(64));
+      it = _mm512_mask_add_epi64(it, need, it, one);
+      need &= ~fail;
+      if (fail) {
+        live &= ~unsigned(fail);
+        for (int w = 0; w < W; ++w)
+          if (fail >> w & 1) ch[h].ok[w] = false;
+      }
+      mm = _mm512_mask_add_epi64(mm, need, lk, t);
+      sweep |= need;
+      pend = two;  // those look again from l + 2
+    }
+    _mm512_store_si512(lq, lk);
+    _mm512_store_si512(iq, it);
+    _mm512_store_si512(mq, mm);
+    const __m512i i0 = _mm512_add_epi64(_mm512_slli_epi64(lk, 3), rows);
+    const __m512d onev = _mm512_set1_pd(1.0);
+    el = (V)_mm512_mask_i64gather_pd(onev, sweep, i0, es, 8);
+    dl = (V)_mm512_mask_i64gather_pd(_mm512_setzero_pd(), sweep, i0, ds, 8);
+    dl1 = (V)_mm512_mask_i64gather_pd(onev, sweep, _mm512_add_epi64(i0, _mm512_set1_epi64(8)), ds, 8);
+    g = (V)_mm512_mask_i64gather_pd(onev, sweep, _mm512_add_epi64(_mm512_slli_epi64(mm, 3), rows), ds, 8);
+    lv = (V)_mm512_mask_cvtepi64_pd(_mm512_set1_pd(double(n)), sweep, lk);  // never active
+    mv = (V)_mm512_mask_cvtepi64_pd(_mm512_set1_pd(-1.0), sweep, mm);
+    if (sweep) {
+      lo = std::min(lo, int(_mm512_mask_reduce_min_epi64(sweep, lk)));
+      hi = std::max(hi, int(_mm512_mask_reduce_max_epi64(sweep, mm)));
+    }
+  }
+  // e[l] = s p, d[l] = sigma + g: each sweep closed at its first row
+  void close_sweeps(int h, const long long* lq, const long long* mq, V e_l, V d_l) {
+    const __m512i lk = _mm512_load_si512(lq);
+    const __mmask8 sweep = _mm512_cmpge_epi64_mask(_mm512_load_si512(mq), _mm512_setzero_si512());
+    const __m512i i0 = _mm512_add_epi64(_mm512_slli_epi64(lk, 3), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    _mm512_mask_i64scatter_pd(reinterpret_cast<double*>(ch[h].qe), sweep, i0, (__m512d)e_l, 8);
+    _mm512_mask_i64scatter_pd(reinterpret_cast<double*>(ch[h].qd), sweep, i0, (__m512d)d_l, 8);
+  }
+#else
+  void deflate(int h, M negh, long long* lq, long long* mq, long long* iq, unsigned& live, V& el, V& dl, V& dl1,
+               V& g, V& lv, V& mv, int& lo, int& hi) {
+    double* ds0 = reinterpret_cast<double*>(ch[h].qd);
+    double* es0 = reinterpret_cast<double*>(ch[h].qe);
+    for (int w = 0; w < W; ++w) {
+      double* ds = ds0 + w;  // entry i: ds[i * W]
+      double* es = es0 + w;
+      const unsigned long long bits = (unsigned long long)negh[w] | (1ull << (n - 1));
+      el[w] = dl1[w] = g[w] = 1.0;
+      dl[w] = 0.0;
+      lv[w] = double(n);
+      mv[w] = -1.0;
+      mq[w] = -1;
+      while (live >> w & 1) {
+        const int lk = int(lq[w]);
+        if (lk >= n) {
+          live &= ~(1u << w);
+          break;
+        }
+        const int mm = lk + __builtin_ctzll(bits >> lk);  // the first negligible row from l
+        if (mm == lk) {
+          ++lq[w];
+          iq[w] = 0;
+          continue;
+        }
+        if (mm == lk + 1) {  // a 2 x 2 block in closed form
+          double big, small;
+          solve2x2(ds[lk * W], ds[(lk + 1) * W], es[lk * W], big, small);
+          ds[lk * W] = big;
+          ds[(lk + 1) * W] = small;
+          es[lk * W] = 0;
+          lq[w] += 2;
+          iq[w] = 0;
+          continue;
+        }
+        if (iq[w]++ == 64) {
+          ch[h].ok[w] = false;
+          live &= ~(1u << w);
+          break;
+        }
+        mq[w] = mm;
+        el[w] = es[lk * W];
+        dl[w] = ds[lk * W];
+        dl1[w] = ds[(lk + 1) * W];
+        g[w] = ds[mm * W];
+        lv[w] = lk;
+        mv[w] = mm;
+        lo = lk < lo ? lk : lo;
+        hi = mm > hi ? mm : hi;
+        break;
+      }
+    }
+  }
+  void close_sweeps(int h, const long long* lq, const long long* mq, V e_l, V d_l) {
+    for (int w = 0; w < W; ++w)
+      if (mq[w] >= 0) {
+        ch[h].qe[lq[w]][w] = e_l[w];
+        ch[h].qd[lq[w]][w] = d_l[w];
+      }
+  }
+#endif
+
   // QLIteration's root-free iteration (symeig.h) on the copies qd, qe, lane-wise; the
   // eigenvalues end in qd (unsorted). The QL runs in rounds: each question deflates (scalar,
   // the tests of step_rootfree) until it needs a sweep, then all the sweeps run in one pass
@@ -598,21 +763,26 @@ struct GraphLanes {
         ch[c].qd[i] = ch[c].d[i];
         ch[c].qe[i] = i + 1 < n ? ch[c].e[i] * ch[c].e[i] : ch[c].e[i];
       }
-    int l[L], m[L], iter[L];
-    bool live[L];
+    alignas(64) long long l[L], m[L], iter[L];
+    unsigned live[NC];  // bit w: question w of the chunk still has rows to converge
+    for (int h = 0; h < NC; ++h) live[h] = 0;
     for (int k = 0; k < L; ++k) {
       l[k] = 0;
       iter[k] = 0;
-      live[k] = ok[k];
+      live[k / W] |= unsigned(ok[k]) << (k % W);
     }
     V s[NC], c[NC], pp[NC], g[NC];
+    // each sweep's first state, recorded by the deflation: sigma's inputs e[l], d[l], d[l + 1],
+    // g = d[m] and the rows l, m; a question without a sweep keeps placeholders (finite, and
+    // never used: its rows are never active)
+    V el[NC], dl[NC], dl1[NC], lv[NC], mv[NC];
     for (;;) {
       // step_rootfree's test of row j (e[j] negligible), for every row at or after the first
       // unconverged one, as one bit per row and question: bit j of neg[h][w]. Row n - 1 is
       // where the scalar scan stops. Deflation below changes no row it has yet to look at.
       int lmin = n;
       for (int k = 0; k < L; ++k)
-        if (live[k] && l[k] < lmin) lmin = l[k];
+        if ((live[k / W] >> (k % W) & 1) && l[k] < lmin) lmin = int(l[k]);
       M neg[NC];
       for (int h = 0; h < NC; ++h) neg[h] = (M)zero();
       const V veps = splat(eps);
@@ -625,76 +795,14 @@ struct GraphLanes {
         }
       }
       int lo = n, hi = -1;
-      // a sweep's first state, recorded by the deflation; a question without a sweep keeps these
-      // placeholders (finite, and never used: its rows are never active)
-      alignas(64) double el_a[L], dl_a[L], dl1_a[L], dm_a[L], lv_a[L], mv_a[L];
-      for (int k = 0; k < L; ++k) {
-        el_a[k] = dl1_a[k] = dm_a[k] = 1.0;
-        dl_a[k] = 0.0;
-        lv_a[k] = double(n);  // never active
-        mv_a[k] = -1.0;
-      }
-      for (int k = 0; k < L; ++k) {  // deflation, per question
-        double* ds = reinterpret_cast<double*>(ch[k / W].qd) + k % W;  // entry i: ds[i * W]
-        double* es = reinterpret_cast<double*>(ch[k / W].qe) + k % W;
-        const unsigned long long bits = (unsigned long long)neg[k / W][k % W] | (1ull << (n - 1));
-        m[k] = -1;
-        while (live[k]) {
-          const int lk = l[k];
-          if (lk >= n) {
-            live[k] = false;
-            break;
-          }
-          const int mm = lk + __builtin_ctzll(bits >> lk);  // the first negligible row from l
-          if (mm == lk) {
-            ++l[k];
-            iter[k] = 0;
-            continue;
-          }
-          if (mm == lk + 1) {  // a 2 x 2 block in closed form
-            const double aa = ds[lk * W], cc = ds[(lk + 1) * W], b2 = es[lk * W];
-            const double sm = aa + cc, df = aa - cc;
-            const double rt = std::sqrt(df * df + 4 * b2);
-            const double big = sm >= 0 ? 0.5 * (sm + rt) : 0.5 * (sm - rt);
-            const double small = big != 0 ? (aa * cc - b2) / big : -0.5 * rt;
-            ds[lk * W] = big;
-            ds[(lk + 1) * W] = small;
-            es[lk * W] = 0;
-            l[k] += 2;
-            iter[k] = 0;
-            continue;
-          }
-          if (iter[k]++ == 64) {
-            ok[k] = false;
-            live[k] = false;
-            break;
-          }
-          m[k] = mm;
-          el_a[k] = es[lk * W];
-          dl_a[k] = ds[lk * W];
-          dl1_a[k] = ds[(lk + 1) * W];
-          dm_a[k] = ds[mm * W];
-          lv_a[k] = lk;
-          mv_a[k] = mm;
-          lo = lk < lo ? lk : lo;
-          hi = mm > hi ? mm : hi;
-          break;
-        }
-      }
+      for (int h = 0; h < NC; ++h) deflate(h, neg[h], l + h * W, m + h * W, iter + h * W, live[h], el[h], dl[h],
+                                           dl1[h], g[h], lv[h], mv[h], lo, hi);
       if (hi < 0) break;
       // each sweep's shift (Wilkinson, from the leading 2 x 2 block) and first state, written
       // across the chunks (their chains of square roots and divisions overlap)
-      V sigma[NC], lv[NC], mv[NC], mv1[NC], el[NC], dl[NC], dl1[NC], rte[NC], hh[NC], r[NC];
+      V sigma[NC], mv1[NC], rte[NC], hh[NC], r[NC];
 #define FUQ_CHUNKS for (int h = 0; h < NC; ++h)
-      FUQ_CHUNKS {
-        std::memcpy(&el[h], el_a + h * W, sizeof(V));
-        std::memcpy(&dl[h], dl_a + h * W, sizeof(V));
-        std::memcpy(&dl1[h], dl1_a + h * W, sizeof(V));
-        std::memcpy(&g[h], dm_a + h * W, sizeof(V));
-        std::memcpy(&lv[h], lv_a + h * W, sizeof(V));
-        std::memcpy(&mv[h], mv_a + h * W, sizeof(V));
-        mv1[h] = mv[h] - 1.0;
-      }
+      FUQ_CHUNKS mv1[h] = mv[h] - 1.0;
       FUQ_CHUNKS rte[h] = vsqrt(el[h]);
       FUQ_CHUNKS hh[h] = (dl1[h] - dl[h]) / (2.0 * rte[h]);
       FUQ_CHUNKS r[h] = vsqrt(hh[h] * hh[h] + 1.0);
@@ -742,12 +850,7 @@ struct GraphLanes {
         }
 #undef FUQ_CHUNKS
       }
-      for (int k = 0; k < L; ++k)  // close each sweep: e[l] = s p, d[l] = sigma + g
-        if (m[k] >= 0) {
-          const int h = k / W, w = k % W, lk = l[k];
-          ch[h].qe[lk][w] = s[h][w] * pp[h][w];
-          ch[h].qd[lk][w] = sigma[h][w] + g[h][w];
-        }
+      for (int h = 0; h < NC; ++h) close_sweeps(h, l + h * W, m + h * W, s[h] * pp[h], sigma[h] + g[h]);
     }
   }
 };
