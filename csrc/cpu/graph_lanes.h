@@ -20,6 +20,7 @@
 // kHeatExpMax is redone on the scalar path too.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -535,23 +536,31 @@ struct GraphLanes {
       FUQ_CHUNKS for (int w = 0; w < W; ++w)
         if (j < int(mv[h][w]) && int(cluster[h][w]) < cmin) cmin = int(cluster[h][w]);
       for (int it = 0; it < 3; ++it) {
+        // the two solves carry the entries of the chain in registers (b[k] of L into the next
+        // step, the two newest of U) instead of reloading what the step before stored
+        V cur[NC], x1[NC], x2[NC];
+        FUQ_CHUNKS cur[h] = ch[h].y[j * n];
         for (int k = 0; k + 1 < n; ++k)  // solve L
           FUQ_CHUNKS {
             V* b = ch[h].y + j * n;
             const V* u = ch[h].lu;
             const M sw = (M)u[4 * n + k];
-            const V bk = sel(sw, b[k + 1], b[k]), bk1 = sel(sw, b[k], b[k + 1]);
+            const V nxt = b[k + 1];
+            const V bk = sel(sw, nxt, cur[h]), bk1 = sel(sw, cur[h], nxt);
             b[k] = bk;
-            b[k + 1] = bk1 - u[3 * n + k] * bk;
+            cur[h] = bk1 - u[3 * n + k] * bk;
           }
+        FUQ_CHUNKS x1[h] = x2[h] = zero();
         for (int k = n - 1; k >= 0; --k)  // solve U
           FUQ_CHUNKS {
             V* b = ch[h].y + j * n;
             const V* u = ch[h].lu;
-            V r = b[k];
-            if (k + 1 < n) r -= u[n + k] * b[k + 1];
-            if (k + 2 < n) r -= u[2 * n + k] * b[k + 2];
-            b[k] = r * u[k];
+            V r = k == n - 1 ? cur[h] : b[k];
+            if (k + 1 < n) r -= u[n + k] * x1[h];
+            if (k + 2 < n) r -= u[2 * n + k] * x2[h];
+            x2[h] = x1[h];
+            x1[h] = r * u[k];
+            b[k] = x1[h];
           }
         FUQ_CHUNKS {
           V* b = ch[h].y + j * n;
