@@ -334,8 +334,20 @@ struct GraphLanes {
         for (int i = k + 1; i < n; ++i) pv += p[i] * v[i];
         const V h = 0.5 * b * pv;
         for (int i = k + 1; i < n; ++i) p[i] -= h * v[i];
-        if (!skip) {
-          for (int i = k + 1; i < n; ++i) {
+        if (!skip) {  // two rows at a time: each p[j], v[j] loaded once for both (the loads bound this)
+          int i = k + 1;
+          for (; i + 1 < n; i += 2) {
+            V* __restrict__ a0 = a + i * n;
+            V* __restrict__ a1 = a0 + n;
+            const V v0 = v[i], w0 = p[i], v1 = v[i + 1], w1 = p[i + 1];
+            for (int j = k + 1; j <= i; ++j) {
+              const V pj = p[j], vj = v[j];
+              a0[j] -= v0 * pj + w0 * vj;
+              a1[j] -= v1 * pj + w1 * vj;
+            }
+            a1[i + 1] -= v1 * p[i + 1] + w1 * v[i + 1];
+          }
+          if (i < n) {
             V* __restrict__ ai = a + i * n;
             const V vi = v[i], wi = p[i];
             for (int j = k + 1; j <= i; ++j) ai[j] -= vi * p[j] + wi * v[j];
