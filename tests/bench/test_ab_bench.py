@@ -1,0 +1,115 @@
+"""bench/ab.py: two builds of the CPU kernels loaded side by side, checked against each other, then
+timed in turn. Building revisions takes minutes, so the tests load two copies of the installed
+extension (what --so does) and check the comparison itself on arrays with known differences."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from flashuq import _ext
+
+from bench_loader import load_bench
+
+
+def _two_copies(tmp_path):
+    src = _ext._C.__file__
+    paths = []
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        paths.append(str(tmp_path / side / src.rsplit("/", 1)[-1]))
+        shutil.copy2(src, paths[-1])
+    return paths
+
+
+def test_two_loaded_copies_agree_and_are_timed(tmp_path, capsys):
+    ab = load_bench("ab")
+    a, b = _two_copies(tmp_path)
+    out = tmp_path / "ab.json"
+    assert ab.main(["--so", a, "--so", b, "--Q", "40", "--rounds", "3", "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "ab" and res["shape"] == {"Q": 40, "K": 20} and res["rounds"] == 3
+    assert res["a"]["module"] == a and res["b"]["module"] == b and res["sha256_a"] == res["sha256_b"]
+    assert [r["op"] for r in res["results"]] == list(ab.OPS)
+    for r in res["results"]:
+        assert r["bitwise_equal"] and r["max_abs_diff"] == 0.0 and r["within_tolerance"], r["op"]
+        assert len(r["runs_ms"]["a"]) == len(r["runs_ms"]["b"]) == 3 and r["a_ms"] > 0 and r["b_ms"] > 0
+        assert r["speedup_b_over_a"] == pytest.approx(r["a_ms"] / r["b_ms"])
+        assert f"{r['op']}: A " in printed
+
+
+def test_the_calls_compute_the_methods(tmp_path):
+    """What the tool times is the methods themselves: its raw binding calls give the public methods'
+    values on the same inputs."""
+    ab = load_bench("ab")
+    from flashuq import methods as M
+    d = ab.make_data(24, 20, 3)
+    calls = ab.calls(_ext._C, d, 1)
+    for f, _ in calls.values():
+        f()
+    E, C = torch.from_numpy(d["E"]), torch.from_numpy(d["C"])
+    torch.testing.assert_close(calls["eigv"][1][0], M.eigv(E), rtol=0, atol=0)
+    ecc = M.eccentricity(E, threshold=ab.THRESHOLD)
+    torch.testing.assert_close(calls["eccentricity"][1][1], ecc, rtol=0, atol=0)
+    # the binding gives the von Neumann entropy; the method scales it by 1 / ln n
+    torch.testing.assert_close(calls["kernel_language_entropy"][1][0] / np.log(20),
+                               M.kernel_language_entropy(E, C, t=ab.KLE_T), rtol=1e-15, atol=0)
+    # sym_eig of the symmetrised matrix itself, against LAPACK
+    torch.testing.assert_close(calls["eigenvalues"][1][0], torch.linalg.eigvalsh((E + E.transpose(1, 2)) / 2),
+                               rtol=0, atol=1e-13)
+    sx, sy = torch.from_numpy(d["sx"]), torch.from_numpy(d["sy"])
+    torch.testing.assert_close(calls["inv_entropy"][1][0][0], M.inv_entropy(sx, sy), rtol=0, atol=0)
+
+
+def test_compare_finds_every_difference():
+    ab = load_bench("ab")
+    x = torch.tensor([1.0, -2.5, float("nan"), float("inf"), 0.0], dtype=torch.float64)
+    same = ab.compare([x], [x.clone()], 0.0, 0.0)
+    assert same == {"bitwise_equal": True, "max_abs_diff": 0.0, "within_tolerance": True}
+    y = x.clone()
+    y[0] = np.nextafter(1.0, 2.0)  # one ulp
+    r = ab.compare([x], [y], 0.0, 0.0)
+    assert not r["bitwise_equal"] and r["max_abs_diff"] == pytest.approx(2.0 ** -52) and not r["within_tolerance"]
+    assert ab.compare([x], [y], 1e-15, 0.0)["within_tolerance"]
+    z = x.clone()
+    z[1] = float("nan")  # NaN on one side only: an infinite difference, whatever the tolerance
+    r = ab.compare([x], [z], 1.0, 1.0)
+    assert r["max_abs_diff"] == float("inf") and not r["within_tolerance"]
+    s = x.clone()
+    s[4] = -0.0  # the same value with another sign bit: not bitwise, but equal
+    r = ab.compare([x], [s], 0.0, 0.0)
+    assert not r["bitwise_equal"] and r["within_tolerance"] and r["max_abs_diff"] == 0.0
+
+
+def test_a_difference_fails_the_run(tmp_path, monkeypatch, capsys):
+    ab = load_bench("ab")
+    a, b = _two_copies(tmp_path)
+    calls = ab.calls
+
+    def shifted(C, d, threads):  # B's eigv one ulp off in question 0
+        out = calls(C, d, threads)
+        f, o = out["eigv"]
+        if C.ab_tag.startswith("module " + b):
+            def g(f=f, o=o):
+                f()
+                o[0][0] = np.nextafter(o[0][0].item(), np.inf)
+            out["eigv"] = (g, o)
+        return out
+
+    monkeypatch.setattr(ab, "calls", shifted)
+    args = ["--so", a, "--so", b, "--Q", "16", "--rounds", "1", "--threads", "1", "--ops", "eigv"]
+    assert ab.main(args + ["--out", str(tmp_path / "x.json")]) == 1
+    assert "results differ: eigv" in capsys.readouterr().err
+    assert ab.main(args + ["--rtol", "1e-15", "--out", str(tmp_path / "y.json")]) == 0
+
+
+@pytest.mark.parametrize("args", [["--so", "x.so"], ["--so", "a.so", "--so", "b.so", "HEAD"], [],
+                                  ["HEAD", "--ops", "eigv,nope"], ["HEAD", "--Q", "0"], ["a", "b", "c"]])
+def test_bad_arguments(args, capsys):
+    ab = load_bench("ab")
+    with pytest.raises(SystemExit) as e:
+        ab.main(args)
+    assert e.value.code == 2 and "error:" in capsys.readouterr().err
