@@ -2,7 +2,7 @@
 
     python bench/graph.py                       # Q = 10,000 questions, K = 20 samples, 2 threads
     python bench/graph.py --quick               # a smoke run (Q = 200, 2 repeats)
-    python bench/graph.py --Q 10000 --K 20 --repeats 7 --threads 2
+    python bench/graph.py --Q 10000 --K 20 --repeats 9 --threads 2
 
 Methods: eigv, eccentricity, degree, inv_entropy and semantic_entropy (the issue's five), plus the
 extras kernel_language_entropy, num_sem_sets and inv_entropy with its bootstrap (N = 10 inputs x
@@ -21,12 +21,15 @@ r = 5 answers, S = 20 draws, the Inv-Entropy repository's layout). Each runs thr
   eigh-based ``expm`` + ``eigvalsh`` (KLE), masked logsumexp (semantic entropy), row-normalised
   products (Inv-Entropy), min-label propagation (num_sem_sets).
 
-Before any timing every flashuq result is checked against both baselines (float64 allclose; the
-largest absolute difference goes into the JSON); a disagreement stops the run. Times are medians of
---repeats runs after a warm-up; flashuq's and torch's runs each follow an untimed call on a copy of
-the first 64 questions, which wakes their thread pool after the loops timed before them (on a
-virtual machine a worker thread idle for 150 ms can start milliseconds late) but reads none of
-the timed inputs: their times are those of an awake pool, as in a loop over batches.
+Before any timing every method's flashuq result is checked against both baselines (float64 allclose;
+the largest absolute difference goes into the JSON); a disagreement stops the run. Then all methods
+are timed together, in --loop-repeats rounds: a round visits every method in turn and times its
+flashuq and torch calls (interleaved) and its loops, so that each method's --repeats runs spread
+over the whole benchmark and a slow phase of the machine spoils one round, not a median. Times are
+medians, after a warm-up; flashuq's and torch's runs each follow an untimed call on a copy of the
+first 64 questions, which wakes their thread pool after the loops timed before them (on a virtual
+machine a worker thread idle for 150 ms can start milliseconds late) but reads none of the timed
+inputs: their times are those of an awake pool, as in a loop over batches.
 Inputs are NLI-like and seeded: each question's K answers fall into
 1-6 semantic clusters, ``E[i, j]`` (P(entail)) is high inside a cluster and low across, with noise
 and an asymmetric ``E``; ``C`` (P(contradict)) the reverse, with ``E + C <= 1``; every method
@@ -78,7 +81,7 @@ TARGET_VS_NUMPY, TARGET_VS_TORCH = 50.0, 3.0
 # one-draw Inv-Entropy, which LM-Polygraph does not have, 50x its repository's row loop (the numpy loop)
 TARGET_VS_LMP = {"eigv": 100.0, "eccentricity": 100.0, "kernel_language_entropy": 50.0, "num_sem_sets": 50.0}
 TARGET_VS_NUMPY_EXTRA = {"inv_entropy": 50.0}
-PRIMER_Q = 64     # questions of the untimed call before each timed batched run (_interleaved_ms)
+PRIMER_Q = 64     # questions of the untimed call before each timed batched run (_rounds_ms)
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -388,27 +391,34 @@ def _loop(fn, arrays, n):
     return np.array([fn(*(a[q] for a in arrays)) for q in range(n)], dtype=np.float64)
 
 
-def _interleaved_ms(fns):
-    """{key: (median ms, runs ms)} of several callables timed in turn, round after round, so that a
-    slow phase of the machine (its speed drifts within seconds) falls on all of them alike.
-    fns: {key: (fn, repeats, warmup, primer)}; a callable with fewer repeats sits out the later
-    rounds. ``primer`` (or None) runs untimed right before each timed run: the batched callables'
-    primer is the same call on a copy of the first PRIMER_Q questions, which wakes their thread
-    pool after the loops before them (on a virtual machine a worker thread idle that long can
-    start milliseconds late) without reading the timed inputs."""
-    for fn, _, warmup, _ in fns.values():
-        for _ in range(warmup):
-            fn()
-    runs = {k: [] for k in fns}
-    for i in range(max(reps for _, reps, _, _ in fns.values())):
-        for k, (fn, reps, _, primer) in fns.items():
-            if i < reps:
-                if primer is not None:
-                    primer()
-                t0 = time.perf_counter()
+def _rounds_ms(plans, rounds):
+    """{method: {key: (median ms, runs ms)}}: every method's callables timed round after round.
+
+    plans: {method: {key: (fn, runs per round, warm-up calls, primer)}}. A round visits every method
+    in turn and times each of its callables ``runs per round`` times, interleaved (a callable with
+    fewer runs sits out the method's later turns), so that one method's runs spread over the whole
+    benchmark: a slow phase of the machine (its speed drifts within seconds) spoils at most the runs
+    of one round, not a method's median, and falls on flashuq, torch and the loops alike.
+    ``primer`` (or None) runs untimed right before each timed run: the batched callables' primer is
+    the same call on a copy of the first PRIMER_Q questions, which wakes their thread pool after the
+    loops before them (on a virtual machine a worker thread idle that long can start milliseconds
+    late) without reading the timed inputs."""
+    for fns in plans.values():
+        for fn, _, warmup, _ in fns.values():
+            for _ in range(warmup):
                 fn()
-                runs[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: (statistics.median(v), v) for k, v in runs.items()}
+    runs = {m: {k: [] for k in fns} for m, fns in plans.items()}
+    for _ in range(rounds):
+        for m, fns in plans.items():
+            for i in range(max(per for _, per, _, _ in fns.values())):
+                for k, (fn, per, _, primer) in fns.items():
+                    if i < per:
+                        if primer is not None:
+                            primer()
+                        t0 = time.perf_counter()
+                        fn()
+                        runs[m][k].append((time.perf_counter() - t0) * 1e3)
+    return {m: {k: (statistics.median(v), v) for k, v in r.items()} for m, r in runs.items()}
 
 
 def _max_abs(a, b):
@@ -452,13 +462,16 @@ def _loop_questions(per_q, Q, loop_q, loop_repeats, loop_budget):
 
 
 def run(Q, K, repeats, loop_repeats, loop_q, loop_budget, rtol, atol, seed=0, log=print, lmp=None):
+    """Every method checked against its baselines, then all timed together (_rounds_ms): loop_repeats
+    rounds, each with ceil(repeats / loop_repeats) runs of flashuq and of torch per method."""
     d = make_data(Q, K, seed)
-    results = []
     lmp_estimators = lmp[1] if lmp else {}
     # the primers' inputs: copies of the first questions (every array is per question), so that a
     # primer reads none of the timed arrays' memory
     small = {k: v[:PRIMER_Q].copy() for k, v in d.items()}
     primers = {c[0]: (c[1], c[2]) for c in cases(small)}
+    per_round = -(-repeats // loop_repeats)
+    checked, plans = {}, {}
     for name, f_fuq, f_torch, f_np, arrays, extra in cases(d):
         # correctness first: flashuq vs torch on all Q, vs the numpy loop on the questions it is timed on
         out_fuq = f_fuq().double().numpy()
@@ -485,27 +498,32 @@ def run(Q, K, repeats, loop_repeats, loop_q, loop_budget, rtol, atol, seed=0, lo
         if not ok:
             raise SystemExit(f"{name}: flashuq disagrees with a baseline (max |diff| vs numpy loop {diff_np:.3g}, "
                              f"vs torch {diff_torch:.3g}, vs LM-Polygraph {diff_lmp}; rtol={rtol}, atol={atol})")
-        # timing, interleaved: flashuq, torch, the loop and LM-Polygraph in turn, round after round
         p_fuq, p_torch = primers[name]
-        timed = {"fuq": (f_fuq, repeats, 1, p_fuq), "torch": (f_torch, repeats, 1, p_torch),
-                 "loop": (lambda: _loop(f_np, arrays, n_loop), loop_repeats, 0, None)}
+        plans[name] = {"fuq": (f_fuq, per_round, 1, p_fuq), "torch": (f_torch, per_round, 1, p_torch),
+                       "loop": (lambda f_np=f_np, arrays=arrays, n=n_loop: _loop(f_np, arrays, n), 1, 0, None)}
         if f_lmp is not None:
-            timed["lmp"] = (f_lmp, loop_repeats, 0, None)
-        tm = _interleaved_ms(timed)
+            plans[name]["lmp"] = (f_lmp, 1, 0, None)
+        checked[name] = dict(extra=extra, n_loop=n_loop, n_lmp=n_lmp, diff_np=diff_np, diff_torch=diff_torch,
+                             diff_lmp=diff_lmp)
+    # timing: every method's flashuq, torch, numpy loop and LM-Polygraph in turn, round after round
+    timings = _rounds_ms(plans, loop_repeats)
+    results = []
+    for name, c in checked.items():
+        tm, n_loop, n_lmp = timings[name], c["n_loop"], c["n_lmp"]
         (ms_fuq, runs_fuq), (ms_torch, runs_torch), (ms_loop, runs_loop) = tm["fuq"], tm["torch"], tm["loop"]
         ms_np = ms_loop * Q / n_loop
         lmp_r = {}
-        if f_lmp is not None:
+        if "lmp" in tm:
             ms_lmp_measured, runs_lmp = tm["lmp"]
             ms_lmp = ms_lmp_measured * Q / n_lmp
             lmp_r = {"lm_polygraph_ms": ms_lmp, "lm_polygraph_questions_timed": n_lmp,
                      "lm_polygraph_measured_ms": ms_lmp_measured, "lm_polygraph_runs_ms": runs_lmp,
-                     "speedup_vs_lm_polygraph": ms_lmp / ms_fuq, "max_abs_diff_vs_lm_polygraph": diff_lmp}
-        r = {"method": name, "extra": extra, "flashuq_ms": ms_fuq, "torch_batched_ms": ms_torch,
+                     "speedup_vs_lm_polygraph": ms_lmp / ms_fuq, "max_abs_diff_vs_lm_polygraph": c["diff_lmp"]}
+        r = {"method": name, "extra": c["extra"], "flashuq_ms": ms_fuq, "torch_batched_ms": ms_torch,
              "numpy_loop_ms": ms_np, "numpy_loop_questions_timed": n_loop,
              "numpy_loop_scaled_from_subset": n_loop < Q, "numpy_loop_measured_ms": ms_loop,
              "speedup_vs_numpy_loop": ms_np / ms_fuq, "speedup_vs_torch_batched": ms_torch / ms_fuq,
-             "max_abs_diff_vs_numpy_loop": diff_np, "max_abs_diff_vs_torch_batched": diff_torch,
+             "max_abs_diff_vs_numpy_loop": c["diff_np"], "max_abs_diff_vs_torch_batched": c["diff_torch"],
              "runs_ms": {"flashuq": runs_fuq, "torch_batched": runs_torch, "numpy_loop_measured": runs_loop},
              **lmp_r}
         targets = {}
@@ -573,7 +591,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--Q", type=int, default=None, help="questions (default 10,000; 200 with --quick)")
     ap.add_argument("--K", type=int, default=20, help="samples per question")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per method (median; default 7, 2 quick)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs of flashuq and of torch per method "
+                    "(median; rounded up to a multiple of --loop-repeats; default 9, 2 quick)")
     ap.add_argument("--loop-repeats", type=int, default=None, help="timed runs of the numpy loop (default 3, 1 quick)")
     ap.add_argument("--loop-q", type=int, default=None,
                     help="questions to time the numpy loop on (default: all Q if that takes under --loop-budget "
@@ -590,7 +609,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     Q = args.Q if args.Q is not None else (200 if args.quick else 10_000)
-    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 9)
     loop_repeats = args.loop_repeats if args.loop_repeats is not None else (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
     blas_threads = None
@@ -632,8 +651,11 @@ def main(argv=None):
     with open(out, "w") as f:
         json.dump({
             "benchmark": "graph", "shape": {"Q": Q, "K": args.K}, "dtype": "float64", "quick": args.quick,
-            "threads": args.threads, "repeats": repeats, "loop_repeats": loop_repeats, "statistic": "median",
-            "timing": "interleaved: flashuq, torch, the numpy loop and LM-Polygraph timed in turn, round after round",
+            "threads": args.threads, "repeats": -(-repeats // loop_repeats) * loop_repeats,
+            "loop_repeats": loop_repeats, "statistic": "median",
+            "timing": f"{loop_repeats} rounds; each visits every method in turn and times its flashuq and torch "
+                      f"{-(-repeats // loop_repeats)} times each, interleaved, then its numpy loop and LM-Polygraph "
+                      "once: a method's runs spread over the whole benchmark, after all results were checked",
             "primer": f"each timed flashuq and torch run follows an untimed call on a copy of the first {PRIMER_Q} "
                       "questions (wakes the thread pool after the loops; reads none of the timed inputs)",
             "numpy_loop_note": "per-question numpy/scipy loop timed on numpy_loop_questions_timed questions; "

@@ -83,14 +83,20 @@ def test_graph_bench_exits_1_on_a_missed_target(tmp_path, monkeypatch, capsys):
     assert {m.split(":")[0] for m in res["missed"]} == set(graph.SPECTRAL)
 
 
-def test_interleaved_timing_runs_each_primer_untimed_before_its_run():
-    """Each timed run of a batched callable follows its primer (an untimed call on a few questions
-    that wakes the thread pool); runs without a primer, and the warm-ups, have none."""
+def test_rounds_spread_each_methods_runs_and_prime_each_batched_run():
+    """All methods are timed together, round after round: a round visits every method in turn and
+    runs each of its callables its runs-per-round times, interleaved, so that a method's runs are
+    spread over the benchmark. Each timed run of a batched callable follows its primer (an untimed
+    call on a few questions that wakes the thread pool); runs without a primer, and the warm-ups,
+    have none."""
     graph = load_bench("graph")
     log = []
-    fns = {"a": (lambda: log.append("a"), 3, 1, lambda: log.append("pa")),
-           "b": (lambda: log.append("b"), 2, 0, None)}
-    res = graph._interleaved_ms(fns)
-    assert log == ["a", "pa", "a", "b", "pa", "a", "b", "pa", "a"]
-    assert len(res["a"][1]) == 3 and len(res["b"][1]) == 2
+    plans = {"m1": {"a": (lambda: log.append("a"), 2, 1, lambda: log.append("pa")),
+                    "b": (lambda: log.append("b"), 1, 0, None)},
+             "m2": {"c": (lambda: log.append("c"), 1, 2, lambda: log.append("pc"))}}
+    res = graph._rounds_ms(plans, 2)
+    assert log == ["a", "c", "c",                                   # warm-ups
+                   "pa", "a", "b", "pa", "a", "pc", "c",            # round 1: m1, then m2
+                   "pa", "a", "b", "pa", "a", "pc", "c"]            # round 2
+    assert [len(res["m1"]["a"][1]), len(res["m1"]["b"][1]), len(res["m2"]["c"][1])] == [4, 2, 2]
     assert graph.PRIMER_Q < 200  # the primer is a small copy, also beside a --quick run's inputs

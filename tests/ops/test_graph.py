@@ -761,6 +761,35 @@ def test_torch_compile_fullgraph():
         assert nan_eq(x, y)
 
 
+def test_plain_cpu_calls_skip_the_dispatch_and_agree_with_the_op():
+    """A CPU call that nothing observes runs the graph kernel without torch.library's dispatch
+    (ops/_common.py, plain_cpu_call; ~30 µs of a one-question call); the results are the registered
+    op's, bit for bit. Under a dispatch mode the call goes through the op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    rng = np.random.default_rng(17)
+    W = t(rand_graph(rng, 9, 7))
+    counts = torch.full((9,), 7, dtype=torch.int32)
+    spec = fuq.laplacian_spectrum(W)
+    want = torch.ops.flashuq.graph_spectra((W + W.mT) / 2, counts, 1, True, 0.9, 0.0)
+    for got, w in zip((spec.eigv, spec.eccentricity, spec.eccentricity_per_sample), want):
+        assert torch.equal(got, w)
+    seen = Seen()
+    with seen:
+        again = fuq.laplacian_spectrum(W)
+    assert any("flashuq.graph_spectra" in op for op in seen.ops), seen.ops
+    assert torch.equal(again.eigv, spec.eigv) and torch.equal(again.eccentricity, spec.eccentricity)
+
+
 def test_registered_op_fake_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():

@@ -334,7 +334,7 @@ def test_opcheck():
 
 def test_plain_cpu_calls_skip_the_dispatch_and_agree_with_the_op():
     """A CPU call that nothing observes runs the kernel without torch.library's dispatch
-    (ops/token_stats.py, _plain_cpu_call); the results are the op's, bit for bit. A call under a
+    (ops/_common.py, plain_cpu_call); the results are the op's, bit for bit. A call under a
     dispatch mode, or one autograd records, goes through the op."""
     from torch.utils._python_dispatch import TorchDispatchMode
 

@@ -6,6 +6,7 @@ import contextlib
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .._checks import check_int, check_real  # noqa: F401 - the ops' validators (one set for the package)
 
@@ -46,6 +47,19 @@ def check_positive_float(value, name: str) -> float:
 def is_tracing() -> bool:
     """True under torch.compile / export tracing, where tensor values cannot be inspected."""
     return torch.compiler.is_compiling()
+
+
+def plain_cpu_call(x: torch.Tensor) -> bool:
+    """A CPU call that nothing observes: no autograd graph to record, no torch.compile, tracing,
+    torch-function or dispatch mode, a plain tensor. Such a call may run an op's implementation
+    directly: the registered op's dispatch costs ~25-40 µs per call (a fifth of a [1, 128256] decode
+    step's kernel time; a quarter of a one-question graph call). Every other call goes through the
+    registered op."""
+    return (type(x) is torch.Tensor and x.device.type == "cpu"
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not torch._C._is_torch_function_mode_enabled()
+            and _get_current_dispatch_mode() is None)
 
 
 def capturing_cuda_graph(t: torch.Tensor) -> bool:

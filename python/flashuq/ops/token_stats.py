@@ -15,11 +15,10 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from .. import _ext
-from ._common import (acc_dtype, as_tensor, check_int, check_logits, check_positive_float, device_guard, row_layout,
-                      values_readable)
+from ._common import (acc_dtype, as_tensor, check_int, check_logits, check_positive_float, device_guard,
+                      plain_cpu_call, row_layout, values_readable)
 
 MAX_TOPK = 64
 MIN_TEMPERATURE = 1e-30
@@ -80,23 +79,11 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0,
     logits, tokens, temperature, topk = _validate(logits, tokens, temperature, topk)
     if not isinstance(renyi, (bool, np.bool_)):
         raise TypeError(f"renyi must be a bool, got {type(renyi).__name__}")
-    if _plain_cpu_call(logits):  # what the op would run, without torch.library's per-call dispatch
+    if plain_cpu_call(logits):  # what the op would run, without torch.library's per-call dispatch
         out = compute(logits, tokens, temperature, topk, backend="cpu", renyi=bool(renyi))
     else:
         out = torch.ops.flashuq.token_stats(logits, tokens, temperature, topk, bool(renyi))
     return TokenStats(*out[:11], *(out[11:] if renyi else (None, None)))
-
-
-def _plain_cpu_call(logits: Tensor) -> bool:
-    """A CPU call that nothing observes: no autograd graph to record, no torch.compile, tracing,
-    torch-function or dispatch mode, a plain tensor. Such a call runs the kernel directly: the
-    registered op's dispatch costs ~25 µs per call, a fifth of a [1, 128256] decode step's kernel
-    time (bench/token_stats.py's "kernel" column). Every other call goes through the op."""
-    return (type(logits) is torch.Tensor and logits.device.type == "cpu"
-            and not (logits.requires_grad and torch.is_grad_enabled())
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not torch._C._is_torch_function_mode_enabled()
-            and _current_dispatch_mode() is None)
 
 
 def _validate(logits, tokens, temperature, topk):
