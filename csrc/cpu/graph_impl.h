@@ -31,6 +31,11 @@ constexpr int kLanes = Lanes::L;
 constexpr int kLaneMaxN = 64;
 
 
+constexpr int kGroupChunk = 4, kScalarChunk = 16;  // the OpenMP chunks: lane groups, scalar questions
+// Fewer questions of one size than this run on the scalar path: a group of kLanes lanes costs about
+// as much as five scalar questions (68 µs against 12.5 µs each for EigV at K = 20, one thread).
+constexpr int kMinLaneGroup = 5;
+
 template <typename S>
 void run(const GraphArgs& a) {
   S* o0 = static_cast<S*>(a.out0);
@@ -50,7 +55,7 @@ void run(const GraphArgs& a) {
   // of at most kLanes; the rest go to `scalar`.
   const bool lanes_op = a.lanes && (a.op != kGraphEigvalues || o1 == nullptr);
   const int nmax = std::min(K, kLaneMaxN);
-  std::vector<int64_t> order, scalar, groups;  // groups: offsets into order, then order.size()
+  std::vector<int64_t> order, scalar, groups;  // groups: (begin, end) offsets into order, pairwise
   if (lanes_op && nmax >= 3) {
     std::vector<int64_t> start(nmax + 2, 0);
     for (int64_t q = 0; q < a.Q; ++q) {
@@ -66,23 +71,36 @@ void run(const GraphArgs& a) {
       if (n >= 3 && n <= nmax) order[size_t(fill[n]++)] = q;
     }
     for (int n = 3; n <= nmax; ++n)
-      for (int64_t g = start[n]; g < start[n + 1]; g += kLanes) groups.push_back(g);
-    groups.push_back(int64_t(order.size()));
+      for (int64_t g = start[n]; g < start[n + 1]; g += kLanes) {
+        const int64_t end = std::min<int64_t>(g + kLanes, start[n + 1]);
+        // a group costs as much as kLanes questions: a few are cheaper on the scalar path, which
+        // gives the same bits (not the heat kernel, whose routes agree to rounding only: it stays
+        // in the lanes, so that a question's result does not depend on its batch)
+        if (end - g < kMinLaneGroup && !graph_heat(a.op)) {
+          scalar.insert(scalar.end(), order.begin() + g, order.begin() + end);
+          continue;
+        }
+        groups.push_back(g);
+        groups.push_back(end);
+      }
   } else {
     for (int64_t q = 0; q < a.Q; ++q) scalar.push_back(q);
-    groups.push_back(0);
   }
-  const int64_t ngroups = int64_t(groups.size()) - 1, nscalar = int64_t(scalar.size());
+  const int64_t ngroups = int64_t(groups.size()) / 2, nscalar = int64_t(scalar.size());
+  // no more threads than the loops below hand out chunks (4 groups, 16 scalar questions): a
+  // worker without work would still be woken, which costs a small call more than its work
+  const int64_t chunks = (ngroups + kGroupChunk - 1) / kGroupChunk + (nscalar + kScalarChunk - 1) / kScalarChunk;
+  const int nth = int(std::max<int64_t>(1, std::min<int64_t>(nt, chunks)));
 
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nth)
   {
     const size_t ws = size_t(eig_work_size<double>(K)) + 1;
     std::vector<double> buf(ws), dl(K + 1), el(K + 1);
     const bool heat = graph_heat(a.op);
     std::vector<Lanes::V> lbuf(ngroups > 0 ? Lanes::work_size(nmax, heat) : 0);
-#pragma omp for schedule(dynamic, 4) nowait
+#pragma omp for schedule(dynamic, kGroupChunk) nowait
     for (int64_t gi = 0; gi < ngroups; ++gi) {
-      const int64_t g0 = groups[gi], cnt = groups[gi + 1] - g0;
+      const int64_t g0 = groups[2 * gi], cnt = groups[2 * gi + 1] - g0;
       const int n = a.counts[order[g0]];
       Lanes lanes;
       lanes.bind(lbuf.data(), n, heat);
@@ -135,7 +153,7 @@ void run(const GraphArgs& a) {
         }
       }
     }
-#pragma omp for schedule(dynamic, 16)
+#pragma omp for schedule(dynamic, kScalarChunk)
     for (int64_t i = 0; i < nscalar; ++i) {
       GraphTask<double, S, S> t = task_of(scalar[i], buf.data(), dl.data(), el.data());
       run_graph_task(tm, t);

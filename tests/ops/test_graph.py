@@ -666,7 +666,8 @@ def test_simd_lanes_match_scalar_path_bitwise(fp64, level):
     K = 70
     parts, counts = [], []
     for n in list(range(0, 66)) + [70]:  # every size, each a few times, so groups are full and ragged
-        reps = 1 + (n % 3)
+        # at least 5 (fewer questions of one size take the scalar path, csrc/cpu/graph_impl.h)
+        reps = 5 + (n % 3) + (30 if n == 20 else 0)
         parts.append(rand_graph(rng, reps, K))
         counts += [n] * reps
     for n in (3, 4, 7, 20, 33, 64):
@@ -715,6 +716,35 @@ def test_simd_lanes_match_scalar_path_bitwise(fp64, level):
                 np.testing.assert_allclose(scalar[0][q].item(), eigv_ref(Wq), rtol=1e-9, atol=1e-9)
                 np.testing.assert_allclose(scalar[1][q].item(), ecc, rtol=1e-7, atol=1e-7)
                 np.testing.assert_allclose(scalar[2][q * K:q * K + n].numpy(), per_sample, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("op,vectors", [(0, False), (1, False), (1, True)])
+def test_a_question_gets_the_same_bits_in_any_batch(op, vectors):
+    """A few questions of one size (fewer than 5) take the scalar path, many take the SIMD lanes
+    (csrc/cpu/graph_impl.h): either way a question's eigenvalues, EigV and Eccentricity are the same
+    bits, alone, in a pair or in a batch of 40."""
+    rng = np.random.default_rng(23)
+    K = 20
+    W = torch.from_numpy(np.concatenate([rand_graph(rng, 40, K), _hard_questions(rng, K)[:4]]))
+    Q = W.shape[0]
+
+    def run(idx):
+        Wb = W[idx].contiguous()
+        q = Wb.shape[0]
+        outs = [torch.full((n,), float("nan"), dtype=F64) for n in ([q * K, 0, 0] if op == 0 else [q, q, q * K])]
+        _ext._C.graph(op, Wb, torch.full((q,), K, dtype=torch.int32), 0.9, 0.3, outs[0],
+                      outs[1] if vectors else None, outs[2] if vectors else None, 2)
+        return [o.view(q, -1) if o.numel() else o for o in outs]
+
+    batch = run(list(range(Q)))
+    for idx in ([0], [41], [3, 40], [5, 7, 42, 43], list(range(10, 14))):
+        alone = run(idx)
+        for a, b in zip(alone, batch):
+            if a.numel():
+                assert nan_eq(a, b[idx]), (op, vectors, idx)
+    want = np.array([eigv_ref(W[q].numpy()) for q in range(0, 40, 9)])
+    if op == 1:  # and they are right
+        np.testing.assert_allclose(batch[0][0:40:9, 0].numpy(), want, rtol=1e-9, atol=1e-9)
 
 
 def test_lanes_sort_signed_zeros_as_scalar_path():
