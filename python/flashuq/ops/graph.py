@@ -5,10 +5,12 @@ The kernel is ``csrc/include/flashuq/graph.h`` + ``symeig.h``: Householder tridi
 implicit QL, written once for a team of workers and compiled for the CPU (``flashuq._C``, one
 question per OpenMP iteration, fp64 arithmetic) and CUDA (``flashuq._cuda``, one question per
 block, fp64 arithmetic). On the CPU, eigenvalue-only work on questions of 3..64 samples (EigV,
-Eccentricity, the heat kernel, ``sym_eig`` without vectors) runs 8 or 16 questions of one size
-at a time in SIMD lanes (``csrc/cpu/graph_lanes.h``), bitwise equal to the scalar code except the
-heat kernel (scaling and squaring there, not eigenvectors; equal to rounding). Every matrix is symmetrised as ``(W + Wᵀ)/2`` first, which is LM-Polygraph's step
-for an entailment matrix and changes nothing for a symmetric one.
+Eccentricity, the heat kernel, ``sym_eig`` without vectors) runs up to 32 questions of one size
+at a time in SIMD lanes (``csrc/cpu/graph_lanes.h``; fewer than five of a size take the scalar
+path), bitwise equal to the scalar code except the heat kernel (scaling and squaring there, not
+eigenvectors; equal to rounding; always in the lanes). Every matrix is symmetrised as
+``(W + Wᵀ)/2`` first, which is LM-Polygraph's step for an entailment matrix and changes nothing
+for a symmetric one.
 
 Ragged questions (K varies because empty samples were dropped) come as ``sample_mask [Q, K]``;
 the valid samples are moved to the front (order kept) and the kernel works on the leading
