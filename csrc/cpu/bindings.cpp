@@ -285,10 +285,7 @@ static void graph_py(int op, Arr W, CArr<const int32_t, 1> counts, double thresh
   a.out0 = out_ptr(out0, op == 0 ? Q * K : Q, f64, "out0");
   a.out1 = vec ? out_ptr(*out1, op == 0 ? Q * K * K : Q, f64, "out1") : nullptr;
   a.out2 = nullptr;
-  if (op == 1 && vec) {
-    if (!out2) throw std::invalid_argument("out2: the per-sample eccentricity output is required");
-    a.out2 = out_ptr(*out2, Q * K, f64, "out2");
-  }
+  if (op == 1 && vec && out2) a.out2 = out_ptr(*out2, Q * K, f64, "out2");  // the per-sample norms: optional
   a.op = op; a.W = W.data(); a.Q = Q; a.K = K; a.counts = c;
   a.threshold = threshold; a.t = t; a.num_threads = num_threads; a.lanes = lanes;
   nb::gil_scoped_release release;

@@ -126,7 +126,7 @@ void run(const GraphArgs& a) {
         Lanes::Chunk& c = lanes.ch[h];
         Lanes::V eigv, ecc, per_sample[kLaneMaxN], entropy;
         if (lap) eigv = c.eigv(n);
-        if (lap && o1) c.eccentricity(n, mmax, mv[h], ecc, per_sample);
+        if (lap && o1) c.eccentricity(n, mmax, mv[h], ecc, o2 ? per_sample : nullptr);
         if (heat) entropy = c.von_neumann_entropy(n);
         for (int w = 0; w < Lanes::W; ++w) {
           const int k = h * Lanes::W + w;
@@ -148,7 +148,8 @@ void run(const GraphArgs& a) {
           o0[q] = S(eigv[w]);
           if (o1) {
             o1[q] = S(ecc[w]);
-            for (int i = 0; i < n; ++i) o2[q * K + i] = S(per_sample[i][w]);
+            if (o2)
+              for (int i = 0; i < n; ++i) o2[q * K + i] = S(per_sample[i][w]);
           }
         }
       }

@@ -412,25 +412,42 @@ struct GraphLanes {
     }
 
     // ... and, once GraphLanes::inverse_iteration has left those vectors of the tridiagonal in y,
-    // maps them back (apply_reflectors) and takes Eccentricity into ecc_out and the per-sample
-    // norms into per_sample[0..n). Question w keeps its first mv[w] rows; the others are scratch.
+    // takes Eccentricity into ecc_out from them and c = Qᵀ1 (GraphTask::laplacian_scores) and,
+    // if per_sample is not null, maps them back (apply_reflectors) for the per-sample norms
+    // (per_sample[0..n)). Question w keeps its first mv[w] rows; the others are scratch.
     void eccentricity(int n, int mmax, V mv, V& ecc_out, V* per_sample) {
-      apply_reflectors(n, mmax);
+      V* c = lu;  // apply_reflectors_transposed (symeig.h) of the constant vector; lu is free now
+      for (int i = 0; i < n; ++i) c[i] = splat(1.0);
+      for (int k = 0; k + 2 < n; ++k) {
+        const V b = beta[k];
+        const M upd = b != 0;
+        if (!any(upd)) continue;
+        const V* __restrict__ vk = a + k * n;
+        const V sc = b * dot(vk, c, k + 1, n);
+        for (int i = k + 1; i < n; ++i) c[i] = sel(upd, c[i] - sc * vk[i], c[i]);
+      }
       V total = zero();
+      for (int j = 0; j < mmax; ++j) {  // centred sums of squares, in T's basis
+        const M act = splat(double(j)) < mv;
+        const V* yj = y + j * n;
+        const V mean = dot(c, yj, 0, n) / double(n);
+        V ss = zero();
+        for (int i = 0; i < n; ++i) ss += (yj[i] - mean * c[i]) * (yj[i] - mean * c[i]);
+        total += sel(act, ss, zero());
+      }
+      ecc_out = vsqrt(total);
+      if (!per_sample) return;
+      apply_reflectors(n, mmax);
       for (int i = 0; i < n; ++i) per_sample[i] = zero();
-      for (int j = 0; j < mmax; ++j) {  // eigenvector means and centred sums of squares
+      for (int j = 0; j < mmax; ++j) {  // eigenvector means, then each response's centred sum
         const M act = splat(double(j)) < mv;
         const V* u = y + j * n;
         V mean = zero();
         for (int i = 0; i < n; ++i) mean += u[i];
         mean /= double(n);
-        V ss = zero();
-        for (int i = 0; i < n; ++i) ss += (u[i] - mean) * (u[i] - mean);
-        total += sel(act, ss, zero());
         for (int i = 0; i < n; ++i) per_sample[i] += sel(act, (u[i] - mean) * (u[i] - mean), zero());
       }
       for (int i = 0; i < n; ++i) per_sample[i] = vsqrt(per_sample[i]);
-      ecc_out = vsqrt(total);
     }
 
     // apply_reflectors (symeig.h): rows j < mmax of y <- Q y_j, each reflector applied to all

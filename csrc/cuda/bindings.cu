@@ -63,10 +63,7 @@ static void graph_py(int op, Arr W, GArr<const int32_t, 1> counts, double thresh
   a.out0 = out(out0, op == 0 ? Q * K : Q, "out0");
   a.out1 = vec ? out(*out1, op == 0 ? Q * K * K : Q, "out1") : nullptr;
   a.out2 = nullptr;
-  if (op == 1 && vec) {
-    if (!out2) throw std::invalid_argument("out2: the per-sample eccentricity output is required");
-    a.out2 = out(*out2, Q * K, "out2");
-  }
+  if (op == 1 && vec && out2) a.out2 = out(*out2, Q * K, "out2");  // the per-sample norms: optional
   a.op = op; a.W = W.data(); a.Q = Q; a.K = K; a.counts = counts_p;
   a.threshold = threshold; a.t = t;
   int err;

@@ -747,6 +747,43 @@ def test_a_question_gets_the_same_bits_in_any_batch(op, vectors):
         np.testing.assert_allclose(batch[0][0:40:9, 0].numpy(), want, rtol=1e-9, atol=1e-9)
 
 
+def test_eccentricity_without_per_sample_norms_is_the_same_bits():
+    """Eccentricity needs only the kept eigenvectors' means, which come from c = Qᵀ1 in the
+    tridiagonal basis; the per-sample norms need the vectors mapped back. Without them
+    (per_sample=False, methods.eccentricity's default) the scores are the same bits, on the lanes
+    and the scalar path (the binding's out2=None), and right against the float64 transcription."""
+    rng = np.random.default_rng(29)
+    K = 12
+    W = t(np.concatenate([rand_graph(rng, 37, K), _hard_questions(rng, K)]))
+    mask = t(rand_mask(rng, W.shape[0], K))
+    full = fuq.laplacian_spectrum(W, sample_mask=mask)
+    bare = fuq.laplacian_spectrum(W, sample_mask=mask, per_sample=False)
+    assert bare.eccentricity_per_sample is None
+    assert nan_eq(bare.eccentricity, full.eccentricity) and nan_eq(bare.eigv, full.eigv)
+    ecc, per = fuq.methods.eccentricity(W, sample_mask=mask, return_per_sample=True)
+    assert nan_eq(fuq.methods.eccentricity(W, sample_mask=mask), ecc) and nan_eq(per, full.eccentricity_per_sample)
+    Q = W.shape[0]
+    counts = torch.full((Q,), K, dtype=torch.int32)
+    Wc = W.contiguous()
+    got = {}
+    for lanes in (True, False):
+        for with_o2 in (True, False):
+            o = [torch.full((Q,), float("nan"), dtype=F64), torch.full((Q,), float("nan"), dtype=F64),
+                 torch.full((Q * K,), float("nan"), dtype=F64)]
+            _ext._C.graph(1, Wc, counts, 0.9, 0.3, o[0], o[1], o[2] if with_o2 else None, 2, lanes=lanes)
+            got[lanes, with_o2] = o
+            assert with_o2 or torch.isnan(o[2]).all()  # not written
+    for key, o in got.items():
+        assert nan_eq(o[0], got[True, True][0]) and nan_eq(o[1], got[True, True][1]), key
+    for q in range(0, 37, 6):
+        want, _ = eccentricity_ref(W[q].numpy())
+        np.testing.assert_allclose(got[True, False][1][q].item(), want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(TypeError, match="per_sample"):
+        fuq.laplacian_spectrum(W, per_sample="no")
+    with pytest.raises(TypeError, match="return_per_sample"):
+        fuq.methods.eccentricity(W, return_per_sample=1)
+
+
 def test_lanes_sort_signed_zeros_as_scalar_path():
     """Eigenvalues that compare equal but differ in sign (+0 and -0) sort in one total order,
     -0 first, on the CPU lanes' sorting network and the scalar path's selection sort alike
@@ -902,7 +939,6 @@ def test_binding_misuse_raises():
         lambda: G(0, W, c, 0.9, 0.3, nan(11), None, None, 1),                         # out sizes
         lambda: G(0, W, c, 0.9, 0.3, nan(12).float(), None, None, 1),                 # out dtype
         lambda: G(0, W, c, 0.9, 0.3, nan(12), nan(47), None, 1),
-        lambda: G(1, W, c, 0.9, 0.3, nan(3), nan(3), None, 1),                        # out2 missing
         lambda: G(1, W, c, 0.9, 0.3, nan(3), nan(3), nan(11), 1),
         lambda: G(1, W, c, 0.9, 0.3, nan(4), None, None, 1),
         lambda: G(2, W, c, 0.9, 0.3, nan(12), None, None, 1),
@@ -1018,13 +1054,13 @@ def test_binding_fuzz(op, Q, K, fp64, bad, seed, which_out, with_out1, with_out2
     o1 = outs[1] if with_out1 else None
     o2 = outs[2] if with_out2 else None
     vectors = with_out1 and op in (0, 1)
-    need = [0] + ([1] if vectors else []) + ([2] if vectors and op == 1 else [])
+    need = [0] + ([1] if vectors else []) + ([2] if vectors and op == 1 and with_out2 else [])  # out2 optional
     exact = [Q * K if op == 0 else Q, Q * K * K if op == 0 else Q, Q * K]
     # the binding's contract; W.is_contiguous(): torch ignores the strides of size-1 dimensions, as the binding
     consistent = (0 <= op <= 2 and W.dtype in (torch.float32, F64) and odt == W.dtype and W.is_contiguous()
                   and counts.dtype == torch.int32 and counts.dim() == 1 and counts.numel() == Q
                   and bool(((counts >= 0) & (counts <= K)).all())
-                  and (2 not in need or with_out2) and all(outs[i].numel() == exact[i] for i in need))
+                  and all(outs[i].numel() == exact[i] for i in need))
     call = lambda: _ext._C.graph(op, W, counts, threshold, tt, outs[0], o1, o2, num_threads)  # noqa: E731
     if not consistent:  # refused, whatever was wrong (a binding that accepted it would fail here)
         with pytest.raises((ValueError, TypeError)):

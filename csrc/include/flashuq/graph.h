@@ -192,7 +192,8 @@ struct GraphTask {
 
   // EigV = Σ_k max(0, 1 - λ_k) (LM-Polygraph eig_val_laplacian.py) and, with o1, Eccentricity
   // (eccentricity.py): the eigenvectors with λ < threshold, each centred over the responses,
-  // U = Frobenius norm of the centred n x m matrix; o2[i] = the norm of response i's centred row.
+  // U = Frobenius norm of the centred n x m matrix; o2[i] (when o2 is given) = the norm of response
+  // i's centred row.
   template <class Team>
   FUQ_HD void laplacian_scores(const Team& tm) {
     if (tm.rank() == 0) {
@@ -204,24 +205,37 @@ struct GraphTask {
     int m = 0;  // eigenvalues are ascending: the kept ones are the first m
     while (m < n && w.dl[m] < threshold) ++m;
     // their eigenvectors into zt's rows 0..m-1: of the tridiagonal (d, e) first, then mapped back
-    if (tm.rank() == 0) tridiagonal_inverse_iteration(w.d, w.e, n, w.dl, m, w.zt, w.s);
+    if (tm.rank() == 0) {
+      tridiagonal_inverse_iteration(w.d, w.e, n, w.dl, m, w.zt, w.s);
+      // c = Qᵀ1 (into the scratch the iteration is done with): eigenvector u_j = Q y_j has the mean
+      // (c·y_j)/n and ‖u_j − mean_j 1‖ = ‖y_j − mean_j c‖ (Q is orthogonal), so Eccentricity
+      // needs no vector mapped back
+      for (int i = 0; i < n; ++i) w.s[i] = T(1);
+      apply_reflectors_transposed(w.a, w.beta, n, w.s);
+    }
     tm.sync();
-    apply_reflectors(tm, w.a, w.beta, n, w.zt, m);
-    for (int j = tm.rank(); j < m; j += tm.size()) {  // eigenvector means and centred sums of squares
-      const T* u = w.zt + j * n;
-      T mean = 0;
-      for (int i = 0; i < n; ++i) mean += u[i];
-      mean /= n;
+    for (int j = tm.rank(); j < m; j += tm.size()) {  // centred sums of squares, in T's basis
+      const T* y = w.zt + j * n;
+      const T mean = dot(w.s, y, 0, n) / T(n);
       T ss = 0;
-      for (int i = 0; i < n; ++i) ss += (u[i] - mean) * (u[i] - mean);
-      w.v[j] = mean;
+      for (int i = 0; i < n; ++i) ss += (y[i] - mean * w.s[i]) * (y[i] - mean * w.s[i]);
       w.p[j] = ss;
     }
     tm.sync();
-    for (int i = tm.rank(); i < n; i += tm.size()) {
-      T ss = 0;
-      for (int j = 0; j < m; ++j) ss += (w.zt[j * n + i] - w.v[j]) * (w.zt[j * n + i] - w.v[j]);
-      o2[i] = R(std::sqrt(ss));
+    if (o2) {  // the per-sample norms need the vectors themselves: mapped back, then centred
+      apply_reflectors(tm, w.a, w.beta, n, w.zt, m);
+      for (int j = tm.rank(); j < m; j += tm.size()) {
+        const T* u = w.zt + j * n;
+        T mean = 0;
+        for (int i = 0; i < n; ++i) mean += u[i];
+        w.v[j] = mean / n;
+      }
+      tm.sync();
+      for (int i = tm.rank(); i < n; i += tm.size()) {
+        T ss = 0;
+        for (int j = 0; j < m; ++j) ss += (w.zt[j * n + i] - w.v[j]) * (w.zt[j * n + i] - w.v[j]);
+        o2[i] = R(std::sqrt(ss));
+      }
     }
     if (tm.rank() == 0) {
       T ss = 0;
@@ -251,7 +265,7 @@ FUQ_HD GraphTask<T, S, S> graph_task(int op, const S* W, const S* C, int64_t q, 
   } else {
     g.o0 = o0 + q;
     g.o1 = o1 ? o1 + q : static_cast<S*>(nullptr);
-    g.o2 = o1 && op == kGraphLaplacian ? o2 + q * K : static_cast<S*>(nullptr);
+    g.o2 = o1 && o2 && op == kGraphLaplacian ? o2 + q * K : static_cast<S*>(nullptr);
   }
   return g;
 }

@@ -428,6 +428,19 @@ FUQ_HD void apply_reflectors(const Team& tm, const T* a, const T* beta, int n, T
   tm.sync();
 }
 
+// c <- Qᵀ c = H_{n-3} ... H_0 c for one vector (apply_reflectors' reflectors in the other order):
+// with c = 1, the image of the constant vector in the tridiagonal basis (Eccentricity's means).
+template <class T>
+FUQ_HD void apply_reflectors_transposed(const T* a, const T* beta, int n, T* c) {
+  for (int k = 0; k + 2 < n; ++k) {
+    const T b = beta[k];
+    if (b == 0) continue;
+    const T* __restrict__ vk = a + k * n;
+    const T sc = b * dot(vk, c, k + 1, n);
+    for (int i = k + 1; i < n; ++i) c[i] -= sc * vk[i];
+  }
+}
+
 // Work space of one problem of size n: a and zt are n x n (shared by the team), the five
 // vectors n each and the 5n scratch s (shared). `dl`, `el` are each member's private copies of
 // d and e.

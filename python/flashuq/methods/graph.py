@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -68,7 +69,10 @@ def eccentricity(W, *, threshold: float = 0.9, sample_mask=None, return_per_samp
     eigenvector instead, so it is not reproduced). NaN as :func:`eigv`.
     """
     W = _matrix(W)
-    spec = laplacian_spectrum(W, sample_mask=sample_mask, threshold=threshold, eccentricity=True)
+    if not isinstance(return_per_sample, (bool, np.bool_)):
+        raise TypeError(f"return_per_sample must be a bool, got {type(return_per_sample).__name__}")
+    spec = laplacian_spectrum(W, sample_mask=sample_mask, threshold=threshold, eccentricity=True,
+                              per_sample=bool(return_per_sample))
     return (spec.eccentricity, spec.eccentricity_per_sample) if return_per_sample else spec.eccentricity
 
 
