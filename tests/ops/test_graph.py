@@ -818,6 +818,7 @@ def test_torch_compile_fullgraph():
     def f(W, mask):
         return (fuq.methods.eigv(W, sample_mask=mask) * 2 + 1,
                 fuq.laplacian_spectrum(W).eccentricity_per_sample,
+                fuq.methods.eccentricity(W, sample_mask=mask),  # without the per-sample norms
                 fuq.sym_eig(W, sample_mask=mask, eigenvectors=True)[1],
                 fuq.heat_kernel_entropy(W, sample_mask=mask),
                 fuq.methods.kernel_language_entropy(W, W.mT, sample_mask=mask))
