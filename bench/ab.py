@@ -27,6 +27,7 @@ B's speedup over A.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import hashlib
 import importlib.machinery
@@ -66,27 +67,27 @@ def _find_so(target: str) -> str:
 
 
 def build(rev: str) -> tuple[str, str]:
-    """(path of the revision's _C, its description): a commit is built once and cached."""
+    """(path of the revision's _C, its description): a commit is built once and cached; the
+    working tree is built into a fresh directory every time (removed when the process exits)."""
+    work = tempfile.mkdtemp(prefix="flashuq-ab-src-")  # the sources, removed after the build
+    src = os.path.join(work, "src")
     if rev == "WORKTREE":
-        files = _git("ls-files", "-z").split("\0")
         desc = "working tree at " + _git("rev-parse", "--short", "HEAD").strip()
         if _git("status", "--porcelain", "--untracked-files=no").strip():
             desc += " + uncommitted changes"
-        target = tempfile.mkdtemp(prefix="flashuq-ab-")
-        src = os.path.join(target, "src")
-        for f in filter(None, files):
+        for f in filter(None, _git("ls-files", "-z").split("\0")):
             if os.path.isfile(os.path.join(REPO, f)):
                 os.makedirs(os.path.dirname(os.path.join(src, f)), exist_ok=True)
                 shutil.copy2(os.path.join(REPO, f), os.path.join(src, f))
-        out = os.path.join(target, "pkg")
+        out = tempfile.mkdtemp(prefix="flashuq-ab-worktree-")
+        atexit.register(shutil.rmtree, out, True)
     else:
         sha = _git("rev-parse", "--verify", f"{rev}^{{commit}}").strip()
         desc = f"{rev} ({sha[:12]})"
         out = os.path.join(CACHE, sha)
         if os.path.isdir(out):
+            shutil.rmtree(work)
             return _find_so(out), desc
-        target = tempfile.mkdtemp(prefix="flashuq-ab-")
-        src = os.path.join(target, "src")
         os.makedirs(src)
         archive = subprocess.run(["git", "-C", REPO, "archive", sha], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
@@ -94,12 +95,19 @@ def build(rev: str) -> tuple[str, str]:
     env = dict(os.environ, FLASHUQ_CUDA="OFF")
     staging = out + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",
-                    "--target", staging, src], check=True, env=env)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(staging, out)
-    shutil.rmtree(target, ignore_errors=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",
+                        "--target", staging, src], check=True, env=env)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)  # a cached build is complete or absent
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return _find_so(out), desc
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def load(path: str, tag: str):
@@ -219,8 +227,7 @@ def main(argv=None) -> int:
     doc = {"benchmark": "ab", "a": {"source": sides[0][1], "module": sides[0][0]},
            "b": {"source": sides[1][1], "module": sides[1][0]}, "shape": {"Q": args.Q, "K": args.K},
            "rounds": args.rounds, "tolerance": {"rtol": args.rtol, "atol": args.atol}, "machine": machine,
-           "sha256_a": hashlib.sha256(open(sides[0][0], "rb").read()).hexdigest(),
-           "sha256_b": hashlib.sha256(open(sides[1][0], "rb").read()).hexdigest(), "results": results}
+           "sha256_a": _sha256(sides[0][0]), "sha256_b": _sha256(sides[1][0]), "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(doc, f, indent=1)
