@@ -3,6 +3,8 @@ timed in turn. Building revisions takes minutes, so the tests load two copies of
 extension (what --so does) and check the comparison itself on arrays with known differences."""
 
 import json
+import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -113,3 +115,33 @@ def test_bad_arguments(args, capsys):
     with pytest.raises(SystemExit) as e:
         ab.main(args)
     assert e.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_build_places_and_caches_the_packages(tmp_path, monkeypatch):
+    """build() with the pip step replaced by a stand-in that writes an extension file: a revision
+    lands complete in the cache and is built once; the working tree's package survives the build
+    (its temporary sources do not) until the process exits."""
+    ab = load_bench("ab")
+    monkeypatch.setattr(ab, "CACHE", str(tmp_path / "cache"))
+    real_run = ab.subprocess.run
+    pip_calls = []
+
+    def run(cmd, *args, **kwargs):
+        if cmd[1:4] == ["-m", "pip", "install"]:
+            target, src = cmd[cmd.index("--target") + 1], cmd[-1]
+            assert os.path.isfile(os.path.join(src, "pyproject.toml")), src
+            pip_calls.append(src)
+            (pathlib.Path(target) / "flashuq").mkdir(parents=True)
+            (pathlib.Path(target) / "flashuq" / "_C.fake.so").write_bytes(b"so")
+            return None
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(ab.subprocess, "run", run)
+    so, desc = ab.build("HEAD")
+    sha = ab._git("rev-parse", "HEAD").strip()
+    assert so == str(tmp_path / "cache" / sha / "flashuq" / "_C.fake.so") and sha[:12] in desc
+    assert ab.build("HEAD")[0] == so and len(pip_calls) == 1  # cached: built once
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "cache").iterdir())
+    so_wt, desc_wt = ab.build("WORKTREE")
+    assert so_wt.endswith("_C.fake.so") and os.path.isfile(so_wt) and desc_wt.startswith("working tree")
+    assert len(pip_calls) == 2 and not os.path.exists(pip_calls[1])  # sources removed
