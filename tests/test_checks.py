@@ -93,3 +93,7 @@ def test_the_shared_checks():
         _checks.check_int(3, "n", 0, 2)
     with pytest.raises(ValueError, match="n must be <= 2"):
         _checks.check_int(3, "n", hi=2)
+    assert _checks.check_bool(np.bool_(True), "f") is True and _checks.check_bool(False, "f") is False
+    for bad in (1, 0, "yes", None, 1.0, torch.tensor(True)):
+        with pytest.raises(TypeError, match="f must be a bool"):
+            _checks.check_bool(bad, "f")

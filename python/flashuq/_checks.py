@@ -9,6 +9,15 @@ import math
 import numbers
 from typing import Optional
 
+import numpy as np
+
+
+def check_bool(value, name: str) -> bool:
+    """``value`` as a bool: a Python or numpy bool, nothing else (not 0/1, not a string)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
 
 def check_int(value, name: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
     """``value`` as an int in ``[lo, hi]`` (a bound of None is open). bool is not an int here."""

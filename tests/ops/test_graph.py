@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import flashuq as fuq
 from flashuq import _ext
+from dispatch_cases import SeenOps
 from isa_cases import isa_levels, limited_isa
 
 F64 = torch.float64
@@ -780,6 +781,8 @@ def test_eccentricity_without_per_sample_norms_is_the_same_bits():
         np.testing.assert_allclose(got[True, False][1][q].item(), want, rtol=1e-9, atol=1e-12)
     with pytest.raises(TypeError, match="per_sample"):
         fuq.laplacian_spectrum(W, per_sample="no")
+    with pytest.raises(TypeError, match="eccentricity must be a bool"):
+        fuq.laplacian_spectrum(W, eccentricity=1)
     with pytest.raises(TypeError, match="return_per_sample"):
         fuq.methods.eccentricity(W, return_per_sample=1)
 
@@ -833,17 +836,6 @@ def test_plain_cpu_calls_skip_the_dispatch_and_agree_with_the_op():
     """A CPU call that nothing observes runs the graph kernel without torch.library's dispatch
     (ops/_common.py, plain_cpu_call; ~30 µs of a one-question call); the results are the registered
     op's, bit for bit. Under a dispatch mode the call goes through the op."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Seen(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     rng = np.random.default_rng(17)
     W = t(rand_graph(rng, 9, 7))
     counts = torch.full((9,), 7, dtype=torch.int32)
@@ -851,7 +843,7 @@ def test_plain_cpu_calls_skip_the_dispatch_and_agree_with_the_op():
     want = torch.ops.flashuq.graph_spectra((W + W.mT) / 2, counts, 1, True, 0.9, 0.0)
     for got, w in zip((spec.eigv, spec.eccentricity, spec.eccentricity_per_sample), want):
         assert torch.equal(got, w)
-    seen = Seen()
+    seen = SeenOps()
     with seen:
         again = fuq.laplacian_spectrum(W)
     assert any("flashuq.graph_spectra" in op for op in seen.ops), seen.ops

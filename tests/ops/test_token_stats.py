@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import flashuq as fuq
 from flashuq import _ext
+from dispatch_cases import SeenOps
 from stats_cases import FLOAT_FIELDS, ROW_KINDS, assert_close_stats, make_logits, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -336,24 +337,13 @@ def test_plain_cpu_calls_skip_the_dispatch_and_agree_with_the_op():
     """A CPU call that nothing observes runs the kernel without torch.library's dispatch
     (ops/_common.py, plain_cpu_call); the results are the op's, bit for bit. A call under a
     dispatch mode, or one autograd records, goes through the op."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Seen(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     x = make_logits("normal", 5, 301)
     t = torch.randint(0, 301, (5,))
     got = fuq.token_stats(x, t, topk=3, renyi=True)
     want = torch.ops.flashuq.token_stats(x, t, 1.0, 3, True)
     for g, w in zip(got, want):
         assert torch.equal(g, w)
-    seen = Seen()
+    seen = SeenOps()
     with seen:
         fuq.token_stats(x, t)
     assert any("flashuq.token_stats" in op for op in seen.ops), seen.ops

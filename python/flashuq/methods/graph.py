@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from .. import _ext
+from .._checks import check_bool
 from ..ops._common import is_tracing
 from ..ops.graph import laplacian_spectrum, nli_heat_kernel_entropy
 from ._inputs import check_shape, compute_dtype, input_tensor, sample_mask_of
@@ -69,10 +69,9 @@ def eccentricity(W, *, threshold: float = 0.9, sample_mask=None, return_per_samp
     eigenvector instead, so it is not reproduced). NaN as :func:`eigv`.
     """
     W = _matrix(W)
-    if not isinstance(return_per_sample, (bool, np.bool_)):
-        raise TypeError(f"return_per_sample must be a bool, got {type(return_per_sample).__name__}")
+    return_per_sample = check_bool(return_per_sample, "return_per_sample")
     spec = laplacian_spectrum(W, sample_mask=sample_mask, threshold=threshold, eccentricity=True,
-                              per_sample=bool(return_per_sample))
+                              per_sample=return_per_sample)
     return (spec.eccentricity, spec.eccentricity_per_sample) if return_per_sample else spec.eccentricity
 
 

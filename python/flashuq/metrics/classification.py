@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _ext
+from .._checks import check_bool
 from ._common import apply_nan_policy, as_float_1d, check_binary, check_int, check_same_length, tie_groups
 
 
@@ -114,8 +115,7 @@ def reliability_bins(uncertainty, correct, *, n_bins=20, normalize=True, nan_pol
     """The confidence bins of :func:`ece` (same arguments): for a reliability diagram
     (``flashuq.report.plot_reliability``) or a calibration table."""
     n_bins = check_int(n_bins, "n_bins", 1)
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    normalize = check_bool(normalize, "normalize")
     u = as_float_1d(uncertainty, "uncertainty")
     c = as_float_1d(correct, "correct")
     check_same_length(u, c, "uncertainty", "correct")

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._checks import check_bool
 from ._common import apply_nan_policy, as_float_1d, check_real, check_same_length, tie_groups
 
 _BASELINES = ("exact", "polygraph")
@@ -122,8 +123,7 @@ def prr(uncertainty, quality, *, max_rejection=1.0, normalize=True, baseline="ex
     """
     if baseline not in _BASELINES:
         raise ValueError(f"baseline must be one of {_BASELINES}, got {baseline!r}")
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    normalize = check_bool(normalize, "normalize")
     if nan_policy is None:
         nan_policy = "polygraph" if baseline == "polygraph" else "raise"
     u = as_float_1d(uncertainty, "uncertainty")
@@ -210,8 +210,7 @@ def risk_coverage_auc(uncertainty, quality, *, normalize=True, ties="average", n
     """
     if ties not in ("average", "polygraph"):
         raise ValueError(f"ties must be 'average' or 'polygraph', got {ties!r}")
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    normalize = check_bool(normalize, "normalize")
     u = as_float_1d(uncertainty, "uncertainty")
     q = as_float_1d(quality, "quality")
     check_same_length(u, q, "uncertainty", "quality")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from .._checks import check_int, check_real  # noqa: F401 - the ops' validators (one set for the package)
+from .._checks import check_bool, check_int, check_real  # noqa: F401 - the ops' validators (one set for the package)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_real
+from .._checks import check_bool, check_real
 from .. import _ext
 from ._common import as_tensor, device_guard, plain_cpu_call
 
@@ -214,11 +213,8 @@ def laplacian_spectrum(W, *, sample_mask=None, threshold: float = 0.9,
     W = _check_matrix(W, "W")
     mask = _check_mask(sample_mask, W)
     threshold = _num(threshold, "threshold")
-    for name, flag in (("eccentricity", eccentricity), ("per_sample", per_sample)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    eigv, ecc, per, perm = _run(W, mask, OP_LAPLACIAN, bool(eccentricity), threshold=threshold,
-                                per_sample=bool(per_sample))
+    eccentricity, per_sample = check_bool(eccentricity, "eccentricity"), check_bool(per_sample, "per_sample")
+    eigv, ecc, per, perm = _run(W, mask, OP_LAPLACIAN, eccentricity, threshold=threshold, per_sample=per_sample)
     if not eccentricity:
         return LaplacianSpectrum(eigv, None, None)
     return LaplacianSpectrum(eigv, ecc, _scatter_rows(per, perm) if per_sample else None)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import (acc_dtype, as_tensor, check_int, check_logits, check_positive_float, device_guard,
+from ._common import (acc_dtype, as_tensor, check_bool, check_int, check_logits, check_positive_float, device_guard,
                       plain_cpu_call, row_layout, values_readable)
 
 MAX_TOPK = 64
@@ -77,12 +77,11 @@ def token_stats(logits, tokens=None, *, temperature: float = 1.0, topk: int = 0,
     with respect to ``logits``; the other fields are marked non-differentiable.
     """
     logits, tokens, temperature, topk = _validate(logits, tokens, temperature, topk)
-    if not isinstance(renyi, (bool, np.bool_)):
-        raise TypeError(f"renyi must be a bool, got {type(renyi).__name__}")
+    renyi = check_bool(renyi, "renyi")
     if plain_cpu_call(logits):  # what the op would run, without torch.library's per-call dispatch
-        out = compute(logits, tokens, temperature, topk, backend="cpu", renyi=bool(renyi))
+        out = compute(logits, tokens, temperature, topk, backend="cpu", renyi=renyi)
     else:
-        out = torch.ops.flashuq.token_stats(logits, tokens, temperature, topk, bool(renyi))
+        out = torch.ops.flashuq.token_stats(logits, tokens, temperature, topk, renyi)
     return TokenStats(*out[:11], *(out[11:] if renyi else (None, None)))
 
 
