@@ -46,9 +46,13 @@ struct GraphLanes {
   static constexpr int L = W * NC;                           // questions per group
 
   static V splat(double x) {
+#if defined(__AVX512F__)  // one broadcast: GCC spells the loop below out as eight masked ones
+    return (V)_mm512_set1_pd(x);
+#else
     V r;
     for (int k = 0; k < W; ++k) r[k] = x;
     return r;
+#endif
   }
   static V vsqrt(V x) {
     V r;
@@ -74,6 +78,7 @@ struct GraphLanes {
 #endif
   }
   static V zero() { return splat(0.0); }
+  static M finite(V x) { return vabs(x) < std::numeric_limits<double>::infinity(); }  // NaN: false
   // W questions interleaved: the n x n matrix, its tridiagonal form and reflectors, scratch, and
   // the QL's copies qd, qe of d, e.
   struct Chunk {
@@ -96,21 +101,17 @@ struct GraphLanes {
             a[i * n + j] = a[j * n + i] = x;
           }
       else  // ... or the W blocks, row by row ...
-        for (int i = 0; i < n; ++i)
-          for (int j = 0; j < n; ++j) {
-            V x;
-            for (int k = 0; k < W; ++k) x[k] = double(Wq[k][i * ld + j]);
-            a[i * n + j] = x;
-          }
+        for (int i = 0; i < n; ++i) load_row(Wq, int64_t(i) * ld, n, a + i * n);
       for (int i = 0; i < n; ++i)  // ... then (W + Wᵀ)/2 (a + b is b + a, bit for bit) and the degrees
         for (int j = i; j < n; ++j) a[i * n + j] = a[j * n + i] = (a[i * n + j] + a[j * n + i]) * 0.5;
+      M fin = ~M{};
       for (int i = 0; i < n; ++i) {
         V deg = zero();
         for (int j = 0; j < n; ++j) deg += a[i * n + j];
         v[i] = deg;
+        fin &= finite(deg);
       }
-      for (int i = 0; i < n; ++i)
-        for (int k = 0; k < W; ++k) ok[k] = ok[k] && std::isfinite(v[i][k]);
+      keep(fin);
       if (op == kGraphEigvalues) {  // work on a / max|a|
         V s = zero();
         for (int i = 0; i < n * n; ++i) {
@@ -121,11 +122,13 @@ struct GraphLanes {
         const M pos = s > 0;
         for (int i = 0; i < n * n; ++i) a[i] = sel(pos, a[i] / s, a[i]);
       } else if (op == kGraphLaplacian) {  // L = I - D^{-1/2} W D^{-1/2}
-        for (int i = 0; i < n; ++i)
-          for (int k = 0; k < W; ++k) ok[k] = ok[k] && v[i][k] > 0;
+        M pos = ~M{};
+        for (int i = 0; i < n; ++i) pos &= v[i] > 0;
+        keep(pos);
         for (int i = 0; i < n; ++i) p[i] = 1.0 / vsqrt(v[i]);
+        const V one = splat(1.0), z = zero();
         for (int i = 0; i < n; ++i)
-          for (int j = 0; j < n; ++j) a[i * n + j] = splat(i == j ? 1.0 : 0.0) - a[i * n + j] * (p[i] * p[j]);
+          for (int j = 0; j < n; ++j) a[i * n + j] = (i == j ? one : z) - a[i * n + j] * (p[i] * p[j]);
       } else {  // the heat kernel: L = diag(row sums) - W, left for heat_kernel (not reduced)
         for (int i = 0; i < n; ++i)
           for (int j = 0; j < n; ++j) a[i * n + j] = (i == j ? v[i] : zero()) - a[i * n + j];
@@ -134,6 +137,55 @@ struct GraphLanes {
       }
       reduce(n);
     }
+
+    // ok[k] &= m[k]
+    void keep(M m) {
+      for (int k = 0; k < W; ++k) ok[k] = ok[k] && m[k] != 0;
+    }
+
+    // out[j] = (Wq[0][off + j], ..., Wq[W - 1][off + j]) as doubles, j < n. With AVX-512, eight
+    // segments of a row transposed in registers (built lane by lane, a vector costs eight
+    // dependent inserts); with four lanes GCC's inserts are the faster.
+    template <class S>
+    static void load_row(const S* const* Wq, int64_t off, int n, V* __restrict__ out) {
+#if defined(__AVX512F__)
+      for (int j0 = 0; j0 < n; j0 += 8) {
+        const int cnt = std::min(8, n - j0);
+        __m512d r[8], t[8], b[8];
+        for (int k = 0; k < 8; ++k) r[k] = load8(Wq[k] + off + j0, cnt);
+        for (int k = 0; k < 8; k += 2) {  // 128-bit lane L of t[k]: columns 2L of rows k, k + 1; of t[k + 1]: 2L + 1
+          t[k] = _mm512_unpacklo_pd(r[k], r[k + 1]);
+          t[k + 1] = _mm512_unpackhi_pd(r[k], r[k + 1]);
+        }
+        for (int k = 0; k < 8; k += 4)  // b[k + c], c < 4: columns c and c + 4 of rows k .. k + 3
+          for (int h = 0; h < 2; ++h) {
+            b[k + h] = _mm512_shuffle_f64x2(t[k + h], t[k + h + 2], 0x88);
+            b[k + h + 2] = _mm512_shuffle_f64x2(t[k + h], t[k + h + 2], 0xdd);
+          }
+        for (int c = 0; c < 4; ++c) {
+          if (c < cnt) out[j0 + c] = (V)_mm512_shuffle_f64x2(b[c], b[c + 4], 0x88);
+          if (c + 4 < cnt) out[j0 + c + 4] = (V)_mm512_shuffle_f64x2(b[c], b[c + 4], 0xdd);
+        }
+      }
+#else
+      for (int j = 0; j < n; ++j) {
+        V x;
+        for (int k = 0; k < W; ++k) x[k] = double(Wq[k][off + j]);
+        out[j] = x;
+      }
+#endif
+    }
+    // the first cnt entries at p (no read past them), as doubles; a masked load only for a row's
+    // tail (they are slow on AMD's cores)
+#if defined(__AVX512F__)
+    static __m512d load8(const double* p, int cnt) {
+      return cnt == 8 ? _mm512_loadu_pd(p) : _mm512_maskz_loadu_pd(__mmask8((1u << cnt) - 1), p);
+    }
+    static __m512d load8(const float* p, int cnt) {
+      return _mm512_cvtps_pd(cnt == 8 ? _mm256_loadu_ps(p)
+                                      : _mm512_castps512_ps256(_mm512_maskz_loadu_ps(__mmask16((1u << cnt) - 1), p)));
+    }
+#endif
 
     // A failed question gets the identity: no inf or NaN below.
     void sanitize(int n) {
@@ -147,8 +199,9 @@ struct GraphLanes {
     void reduce(int n) {
       sanitize(n);
       tridiagonalize(n);
-      for (int i = 0; i < n; ++i)
-        for (int k = 0; k < W; ++k) ok[k] = ok[k] && std::isfinite(d[i][k]) && std::isfinite(e[i][k]);
+      M fin = ~M{};
+      for (int i = 0; i < n; ++i) fin &= finite(d[i]) & finite(e[i]);
+      keep(fin);
       for (int k = 0; k < W; ++k)
         if (!ok[k])
           for (int i = 0; i < n; ++i) {
