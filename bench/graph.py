@@ -69,6 +69,7 @@ import torch
 from flashuq import methods as M
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lm_polygraph_modules import import_modules  # noqa: E402
 from token_stats import exit_code, machine_info  # noqa: E402
 
 THRESHOLD = 0.9   # eccentricity's eigenvalue threshold (LM-Polygraph's thres)
@@ -275,34 +276,21 @@ def lmp_num_sem_sets(W_entail, W_contra):
 
 def load_lm_polygraph():
     """``(version, {method: estimator})`` from an installed LM-Polygraph (``pip install --no-deps
-    lm-polygraph==0.7.0``), or None when it is not installed. Only the estimator modules are imported:
-    ``lm_polygraph/__init__.py`` and ``lm_polygraph/estimators/__init__.py`` import the whole library
-    (models, datasets, API clients), so the three packages are entered as bare modules whose search
-    path is the installed folder, and then exactly the five estimator files (and the two helper
-    modules they import) run. The library never imports LM-Polygraph; only this benchmark does."""
-    import importlib
-    import importlib.machinery
-    import importlib.metadata
-    import importlib.util
-
-    spec = importlib.util.find_spec("lm_polygraph")
-    if spec is None or not spec.submodule_search_locations:
+    lm-polygraph==0.7.0``), or None when it is not installed: exactly the five estimator files run
+    (lm_polygraph_modules.import_modules), not the library's ``__init__``."""
+    found = import_modules("estimators", ("eig_val_laplacian", "eccentricity", "deg_mat", "kernel_language_entropy",
+                                          "num_sem_sets"))
+    if found is None:
         return None
-    root = list(spec.submodule_search_locations)[0]
-    for name, sub in (("lm_polygraph", ""), ("lm_polygraph.utils", "utils"), ("lm_polygraph.estimators", "estimators")):
-        if name not in sys.modules:
-            bare = importlib.machinery.ModuleSpec(name, None, is_package=True)
-            bare.submodule_search_locations = [os.path.join(root, sub)]
-            sys.modules[name] = importlib.util.module_from_spec(bare)
-    mod = lambda name: importlib.import_module("lm_polygraph.estimators." + name)  # noqa: E731
+    version, mod = found
     estimators = {
-        "eigv": mod("eig_val_laplacian").EigValLaplacian(),
-        "eccentricity": mod("eccentricity").Eccentricity(thres=THRESHOLD),
-        "degree": mod("deg_mat").DegMat(),
-        "kernel_language_entropy": mod("kernel_language_entropy").KernelLanguageEntropy(t=KLE_T),
-        "num_sem_sets": mod("num_sem_sets").NumSemSets(),
+        "eigv": mod["eig_val_laplacian"].EigValLaplacian(),
+        "eccentricity": mod["eccentricity"].Eccentricity(thres=THRESHOLD),
+        "degree": mod["deg_mat"].DegMat(),
+        "kernel_language_entropy": mod["kernel_language_entropy"].KernelLanguageEntropy(t=KLE_T),
+        "num_sem_sets": mod["num_sem_sets"].NumSemSets(),
     }
-    return importlib.metadata.version("lm-polygraph"), estimators
+    return version, estimators
 
 
 def lm_polygraph_call(estimator, E, C, n):

@@ -16,9 +16,15 @@ RenyiNeg, FisherRao). Three ways:
   then each estimator runs numpy/scipy over each sequence's stored ``[len, V]`` log-probabilities
   (the token entropies per token, as its EntropyCalculator does).
 
-Reported: the total time of the per-step work plus the final scoring, the bytes kept per generated
-token, and the largest relative disagreement of each path's scores with flashuq's. The machine
-and the shape go into the JSON under bench/results/. The issue's shape is T = 512; on a 24 GB
+Before timing, every path scores a small batch of the same vocabulary (an empty and a one-token
+sequence among them): flashuq against the float64 reference (flashuq.reference.token_stats per
+step, reduced by the eager path's torch code) within 2e-5 relative, the fp32 baselines against
+flashuq within 2e-4 (their fp32 log_softmax costs them ~3e-5); the timed run's scores are held to
+the second bound too. Reported: the total time of the per-step work plus the final scoring, the
+bytes kept per generated token, and the largest relative disagreement of each path's scores with
+flashuq's. The machine and the shape go into the JSON under bench/results/. The script exits 1 on
+a wrong score or a missed target: at most 64 bytes kept per token; at B = 64, V = 128256, at least
+20× the LM-Polygraph-style path and 5× eager torch. The issue's shape is T = 512; on a 24 GB
 machine the LM-Polygraph store for T = 512 (64·512·V·4 bytes = 16.8 GB) does not fit next to
 its per-sequence temporaries, so T defaults to 128 (the ratios are per token).
 """
@@ -41,9 +47,18 @@ from scipy.stats import kurtosis as sp_kurtosis
 import flashuq as fuq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from token_stats import eager_stats, machine_info  # noqa: E402
+from token_stats import eager_stats, exit_code, machine_info  # noqa: E402
 
 ALPHA = 0.0  # Chow-Quantile level
+# Targets (issue 3), at the issue's shape (B = 64, V = 128256; the ratios are per token, so any T)
+TARGET_SHAPE_BV = (64, 128256)
+TARGET_VS_LMP = 20.0    # LM-Polygraph-style time / flashuq time, at least
+TARGET_VS_EAGER = 5.0   # eager torch time / flashuq time, at least
+TARGET_BYTES = 64       # flashuq's bytes kept per generated token, at most
+# flashuq's scores against the float64 reference (relative, |reference| floored at 1e-6), and the
+# fp32 baselines' against flashuq's: their fp32 log_softmax (z - lse in fp32) costs them ~3e-5
+RTOL_REFERENCE = 2e-5
+RTOL_BASELINES = 2e-4
 
 
 # ---- flashuq ---------------------------------------------------------------------------------
@@ -189,6 +204,79 @@ class LMPolygraphStyle:
 
 # ---- driver ------------------------------------------------------------------------------------
 
+def reference_scores(steps, mask):
+    """The 14 scores in float64, independent of flashuq's kernels: flashuq.reference.token_stats of
+    each step's logits, reduced by the eager path's masked torch reductions."""
+    from flashuq import reference
+
+    ref = Eager()
+    for x, tok in steps:
+        r = reference.token_stats(x, tok, renyi=True)
+        ref.steps.append((r.lse, r.max_logprob, r.argmax, r.logprob, r.entropy, r.margin, r.collision, r.kurtosis,
+                          r.self_certainty, r.renyi_term, r.fisher_rao))
+    return ref.finish(mask)
+
+
+def max_rel_diffs(got, ref):
+    """{score: largest |got - ref| / max(|ref|, 1e-6)}; NaN where the reference is NaN must be NaN."""
+    diffs = {}
+    for k, v in ref.items():
+        o, v = got[k].double(), v.double()
+        nan = torch.isnan(v)
+        if not torch.equal(torch.isnan(o), nan):
+            diffs[k] = math.inf
+            continue
+        diffs[k] = float(((o[~nan] - v[~nan]).abs() / v[~nan].abs().clamp(min=1e-6)).max()) if (~nan).any() else 0.0
+    return diffs
+
+
+def check_scores(name, got, ref, rtol):
+    """Raise SystemExit naming the first score of `got` off `ref` by more than rtol; else the diffs."""
+    diffs = max_rel_diffs(got, ref)
+    for k, d in diffs.items():
+        if not d <= rtol:
+            raise SystemExit(f"sequence bench: {name}'s {k} differs by {d:.3g} (relative; allowed {rtol:g})")
+    return diffs
+
+
+def make_step(B, V, dtype, g):
+    x = (torch.randn(B, V, generator=g) * 3).to(dtype)
+    x[torch.arange(B), torch.randint(0, V, (B,), generator=g)] += 8  # a likely token per row
+    tok = torch.where(torch.rand(B, generator=g) < 0.7, x.float().argmax(-1), torch.randint(0, V, (B,), generator=g))
+    return x, tok
+
+
+def check(V, dtype, B=4, T=6, seed=1):
+    """Before timing: every path's 14 scores on a small batch of this vocabulary and dtype, flashuq's
+    against the float64 reference (RTOL_REFERENCE), the baselines' against flashuq's (RTOL_BASELINES).
+    Returns {path: max relative diff}; raises SystemExit on a wrong score."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.arange(T)[None, :] < torch.tensor([T, T - 1, 1, 0][:B] + [T] * (B - 4))[:, None]
+    steps = [make_step(B, V, dtype, g) for _ in range(T)]
+    paths = [Flashuq(), Eager(), LMPolygraphStyle()]
+    for p in paths:
+        for x, tok in steps:
+            p.step(x, tok)
+    got = {p.name: p.finish(mask) for p in paths}
+    out = {"flashuq": max(check_scores("flashuq", got["flashuq"], reference_scores(steps, mask), RTOL_REFERENCE).values())}
+    for p in paths[1:]:
+        out[p.name] = max(check_scores(p.name, got[p.name], got["flashuq"], RTOL_BASELINES).values())
+    return out
+
+
+def missed_targets(results, B, V):
+    """The targets this run missed: bytes kept always; the speed ratios at the issue's B and V."""
+    by = {r["path"]: r for r in results}
+    missed = []
+    if by["flashuq"]["bytes_per_token"] > TARGET_BYTES:
+        missed.append(f"flashuq keeps {by['flashuq']['bytes_per_token']} bytes per token (target ≤ {TARGET_BYTES})")
+    if (B, V) == TARGET_SHAPE_BV:
+        for path, target in ((LMPolygraphStyle.name, TARGET_VS_LMP), (Eager.name, TARGET_VS_EAGER)):
+            if by[path]["speedup_of_flashuq"] < target:
+                missed.append(f"{by[path]['speedup_of_flashuq']:.1f}× {path} (target ≥ {target:g}×)")
+    return missed
+
+
 def run(B, T, V, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
@@ -201,9 +289,7 @@ def run(B, T, V, dtype, seed=0):
     paths = [Flashuq(), Eager(), LMPolygraphStyle()]
     step_s = {p.name: [] for p in paths}
     for t in range(T):
-        x = (torch.randn(B, V, generator=g) * 3).to(dtype)
-        x[torch.arange(B), torch.randint(0, V, (B,), generator=g)] += 8  # a likely token per row
-        tok = torch.where(torch.rand(B, generator=g) < 0.7, x.float().argmax(-1), torch.randint(0, V, (B,), generator=g))
+        x, tok = make_step(B, V, dtype, g)
         for p in paths:
             t0 = time.perf_counter()
             p.step(x, tok)
@@ -219,15 +305,8 @@ def run(B, T, V, dtype, seed=0):
         results.append({"path": p.name, "total_s": total, "per_step_median_s": float(np.median(step_s[p.name])),
                         "finish_s": finish_s, "us_per_token": total / (B * T) * 1e6,
                         "bytes_per_token": p.bytes_per_token()})
-    ref = scores["flashuq"]
-    for r in results:
-        diffs = {}
-        for k, v in ref.items():
-            o = scores[r["path"]][k].double()
-            v = v.double()
-            ok = ~torch.isnan(v)
-            diffs[k] = float(((o[ok] - v[ok]).abs() / v[ok].abs().clamp(min=1e-6)).max()) if ok.any() else 0.0
-        r["max_rel_diff_vs_flashuq"] = diffs
+    for r in results:  # the timed run's scores too: the baselines against flashuq's
+        r["max_rel_diff_vs_flashuq"] = check_scores(r["path"], scores[r["path"]], scores["flashuq"], RTOL_BASELINES)
         r["speedup_of_flashuq"] = r["total_s"] / results[0]["total_s"]
     return results
 
@@ -247,6 +326,9 @@ def main(argv=None):
     info = machine_info(torch.device("cpu"))
     print(f"# sequence scores from logits: B={B}, T={T}, V={V}, {args.dtype}, on {info['cpu']} "
           f"({info['threads']} threads)\n")
+    checked = check(V, dtype)
+    print("checked: " + ", ".join(f"{k} within {v:.1e}" for k, v in checked.items())
+          + f" (flashuq against the float64 reference, the baselines against flashuq)\n")
     results = run(B, T, V, dtype)
     print("\n| path | total s | µs / token | flashuq is × faster | bytes kept / token | max rel. diff vs flashuq |")
     print("|---|---|---|---|---|---|")
@@ -258,10 +340,15 @@ def main(argv=None):
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"sequence-cpu-{stamp}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
+        missed = missed_targets(results, B, V)
         json.dump({"benchmark": "sequence", "shape": {"B": B, "T": T, "V": V}, "dtype": args.dtype, "machine": info,
-                   "timestamp": stamp, "results": results}, f, indent=2)
+                   "timestamp": stamp, "checked_max_rel_diff": checked,
+                   "targets": {"vs_lm_polygraph_style_min": TARGET_VS_LMP, "vs_eager_min": TARGET_VS_EAGER,
+                               "bytes_per_token_max": TARGET_BYTES, "shape_BV": list(TARGET_SHAPE_BV),
+                               "missed": missed},
+                   "results": results}, f, indent=2)
     print(f"\nwrote {out}")
-    return 0
+    return exit_code(missed)
 
 
 if __name__ == "__main__":

@@ -78,16 +78,22 @@ def check(x, tok, topk) -> float:
 
     rows = slice(0, min(4, x.shape[0]))
     got = fuq.token_stats(x[rows], tok[rows], topk=topk)
-    ref = reference.token_stats(x[rows].cpu(), tok[rows].cpu(), topk=topk)
+    return compare_stats(got, reference.token_stats(x[rows].cpu(), tok[rows].cpu(), topk=topk), "token_stats bench")
+
+
+def compare_stats(got, ref, what, fields=CHECK_FIELDS, rtol=2e-4, floor=1e-6) -> float:
+    """Largest relative difference (|ref| floored at `floor`) of `fields` of the TokenStats `got` from
+    the float64 reference `ref`; raises SystemExit naming `what` and the field when one is over rtol,
+    or when the argmax differs."""
     worst = 0.0
-    for f in CHECK_FIELDS:
-        g, r = getattr(got, f).double().cpu(), getattr(ref, f)
-        d = ((g - r).abs() / r.abs().clamp_min(1e-6)).max().item()
+    for f in fields:
+        g, r = getattr(got, f).double().cpu(), getattr(ref, f).double().cpu()
+        d = ((g - r).abs() / r.abs().clamp_min(floor)).max().item()
         worst = max(worst, d)
-        if not d <= 2e-4:
-            raise SystemExit(f"token_stats bench: {f} differs from the float64 reference by {d:.3g} (relative)")
-    if not torch.equal(got.argmax.cpu(), ref.argmax):
-        raise SystemExit("token_stats bench: argmax differs from the float64 reference")
+        if not d <= rtol:
+            raise SystemExit(f"{what}: {f} differs from the float64 reference by {d:.3g} (relative)")
+    if not torch.equal(got.argmax.cpu(), ref.argmax.cpu()):
+        raise SystemExit(f"{what}: argmax differs from the float64 reference")
     return worst
 
 

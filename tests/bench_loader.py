@@ -3,6 +3,7 @@ checkout has no bench/, e.g. a wheel's tests)."""
 
 import importlib.util
 import pathlib
+import sys
 
 import pytest
 
@@ -15,5 +16,6 @@ def load_bench(name: str):
         pytest.skip("bench/ is not in this checkout")
     spec = importlib.util.spec_from_file_location(f"flashuq_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # as an import does: dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
