@@ -261,6 +261,28 @@ static void isotonic_pav_py(CArr<const double, 1> y, CArr<const double, 1> w, CA
   isotonic_pav(yp, wp, n, op);
 }
 
+static void reliability_sums_py(CArr<const double, 1> u, CArr<const double, 1> correct, double scale, double offset,
+                                bool scaled, CArr<const double, 1> edges, CArr<int64_t, 1> count,
+                                CArr<double, 1> sum_conf, CArr<double, 1> sum_correct) {
+  if (correct.size() != u.size()) throw std::invalid_argument("reliability_sums: u and correct differ in size");
+  if (edges.size() < 2) throw std::invalid_argument("reliability_sums: edges needs at least 2 entries");
+  const size_t bins = edges.size() - 1;
+  if (bins > size_t(1) << 30) throw std::invalid_argument("reliability_sums: too many bins");
+  if (count.size() != bins || sum_conf.size() != bins || sum_correct.size() != bins)
+    throw std::invalid_argument("reliability_sums: count, sum_conf and sum_correct need len(edges) - 1 entries");
+  const double* e = dense(edges, "edges").data();
+  for (size_t b = 0; b < bins; ++b)
+    if (!(e[b] < e[b + 1])) throw std::invalid_argument("reliability_sums: edges must increase");
+  const double* up = dense(u, "u").data();
+  const double* cp = dense(correct, "correct").data();
+  int64_t* np_ = dense(count, "count").data();
+  double* sc = dense(sum_conf, "sum_conf").data();
+  double* st = dense(sum_correct, "sum_correct").data();
+  const int64_t n = int64_t(u.size());
+  nb::gil_scoped_release release;
+  reliability_sums(up, cp, n, scale, offset, scaled, e, int(bins), np_, sc, st);
+}
+
 static void graph_py(int op, Arr W, CArr<const int32_t, 1> counts, double threshold, double t, Arr out0, std::optional<Arr> out1,
                      std::optional<Arr> out2, int num_threads, bool lanes, std::optional<Arr> C) {
   GraphArgs a{};
@@ -506,6 +528,11 @@ NB_MODULE(_C, m) {
         "e^x by the CPU kernels' branch-free fp64 exp (for tests: within 2 ulp of std::exp).");
   m.def("isotonic_pav", &isotonic_pav_py, nb::arg("y").noconvert(), nb::arg("w").noconvert(),
         nb::arg("out").noconvert(), "Pool-adjacent-violators non-decreasing fit of y with weights w into out.");
+  m.def("reliability_sums", &reliability_sums_py, nb::arg("u").noconvert(), nb::arg("correct").noconvert(),
+        nb::arg("scale"), nb::arg("offset"), nb::arg("scaled"), nb::arg("edges").noconvert(),
+        nb::arg("count").noconvert(), nb::arg("sum_conf").noconvert(), nb::arg("sum_correct").noconvert(),
+        "Per-bin count, confidence sum and correct sum of conf = -u (* scale + offset when scaled) over "
+        "increasing edges, in index order (flashuq.metrics.reliability_bins); the caller zeroes the outputs.");
   m.def("graph", &graph_py, nb::arg("op"), nb::arg("W").noconvert(), nb::arg("counts").noconvert(),
         nb::arg("threshold"), nb::arg("t"), nb::arg("out0").noconvert(), nb::arg("out1").noconvert().none(),
         nb::arg("out2").noconvert().none(), nb::arg("num_threads"), nb::arg("lanes") = true,

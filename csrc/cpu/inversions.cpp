@@ -69,5 +69,21 @@ void isotonic_pav(const double* y, const double* w, int64_t n, double* out) {
   }
 }
 
+void reliability_sums(const double* u, const double* correct, int64_t n, double scale, double offset, bool scaled,
+                      const double* edges, int n_bins, int64_t* count, double* sum_conf, double* sum_correct) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = scaled ? -u[i] * scale + offset : -u[i];
+    if (!(x >= 0.0 && x <= 1.0)) continue;
+    // j = the number of edges below x: from the equal-width guess, stepped to the exact count
+    int j = std::min(n_bins, std::max(0, int(x * n_bins)));
+    while (j > 0 && !(edges[j - 1] < x)) --j;
+    while (j <= n_bins && edges[j] < x) ++j;
+    const int b = std::max(j - 1, 0);
+    ++count[b];
+    sum_conf[b] += x;
+    sum_correct[b] += correct[i];
+  }
+}
+
 }  // namespace cpu
 }  // namespace flashuq

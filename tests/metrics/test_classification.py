@@ -93,6 +93,59 @@ def test_ece_matches_polygraph(seed, normalize):
             ref_ece(u, c, bins, normalize), rel=1e-12, abs=1e-15)
 
 
+def _numpy_bins(u, c, n_bins, normalize):
+    """The bins in numpy (MinMaxScaler's arithmetic, searchsorted, bincount): what the C++ pass
+    must reproduce bit for bit."""
+    conf = -u
+    if normalize:
+        lo, hi = conf.min(), conf.max()
+        scale = 1.0 / (hi - lo if hi - lo >= 10 * np.finfo(np.float64).eps else 1.0)
+        conf = conf * scale + (0.0 - lo * scale)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    inside = (conf >= 0.0) & (conf <= 1.0)
+    idx = np.maximum(np.searchsorted(edges, conf[inside], side="left") - 1, 0)
+    return (np.bincount(idx, minlength=n_bins), np.bincount(idx, weights=conf[inside], minlength=n_bins),
+            np.bincount(idx, weights=c[inside], minlength=n_bins))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("normalize", [True, False])
+def test_reliability_bins_are_numpys_bits(seed, normalize):
+    rng = np.random.default_rng(seed)
+    n = [5, 1000, 30000][seed % 3]
+    u = -rng.random(n) * 1.2 + 0.1 if not normalize else np.round(rng.normal(size=n), seed % 3 + 1)
+    if not normalize:  # confidences exactly on every edge, and at 0 and 1
+        for bins in (1, 7, 20, 64):
+            k = min(n, bins + 1)
+            u[:k] = -np.linspace(0.0, 1.0, bins + 1)[:k]
+    c = rng.random(n) * (seed % 2) + (rng.random(n) < 0.6) * (1 - seed % 2)  # fractional or 0/1
+    for bins in (1, 7, 20, 64):
+        b = M.reliability_bins(u, c, n_bins=bins, normalize=normalize)
+        count, sum_conf, sum_correct = _numpy_bins(u, c, bins, normalize)
+        assert np.array_equal(b.count, count) and b.n == n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            assert np.array_equal(b.confidence, sum_conf / count, equal_nan=True)
+            assert np.array_equal(b.accuracy, sum_correct / count, equal_nan=True)
+
+
+def test_reliability_sums_binding_checks():
+    f = fuq._ext._C.reliability_sums
+    u, c, e = np.zeros(3), np.ones(3), np.linspace(0.0, 1.0, 3)
+    cnt, s1, s2 = np.zeros(2, np.int64), np.zeros(2), np.zeros(2)
+    f(u, c, 1.0, 0.0, False, e, cnt, s1, s2)
+    assert cnt.tolist() == [3, 0] and s2.tolist() == [3.0, 0.0]
+    with pytest.raises(ValueError, match="differ in size"):
+        f(u, c[:2], 1.0, 0.0, False, e, cnt, s1, s2)
+    with pytest.raises(ValueError, match="len\\(edges\\) - 1"):
+        f(u, c, 1.0, 0.0, False, e, cnt[:1], s1, s2)
+    with pytest.raises(ValueError, match="at least 2"):
+        f(u, c, 1.0, 0.0, False, e[:1], cnt[:0], s1[:0], s2[:0])
+    with pytest.raises(ValueError, match="increase"):
+        f(u, c, 1.0, 0.0, False, np.array([0.0, 0.5, 0.5]), cnt, s1, s2)
+    with pytest.raises(TypeError):
+        f(u.astype(np.float32), c, 1.0, 0.0, False, e, cnt, s1, s2)
+
+
 def test_ece_values():
     # perfectly calibrated bins: conf 0.25 with 1/4 correct, conf 0.75 with 3/4 correct
     u = -np.array([0.25] * 4 + [0.75] * 4)

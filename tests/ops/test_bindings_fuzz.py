@@ -1,5 +1,5 @@
 """Fuzz the nanobind bindings flashuq._C.token_stats, ensemble_stats, count_inversions, isotonic_pav,
-uqac_* and num_sem_sets directly, both ways: for any combination of sizes, strides, dtypes and output
+reliability_sums, uqac_* and num_sem_sets directly, both ways: for any combination of sizes, strides, dtypes and output
 buffers, the test first decides from the binding's contract whether the request is consistent; a
 consistent one must succeed (and, where a reference is cheap, match it), an inconsistent one must raise
 ValueError or TypeError. So a binding that refused everything fails as surely as one that accepted too
@@ -221,6 +221,34 @@ def test_isotonic_pav_binding(n, m, dtype, zero_weight, seed):
     assert bool((out[1:] >= out[:-1] - 1e-12).all())  # non-decreasing
     # the weighted mean is preserved by pooling
     assert abs(float((out * w).sum() - (y * w).sum())) <= 1e-9 * max(1.0, float((y * w).abs().sum()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(0, 200), nc=st.integers(0, 200), bins=st.integers(0, 12), out_bins=st.integers(0, 12),
+       dtype=st.sampled_from([torch.float64, torch.float32]), step=st.integers(1, 2), scaled=st.booleans(),
+       bad_edges=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_reliability_sums_binding(n, nc, bins, out_bins, dtype, step, scaled, bad_edges, seed):
+    g = torch.Generator().manual_seed(seed)
+    u = (torch.rand(n * step, generator=g, dtype=torch.float64) * -1.4 + 0.2).to(dtype)[::step]  # conf -u in [-0.2, 1.2]
+    c = torch.rand(nc, generator=g, dtype=torch.float64)
+    edges = torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64)
+    if bad_edges and bins >= 2:
+        edges[1] = edges[2]
+    cnt = torch.zeros(out_bins, dtype=torch.int64)
+    s1, s2 = torch.zeros(out_bins, dtype=torch.float64), torch.zeros(out_bins, dtype=torch.float64)
+    scale, offset = (0.5, 0.25) if scaled else (1.0, 0.0)
+    try:
+        _ext._C.reliability_sums(u, c, scale, offset, scaled, edges, cnt, s1, s2)
+    except (ValueError, TypeError):
+        assert (dtype != torch.float64 or (step > 1 and n > 1) or nc != n or bins < 1 or out_bins != bins
+                or (bad_edges and bins >= 2))
+        return
+    assert dtype == torch.float64 and nc == n and bins >= 1 and out_bins == bins and not (bad_edges and bins >= 2)
+    conf = -u * scale + offset if scaled else -u
+    inside = (conf >= 0) & (conf <= 1)
+    idx = (torch.searchsorted(edges, conf[inside], side="left") - 1).clamp(min=0)
+    assert torch.equal(cnt, torch.bincount(idx, minlength=bins))
+    assert torch.allclose(s2, torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, c[inside]), rtol=1e-12, atol=0)
 
 
 # ---- UQAC (flashuq._C.uqac_reduce / uqac_backtrack / uqac_similarity) -----------------------------------

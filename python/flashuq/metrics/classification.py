@@ -92,13 +92,13 @@ def pr_auc(uncertainty, correct, *, positive="incorrect", nan_policy="raise") ->
     return float(np.sum(tp / (tp + fp)) / n_total_pos)
 
 
-def _minmax(x: np.ndarray) -> np.ndarray:
-    """sklearn.preprocessing.MinMaxScaler().fit_transform on one column, with its arithmetic:
-    ``x·s − min·s`` with ``s = 1/(max − min)``, and ``s = 1`` when the range is below 10·eps."""
-    lo, hi = x.min(), x.max()
+def _minmax_coefficients(lo, hi):
+    """``(s, o)`` of sklearn.preprocessing.MinMaxScaler().fit_transform on one column with minimum lo
+    and maximum hi, which computes ``x·s + o``: ``s = 1/(max − min)`` (1 when the range is below
+    10·eps) and ``o = 0 − min·s``."""
     rng = hi - lo
     scale = 1.0 / (rng if rng >= 10 * np.finfo(np.float64).eps else 1.0)
-    return x * scale + (0.0 - lo * scale)
+    return scale, 0.0 - lo * scale
 
 
 class ReliabilityBins(NamedTuple):
@@ -124,19 +124,22 @@ def reliability_bins(uncertainty, correct, *, n_bins=20, normalize=True, nan_pol
         raise ValueError("uncertainty must be finite for ECE (nan_policy='polygraph' maps ±inf to ±1e7)")
     if ((c < 0) | (c > 1)).any():
         raise ValueError("correct must lie in [0, 1]")
-    conf = -u
+    # conf = -u, min-max scaled as MinMaxScaler does when normalize; bin i holds (edges[i], edges[i+1]],
+    # bin 0 also 0 itself; items outside [0, 1] in no bin. One C++ pass with numpy's arithmetic and
+    # bincount's order of summation (the bits of searchsorted + bincount, without their temporaries).
+    scale, offset = 1.0, 0.0
     if normalize:
-        conf = _minmax(conf)
+        lo, hi = -u.max(), -u.min()  # min and max of -u
+        scale, offset = _minmax_coefficients(lo, hi)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    inside = (conf >= 0.0) & (conf <= 1.0)
-    cb, tb = conf[inside], c[inside]
-    # bin i holds (edges[i], edges[i+1]]; bin 0 also holds 0 itself
-    idx = np.maximum(np.searchsorted(edges, cb, side="left") - 1, 0)
-    counts = np.bincount(idx, minlength=n_bins)
+    counts = np.zeros(n_bins, np.int64)
+    sum_conf, sum_correct = np.zeros(n_bins), np.zeros(n_bins)
+    _ext._C.reliability_sums(np.ascontiguousarray(u), np.ascontiguousarray(c), float(scale), float(offset), normalize,
+                             edges, counts, sum_conf, sum_correct)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(idx, weights=cb, minlength=n_bins) / counts
-        acc = np.bincount(idx, weights=tb, minlength=n_bins) / counts
-    return ReliabilityBins(mean_conf, acc, counts.astype(np.int64), edges, int(conf.shape[0]))
+        mean_conf = sum_conf / counts
+        acc = sum_correct / counts
+    return ReliabilityBins(mean_conf, acc, counts, edges, int(u.shape[0]))
 
 
 def ece(uncertainty, correct, *, n_bins=20, normalize=True, nan_policy="raise") -> float:
