@@ -31,32 +31,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 
 import flashuq as fuq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lm_polygraph_modules import import_modules  # noqa: E402
-from token_stats import exit_code  # noqa: E402
+from token_stats import exit_code, machine_info  # noqa: E402
 
 TARGET_N = 10**7
 TARGET_SECONDS = 10.0   # each metric at N = 10^7, at most ("10^7 items in a few seconds")
 RTOL, ATOL = 1e-9, 1e-12
 N_CHECK = 10**5
-
-
-def _machine():
-    import platform
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
 
 
 def _time(fn, repeat):
@@ -230,7 +216,7 @@ def main(argv=None):
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"metrics-cpu-{stamp}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"benchmark": "metrics", "n": args.n, "machine": _machine(), "timestamp": stamp,
+        json.dump({"benchmark": "metrics", "n": args.n, "machine": machine_info(torch.device("cpu")), "timestamp": stamp,
                    "lm_polygraph": lmp[0] if lmp else None, "check": {"rtol": RTOL, "atol": ATOL, "n": N_CHECK},
                    "targets": {"seconds_max": TARGET_SECONDS, "n": TARGET_N, "missed": missed}, "results": results},
                   f, indent=2)
