@@ -261,6 +261,15 @@ static void isotonic_pav_py(CArr<const double, 1> y, CArr<const double, 1> w, CA
   isotonic_pav(yp, wp, n, op);
 }
 
+static void argsort_f64_py(CArr<const double, 1> x, CArr<int64_t, 1> out) {
+  if (out.size() != x.size()) throw std::invalid_argument("argsort_f64: out needs x's size");
+  const double* xp = dense(x, "x").data();
+  int64_t* op = dense(out, "out").data();
+  const int64_t n = int64_t(x.size());
+  nb::gil_scoped_release release;
+  argsort_f64(xp, n, op);
+}
+
 static void reliability_sums_py(CArr<const double, 1> u, CArr<const double, 1> correct, double scale, double offset,
                                 bool scaled, CArr<const double, 1> edges, CArr<int64_t, 1> count,
                                 CArr<double, 1> sum_conf, CArr<double, 1> sum_correct) {
@@ -528,6 +537,9 @@ NB_MODULE(_C, m) {
         "e^x by the CPU kernels' branch-free fp64 exp (for tests: within 2 ulp of std::exp).");
   m.def("isotonic_pav", &isotonic_pav_py, nb::arg("y").noconvert(), nb::arg("w").noconvert(),
         nb::arg("out").noconvert(), "Pool-adjacent-violators non-decreasing fit of y with weights w into out.");
+  m.def("argsort_f64", &argsort_f64_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
+        "Stable ascending order of a float64 array into out (int64), by radix sort: equal values (-0 and +0 "
+        "among them) keep their input order, NaN last (flashuq.metrics' ranks).");
   m.def("reliability_sums", &reliability_sums_py, nb::arg("u").noconvert(), nb::arg("correct").noconvert(),
         nb::arg("scale"), nb::arg("offset"), nb::arg("scaled"), nb::arg("edges").noconvert(),
         nb::arg("count").noconvert(), nb::arg("sum_conf").noconvert(), nb::arg("sum_correct").noconvert(),

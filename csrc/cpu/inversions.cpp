@@ -1,6 +1,7 @@
 #include "inversions.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace flashuq {
@@ -67,6 +68,57 @@ void isotonic_pav(const double* y, const double* w, int64_t n, double* out) {
     const double m = sum[b] / wt[b];
     for (int64_t i = start[b]; i < e; ++i) out[i] = m;
   }
+}
+
+namespace {
+
+// The order-preserving unsigned key of a double: -0 as +0, NaN above +inf.
+inline uint64_t sort_key(double v) {
+  if (v != v) return ~uint64_t(0);
+  uint64_t b;
+  std::memcpy(&b, &v, sizeof b);
+  if (v == 0.0) b = 0;
+  return (b >> 63) ? ~b : (b | (uint64_t(1) << 63));
+}
+
+}  // namespace
+
+void argsort_f64(const double* x, int64_t n, int64_t* out) {
+  if (n <= 0) return;
+  constexpr int kBits = 11, kPasses = (64 + kBits - 1) / kBits;
+  constexpr uint64_t kMask = (uint64_t(1) << kBits) - 1;
+  std::vector<uint64_t> key(n), key2(n);
+  std::vector<int64_t> idx2(n);
+  std::vector<int64_t> hist(size_t(kPasses) << kBits, 0);  // every pass's digit counts, from one read
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t k = sort_key(x[i]);
+    key[i] = k;
+    out[i] = i;
+    for (int p = 0; p < kPasses; ++p) ++hist[(size_t(p) << kBits) + ((k >> (p * kBits)) & kMask)];
+  }
+  uint64_t* src_k = key.data();
+  uint64_t* dst_k = key2.data();
+  int64_t* src_i = out;
+  int64_t* dst_i = idx2.data();
+  for (int p = 0; p < kPasses; ++p) {
+    int64_t* h = hist.data() + (size_t(p) << kBits);
+    if (h[(src_k[0] >> (p * kBits)) & kMask] == n) continue;  // one digit everywhere: the order stands
+    int64_t sum = 0;  // counts -> each digit's first slot
+    for (uint64_t d = 0; d <= kMask; ++d) {
+      const int64_t c = h[d];
+      h[d] = sum;
+      sum += c;
+    }
+    for (int64_t i = 0; i < n; ++i) {  // in input order: stable
+      const uint64_t k = src_k[i];
+      const int64_t at = h[(k >> (p * kBits)) & kMask]++;
+      dst_k[at] = k;
+      dst_i[at] = src_i[i];
+    }
+    std::swap(src_k, dst_k);
+    std::swap(src_i, dst_i);
+  }
+  if (src_i != out) std::memcpy(out, src_i, size_t(n) * sizeof(int64_t));
 }
 
 void reliability_sums(const double* u, const double* correct, int64_t n, double scale, double offset, bool scaled,

@@ -46,3 +46,51 @@ def test_orientation_and_degenerate():
     assert np.isnan(M.spearman([1.0], [2.0]))          # N = 1
     assert np.isnan(M.kendall_tau([1.0], [2.0]))
     assert isinstance(M.kendall_tau(torch.arange(5.0), [1, 0, 1, 0, 0]), float)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_radix_argsort_is_numpys_stable_argsort(seed):
+    """_C.argsort_f64 gives np.argsort(kind="stable")'s order exactly: ties (-0 and +0 among them)
+    in input order, ±inf, subnormals, NaN last."""
+    rng = np.random.default_rng(seed)
+    n = [1, 2, 5000, 70000, 3, 40000][seed]
+    x = [rng.normal(size=n), np.round(rng.normal(size=n), 1), rng.integers(-3, 4, n).astype(float),
+         rng.normal(size=n) * 10.0 ** rng.integers(-300, 300, n), np.array([0.0, -0.0, 0.0][:n]),
+         rng.choice([0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 1.0], n)][seed]
+    out = np.empty(n, np.int64)
+    fuq._ext._C.argsort_f64(x, out)
+    assert np.array_equal(out, np.argsort(x, kind="stable"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ranks_by_radix_equal_numpys(seed, monkeypatch):
+    """Spearman's and Kendall's ranks take the radix order above 2,048 items: the same values and
+    the same bits as with numpy's argsort (a rank depends only on the values)."""
+    from flashuq.metrics import _common, correlation
+
+    rng = np.random.default_rng(seed)
+    n = 50000
+    u = np.round(rng.normal(size=n), [1, 2, 4, 8][seed])
+    q = rng.integers(0, [3, 50, 10**4, 10**9][seed], n).astype(float)
+    got = (M.spearman(u, q), M.kendall_tau(u, q), M.reversed_pairs_proportion(u, q),
+           _common.rankdata_average(u), correlation._dense_ranks(-q))
+    monkeypatch.setattr(_common, "argsort_stable", np.argsort)
+    monkeypatch.setattr(correlation, "argsort_stable", np.argsort)
+    want = (M.spearman(u, q), M.kendall_tau(u, q), M.reversed_pairs_proportion(u, q),
+            _common.rankdata_average(u), correlation._dense_ranks(-q))
+    assert got[:3] == want[:3]
+    assert np.array_equal(got[3], want[3]) and np.array_equal(got[4], want[4])
+
+
+def test_argsort_binding_checks():
+    f = fuq._ext._C.argsort_f64
+    with pytest.raises(ValueError, match="size"):
+        f(np.zeros(3), np.empty(2, np.int64))
+    with pytest.raises(TypeError):
+        f(np.zeros(3, np.float32), np.empty(3, np.int64))
+    with pytest.raises(TypeError):
+        f(np.zeros(3), np.empty(3, np.int32))
+    with pytest.raises((TypeError, ValueError)):
+        f(np.zeros(6)[::2], np.empty(3, np.int64))
+    out = np.empty(0, np.int64)
+    f(np.zeros(0), out)

@@ -1,5 +1,5 @@
 """Fuzz the nanobind bindings flashuq._C.token_stats, ensemble_stats, count_inversions, isotonic_pav,
-reliability_sums, uqac_* and num_sem_sets directly, both ways: for any combination of sizes, strides, dtypes and output
+reliability_sums, argsort_f64, uqac_* and num_sem_sets directly, both ways: for any combination of sizes, strides, dtypes and output
 buffers, the test first decides from the binding's contract whether the request is consistent; a
 consistent one must succeed (and, where a reference is cheap, match it), an inconsistent one must raise
 ValueError or TypeError. So a binding that refused everything fails as surely as one that accepted too
@@ -8,6 +8,7 @@ this file too)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import event, given, settings
@@ -249,6 +250,23 @@ def test_reliability_sums_binding(n, nc, bins, out_bins, dtype, step, scaled, ba
     idx = (torch.searchsorted(edges, conf[inside], side="left") - 1).clamp(min=0)
     assert torch.equal(cnt, torch.bincount(idx, minlength=bins))
     assert torch.allclose(s2, torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, c[inside]), rtol=1e-12, atol=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 5000), m=st.integers(0, 5000), dtype=st.sampled_from([torch.float64, torch.float32]),
+       out_dtype=st.sampled_from([torch.int64, torch.int32]), step=st.integers(1, 2), levels=st.integers(1, 10**6),
+       seed=st.integers(0, 2**31 - 1))
+def test_argsort_f64_binding(n, m, dtype, out_dtype, step, levels, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(0, levels, (n * step,), generator=g).to(torch.float64) - levels / 2).to(dtype)[::step]
+    out = torch.empty(m, dtype=out_dtype)
+    try:
+        _ext._C.argsort_f64(x, out)
+    except (ValueError, TypeError):
+        assert dtype != torch.float64 or out_dtype != torch.int64 or m != n or (step > 1 and n > 1)
+        return
+    assert dtype == torch.float64 and out_dtype == torch.int64 and m == n
+    assert torch.equal(out, torch.from_numpy(np.argsort(x.numpy(), kind="stable")))
 
 
 # ---- UQAC (flashuq._C.uqac_reduce / uqac_backtrack / uqac_similarity) -----------------------------------

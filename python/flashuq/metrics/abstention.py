@@ -35,7 +35,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .._checks import check_int, check_real
-from ._common import as_float_1d, check_same_length
+from ._common import argsort_stable, as_float_1d, check_same_length
 
 BOUNDS = ("binomial", "hoeffding_bentkus")
 
@@ -153,7 +153,7 @@ def abstention_threshold(uncertainty, correct, *, risk: float, delta: float = 0.
     none = AbstentionThreshold(-math.inf, 0.0, 0, 0, math.nan, math.nan, n, alpha, delta, bound)
     if n == 0:
         return none
-    order = np.argsort(u, kind="stable")
+    order = argsort_stable(u)
     us, wrong = u[order], 1.0 - c[order]
     last = np.r_[us[1:] != us[:-1], True]        # the last position of each distinct value: ties go together
     kept = np.nonzero(last)[0] + 1                 # answers kept at each distinct threshold

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import _ext
 from .._checks import check_bool
-from ._common import apply_nan_policy, as_float_1d, check_binary, check_int, check_same_length, tie_groups
+from ._common import apply_nan_policy, argsort_stable, as_float_1d, check_binary, check_int, check_same_length, tie_groups
 
 
 def _binary_inputs(uncertainty, correct, nan_policy):
@@ -205,7 +205,7 @@ def isotonic_brier(confidence, correct, *, nan_policy="raise") -> float:
         raise ValueError("confidence must be finite")
     if ((y < 0) | (y > 1)).any():
         raise ValueError("correct must lie in [0, 1]")
-    order = np.argsort(c, kind="stable")
+    order = argsort_stable(c)
     starts, sizes = tie_groups(c[order])
     w = sizes.astype(np.float64)
     ymean = np.add.reduceat(y[order], starts) / w

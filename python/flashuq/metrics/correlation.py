@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _ext
-from ._common import apply_nan_policy, as_float_1d, check_same_length, rankdata_average, tie_groups
+from ._common import apply_nan_policy, as_float_1d, check_same_length, argsort_stable, rankdata_average, tie_groups
 
 
 def _pair_inputs(uncertainty, quality, nan_policy):
@@ -44,7 +44,7 @@ def spearman(uncertainty, quality, *, nan_policy="raise") -> float:
 
 def _dense_ranks(x: np.ndarray) -> np.ndarray:
     """0-based dense ranks (equal values share one rank), int64."""
-    order = np.argsort(x)
+    order = argsort_stable(x)
     xs = x[order]
     new = np.empty(x.shape[0], dtype=np.int64)
     new[0] = 0

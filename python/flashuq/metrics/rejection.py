@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import check_bool
-from ._common import apply_nan_policy, as_float_1d, check_real, check_same_length, tie_groups
+from ._common import apply_nan_policy, argsort_stable, as_float_1d, check_real, check_same_length, tie_groups
 
 _BASELINES = ("exact", "polygraph")
 _POLYGRAPH_SEED = 42
@@ -33,9 +33,9 @@ def _normalize_quality(q: np.ndarray) -> np.ndarray:
 
 def _tie_averaged(u: np.ndarray, t: np.ndarray) -> np.ndarray:
     """``t`` ordered by ascending ``u``, each run of tied ``u`` replaced by its mean: the expectation
-    over all orderings of the tied items (docs/methods.md#prr-exact). The order inside a tie group is
-    irrelevant, so the faster non-stable sort is used."""
-    order = np.argsort(u)
+    over all orderings of the tied items (docs/methods.md#prr-exact). A tie group is summed in input
+    order (the stable sort)."""
+    order = argsort_stable(u)
     ts = t[order]
     starts, sizes = tie_groups(u[order])
     if starts.shape[0] == ts.shape[0]:
@@ -216,7 +216,7 @@ def risk_coverage_auc(uncertainty, quality, *, normalize=True, ties="average", n
     check_same_length(u, q, "uncertainty", "quality")
     u, q = apply_nan_policy(u, q, nan_policy)
     risk = 1 - _normalize_quality(q)
-    ordered = _tie_averaged(u, risk) if ties == "average" else risk[np.argsort(u, kind="stable")]
+    ordered = _tie_averaged(u, risk) if ties == "average" else risk[argsort_stable(u)]
     cum = np.cumsum(ordered)
     if normalize:
         cum = cum / np.arange(1, u.shape[0] + 1)
