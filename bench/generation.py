@@ -178,6 +178,25 @@ def check_linear(V, D, T=64):
                          FIELDS, floor=1.0)
 
 
+def positive_ints(text):
+    """argparse type: a comma-separated list of positive integers ("49152,128256")."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def positive_int(text):
+    """argparse type: one positive integer."""
+    values = positive_ints(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+    return values[0]
+
+
 def missed_targets(gen, mem):
     missed = [f"{r['model']}: recording adds {100 * r['overhead_vs_plain']:.1f}% to generate "
               f"(target ≤ {100 * TARGET_RECORD_OVERHEAD:g}%)"
@@ -240,8 +259,9 @@ def main(argv=None):
     ap.add_argument("--new", type=int, default=32, help="new tokens per generation")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--mem-rows", type=int, default=TARGET_MEMORY_ROWS, help="rows T of the scoring-memory part")
-    ap.add_argument("--mem-vocab", default="49152,128256", help="head sizes V of the scoring-memory part")
+    ap.add_argument("--mem-rows", type=positive_int, default=TARGET_MEMORY_ROWS, help="rows T of the scoring-memory part")
+    ap.add_argument("--mem-vocab", type=positive_ints, default=[49152, 128256],
+                    help="head sizes V of the scoring-memory part, comma-separated")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -263,7 +283,7 @@ def main(argv=None):
         print(f"| {r['model']} | {r['path']} | {r['median_s']:.3f} | {100 * r['overhead_vs_plain']:+.1f}% | "
               f"{r['bytes_kept_per_token']:,} |")
     mem = []
-    for V in (int(v) for v in args.mem_vocab.split(",")):
+    for V in args.mem_vocab:
         mem += bench_memory(args.mem_rows, V, 576)
     print("\n| T | V | path | peak extra MiB | s | logits MiB |\n|---|---|---|---|---|---|")
     for r in mem:

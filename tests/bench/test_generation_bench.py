@@ -63,3 +63,12 @@ def test_missed_targets():
     missed = bench.missed_targets(gen, mem)
     assert len(missed) == 2 and "5.0%" in missed[0] and "0.200" in missed[1]
     assert bench.missed_targets(gen[1:], mem[2:]) == []
+
+
+@pytest.mark.parametrize("args", [["--mem-vocab", "abc"], ["--mem-vocab", "3000,0"], ["--mem-vocab", ""],
+                                  ["--mem-rows", "-4"], ["--mem-rows", "8,16"]])
+def test_bad_memory_arguments(args, capsys):
+    bench = load_bench("generation")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--quick", *args])
+    assert e.value.code == 2 and "expected" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _ext
-from ._common import apply_nan_policy, as_float_1d, check_same_length, argsort_stable, rankdata_average, tie_groups
+from ._common import apply_nan_policy, argsort_stable, as_float_1d, check_same_length, rankdata_average, tie_groups
 
 
 def _pair_inputs(uncertainty, quality, nan_policy):
