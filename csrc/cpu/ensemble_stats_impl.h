@@ -1,11 +1,13 @@
 // Ensemble decomposition on the CPU, included once per instruction set (FUQ_ISA names the
-// namespace; ensemble_stats.cpp picks one at run time): one position per OpenMP iteration,
-// everything in fp64, in loops over columns that vectorise (exp_f64, log_f64 of cpu_math.h).
+// namespace; ensemble_stats.cpp picks one at run time): one position per OpenMP iteration, in loops
+// over columns that vectorise (exp_f64, log_f64 of cpu_math.h).
 //
-// Pass 1 reads each member's row once in blocks and keeps the shifted online accumulator of
+// Pass 1 reads each member's row once and keeps the shifted online accumulator of
 // docs/numerics.md#accumulator restricted to (m, R, T): log1p(R) gives log P_mv = (z - m) / T - log1p(R), and
-// H_m = log1p(R) - T / (1 + R). Pass 2 reads the M members' logits column by column and, with
-// log p̄_v = logsumexp_m(log w_m + log P_mv) and r_mv = log P_mv - log p̄_v, accumulates
+// H_m = log1p(R) - T / (1 + R). For fp32, bf16 and fp16 logits it runs on token_stats' passes
+// (sums in fp32 lanes, blocks merged in fp64); for fp64 logits, in fp64 here. Pass 2 reads the M
+// members' logits column by column, in fp64, and with p̄_v = Σ_m w_m P_mv and
+// r_mv = log P_mv - log p̄_v accumulates
 //
 //   MI  = Σ_v p̄_v Σ_m w_m φ(r_mv),   φ(r) = 1 + e^r (r - 1) >= 0
 //   RMI = Σ_v p̄_v Σ_m w_m ψ(r_mv),   ψ(r) = e^r - 1 - r     >= 0
@@ -13,21 +15,31 @@
 // (both follow from Σ_m w_m e^{r_mv} = 1; MI = Σ_m w_m KL(P_m || p̄) and RMI =
 // Σ_m w_m KL(p̄ || P_m)). Every term is non-negative, so nothing cancels: TU = AU + MI and
 // EPKL - AU = MI + RMI come out accurate even when the members nearly agree, and MI >= 0 holds
-// exactly. φ and ψ use their Taylor series for |r| < 1/4 (evaluated for every column, then selected). A member with P_mv = 0 where p̄_v > 0
-// gives ψ = +inf: EPKL and RMI are +inf (docs/methods.md#ensemble with xlogy semantics).
+// exactly. ψ uses its Taylor series for |r| < 1/4 and φ follows from it (both sides are evaluated
+// for every column, then selected). A member with P_mv = 0 where p̄_v > 0 gives ψ = +inf: EPKL and
+// RMI are +inf (docs/methods.md#ensemble with xlogy semantics).
+//
+// Why pass 1 may sum in fp32: pass 2 takes each member's normalisation from it, and an error ε_m in
+// log1p(R_m) scales P_m by e^{-ε_m}. The sums above, as functions of the ε_m, have the gradients
+// -w_m KL(P_m || p̄) and w_m Σ_v P_mv Σ_k w_k r_kv at ε = 0, both of the order of MI (resp. RMI)
+// itself: ε moves MI and RMI by a relative ε (~1e-7), however closely the members agree, and members
+// that agree exactly still give exactly 0 (docs/numerics.md#ensemble-numerics).
 //
 // A position is summed by one thread, in a fixed order: results do not depend on the thread count.
-// The builds differ by rounding (FMA contraction), within the tests' tolerances.
+// The builds differ by rounding (FMA contraction, and the fp32 passes' instruction sets), within the
+// tests' tolerances.
 #include "ensemble_stats.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
 
 #include "flashuq/cpu_math.h"
+#include "token_stats.h"
 
 namespace flashuq {
 namespace cpu {
@@ -37,6 +49,7 @@ namespace {
 constexpr int kBlock = 1024;  // pass-1 block (columns of one member)
 constexpr int kCols = 256;    // pass-2 block (columns of all members)
 constexpr double kSmall = 0.25;
+constexpr double kTiny = 2.2250738585072014e-308;  // the smallest normal double
 constexpr int kSeries = 12;   // the series' degree: truncation < 1e-18 relative at |r| = 1/4
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -105,15 +118,15 @@ MemberAcc block_partial(const In* row, int64_t base, int len, double inv_temp, d
   return acc;
 }
 
-// Coefficients of φ(r)/r² = Σ_k a_k r^k, a_k = (k+1)/(k+2)!, and ψ(r)/r² = Σ_k b_k r^k,
-// b_k = 1/(k+2)!, k = 0..kSeries (Horner, one multiply-add per term).
+// Coefficients of ψ(r)/r² = Σ_k b_k r^k, b_k = 1/(k+2)!, k = 0..kSeries (Horner, one multiply-add
+// per term). φ follows from ψ: e^r = 1 + r + ψ(r) gives φ(r) = r² + ψ(r)(r - 1), i.e.
+// φ/r² = 1 + (ψ/r²)(r - 1), which lies in [0.37, 0.63] for |r| < 1/4 (no cancellation to speak of).
 struct Series {
-  double a[kSeries + 1], b[kSeries + 1];
+  double b[kSeries + 1];
   Series() {
     double f = 2.0;  // (k+2)!
     for (int k = 0; k <= kSeries; ++k) {
       if (k > 0) f *= double(k + 2);
-      a[k] = double(k + 1) / f;
       b[k] = 1.0 / f;
     }
   }
@@ -149,9 +162,14 @@ void run(const EnsembleStatsArgs& a) {
         valid = lw[m] == lw[m];
         const In* row = pos + m * a.sm;
         MemberAcc acc{-kInf, 0.0, 0.0, false};
-        for (int64_t b = 0; b < V; b += kBlock) {
-          const int len = int(std::min<int64_t>(kBlock, V - b));
-          merge_into(acc, block_partial(row, b, len, inv_temp, buf.data()), inv_temp);
+        if (std::is_same<In, double>::value) {
+          for (int64_t b = 0; b < V; b += kBlock) {
+            const int len = int(std::min<int64_t>(kBlock, V - b));
+            merge_into(acc, block_partial(row, b, len, inv_temp, buf.data()), inv_temp);
+          }
+        } else {  // token_stats' fp32 passes (see the note at the top)
+          const RowEntropySums s = FUQ_ISA::row_entropy_sums(a.dtype, row, V, inv_temp);
+          acc = MemberAcc{s.m, s.R, s.T, s.bad};
         }
         valid = valid && !acc.bad && acc.m > -kInf;
         mx[m] = acc.m;
@@ -167,46 +185,36 @@ void run(const EnsembleStatsArgs& a) {
       double MI = 0.0, RMI = 0.0;
       for (int64_t c0 = 0; c0 < V; c0 += kCols) {
         const int len = int(std::min<int64_t>(kCols, V - c0));
-        for (int64_t m = 0; m < M; ++m) {  // log P_mv
-          const In* row = pos + m * a.sm;
-          double* lm = &lp[size_t(m) * kCols];
-          const double mxm = mx[m], l1 = l1p[m];
-#pragma omp simd
-          for (int j = 0; j < len; ++j) {
-            const double z = load(row, c0 + j);  // finite or -inf here (the position is valid)
-            lm[j] = z > -kInf ? (z - mxm) * inv_temp - l1 : -kInf;
-          }
-        }
+        // log P_mv, s_mv = w_m P_mv and p̄_v = Σ_m s_mv, without a shift: every exponent is <= 0, and
+        // where they all underflow (p̄_v < 1e-308) the column's share is dropped (p̄_v times a bounded
+        // sum), so p̄_v needs no exponential of its own. A column with p̄_v = 0 (amax = -inf: no
+        // member with weight has P_mv > 0) adds nothing (xlogy).
         for (int j = 0; j < len; ++j) amax[j] = -kInf;
-        for (int64_t m = 0; m < M; ++m) {
-          if (!(w[m] > 0.0)) continue;
-          const double* lm = &lp[size_t(m) * kCols];
-          const double lwm = lw[m];
-#pragma omp simd
-          for (int j = 0; j < len; ++j) amax[j] = std::max(amax[j], lwm + lm[j]);
-        }
-        // s_mv = w_m P_mv / e^amax and S = Σ_m s_mv >= 1 (p̄_v = e^amax S); a column with p̄_v = 0
-        // (amax = -inf) adds nothing (xlogy)
         for (int j = 0; j < len; ++j) S[j] = 0.0;
         for (int64_t m = 0; m < M; ++m) {
           if (!(w[m] > 0.0)) continue;
-          const double* lm = &lp[size_t(m) * kCols];
+          const In* row = pos + m * a.sm;
+          double* lm = &lp[size_t(m) * kCols];
           double* sm = &sp[size_t(m) * kCols];
-          const double lwm = lw[m];
+          const double mxm = mx[m], l1 = l1p[m], lwm = lw[m];
 #pragma omp simd
           for (int j = 0; j < len; ++j) {
-            const double e = exp_f64(lwm + lm[j] - (amax[j] > -kInf ? amax[j] : 0.0));
+            const double z = load(row, c0 + j);  // finite or -inf here (the position is valid)
+            const double l = z > -kInf ? (z - mxm) * inv_temp - l1 : -kInf;
+            const double x = lwm + l;
+            const double e = exp_f64(x);
+            lm[j] = l;
+            amax[j] = std::max(amax[j], x);
             sm[j] = e;
             S[j] += e;
           }
         }
 #pragma omp simd
         for (int j = 0; j < len; ++j) {
-          const bool live = amax[j] > -kInf;
-          const double Sj = live ? S[j] : 1.0;
-          lpbar[j] = amax[j] + log_f64(Sj);
-          pbar[j] = live ? exp_f64(lpbar[j]) : 0.0;
-          invS[j] = 1.0 / Sj;
+          const bool use = S[j] >= kTiny;
+          lpbar[j] = use ? log_f64(S[j]) : 0.0;
+          pbar[j] = use ? S[j] : 0.0;
+          invS[j] = use ? 1.0 / S[j] : 0.0;
           cphi[j] = 0.0;
           cpsi[j] = 0.0;
         }
@@ -218,11 +226,9 @@ void run(const EnsembleStatsArgs& a) {
 #pragma omp simd
           for (int j = 0; j < len; ++j) {
             const double r = lm[j] - lpbar[j];
-            double sphi = series.a[kSeries], spsi = series.b[kSeries];  // φ/r², ψ/r² where |r| < kSmall
-            for (int k = kSeries - 1; k >= 0; --k) {
-              sphi = sphi * r + series.a[k];
-              spsi = spsi * r + series.b[k];
-            }
+            double spsi = series.b[kSeries];  // ψ/r², then φ/r², where |r| < kSmall
+            for (int k = kSeries - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
+            const double sphi = 1.0 + spsi * (r - 1.0);
             const double wr2 = wm * r * r, q = sm[j] * invS[j];  // q = w_m P_mv / p̄_v <= 1
             const bool small = std::fabs(r) < kSmall, fin = r > -kInf;
             // P_mv = 0 < p̄_v: φ(-inf) = 1, ψ(-inf) = +inf

@@ -49,12 +49,23 @@ void exp_nonpos_f32(const float* x, float* out, int64_t n);
 void masked_logsumexp(DType dtype, const void* values, const uint8_t* mask, const int64_t* cu, int64_t B, int64_t T,
                       float* out, int num_threads);
 
-#define FUQ_TOKEN_STATS_VARIANT(ns)                              \
-  namespace ns {                                                 \
-  void token_stats(const TokenStatsArgs& a);                     \
-  void exp_nonpos_f32(const float* x, float* out, int64_t n);    \
-  void masked_logsumexp(DType dtype, const void* values, const uint8_t* mask, const int64_t* cu,     \
-                        int64_t B, int64_t T, float* out, int num_threads);                        \
+// What row_entropy_sums gives (per ISA below; ensemble_stats' first pass over one member's row of
+// fp32, bf16 or fp16 logits, contiguous, calls its own ISA's): the accumulator of
+// docs/numerics.md#accumulator restricted to the maximum m, R = Σ e^d over all but the first maximum
+// and T = Σ e^d d, d = (x - m)/T, from the passes above (fp32 lanes, blocks merged in fp64); bad: the
+// row holds a NaN or +inf.
+struct RowEntropySums {
+  double m, R, T;
+  bool bad;
+};
+
+#define FUQ_TOKEN_STATS_VARIANT(ns)                                                                     \
+  namespace ns {                                                                                        \
+  void token_stats(const TokenStatsArgs& a);                                                            \
+  void exp_nonpos_f32(const float* x, float* out, int64_t n);                                           \
+  void masked_logsumexp(DType dtype, const void* values, const uint8_t* mask, const int64_t* cu,        \
+                        int64_t B, int64_t T, float* out, int num_threads);                             \
+  RowEntropySums row_entropy_sums(DType dtype, const void* row, int64_t V, double inv_temp);            \
   }
 FUQ_TOKEN_STATS_VARIANT(base)
 FUQ_TOKEN_STATS_VARIANT(avx2)

@@ -205,6 +205,24 @@ struct MomentPass {
 #include "token_stats_avx512.h"  // hand-written 16-lane passes for fp32, fp16 and bf16 input
 #endif
 
+// The first index of v in buf[0..len) (which holds it): a vectorised test per run of kFind
+// columns, then a scalar search in the first run that holds it (on average half the block is scanned).
+template <typename A>
+int first_index_of(const A* buf, int len, A v) {
+  for (int s = 0; s < len; s += kFind) {
+    const int e = std::min(len, s + kFind);
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int i = s; i < e; ++i) hit |= buf[i] == v ? 1 : 0;
+    if (hit) {
+      int i = s;
+      while (!(buf[i] == v)) ++i;
+      return i;
+    }
+  }
+  return 0;
+}
+
 // Partial of columns [base, base + len) of one row; buf holds kBlock scratch values. Frac also
 // accumulates the tempered sums Qh, Qq: e^{d/4} is then the one exponential per column and e^{d/2},
 // e^d are its squares (a few ulp more error in e^d than a direct exp; no extra exp per column).
@@ -235,21 +253,7 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   a.n = A(len);
   if (!(bm > ninf)) return a;  // no finite entry: only the column count matters
 
-  // first index of the maximum: a vectorised test per run of kFind columns, then a scalar search in
-  // the first run that holds it (on average half the block is scanned)
-  int bidx = 0;
-  for (int s = 0; s < len; s += kFind) {
-    const int e = std::min(len, s + kFind);
-    int hit = 0;
-#pragma omp simd reduction(| : hit)
-    for (int i = s; i < e; ++i) hit |= buf[i] == bm ? 1 : 0;
-    if (hit) {
-      bidx = s;
-      while (!(buf[bidx] == bm)) ++bidx;
-      break;
-    }
-  }
-
+  const int bidx = first_index_of(buf, len, bm);
   // The maximum itself is left out of R and Q2 (its e^0 = 1 is implicit) and contributes
   // d = 0 to T and sd; with it set aside, the largest value the pass sees is the second largest.
   buf[bidx] = ninf;
@@ -283,6 +287,33 @@ Acc<M> chunk_partial(const In* row, int64_t lo, int64_t hi, A inv_temp, M inv_te
     acc = merge_acc(acc, widen(block_partial<In, A, Frac>(row, b, len, inv_temp, buf, tk, k)), inv_temp_m, Frac);
   }
   return acc;
+}
+
+// One row's accumulator restricted to (max, R, T) (the sums ExpPass gives; the moments' pass is
+// skipped): blocks in the fp32 lanes, merged in fp64 in column order.
+template <typename In>
+RowEntropySums row_entropy_sums_t(const In* row, int64_t V, float inv_temp, M inv_temp_m) {
+  float buf[kBlock];
+  Acc<M> acc = acc_empty<M>();
+  for (int64_t b = 0; b < V; b += kBlock) {
+    const int len = int(std::min<int64_t>(kBlock, V - b));
+    int nbad = 0;
+    const float bm = LoadPass<In, float>::run(row + b, len, buf, &nbad);
+    Acc<float> p = acc_empty<float>();
+    p.bad = nbad > 0;
+    p.n = float(len);
+    if (bm > neg_inf<float>()) {
+      const int bidx = first_index_of(buf, len, bm);
+      buf[bidx] = neg_inf<float>();  // the maximum's e^0 = 1 stays implicit, as in block_partial
+      const ExpSums<float> es = ExpPass<float, false>::run(buf, len, bm, inv_temp);
+      p.m = bm;
+      p.idx = b + bidx;
+      p.R = es.R;
+      p.T = es.T;
+    }
+    acc = merge_acc(acc, widen(p), inv_temp_m, false);
+  }
+  return RowEntropySums{acc.m, acc.R, acc.T, acc.bad};
 }
 
 template <typename A>
@@ -466,6 +497,15 @@ void masked_logsumexp(DType dtype, const void* values, const uint8_t* mask, cons
     case DType::BF16: return masked_logsumexp_rows(static_cast<const Bf16*>(values), mask, cu, B, T, out, nt);
     case DType::F16: return masked_logsumexp_rows(static_cast<const Half*>(values), mask, cu, B, T, out, nt);
     default: return masked_logsumexp_rows(static_cast<const float*>(values), mask, cu, B, T, out, nt);
+  }
+}
+
+RowEntropySums row_entropy_sums(DType dtype, const void* row, int64_t V, double inv_temp) {
+  const float it = float(inv_temp);
+  switch (dtype) {
+    case DType::BF16: return row_entropy_sums_t(static_cast<const Bf16*>(row), V, it, inv_temp);
+    case DType::F16: return row_entropy_sums_t(static_cast<const Half*>(row), V, it, inv_temp);
+    default: return row_entropy_sums_t(static_cast<const float*>(row), V, it, inv_temp);
   }
 }
 

@@ -148,6 +148,43 @@ def test_epistemic_keeps_its_digits_when_members_agree():
     assert bool((same.epistemic <= 1e-25).all()) and bool((same.rmi <= 1e-25).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_fp32_first_pass_keeps_the_epistemic_digits(dtype):
+    # For fp32, bf16 and fp16 logits the members' normalisers come from fp32 sums (token_stats'
+    # passes, docs/numerics.md#ensemble-numerics): their ~1e-7 error moves MI and RMI by ~1e-7
+    # relative, not absolutely, so nearly agreeing members (MI ~ 1e-8 here) keep their digits, also
+    # at a temperature (1/T rounded to fp32 in that pass) and over several blocks of columns.
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 3, 5000, generator=g, dtype=torch.float64) * 2
+    x = (base + 1e-3 * torch.randn(4, 3, 5000, generator=g, dtype=torch.float64)).to(dtype)
+    for t in (1.0, 0.7):
+        got = fuq.ensemble_stats(x, temperature=t)
+        want = numpy_stats(x.double().numpy(), temperature=t)
+        assert bool((got.epistemic > 0).all())
+        np.testing.assert_allclose(got.epistemic.numpy(), want["epistemic"], rtol=1e-5)
+        np.testing.assert_allclose(got.rmi.numpy(), want["rmi"], rtol=1e-5)
+        np.testing.assert_allclose(got.aleatoric.numpy(), want["aleatoric"], rtol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_columns_whose_mixture_underflows(dtype):
+    # p̄_v below the smallest normal double in columns 40..79 (every member's logit ~800 under the
+    # row's): the kernel drops their share (p̄_v times a bounded sum) and matches the reference,
+    # and a member without mass there still makes EPKL and RMI infinite.
+    x = make(M=3, lead=(2,), V=300, dtype=torch.float64)
+    x[:, :, 40:80] -= 800.0
+    x = x.to(dtype)
+    got = fuq.ensemble_stats(x)
+    want = numpy_stats(x.double().numpy())
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=1e-12 if dtype == torch.float64 else 2e-6,
+                                   atol=1e-14, err_msg=f)
+    x[2, 1, 60] = -math.inf
+    got = fuq.ensemble_stats(x)
+    assert got.rmi[1].item() == math.inf and got.epkl[1].item() == math.inf
+    assert math.isfinite(got.epistemic[1].item()) and math.isfinite(got.rmi[0].item())
+
+
 def test_epistemic_never_negative_on_random_batches():
     for seed in range(5):
         x = make(M=2 + seed, lead=(16,), V=64, dtype=torch.bfloat16, scale=0.5 * (seed + 1), seed=seed)
