@@ -15,8 +15,10 @@ install --no-deps --no-build-isolation --target``, CUDA off; the working tree, `
 rebuilt every time from its tracked files); the build needs the development environment's
 compilers and build backend. Ops are raw binding calls on bench/graph.py's inputs (Q questions of K
 samples, float64): eigv, eccentricity (with the per-sample norms), kernel_language_entropy,
-eigenvalues (``sym_eig`` without vectors) and inv_entropy (one draw). Both builds need the same
-binding signatures.
+eigenvalues (``sym_eig`` without vectors) and inv_entropy (one draw); ensemble_stats runs on
+bench/token_stats.py's ensemble shape instead (4 members × 64 positions × 128,256 fp32 logits; its
+builds may differ by rounding, so compare it with ``--rtol``). Both builds need the same binding
+signatures.
 
 Exits 1 when a pair of results differs by more than ``--rtol``/``--atol`` (0 and 0 by default:
 bitwise, as the lane kernels promise across builds), 0 otherwise. Writes
@@ -50,7 +52,7 @@ from token_stats import machine_info  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "flashuq", "ab")
-OPS = ("eigv", "eccentricity", "kernel_language_entropy", "eigenvalues", "inv_entropy")
+OPS = ("eigv", "eccentricity", "kernel_language_entropy", "eigenvalues", "inv_entropy", "ensemble_stats")
 OP_EIG, OP_LAPLACIAN, OP_NLI_HEAT = 0, 1, 3  # flashuq.ops.graph's op codes
 
 
@@ -143,7 +145,20 @@ def calls(C, d: dict, threads: int) -> dict:
     out["eigenvalues"] = (lambda o=o: C.graph(OP_EIG, E, counts, THRESHOLD, KLE_T, o[0], None, None, threads), o)
     o = [f64(5, Q), f64(Q, K), f64(Q, K)]
     out["inv_entropy"] = (lambda o=o: C.inv_entropy(sx, sy, None, K, False, False, *o, threads), o)
+    if "ens" in d:  # [M, P, V] contiguous: position p at p * V, member m at m * P * V
+        x = d["ens"]
+        M, P, V = x.shape
+        lw = torch.full((M,), -float(np.log(M)), dtype=torch.float64)
+        o = [torch.full((P,), float("nan")) for _ in range(5)]
+        out["ensemble_stats"] = (lambda o=o: C.ensemble_stats(x, P, M, V, P, 0, V, P * V, lw, 0, 1.0, *o, threads), o)
     return out
+
+
+def ensemble_logits(seed: int = 0) -> torch.Tensor:
+    """Four members that disagree by about half a logit, [4, 64, 128256] fp32."""
+    g = torch.Generator().manual_seed(seed)
+    base = 3.0 * torch.randn(1, 64, 128256, generator=g)
+    return (base + 0.5 * torch.randn(4, 64, 128256, generator=g)).contiguous()
 
 
 def compare(outs_a, outs_b, rtol: float, atol: float) -> dict:
@@ -151,7 +166,8 @@ def compare(outs_a, outs_b, rtol: float, atol: float) -> dict:
     same, worst, ok = True, 0.0, True
     for a, b in zip(outs_a, outs_b):
         a, b = a.numpy(), b.numpy()
-        same = same and np.array_equal(a.view(np.int64), b.view(np.int64))
+        bits = np.int64 if a.itemsize == 8 else np.int32
+        same = same and np.array_equal(a.view(bits), b.view(bits))
         equal = (a == b) | (np.isnan(a) & np.isnan(b))  # infinities of one sign are equal too
         with np.errstate(invalid="ignore"):
             diff = np.where(equal, 0.0, np.abs(a - b))
@@ -163,6 +179,8 @@ def compare(outs_a, outs_b, rtol: float, atol: float) -> dict:
 
 def run(C_a, C_b, ops, Q: int, K: int, threads: int, rounds: int, rtol: float, atol: float, seed: int = 0):
     d = make_data(Q, K, seed)
+    if "ensemble_stats" in ops:
+        d["ens"] = ensemble_logits(seed)
     ca, cb = calls(C_a, d, threads), calls(C_b, d, threads)
     results = []
     for op in ops:
