@@ -64,6 +64,14 @@ def test_the_calls_compute_the_methods(tmp_path):
                                rtol=0, atol=1e-13)
     sx, sy = torch.from_numpy(d["sx"]), torch.from_numpy(d["sy"])
     torch.testing.assert_close(calls["inv_entropy"][1][0][0], M.inv_entropy(sx, sy), rtol=0, atol=0)
+    # ensemble_stats: [M, P, V] logits, equal member weights, the public op's fields
+    import flashuq as fuq
+    x = ab.ensemble_logits(1)[:, :3, :500].contiguous()
+    f, o = ab.calls(_ext._C, {**d, "ens": x}, 1)["ensemble_stats"]
+    f()
+    want = fuq.ensemble_stats(x)
+    for got, field in zip(o, fuq.EnsembleStats._fields):
+        torch.testing.assert_close(got, getattr(want, field), rtol=0, atol=0, msg=field)
 
 
 def test_compare_finds_every_difference():
