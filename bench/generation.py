@@ -50,7 +50,7 @@ import flashuq as fuq
 from flashuq import hf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from token_stats import CHECK_FIELDS, compare_stats, exit_code, machine_info  # noqa: E402
+from token_stats import CHECK_FIELDS, compare_stats, exit_code, machine_info, positive_int, positive_ints  # noqa: E402
 
 FIELDS = CHECK_FIELDS + ("renyi_term", "fisher_rao")
 TARGET_RECORD_OVERHEAD = 0.03   # generate + UncertaintyRecorder vs plain generate, SmolLM2, at most
@@ -176,25 +176,6 @@ def check_linear(V, D, T=64):
     ref = reference.token_stats(F.linear(h.double(), W.double()), t, renyi=True)
     return compare_stats(fuq.token_stats_linear(h, W, t, renyi=True), ref, f"generation bench (token_stats_linear, V={V})",
                          FIELDS, floor=1.0)
-
-
-def positive_ints(text):
-    """argparse type: a comma-separated list of positive integers ("49152,128256")."""
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
-
-
-def positive_int(text):
-    """argparse type: one positive integer."""
-    values = positive_ints(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
-    return values[0]
 
 
 def missed_targets(gen, mem):

@@ -37,7 +37,7 @@ import flashuq as fuq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lm_polygraph_modules import import_modules  # noqa: E402
-from token_stats import exit_code, machine_info  # noqa: E402
+from token_stats import exit_code, machine_info, positive_int  # noqa: E402
 
 TARGET_N = 10**7
 TARGET_SECONDS = 10.0   # each metric at N = 10^7, at most ("10^7 items in a few seconds")
@@ -183,10 +183,10 @@ def missed_targets(results):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=TARGET_N)
-    ap.add_argument("--n-polygraph", type=int, default=10**5,
+    ap.add_argument("--n", type=positive_int, default=TARGET_N)
+    ap.add_argument("--n-polygraph", type=positive_int, default=10**5,
                     help="items for the metrics whose reference runs 1000 shuffles or a bootstrap")
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--repeat", type=positive_int, default=1)
     ap.add_argument("--lm-polygraph", choices=("auto", "require", "off"), default="auto",
                     help="LM-Polygraph's metric classes as baselines where installed (auto), or fail without them")
     ap.add_argument("--out", default=None)

@@ -400,6 +400,25 @@ def main(argv=None):
     return exit_code(missed)
 
 
+def positive_ints(text):
+    """argparse type: a comma-separated list of positive integers ("49152,128256")."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def positive_int(text):
+    """argparse type: one positive integer."""
+    values = positive_ints(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+    return values[0]
+
+
 def exit_code(missed) -> int:
     """Print each missed target; 1 when any was missed (the benchmarks' exit status)."""
     for m in missed:

@@ -65,3 +65,12 @@ def test_missed_targets():
     rows = [{"metric": "kendall_tau", "n": 10**7, "seconds": 12.0}, {"metric": "prr", "n": 10**7, "seconds": 2.0},
             {"metric": "kendall_tau", "n": 10**6, "seconds": 12.0}]  # the target is for N = 10^7
     assert bench.missed_targets(rows) == ["kendall_tau: 12.00 s at N = 10,000,000 (target ≤ 10 s)"]
+
+
+@pytest.mark.parametrize("args", [["--n", "0"], ["--n", "-5"], ["--n-polygraph", "0"], ["--repeat", "0"],
+                                  ["--repeat", "x"], ["--n", "10,20"]])
+def test_bad_sizes(args, capsys):
+    bench = load_bench("metrics")
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2 and "expected" in capsys.readouterr().err
