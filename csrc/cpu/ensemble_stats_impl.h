@@ -1,6 +1,6 @@
 // Ensemble decomposition on the CPU, included once per instruction set (FUQ_ISA names the
 // namespace; ensemble_stats.cpp picks one at run time): one position per OpenMP iteration, in loops
-// over columns that vectorise (exp_f64, log_f64 of cpu_math.h).
+// over columns that vectorise (exp_nonpos_f64, log_f64 of cpu_math.h).
 //
 // Pass 1 reads each member's row once and keeps the shifted online accumulator of
 // docs/numerics.md#accumulator restricted to (m, R, T): log1p(R) gives log P_mv = (z - m) / T - log1p(R), and
@@ -109,7 +109,7 @@ MemberAcc block_partial(const In* row, int64_t base, int len, double inv_temp, d
 #pragma omp simd reduction(+ : R, T)
   for (int i = 0; i < len; ++i) {
     const double d = (buf[i] - bm) * inv_temp;  // -inf for a -inf column, whose e^d is 0
-    const double e = exp_f64(d);
+    const double e = exp_nonpos_f64(d);
     R += i == bidx ? 0.0 : e;  // the max's e^0 = 1 stays implicit: R never forms 1 + tiny
     T += e > 0.0 ? e * d : 0.0;
   }
@@ -185,9 +185,9 @@ void run(const EnsembleStatsArgs& a) {
       double MI = 0.0, RMI = 0.0;
       for (int64_t c0 = 0; c0 < V; c0 += kCols) {
         const int len = int(std::min<int64_t>(kCols, V - c0));
-        // log P_mv, s_mv = w_m P_mv and p̄_v = Σ_m s_mv, without a shift: every exponent is <= 0, and
-        // where they all underflow (p̄_v < 1e-308) the column's share is dropped (p̄_v times a bounded
-        // sum), so p̄_v needs no exponential of its own. A column with p̄_v = 0 (amax = -inf: no
+        // log P_mv, s_mv = w_m P_mv and p̄_v = Σ_m s_mv, without a shift: every exponent is <= 0, a
+        // term below 2^-1022 is 0, and where p̄_v < 2^-1022 the column's share is dropped (p̄_v times
+        // a bounded sum), so p̄_v needs no exponential of its own. A column with p̄_v = 0 (amax = -inf: no
         // member with weight has P_mv > 0) adds nothing (xlogy).
         for (int j = 0; j < len; ++j) amax[j] = -kInf;
         for (int j = 0; j < len; ++j) S[j] = 0.0;
@@ -202,7 +202,7 @@ void run(const EnsembleStatsArgs& a) {
             const double z = load(row, c0 + j);  // finite or -inf here (the position is valid)
             const double l = z > -kInf ? (z - mxm) * inv_temp - l1 : -kInf;
             const double x = lwm + l;
-            const double e = exp_f64(x);
+            const double e = exp_nonpos_f64(x);
             lm[j] = l;
             amax[j] = std::max(amax[j], x);
             sm[j] = e;
@@ -230,10 +230,11 @@ void run(const EnsembleStatsArgs& a) {
             for (int k = kSeries - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
             const double sphi = 1.0 + spsi * (r - 1.0);
             const double wr2 = wm * r * r, q = sm[j] * invS[j];  // q = w_m P_mv / p̄_v <= 1
-            const bool small = std::fabs(r) < kSmall, fin = r > -kInf;
-            // P_mv = 0 < p̄_v: φ(-inf) = 1, ψ(-inf) = +inf
-            cphi[j] += small ? wr2 * sphi : fin ? wm + q * (r - 1.0) : wm;
-            cpsi[j] += small ? wr2 * spsi : fin ? (q - wm) - wm * r : kInf;
+            const bool small = std::fabs(r) < kSmall;
+            // P_mv = 0 < p̄_v (r = -inf, q = 0): φ = w_m (r clamped, so that 0 * inf stays out), ψ = +inf
+            const double rc = std::max(r, -1e300);
+            cphi[j] += small ? wr2 * sphi : wm + q * (rc - 1.0);
+            cpsi[j] += small ? wr2 * spsi : (q - wm) - wm * r;
           }
         }
 #pragma omp simd reduction(+ : MI, RMI)

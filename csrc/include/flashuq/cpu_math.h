@@ -68,14 +68,15 @@ inline double log_f64(double x) {
   return x > 0 ? (x < inf ? r : x) : (x == 0 ? -inf : std::numeric_limits<double>::quiet_NaN());
 }
 
-// e^x in fp64, within 2 ulp (checked against std::exp in the tests), without branches so that the
-// loops that call it vectorise. x = n ln2 + r with n = round(x / ln2) by the 1.5·2^52 rounding
-// trick (which also leaves n in the low bits of the sum), ln 2 in two parts (n·ln2_hi is exact),
-// e^r by its Taylor polynomial to degree 13 on |r| <= ln2/2 (truncation below 2^-57), then 2^n in
-// two halves, so that a subnormal result is rounded once. x is clamped to [-746, 710] first (e^x is
-// 0 below -745.2 and +inf above 709.8 either way); NaN gives NaN.
-inline double exp_f64(double x) {
-  const double xc = x < -746.0 ? -746.0 : (x > 710.0 ? 710.0 : x);  // NaN compares false: stays NaN
+// The core of exp_f64 and exp_nonpos_f64: x = n ln2 + r with n = round(x / ln2) by the 1.5·2^52
+// rounding trick (which also leaves n in the low bits of the sum), ln 2 in two parts (n·ln2_hi is
+// exact), e^r by its Taylor polynomial to degree 13 on |r| <= ln2/2 (truncation below 2^-57).
+// Returns e^r and n; x must lie in [-746, 710] (or be NaN).
+struct ExpF64Parts {
+  double p;
+  int64_t n;
+};
+inline ExpF64Parts exp_f64_parts(double xc) {
   const double shift = 6755399441055744.0;  // 1.5 * 2^52
   const double t = xc * 1.4426950408889634 + shift;
   const double n = t - shift;
@@ -94,9 +95,26 @@ inline double exp_f64(double x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  const int64_t ni = int64_t(double_to_bits(t) - double_to_bits(shift));  // n, in [-1076, 1024]
-  const int64_t n1 = ni >> 1, n2 = ni - n1;
-  return p * bits_to_double(uint64_t(n1 + 1023) << 52) * bits_to_double(uint64_t(n2 + 1023) << 52);
+  return {p, int64_t(double_to_bits(t) - double_to_bits(shift))};  // n, in [-1076, 1024]
+}
+
+// e^x in fp64, within 2 ulp (checked against std::exp in the tests), without branches so that the
+// loops that call it vectorise: exp_f64_parts, then 2^n in two halves, so that a subnormal result
+// is rounded once. x is clamped to [-746, 710] first (e^x is 0 below -745.2 and +inf above 709.8
+// either way); NaN gives NaN.
+inline double exp_f64(double x) {
+  const double xc = x < -746.0 ? -746.0 : (x > 710.0 ? 710.0 : x);  // NaN compares false: stays NaN
+  const ExpF64Parts e = exp_f64_parts(xc);
+  const int64_t n1 = e.n >> 1, n2 = e.n - n1;
+  return e.p * bits_to_double(uint64_t(n1 + 1023) << 52) * bits_to_double(uint64_t(n2 + 1023) << 52);
+}
+
+// e^x for x <= 0 (or NaN) where results below the smallest normal double may be 0: as exp_f64 above
+// -708 (n >= -1022: 2^n in one factor), 0 below. For sums whose terms under 2^-1022 do not matter.
+inline double exp_nonpos_f64(double x) {
+  const bool low = x < -708.0;  // -inf included; NaN compares false and stays NaN
+  const ExpF64Parts e = exp_f64_parts(low ? 0.0 : x);
+  return low ? 0.0 : e.p * bits_to_double(uint64_t(e.n + 1023) << 52);
 }
 
 // ln x in fp32, within 1 ulp of the correctly rounded result for every positive float (checked
