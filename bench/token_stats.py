@@ -20,7 +20,9 @@ The same exp-pass target applies to the other one-read reductions over a vocabul
 ``flashuq.masked_reduce(op="logsumexp")`` over [256, 128256] (without and with a padding mask;
 baseline ``torch.logsumexp``) and ``flashuq.ensemble_stats`` over M = 4 members x 64 positions x
 128256 (the same number of logits; baseline the decomposition in eager torch and under
-``torch.compile``), each checked against the float64 reference first.
+``torch.compile``), each checked against the float64 reference first. ``ensemble_stats`` is also
+timed on one position ([4, 1, 128256]: a decoding step, whose columns are split over the threads),
+reported without a target.
 """
 
 from __future__ import annotations
@@ -288,6 +290,8 @@ def run_reductions(device, dtypes, repeats, with_compile=True):
         ens = (torch.randn(*ENSEMBLE_SHAPE, generator=g) * 3).to(dtype)
         worst = check_reductions(x, mask, ens)
         y, ye = torch.empty_like(x), torch.empty_like(ens)
+        ens1 = ens[:, :1].contiguous()  # one decoding step: one position, split over the threads
+        ye1 = torch.empty_like(ens1)
         cases = [
             ("masked_reduce logsumexp", list(REDUCTION_SHAPE), lambda: fuq.masked_reduce(x, op="logsumexp"),
              lambda: torch.exp(x, out=y), "torch.logsumexp", lambda: torch.logsumexp(x, -1), x.numel()),
@@ -297,6 +301,8 @@ def run_reductions(device, dtypes, repeats, with_compile=True):
              x.numel()),
             ("ensemble_stats", list(ENSEMBLE_SHAPE), lambda: fuq.ensemble_stats(ens), lambda: torch.exp(ens, out=ye),
              "eager torch", lambda: eager_ensemble(ens), ens.numel()),
+            ("ensemble_stats, one position", list(ens1.shape), lambda: fuq.ensemble_stats(ens1),
+             lambda: torch.exp(ens1, out=ye1), "eager torch", lambda: eager_ensemble(ens1), ens1.numel()),
         ]
         for name, shape, fn, exp_fn, base_name, base_fn, n in cases:
             t = timeit_interleaved({"flashuq": fn, "exp": exp_fn}, device, repeats)
@@ -305,7 +311,7 @@ def run_reductions(device, dtypes, repeats, with_compile=True):
                    "ns_per_element_core": t["flashuq"] / n * 1e9 * torch.get_num_threads(),
                    "baseline": base_name, "baseline_s": timeit(base_fn, device, max(3, repeats // 2))}
             res["speedup_vs_baseline"] = res["baseline_s"] / res["flashuq_s"]
-            if name == "ensemble_stats" and compiled is not None:
+            if name == "ensemble_stats" and compiled is not None:  # the large shape only: one compiled graph
                 res["compile_s"] = timeit(lambda: compiled(ens), device, max(3, repeats // 2), warmup=2)
                 res["speedup_vs_compile"] = res["compile_s"] / res["flashuq_s"]
             out.append(res)
@@ -335,8 +341,8 @@ def missed_targets(results, device) -> list:
     if device.type != "cpu":
         return missed
     for r in results:
-        if "op" in r:  # masked_reduce's logsumexp and ensemble_stats: the exp-pass target
-            if r["x_exp"] > TARGET_X_EXP:
+        if "op" in r:  # masked_reduce's logsumexp and ensemble_stats: the exp-pass target (not for one position)
+            if tuple(r["shape"]) in (REDUCTION_SHAPE, ENSEMBLE_SHAPE) and r["x_exp"] > TARGET_X_EXP:
                 missed.append(f"{r['op']} {r['dtype']} {r['shape']}: {r['x_exp']:.2f}× the exp pass "
                               f"(target ≤ {TARGET_X_EXP}×)")
             continue

@@ -25,7 +25,8 @@
 // itself: ε moves MI and RMI by a relative ε (~1e-7), however closely the members agree, and members
 // that agree exactly still give exactly 0 (docs/numerics.md#ensemble-numerics).
 //
-// A position is summed by one thread, in a fixed order: results do not depend on the thread count.
+// A position's columns are summed in fixed chunks (kSplit), merged in column order, by one thread or,
+// with fewer positions than threads, by several: results do not depend on the thread count.
 // The builds differ by rounding (FMA contraction, and the fp32 passes' instruction sets), within the
 // tests' tolerances.
 #include "ensemble_stats.h"
@@ -48,6 +49,9 @@ namespace {
 
 constexpr int kBlock = 1024;  // pass-1 block (columns of one member)
 constexpr int kCols = 256;    // pass-2 block (columns of all members)
+// Fixed column chunk (a multiple of both blocks): results do not depend on the thread count or on
+// whether a position was split.
+constexpr int64_t kSplit = 16384;
 constexpr double kSmall = 0.25;
 constexpr double kTiny = 2.2250738585072014e-308;  // the smallest normal double
 constexpr int kSeries = 12;   // the series' degree: truncation < 1e-18 relative at |r| = 1/4
@@ -132,123 +136,225 @@ struct Series {
   }
 };
 
+// Pass 1 over columns [lo, hi) of one member's row: (max, R, T), the blocks merged in order.
+template <typename In>
+MemberAcc member_chunk(const EnsembleStatsArgs& a, const In* row, int64_t lo, int64_t hi, double* buf) {
+  MemberAcc acc{-kInf, 0.0, 0.0, false};
+  if (std::is_same<In, double>::value) {
+    for (int64_t b = lo; b < hi; b += kBlock) {
+      const int len = int(std::min<int64_t>(kBlock, hi - b));
+      merge_into(acc, block_partial(row, b, len, a.inv_temp, buf), a.inv_temp);
+    }
+  } else {  // token_stats' fp32 passes (see the note at the top)
+    const RowEntropySums s = FUQ_ISA::row_entropy_sums(a.dtype, row + lo, hi - lo, a.inv_temp);
+    acc = MemberAcc{s.m, s.R, s.T, s.bad};
+  }
+  return acc;
+}
+
+// What pass 2 needs of a position's members with weight: their rows, maxima, log1p(R) and weights.
+template <typename In>
+struct Members {
+  int n = 0;
+  std::vector<const In*> row;
+  std::vector<double> mx, l1p, lw, w;
+  explicit Members(int64_t M) : row(M), mx(M), l1p(M), lw(M), w(M) {}
+};
+
+// Pass 2's scratch, one per thread: log P_mv and w_m P_mv of a block of kCols columns of every member.
+struct Scratch {
+  std::vector<double> lp, sp;
+  explicit Scratch(int64_t M) : lp(size_t(kCols) * size_t(M)), sp(size_t(kCols) * size_t(M)) {}
+};
+
+struct MixturePart {
+  double MI = 0.0, RMI = 0.0;
+};
+
+// Pass 2 over columns [lo, hi) of a valid position: blocks of kCols columns, each step a loop over
+// the block's columns; the blocks' sums added in order.
+template <typename In>
+MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& series, int64_t lo, int64_t hi,
+                          Scratch& sc) {
+  MixturePart part;
+  double MI = 0.0, RMI = 0.0;
+  // on the stack, where the compiler sees that they alias nothing (the loops vectorise only then)
+  double amax[kCols], S[kCols], lpbar[kCols], pbar[kCols], invS[kCols], cphi[kCols], cpsi[kCols];
+  for (int64_t c0 = lo; c0 < hi; c0 += kCols) {
+    const int len = int(std::min<int64_t>(kCols, hi - c0));
+    // log P_mv, s_mv = w_m P_mv and p̄_v = Σ_m s_mv, without a shift: every exponent is <= 0, a
+    // term below 2^-1022 is 0, and where p̄_v < 2^-1022 the column's share is dropped (p̄_v times
+    // a bounded sum), so p̄_v needs no exponential of its own. A column with p̄_v = 0 (amax = -inf: no
+    // member with weight has P_mv > 0) adds nothing (xlogy).
+    for (int j = 0; j < len; ++j) amax[j] = -kInf;
+    for (int j = 0; j < len; ++j) S[j] = 0.0;
+    for (int t = 0; t < mb.n; ++t) {
+      const In* row = mb.row[t];
+      double* lm = &sc.lp[size_t(t) * kCols];
+      double* sm = &sc.sp[size_t(t) * kCols];
+      const double mxm = mb.mx[t], l1 = mb.l1p[t], lwm = mb.lw[t];
+#pragma omp simd
+      for (int j = 0; j < len; ++j) {
+        const double z = load(row, c0 + j);  // finite or -inf here (the position is valid)
+        const double l = z > -kInf ? (z - mxm) * inv_temp - l1 : -kInf;
+        const double x = lwm + l;
+        const double e = exp_nonpos_f64(x);
+        lm[j] = l;
+        amax[j] = std::max(amax[j], x);
+        sm[j] = e;
+        S[j] += e;
+      }
+    }
+#pragma omp simd
+    for (int j = 0; j < len; ++j) {
+      const bool use = S[j] >= kTiny;
+      lpbar[j] = use ? log_f64(S[j]) : 0.0;
+      pbar[j] = use ? S[j] : 0.0;
+      invS[j] = use ? 1.0 / S[j] : 0.0;
+      cphi[j] = 0.0;
+      cpsi[j] = 0.0;
+    }
+    for (int t = 0; t < mb.n; ++t) {
+      const double* lm = &sc.lp[size_t(t) * kCols];
+      const double* sm = &sc.sp[size_t(t) * kCols];
+      const double wm = mb.w[t];
+#pragma omp simd
+      for (int j = 0; j < len; ++j) {
+        const double r = lm[j] - lpbar[j];
+        double spsi = series.b[kSeries];  // ψ/r², then φ/r², where |r| < kSmall
+        for (int k = kSeries - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
+        const double sphi = 1.0 + spsi * (r - 1.0);
+        const double wr2 = wm * r * r, q = sm[j] * invS[j];  // q = w_m P_mv / p̄_v <= 1
+        const bool small = std::fabs(r) < kSmall;
+        // P_mv = 0 < p̄_v (r = -inf, q = 0): φ = w_m (r clamped, so that 0 * inf stays out), ψ = +inf
+        const double rc = std::max(r, -1e300);
+        cphi[j] += small ? wr2 * sphi : wm + q * (rc - 1.0);
+        cpsi[j] += small ? wr2 * spsi : (q - wm) - wm * r;
+      }
+    }
+#pragma omp simd reduction(+ : MI, RMI)
+    for (int j = 0; j < len; ++j) {
+      const bool live = amax[j] > -kInf;
+      MI += live ? pbar[j] * cphi[j] : 0.0;
+      RMI += live ? (cpsi[j] == kInf ? kInf : pbar[j] * cpsi[j]) : 0.0;  // +inf even if p̄_v underflowed
+    }
+  }
+  part.MI = MI;
+  part.RMI = RMI;
+  return part;
+}
+
+// A position's pass-1 results, from its members' merged chunk partials: the members with weight for
+// pass 2, the aleatoric part, and whether the position has a distribution at all.
+template <typename In>
+bool finish_pass1(const EnsembleStatsArgs& a, int64_t p, const In* pos, const MemberAcc* acc, Members<In>& mb,
+                  double* AU) {
+  const double* lwp = a.lw + p * a.lw_stride;
+  bool valid = true;
+  double au = 0.0;
+  mb.n = 0;
+  for (int64_t m = 0; m < a.M; ++m) {
+    const double lw = lwp[m], w = std::exp(lw);  // w = 0 for lw = -inf: a member without weight
+    valid = valid && lw == lw && !acc[m].bad && acc[m].m > -kInf;
+    const double l1p = std::log1p(acc[m].R);
+    const double H = l1p - acc[m].T / (1.0 + acc[m].R);  // both terms >= 0
+    if (!(w > 0.0)) continue;
+    au += w * H;
+    mb.row[mb.n] = pos + m * a.sm;
+    mb.mx[mb.n] = acc[m].m;
+    mb.l1p[mb.n] = l1p;
+    mb.lw[mb.n] = lw;
+    mb.w[mb.n] = w;
+    ++mb.n;
+  }
+  *AU = au;
+  return valid;
+}
+
+template <typename Out>
+void write(const EnsembleStatsArgs& a, int64_t p, bool valid, double AU, double MI, double RMI) {
+  const double v[5] = {AU + MI, AU, MI, MI + RMI, RMI};
+  void* const out[5] = {a.total, a.aleatoric, a.epistemic, a.epkl, a.rmi};
+  for (int f = 0; f < 5; ++f) static_cast<Out*>(out[f])[p] = Out(valid ? v[f] : kNaN);
+}
+
+// Columns are cut into fixed chunks of kSplit, whose partial sums merge in column order. Positions
+// are spread over threads; with fewer positions than threads, (position, member, chunk) and then
+// (position, chunk) pairs are, and the partials merged afterwards in the same order: both schedules
+// give bitwise the same results, whatever the thread count.
 template <typename In, typename Out>
 void run(const EnsembleStatsArgs& a) {
   const In* x = static_cast<const In*>(a.logits);
-  Out* o_tu = static_cast<Out*>(a.total);
-  Out* o_au = static_cast<Out*>(a.aleatoric);
-  Out* o_mi = static_cast<Out*>(a.epistemic);
-  Out* o_epkl = static_cast<Out*>(a.epkl);
-  Out* o_rmi = static_cast<Out*>(a.rmi);
-  const int64_t M = a.M, V = a.V;
-  const double inv_temp = a.inv_temp;
+  const int64_t M = a.M, V = a.V, P = a.P;
+  const int64_t nch = (V + kSplit - 1) / kSplit;
   const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
   const Series series;
+  auto position = [&](int64_t p) { return x + (p / a.n1) * a.s0 + (p % a.n1) * a.s1; };
+
+  if (P >= nt || nch == 1) {
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<double> buf(kBlock);
+      std::vector<MemberAcc> acc(M);
+      Members<In> mb(M);
+      Scratch sc(M);
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < P; ++p) {
+        const In* pos = position(p);
+        for (int64_t m = 0; m < M; ++m) {
+          acc[m] = MemberAcc{-kInf, 0.0, 0.0, false};
+          for (int64_t c = 0; c < nch; ++c)
+            merge_into(acc[m], member_chunk(a, pos + m * a.sm, c * kSplit, std::min(V, (c + 1) * kSplit), buf.data()),
+                       a.inv_temp);
+        }
+        double AU = 0.0, MI = 0.0, RMI = 0.0;
+        const bool valid = finish_pass1(a, p, pos, acc.data(), mb, &AU);
+        for (int64_t c = 0; c < nch && valid; ++c) {
+          const MixturePart part = mixture_chunk(mb, a.inv_temp, series, c * kSplit, std::min(V, (c + 1) * kSplit), sc);
+          MI += part.MI;
+          RMI += part.RMI;
+        }
+        write<Out>(a, p, valid, AU, MI, RMI);
+      }
+    }
+    return;
+  }
+
+  // Few positions (decoding): the chunks are the units of work.
+  std::vector<MemberAcc> parts1(size_t(P * M * nch));
+  std::vector<MixturePart> parts2(size_t(P * nch));
+  std::vector<Members<In>> mbs(static_cast<size_t>(P), Members<In>{M});
+  std::vector<double> AU(P);
+  std::vector<char> valid(P);
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<double> buf(kBlock), lp(size_t(kCols) * size_t(M)), sp(size_t(kCols) * size_t(M)), mx(M), l1p(M),
-        w(M), lw(M);
-    double amax[kCols], S[kCols], lpbar[kCols], pbar[kCols], invS[kCols], cphi[kCols], cpsi[kCols];
+    std::vector<double> buf(kBlock);
+    Scratch sc(M);
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < a.P; ++p) {
-      const In* pos = x + (p / a.n1) * a.s0 + (p % a.n1) * a.s1;
-      const double* lwp = a.lw + p * a.lw_stride;
-      bool valid = true;
-      double AU = 0.0;
-      // ---- pass 1: per member (max, log1p R, entropy)
-      for (int64_t m = 0; m < M && valid; ++m) {
-        lw[m] = lwp[m];
-        w[m] = std::exp(lw[m]);  // 0 for lw = -inf: a member without weight
-        valid = lw[m] == lw[m];
-        const In* row = pos + m * a.sm;
-        MemberAcc acc{-kInf, 0.0, 0.0, false};
-        if (std::is_same<In, double>::value) {
-          for (int64_t b = 0; b < V; b += kBlock) {
-            const int len = int(std::min<int64_t>(kBlock, V - b));
-            merge_into(acc, block_partial(row, b, len, inv_temp, buf.data()), inv_temp);
-          }
-        } else {  // token_stats' fp32 passes (see the note at the top)
-          const RowEntropySums s = FUQ_ISA::row_entropy_sums(a.dtype, row, V, inv_temp);
-          acc = MemberAcc{s.m, s.R, s.T, s.bad};
-        }
-        valid = valid && !acc.bad && acc.m > -kInf;
-        mx[m] = acc.m;
-        l1p[m] = std::log1p(acc.R);
-        const double H = l1p[m] - acc.T / (1.0 + acc.R);  // both terms >= 0
-        if (w[m] > 0.0) AU += w[m] * H;
-      }
-      if (!valid) {
-        o_tu[p] = o_au[p] = o_mi[p] = o_epkl[p] = o_rmi[p] = Out(kNaN);
-        continue;
-      }
-      // ---- pass 2: blocks of kCols columns, each step a loop over the block's columns
+    for (int64_t i = 0; i < P * M * nch; ++i) {
+      const int64_t p = i / (M * nch), m = (i / nch) % M, c = i % nch;
+      parts1[i] = member_chunk(a, position(p) + m * a.sm, c * kSplit, std::min(V, (c + 1) * kSplit), buf.data());
+    }
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < P; ++p) {
+      std::vector<MemberAcc> acc(M, MemberAcc{-kInf, 0.0, 0.0, false});
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t c = 0; c < nch; ++c) merge_into(acc[m], parts1[(p * M + m) * nch + c], a.inv_temp);
+      valid[p] = finish_pass1(a, p, position(p), acc.data(), mbs[p], &AU[p]);
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < P * nch; ++i) {
+      const int64_t p = i / nch, c = i % nch;
+      if (valid[p]) parts2[i] = mixture_chunk(mbs[p], a.inv_temp, series, c * kSplit, std::min(V, (c + 1) * kSplit), sc);
+    }
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < P; ++p) {
       double MI = 0.0, RMI = 0.0;
-      for (int64_t c0 = 0; c0 < V; c0 += kCols) {
-        const int len = int(std::min<int64_t>(kCols, V - c0));
-        // log P_mv, s_mv = w_m P_mv and p̄_v = Σ_m s_mv, without a shift: every exponent is <= 0, a
-        // term below 2^-1022 is 0, and where p̄_v < 2^-1022 the column's share is dropped (p̄_v times
-        // a bounded sum), so p̄_v needs no exponential of its own. A column with p̄_v = 0 (amax = -inf: no
-        // member with weight has P_mv > 0) adds nothing (xlogy).
-        for (int j = 0; j < len; ++j) amax[j] = -kInf;
-        for (int j = 0; j < len; ++j) S[j] = 0.0;
-        for (int64_t m = 0; m < M; ++m) {
-          if (!(w[m] > 0.0)) continue;
-          const In* row = pos + m * a.sm;
-          double* lm = &lp[size_t(m) * kCols];
-          double* sm = &sp[size_t(m) * kCols];
-          const double mxm = mx[m], l1 = l1p[m], lwm = lw[m];
-#pragma omp simd
-          for (int j = 0; j < len; ++j) {
-            const double z = load(row, c0 + j);  // finite or -inf here (the position is valid)
-            const double l = z > -kInf ? (z - mxm) * inv_temp - l1 : -kInf;
-            const double x = lwm + l;
-            const double e = exp_nonpos_f64(x);
-            lm[j] = l;
-            amax[j] = std::max(amax[j], x);
-            sm[j] = e;
-            S[j] += e;
-          }
-        }
-#pragma omp simd
-        for (int j = 0; j < len; ++j) {
-          const bool use = S[j] >= kTiny;
-          lpbar[j] = use ? log_f64(S[j]) : 0.0;
-          pbar[j] = use ? S[j] : 0.0;
-          invS[j] = use ? 1.0 / S[j] : 0.0;
-          cphi[j] = 0.0;
-          cpsi[j] = 0.0;
-        }
-        for (int64_t m = 0; m < M; ++m) {
-          if (!(w[m] > 0.0)) continue;
-          const double* lm = &lp[size_t(m) * kCols];
-          const double* sm = &sp[size_t(m) * kCols];
-          const double wm = w[m];
-#pragma omp simd
-          for (int j = 0; j < len; ++j) {
-            const double r = lm[j] - lpbar[j];
-            double spsi = series.b[kSeries];  // ψ/r², then φ/r², where |r| < kSmall
-            for (int k = kSeries - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
-            const double sphi = 1.0 + spsi * (r - 1.0);
-            const double wr2 = wm * r * r, q = sm[j] * invS[j];  // q = w_m P_mv / p̄_v <= 1
-            const bool small = std::fabs(r) < kSmall;
-            // P_mv = 0 < p̄_v (r = -inf, q = 0): φ = w_m (r clamped, so that 0 * inf stays out), ψ = +inf
-            const double rc = std::max(r, -1e300);
-            cphi[j] += small ? wr2 * sphi : wm + q * (rc - 1.0);
-            cpsi[j] += small ? wr2 * spsi : (q - wm) - wm * r;
-          }
-        }
-#pragma omp simd reduction(+ : MI, RMI)
-        for (int j = 0; j < len; ++j) {
-          const bool live = amax[j] > -kInf;
-          MI += live ? pbar[j] * cphi[j] : 0.0;
-          RMI += live ? (cpsi[j] == kInf ? kInf : pbar[j] * cpsi[j]) : 0.0;  // +inf even if p̄_v underflowed
-        }
+      for (int64_t c = 0; c < nch && valid[p]; ++c) {
+        MI += parts2[p * nch + c].MI;
+        RMI += parts2[p * nch + c].RMI;
       }
-      o_tu[p] = Out(AU + MI);
-      o_au[p] = Out(AU);
-      o_mi[p] = Out(MI);
-      o_epkl[p] = Out(MI + RMI);
-      o_rmi[p] = Out(RMI);
+      write<Out>(a, p, valid[p] != 0, AU[p], MI, RMI);
     }
   }
 }

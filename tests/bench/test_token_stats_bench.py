@@ -65,12 +65,15 @@ def test_reductions_are_checked_then_timed_against_the_exp_pass(monkeypatch):
     rows = bench.run_reductions(torch.device("cpu"), ["fp32", "bf16"], 2, with_compile=False)
     assert [(r["op"], r["dtype"]) for r in rows] == [
         (op, d) for d in ("fp32", "bf16")
-        for op in ("masked_reduce logsumexp", "masked_reduce logsumexp, 90% mask", "ensemble_stats")]
+        for op in ("masked_reduce logsumexp", "masked_reduce logsumexp, 90% mask", "ensemble_stats",
+                   "ensemble_stats, one position")]
+    assert rows[3]["shape"] == [3, 1, 2000]
     for r in rows:
         assert 0 <= r["max_rel_diff"] < 1e-4 and r["flashuq_s"] > 0 and r["exp_s"] > 0 and r["baseline_s"] > 0
         assert r["x_exp"] == pytest.approx(r["flashuq_s"] / r["exp_s"])
     fast, slow = dict(rows[0], x_exp=0.5), dict(rows[2], x_exp=2.0)  # (tiny shapes time the call, not the kernel)
-    assert bench.missed_targets([fast, slow], torch.device("cpu")) == [
+    one = dict(rows[3], x_exp=5.0)  # one decoding step: reported, not held to the target
+    assert bench.missed_targets([fast, slow, one], torch.device("cpu")) == [
         f"ensemble_stats fp32 [3, 4, 2000]: 2.00× the exp pass (target ≤ {bench.TARGET_X_EXP}×)"]
 
     g = torch.Generator().manual_seed(0)

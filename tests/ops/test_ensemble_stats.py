@@ -328,6 +328,32 @@ def test_deterministic_across_thread_counts_and_batches():
         assert torch.equal(getattr(alone, f)[0], getattr(one, f)[11]), f
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_few_positions_split_over_threads(dtype):
+    """With fewer positions than threads (decoding), each position's columns are split into fixed
+    chunks over the threads, its partial sums merged in column order: the same bits as one thread
+    and as the same position inside a batch, and the float64 reference's values; a NaN in one chunk
+    of one member still voids only its own position."""
+    x = make(M=3, lead=(2,), V=40000, dtype=dtype, seed=9)  # three chunks of columns
+    x[1, 1, 20000] = float("nan")
+    batch = make(M=3, lead=(9,), V=40000, dtype=dtype, seed=10)
+    batch[:, 4] = x[:, 0]
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fuq.ensemble_stats(x)
+        torch.set_num_threads(4)
+        split = fuq.ensemble_stats(x)
+        in_batch = fuq.ensemble_stats(batch)
+    finally:
+        torch.set_num_threads(old)
+    assert_bitwise(one, split)
+    for f in FIELDS:
+        assert torch.equal(getattr(split, f)[0], getattr(in_batch, f)[4]), f
+        assert math.isnan(getattr(split, f)[1].item()), f
+    assert_close(split, reference(x), rtol=1e-12 if dtype == torch.float64 else 2e-6, atol=1e-14)
+
+
 # ---- validation -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,exc,match", [
