@@ -1,6 +1,7 @@
 // Ensemble decomposition on the CPU, included once per instruction set (FUQ_ISA names the
-// namespace; ensemble_stats.cpp picks one at run time): one position per OpenMP iteration, in loops
-// over columns that vectorise (exp_nonpos_f64, log_f64 of cpu_math.h).
+// namespace; ensemble_stats.cpp picks one at run time): positions (or, when there are few, chunks of
+// their columns) spread over OpenMP threads, in loops over columns that vectorise (exp_nonpos_f64,
+// log_f64 of cpu_math.h).
 //
 // Pass 1 reads each member's row once and keeps the shifted online accumulator of
 // docs/numerics.md#accumulator restricted to (m, R, T): log1p(R) gives log P_mv = (z - m) / T - log1p(R), and
@@ -176,7 +177,6 @@ struct MixturePart {
 template <typename In>
 MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& series, int64_t lo, int64_t hi,
                           Scratch& sc) {
-  MixturePart part;
   double MI = 0.0, RMI = 0.0;
   // on the stack, where the compiler sees that they alias nothing (the loops vectorise only then)
   double amax[kCols], S[kCols], lpbar[kCols], pbar[kCols], invS[kCols], cphi[kCols], cpsi[kCols];
@@ -239,9 +239,7 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
       RMI += live ? (cpsi[j] == kInf ? kInf : pbar[j] * cpsi[j]) : 0.0;  // +inf even if p̄_v underflowed
     }
   }
-  part.MI = MI;
-  part.RMI = RMI;
-  return part;
+  return MixturePart{MI, RMI};
 }
 
 // A position's pass-1 results, from its members' merged chunk partials: the members with weight for
@@ -290,6 +288,7 @@ void run(const EnsembleStatsArgs& a) {
   const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
   const Series series;
   auto position = [&](int64_t p) { return x + (p / a.n1) * a.s0 + (p % a.n1) * a.s1; };
+  auto end = [&](int64_t c) { return std::min(V, (c + 1) * kSplit); };  // chunk c: [c * kSplit, end(c))
 
   if (P >= nt || nch == 1) {
 #pragma omp parallel num_threads(nt)
@@ -304,13 +303,12 @@ void run(const EnsembleStatsArgs& a) {
         for (int64_t m = 0; m < M; ++m) {
           acc[m] = MemberAcc{-kInf, 0.0, 0.0, false};
           for (int64_t c = 0; c < nch; ++c)
-            merge_into(acc[m], member_chunk(a, pos + m * a.sm, c * kSplit, std::min(V, (c + 1) * kSplit), buf.data()),
-                       a.inv_temp);
+            merge_into(acc[m], member_chunk(a, pos + m * a.sm, c * kSplit, end(c), buf.data()), a.inv_temp);
         }
         double AU = 0.0, MI = 0.0, RMI = 0.0;
         const bool valid = finish_pass1(a, p, pos, acc.data(), mb, &AU);
         for (int64_t c = 0; c < nch && valid; ++c) {
-          const MixturePart part = mixture_chunk(mb, a.inv_temp, series, c * kSplit, std::min(V, (c + 1) * kSplit), sc);
+          const MixturePart part = mixture_chunk(mb, a.inv_temp, series, c * kSplit, end(c), sc);
           MI += part.MI;
           RMI += part.RMI;
         }
@@ -333,7 +331,7 @@ void run(const EnsembleStatsArgs& a) {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < P * M * nch; ++i) {
       const int64_t p = i / (M * nch), m = (i / nch) % M, c = i % nch;
-      parts1[i] = member_chunk(a, position(p) + m * a.sm, c * kSplit, std::min(V, (c + 1) * kSplit), buf.data());
+      parts1[i] = member_chunk(a, position(p) + m * a.sm, c * kSplit, end(c), buf.data());
     }
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < P; ++p) {
@@ -345,7 +343,7 @@ void run(const EnsembleStatsArgs& a) {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < P * nch; ++i) {
       const int64_t p = i / nch, c = i % nch;
-      if (valid[p]) parts2[i] = mixture_chunk(mbs[p], a.inv_temp, series, c * kSplit, std::min(V, (c + 1) * kSplit), sc);
+      if (valid[p]) parts2[i] = mixture_chunk(mbs[p], a.inv_temp, series, c * kSplit, end(c), sc);
     }
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < P; ++p) {
