@@ -24,7 +24,8 @@
 // log1p(R_m) scales P_m by e^{-ε_m}. The sums above, as functions of the ε_m, have the gradients
 // -w_m KL(P_m || p̄) and w_m Σ_v P_mv Σ_k w_k r_kv at ε = 0, both of the order of MI (resp. RMI)
 // itself: ε moves MI and RMI by a relative ε (~1e-7), however closely the members agree, and members
-// that agree exactly still give exactly 0 (docs/numerics.md#ensemble-numerics).
+// that agree exactly share their ε (docs/numerics.md#ensemble-numerics). (They give 0 up to the
+// square of a rounding error, ~1e-32, from log p̄_v.) Temperatures beyond 1e±30 take the fp64 loop.
 //
 // A position's columns are summed in fixed chunks (kSplit), merged in column order, by one thread or,
 // with fewer positions than threads, by several: results do not depend on the thread count.
@@ -137,11 +138,33 @@ struct Series {
   }
 };
 
+struct MixturePart {
+  double MI = 0.0, RMI = 0.0;
+};
+
+// Adds w_m φ(r) and w_m ψ(r) of one member entry to cphi and cpsi, with q = w_m e^r = w_m P_mv / p̄_v.
+// Both sides of |r| < kSmall are computed and one is selected (the loops calling it vectorise). For
+// P_mv = 0 < p̄_v (r = -inf, q = 0): φ = w_m (r clamped, so that 0 * inf stays out), ψ = +inf.
+inline void add_phi_psi(double r, double q, double wm, const Series& series, double& cphi, double& cpsi) {
+  double spsi = series.b[kSeries];  // ψ/r², then φ/r², where |r| < kSmall
+  for (int k = kSeries - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
+  const double sphi = 1.0 + spsi * (r - 1.0);
+  const double wr2 = wm * r * r;
+  const bool small = std::fabs(r) < kSmall;
+  const double rc = std::max(r, -1e300);
+  cphi += small ? wr2 * sphi : wm + q * (rc - 1.0);
+  cpsi += small ? wr2 * spsi : (q - wm) - wm * r;
+}
+
 // Pass 1 over columns [lo, hi) of one member's row: (max, R, T), the blocks merged in order.
 template <typename In>
 MemberAcc member_chunk(const EnsembleStatsArgs& a, const In* row, int64_t lo, int64_t hi, double* buf) {
   MemberAcc acc{-kInf, 0.0, 0.0, false};
-  if (std::is_same<In, double>::value) {
+  // token_stats' passes subtract the maximum in fp32, where a span beyond the float range gives -inf:
+  // with 1/T >= 1e-30 such a term is e^{-3e8} = 0 anyway, and 1/T <= 1e30 keeps 1/T a finite float.
+  // Other temperatures take the fp64 loop.
+  const bool fp32_pass = !std::is_same<In, double>::value && a.inv_temp >= 1e-30 && a.inv_temp <= 1e30;
+  if (!fp32_pass) {
     for (int64_t b = lo; b < hi; b += kBlock) {
       const int len = int(std::min<int64_t>(kBlock, hi - b));
       merge_into(acc, block_partial(row, b, len, a.inv_temp, buf), a.inv_temp);
@@ -168,9 +191,23 @@ struct Scratch {
   explicit Scratch(int64_t M) : lp(size_t(kCols) * size_t(M)), sp(size_t(kCols) * size_t(M)) {}
 };
 
-struct MixturePart {
-  double MI = 0.0, RMI = 0.0;
-};
+// A column whose p̄_v is below 2^-1022 while some member with weight has P_mv > 0 (every member's
+// log-probability there below about -708): pass 2's unshifted sum drops it, but ψ grows like |r|, so
+// its share p̄_v Σ w ψ need not be negligible. Rare; computed alone with the shifted sum and
+// exp_f64's subnormal results. lp holds the block's log P_mv, member t at t * kCols.
+template <typename In>
+MixturePart tiny_column(const Members<In>& mb, const double* lp, int j, const Series& series) {
+  double am = -kInf, Ssh = 0.0;
+  for (int t = 0; t < mb.n; ++t) am = std::max(am, mb.lw[t] + lp[size_t(t) * kCols + j]);
+  for (int t = 0; t < mb.n; ++t) Ssh += exp_f64(mb.lw[t] + lp[size_t(t) * kCols + j] - am);
+  const double lpb = am + std::log(Ssh), pb = exp_f64(lpb);
+  double cphi = 0.0, cpsi = 0.0;
+  for (int t = 0; t < mb.n; ++t) {
+    const double l = lp[size_t(t) * kCols + j];
+    add_phi_psi(l - lpb, exp_f64(mb.lw[t] + l - am) / Ssh, mb.w[t], series, cphi, cpsi);
+  }
+  return MixturePart{pb * cphi, cpsi == kInf ? kInf : pb * cpsi};
+}
 
 // Pass 2 over columns [lo, hi) of a valid position: blocks of kCols columns, each step a loop over
 // the block's columns; the blocks' sums added in order.
@@ -182,10 +219,10 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
   double amax[kCols], S[kCols], lpbar[kCols], pbar[kCols], invS[kCols], cphi[kCols], cpsi[kCols];
   for (int64_t c0 = lo; c0 < hi; c0 += kCols) {
     const int len = int(std::min<int64_t>(kCols, hi - c0));
-    // log P_mv, s_mv = w_m P_mv and p̄_v = Σ_m s_mv, without a shift: every exponent is <= 0, a
-    // term below 2^-1022 is 0, and where p̄_v < 2^-1022 the column's share is dropped (p̄_v times
-    // a bounded sum), so p̄_v needs no exponential of its own. A column with p̄_v = 0 (amax = -inf: no
-    // member with weight has P_mv > 0) adds nothing (xlogy).
+    // log P_mv, s_mv = w_m P_mv and p̄_v = Σ_m s_mv, without a shift: every exponent is <= 0 and a
+    // term below 2^-1022 is 0, so p̄_v needs no exponential of its own; a column where that sum is
+    // below 2^-1022 is left to tiny_column. A column with p̄_v = 0 (amax = -inf: no member with
+    // weight has P_mv > 0) adds nothing (xlogy).
     for (int j = 0; j < len; ++j) amax[j] = -kInf;
     for (int j = 0; j < len; ++j) S[j] = 0.0;
     for (int t = 0; t < mb.n; ++t) {
@@ -219,24 +256,21 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
       const double* sm = &sc.sp[size_t(t) * kCols];
       const double wm = mb.w[t];
 #pragma omp simd
-      for (int j = 0; j < len; ++j) {
-        const double r = lm[j] - lpbar[j];
-        double spsi = series.b[kSeries];  // ψ/r², then φ/r², where |r| < kSmall
-        for (int k = kSeries - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
-        const double sphi = 1.0 + spsi * (r - 1.0);
-        const double wr2 = wm * r * r, q = sm[j] * invS[j];  // q = w_m P_mv / p̄_v <= 1
-        const bool small = std::fabs(r) < kSmall;
-        // P_mv = 0 < p̄_v (r = -inf, q = 0): φ = w_m (r clamped, so that 0 * inf stays out), ψ = +inf
-        const double rc = std::max(r, -1e300);
-        cphi[j] += small ? wr2 * sphi : wm + q * (rc - 1.0);
-        cpsi[j] += small ? wr2 * spsi : (q - wm) - wm * r;
-      }
+      for (int j = 0; j < len; ++j) add_phi_psi(lm[j] - lpbar[j], sm[j] * invS[j], wm, series, cphi[j], cpsi[j]);
     }
-#pragma omp simd reduction(+ : MI, RMI)
+    int ntiny = 0;
+#pragma omp simd reduction(+ : MI, RMI, ntiny)
     for (int j = 0; j < len; ++j) {
       const bool live = amax[j] > -kInf;
       MI += live ? pbar[j] * cphi[j] : 0.0;
       RMI += live ? (cpsi[j] == kInf ? kInf : pbar[j] * cpsi[j]) : 0.0;  // +inf even if p̄_v underflowed
+      ntiny += live && !(S[j] >= kTiny) ? 1 : 0;
+    }
+    for (int j = 0; ntiny > 0 && j < len; ++j) {  // in column order, after the block's sums
+      if (!(amax[j] > -kInf) || S[j] >= kTiny) continue;
+      const MixturePart t = tiny_column(mb, sc.lp.data(), j, series);
+      MI += t.MI;
+      RMI = cpsi[j] == kInf ? RMI : RMI + t.RMI;  // an infinite ψ is in RMI already
     }
   }
   return MixturePart{MI, RMI};

@@ -185,6 +185,26 @@ def test_columns_whose_mixture_underflows(dtype):
     assert math.isfinite(got.epistemic[1].item()) and math.isfinite(got.rmi[0].item())
 
 
+def test_a_mixture_below_the_smallest_normal_double_still_counts():
+    # column 1: member 0 gives the token P ~ e^-1e308, member 1 P ~ e^-709.8, so p̄ ~ 1e-308 (subnormal)
+    # while ψ(r) ~ 1e308 for member 0: that column alone carries most of RMI (0.137)
+    x = torch.tensor([[[0.0, -1e308]], [[0.0, -709.8]]], dtype=torch.float64)
+    got, want = fuq.ensemble_stats(x), reference(x)
+    assert want.rmi.item() > 0.1
+    assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("temperature", [1e38, 1e-30])
+def test_extreme_temperatures_with_fp32_logits(temperature):
+    # 1/T = 1e-38 with logits spanning beyond the float range (the members' normalisers then come from
+    # the fp64 loop, docs/numerics.md#ensemble-numerics), and the smallest temperature allowed with a
+    # tied maximum
+    x = torch.tensor([[[3e38, -3e38, 0.0, 1e38, 3e38]], [[3e38, -2e38, 1e38, -3e38, 1e38]]], dtype=torch.float32)
+    got = fuq.ensemble_stats(x, temperature=temperature)
+    want = reference(x, temperature=temperature)  # in fp32, as the outputs are: 2.5e67 is +inf there
+    assert_close(got, type(want)(*(v.float() for v in want)), rtol=2e-6, atol=1e-12)
+
+
 def test_epistemic_never_negative_on_random_batches():
     for seed in range(5):
         x = make(M=2 + seed, lead=(16,), V=64, dtype=torch.bfloat16, scale=0.5 * (seed + 1), seed=seed)
