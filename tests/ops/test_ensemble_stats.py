@@ -12,6 +12,7 @@ from scipy.special import xlogy
 import flashuq as fuq
 from flashuq.reference import ensemble_stats as reference
 from isa_cases import isa_levels, limited_isa
+from thread_count import torch_threads
 
 FIELDS = fuq.EnsembleStats._fields
 # docs/methods.md#ensemble golden values: three members, logits = log P
@@ -334,15 +335,11 @@ def test_ep_invalid_likelihood_poisons_only_its_position():
 
 def test_deterministic_across_thread_counts_and_batches():
     x = make(M=4, lead=(37,), V=3000, dtype=torch.bfloat16, seed=5)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = fuq.ensemble_stats(x)
-        torch.set_num_threads(4)
+    with torch_threads(4):
         four = fuq.ensemble_stats(x)
         alone = fuq.ensemble_stats(x[:, 11:12])
-    finally:
-        torch.set_num_threads(old)
     assert_bitwise(one, four)
     for f in FIELDS:
         assert torch.equal(getattr(alone, f)[0], getattr(one, f)[11]), f
@@ -358,15 +355,11 @@ def test_few_positions_split_over_threads(dtype):
     x[1, 1, 20000] = float("nan")
     batch = make(M=3, lead=(9,), V=40000, dtype=dtype, seed=10)
     batch[:, 4] = x[:, 0]
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = fuq.ensemble_stats(x)
-        torch.set_num_threads(4)
+    with torch_threads(4):
         split = fuq.ensemble_stats(x)
         in_batch = fuq.ensemble_stats(batch)
-    finally:
-        torch.set_num_threads(old)
     assert_bitwise(one, split)
     for f in FIELDS:
         assert torch.equal(getattr(split, f)[0], getattr(in_batch, f)[4]), f

@@ -13,6 +13,7 @@ import flashuq as fuq
 from flashuq import _ext
 from dispatch_cases import SeenOps
 from stats_cases import FLOAT_FIELDS, ROW_KINDS, assert_close_stats, make_logits, reference
+from thread_count import torch_threads
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -246,14 +247,10 @@ def test_numpy_input_returns_tensors():
 def test_row_result_does_not_depend_on_batch_or_threads():
     # a lone row takes the split path (fewer rows than threads), a batch the row path: bitwise equal
     x = make_logits("normal", 16, 100_000)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(4)
+    with torch_threads(4):
         alone = fuq.token_stats(x[5:6], topk=7, renyi=True)
-        torch.set_num_threads(1)
+    with torch_threads(1):
         batch = fuq.token_stats(x, topk=7, renyi=True)
-    finally:
-        torch.set_num_threads(old)
     for a, b in zip(alone, batch):
         assert torch.equal(a[0], b[5]) or (torch.isnan(a[0]).all() and torch.isnan(b[5]).all())
 
