@@ -243,6 +243,18 @@ static void log_f32_py(CArrAny<const float> x, Arr out) {
   for (size_t i = 0; i < x.size(); ++i) o[i] = flashuq::cpu::log_f32(p[i]);
 }
 
+// The ensemble kernel's fp32 e^x - 1 and e^x (flashuq/cpu_math.h), elementwise, for the tests' error bound.
+static void expm1_exp_f32_py(CArrAny<const float> x, Arr em1, Arr e) {
+  float* o1 = static_cast<float*>(out_ptr(em1, int64_t(x.size()), false, "em1"));
+  float* o2 = static_cast<float*>(out_ptr(e, int64_t(x.size()), false, "e"));
+  const float* p = dense(x, "x").data();
+  for (size_t i = 0; i < x.size(); ++i) {
+    const flashuq::cpu::Expm1ExpF32 r = flashuq::cpu::expm1_exp_f32(p[i]);
+    o1[i] = r.em1;
+    o2[i] = r.e;
+  }
+}
+
 // The token-statistics kernel's fp32 exp (the variant in use), elementwise, for the tests' error bound.
 static void exp_nonpos_f32_py(CArrAny<const float> x, Arr out) {
   float* o = static_cast<float*>(out_ptr(out, int64_t(x.size()), false, "out"));
@@ -529,6 +541,8 @@ NB_MODULE(_C, m) {
         "(flashuq.methods.num_sem_sets).");
   m.def("_exp_nonpos_f32", &exp_nonpos_f32_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
         "The token-statistics kernel's fp32 e^x for x <= 0 (the variant in use), elementwise (tests).");
+  m.def("_expm1_exp_f32", &expm1_exp_f32_py, nb::arg("x").noconvert(), nb::arg("em1").noconvert(),
+        nb::arg("e").noconvert(), "e^x - 1 and e^x for x <= 88 by the ensemble kernel's fp32 expm1 (tests).");
   m.def("_log_f32", &log_f32_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
         "ln x by the CPU kernels' branch-free fp32 log (for tests: within 1 ulp of the correctly rounded log).");
   m.def("_log_f64", &log_f64_py, nb::arg("x").noconvert(), nb::arg("out").noconvert(),

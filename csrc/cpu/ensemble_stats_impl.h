@@ -1,14 +1,14 @@
 // Ensemble decomposition on the CPU, included once per instruction set (FUQ_ISA names the
 // namespace; ensemble_stats.cpp picks one at run time): positions (or, when there are few, chunks of
-// their columns) spread over OpenMP threads, in loops over columns that vectorise (exp_nonpos_f64,
-// log_f64 of cpu_math.h).
+// their columns) spread over OpenMP threads, in loops over columns that vectorise (the branch-free
+// exponentials and logarithms of cpu_math.h).
 //
 // Pass 1 reads each member's row once and keeps the shifted online accumulator of
 // docs/numerics.md#accumulator restricted to (m, R, T): log1p(R) gives log P_mv = (z - m) / T - log1p(R), and
 // H_m = log1p(R) - T / (1 + R). For fp32, bf16 and fp16 logits it runs on token_stats' passes
 // (sums in fp32 lanes, blocks merged in fp64); for fp64 logits, in fp64 here. Pass 2 reads the M
-// members' logits column by column, in fp64, and with p̄_v = Σ_m w_m P_mv and
-// r_mv = log P_mv - log p̄_v accumulates
+// members' logits column by column (in fp64 for fp64 logits, mostly in fp32 lanes for the others:
+// mixture_chunk_f32 below) and with p̄_v = Σ_m w_m P_mv and r_mv = log P_mv - log p̄_v accumulates
 //
 //   MI  = Σ_v p̄_v Σ_m w_m φ(r_mv),   φ(r) = 1 + e^r (r - 1) >= 0
 //   RMI = Σ_v p̄_v Σ_m w_m ψ(r_mv),   ψ(r) = e^r - 1 - r     >= 0
@@ -16,16 +16,18 @@
 // (both follow from Σ_m w_m e^{r_mv} = 1; MI = Σ_m w_m KL(P_m || p̄) and RMI =
 // Σ_m w_m KL(p̄ || P_m)). Every term is non-negative, so nothing cancels: TU = AU + MI and
 // EPKL - AU = MI + RMI come out accurate even when the members nearly agree, and MI >= 0 holds
-// exactly. ψ uses its Taylor series for |r| < 1/4 and φ follows from it (both sides are evaluated
-// for every column, then selected). A member with P_mv = 0 where p̄_v > 0 gives ψ = +inf: EPKL and
-// RMI are +inf (docs/methods.md#ensemble with xlogy semantics).
+// exactly. ψ uses its Taylor series for |r| < 1/4 (|r| < 1 in fp32) and φ follows from it (both
+// sides are evaluated for every column, then selected). A member with P_mv = 0 where p̄_v > 0
+// gives ψ = +inf: EPKL and RMI are +inf (docs/methods.md#ensemble with xlogy semantics).
 //
 // Why pass 1 may sum in fp32: pass 2 takes each member's normalisation from it, and an error ε_m in
 // log1p(R_m) scales P_m by e^{-ε_m}. The sums above, as functions of the ε_m, have the gradients
 // -w_m KL(P_m || p̄) and w_m Σ_v P_mv Σ_k w_k r_kv at ε = 0, both of the order of MI (resp. RMI)
-// itself: ε moves MI and RMI by a relative ε (~1e-7), however closely the members agree, and members
-// that agree exactly share their ε (docs/numerics.md#ensemble-numerics). (They give 0 up to the
-// square of a rounding error, ~1e-32, from log p̄_v.) Temperatures beyond 1e±30 take the fp64 loop.
+// itself: to first order ε moves MI and RMI by a relative ε (~1e-7), and members that agree exactly
+// share their ε. The second-order part, of the order w_m ε², adds a relative (ε/r)² where the
+// members' log-probabilities differ by r: ~4e-7 at r = 1e-4, ~4e-3 at r = 1e-6, where MI is ~1e-12
+// nats (docs/numerics.md#ensemble-numerics). (Identical members give 0 up to the square of a rounding
+// error, ~1e-32, from log p̄_v.) Temperatures beyond 1e±30 take the fp64 loop.
 //
 // A position's columns are summed in fixed chunks (kSplit), merged in column order, by one thread or,
 // with fewer positions than threads, by several: results do not depend on the thread count.
@@ -192,18 +194,22 @@ struct Scratch {
 };
 
 // A column whose p̄_v is below 2^-1022 while some member with weight has P_mv > 0 (every member's
-// log-probability there below about -708): pass 2's unshifted sum drops it, but ψ grows like |r|, so
-// its share p̄_v Σ w ψ need not be negligible. Rare; computed alone with the shifted sum and
-// exp_f64's subnormal results. lp holds the block's log P_mv, member t at t * kCols.
+// log-probability there below about -708): pass 2's sums drop it, but ψ grows like |r|, so its share
+// p̄_v Σ w ψ need not be negligible. Rare; computed alone from the logits with the shifted sum and
+// exp_f64's subnormal results.
 template <typename In>
-MixturePart tiny_column(const Members<In>& mb, const double* lp, int j, const Series& series) {
+MixturePart tiny_column(const Members<In>& mb, double inv_temp, int64_t col, const Series& series) {
+  auto logp = [&](int t) {
+    const double z = load(mb.row[t], col);
+    return z > -kInf ? (z - mb.mx[t]) * inv_temp - mb.l1p[t] : -kInf;
+  };
   double am = -kInf, Ssh = 0.0;
-  for (int t = 0; t < mb.n; ++t) am = std::max(am, mb.lw[t] + lp[size_t(t) * kCols + j]);
-  for (int t = 0; t < mb.n; ++t) Ssh += exp_f64(mb.lw[t] + lp[size_t(t) * kCols + j] - am);
+  for (int t = 0; t < mb.n; ++t) am = std::max(am, mb.lw[t] + logp(t));
+  for (int t = 0; t < mb.n; ++t) Ssh += exp_f64(mb.lw[t] + logp(t) - am);
   const double lpb = am + std::log(Ssh), pb = exp_f64(lpb);
   double cphi = 0.0, cpsi = 0.0;
   for (int t = 0; t < mb.n; ++t) {
-    const double l = lp[size_t(t) * kCols + j];
+    const double l = logp(t);
     add_phi_psi(l - lpb, exp_f64(mb.lw[t] + l - am) / Ssh, mb.w[t], series, cphi, cpsi);
   }
   return MixturePart{pb * cphi, cpsi == kInf ? kInf : pb * cpsi};
@@ -268,7 +274,179 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
     }
     for (int j = 0; ntiny > 0 && j < len; ++j) {  // in column order, after the block's sums
       if (!(amax[j] > -kInf) || S[j] >= kTiny) continue;
-      const MixturePart t = tiny_column(mb, sc.lp.data(), j, series);
+      const MixturePart t = tiny_column(mb, inv_temp, c0 + j, series);
+      MI += t.MI;
+      RMI = cpsi[j] == kInf ? RMI : RMI + t.RMI;  // an infinite ψ is in RMI already
+    }
+  }
+  return MixturePart{MI, RMI};
+}
+
+// ---- pass 2 in fp32 (fp32, bf16 and fp16 logits) ------------------------------------------------
+//
+// Sixteen lanes instead of eight. What must keep its digits is r_mv when the members nearly agree, so
+// every entry is taken relative to a reference member, per column the one with the largest w_m P_mv:
+// δ_mv = log P_mv - log P_ref,v, formed in fp64 and rounded once (relative error 2^-24 of δ itself,
+// whatever the logits' offsets). With Σ_m w_m = 1,
+//
+//   p̄_v / P_ref,v = Σ_m w_m e^{δ_mv} =: u_v = 1 + Σ_m w_m (e^{δ_mv} - 1),
+//   r_mv = δ_mv - ln u_v,   w_m e^{r_mv} = w_m e^{δ_mv} / u_v,
+//
+// with e^δ - 1 and e^δ from expm1_exp_f32. Where |u - 1| < 1/2, ln u is log_f32 of 1 + (u - 1) plus
+// the first-order correction of that sum's rounding, so it keeps the relative digits of u - 1 (the
+// members nearly agree there); elsewhere it is log_f32 of the direct sum (u >= w_ref may be far
+// below 1, where 1 + (u - 1) would have lost its digits). The weights rounded to fp32 no longer sum
+// to 1, but the 1 in u is exact: their rounding moves u - 1 by a relative 2^-24 only. Nothing cancels beyond a few ulp of the
+// larger of |δ| and |r|, which bounds MI's and RMI's error by about 1e-6 relative (they are at least
+// of the order min_m w_m max|δ|²), against 2^-53 in the fp64 pass; the outputs are fp32 anyway.
+// The series runs to |r| < 1 (degree 9), where the closed forms cancel at most ~4×. e^δ <= w_ref / w_m
+// must fit fp32: positions whose weights span more than e^69 take the fp64 pass. P_ref,v = e^{y} is
+// formed in fp32 from y in two parts; a block with some y < -87 takes fp64 exponentials (and its
+// columns with p̄_v < 2^-1022 tiny_column, as in the fp64 pass).
+constexpr int kSeries32 = 9;  // truncation below 6e-9 relative at |r| = 1
+constexpr float kSmall32 = 1.0f;
+
+struct Series32 {
+  float b[kSeries32 + 1];  // 1/(k+2)!
+  Series32() {
+    double f = 2.0;
+    for (int k = 0; k <= kSeries32; ++k) {
+      if (k > 0) f *= double(k + 2);
+      b[k] = float(1.0 / f);
+    }
+  }
+};
+
+// add_phi_psi in fp32, with the series to |r| < 1. For r = -inf: φ = w_m, ψ = +inf.
+inline void add_phi_psi_f32(float r, float q, float wm, const Series32& series, float& cphi, float& cpsi) {
+  float spsi = series.b[kSeries32];
+  for (int k = kSeries32 - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
+  const float sphi = 1.0f + spsi * (r - 1.0f);
+  const float wr2 = wm * r * r;
+  const bool small = std::fabs(r) < kSmall32;
+  const float rc = std::max(r, -3e38f);
+  cphi += small ? wr2 * sphi : wm + q * (rc - 1.0f);
+  cpsi += small ? wr2 * spsi : (q - wm) - wm * r;
+}
+
+// Whether a position's pass 2 may run in fp32 (In is not double, the weights span at most e^69), and
+// its weights in fp32.
+template <typename In>
+bool weights_f32(const Members<In>& mb, std::vector<float>& w32) {
+  if (std::is_same<In, double>::value || mb.n == 0) return false;
+  double lo = kInf, hi = -kInf;
+  for (int t = 0; t < mb.n; ++t) {
+    lo = std::min(lo, mb.lw[t]);
+    hi = std::max(hi, mb.lw[t]);
+  }
+  if (!(hi - lo <= 69.0)) return false;
+  for (int t = 0; t < mb.n; ++t) w32[t] = float(mb.w[t]);
+  return true;
+}
+
+// Pass 2's fp32 scratch, one per thread: δ_mv and e^{δ_mv} of a block of every member.
+struct Scratch32 {
+  std::vector<float> d, e;
+  explicit Scratch32(int64_t M) : d(size_t(kCols) * size_t(M)), e(size_t(kCols) * size_t(M)) {}
+};
+
+// mixture_chunk in fp32 (see above); the blocks' sums in fp64, in order.
+template <typename In>
+MixturePart mixture_chunk_f32(const Members<In>& mb, const float* w32, double inv_temp, const Series32& series32,
+                              const Series& series, int64_t lo, int64_t hi, Scratch32& sc) {
+  double MI = 0.0, RMI = 0.0;
+  // The running maximum and the reference's log P alternate between two buffers: a select stored in
+  // place compiles to a masked store behind a branch per vector, which mispredicts.
+  double amax2[2][kCols], yref2[2][kCols];
+  float u[kCols], sum[kCols], inv[kCols], lnu[kCols], cphi[kCols], cpsi[kCols], pbar[kCols];
+  for (int64_t c0 = lo; c0 < hi; c0 += kCols) {
+    const int len = int(std::min<int64_t>(kCols, hi - c0));
+    for (int j = 0; j < len; ++j) amax2[0][j] = -kInf;
+    for (int j = 0; j < len; ++j) yref2[0][j] = 0.0;  // stays 0 where every member has -inf
+    int cur = 0;
+    for (int t = 0; t < mb.n; ++t, cur ^= 1) {
+      const In* row = mb.row[t];
+      const double mxm = mb.mx[t], l1 = mb.l1p[t], lwm = mb.lw[t];
+      const double *ai = amax2[cur], *yi = yref2[cur];
+      double *ao = amax2[cur ^ 1], *yo = yref2[cur ^ 1];
+#pragma omp simd
+      for (int j = 0; j < len; ++j) {
+        const double y = (load(row, c0 + j) - mxm) * inv_temp - l1;  // -inf for a -inf logit
+        const double x = lwm + y;
+        const bool top = x > ai[j];
+        ao[j] = top ? x : ai[j];
+        yo[j] = top ? y : yi[j];
+      }
+    }
+    const double* amax = amax2[cur];
+    const double* yref = yref2[cur];
+    for (int j = 0; j < len; ++j) u[j] = 0.0f;
+    for (int j = 0; j < len; ++j) sum[j] = 0.0f;
+    for (int t = 0; t < mb.n; ++t) {
+      const In* row = mb.row[t];
+      const double mxm = mb.mx[t], l1 = mb.l1p[t];
+      const float wm = w32[t];
+      float* dm = &sc.d[size_t(t) * kCols];
+      float* em = &sc.e[size_t(t) * kCols];
+#pragma omp simd
+      for (int j = 0; j < len; ++j) {
+        const float d = float((load(row, c0 + j) - mxm) * inv_temp - l1 - yref[j]);
+        const Expm1ExpF32 x = expm1_exp_f32(d);
+        dm[j] = d;
+        em[j] = x.e;
+        u[j] += wm * x.em1;  // u - 1
+        sum[j] += wm * x.e;  // u
+      }
+    }
+#pragma omp simd
+    for (int j = 0; j < len; ++j) {
+      const float s = u[j], up = 1.0f + s;
+      const bool near = std::fabs(s) < 0.5f;
+      const float uj = near ? up : sum[j], iv = 1.0f / uj;  // uj >= w_ref: normal
+      lnu[j] = log_f32_normal(uj) + (near ? s - (up - 1.0f) : 0.0f) * iv;
+      u[j] = uj;
+      inv[j] = iv;
+      cphi[j] = 0.0f;
+      cpsi[j] = 0.0f;
+    }
+    for (int t = 0; t < mb.n; ++t) {
+      const float* dm = &sc.d[size_t(t) * kCols];
+      const float* em = &sc.e[size_t(t) * kCols];
+      const float wm = w32[t];
+#pragma omp simd
+      for (int j = 0; j < len; ++j)
+        add_phi_psi_f32(dm[j] - lnu[j], wm * em[j] * inv[j], wm, series32, cphi[j], cpsi[j]);
+    }
+    int nlow = 0;
+#pragma omp simd reduction(+ : nlow)
+    for (int j = 0; j < len; ++j) {  // P_ref = e^{y}, y in two parts (y's own rounding would cost |y| ulp)
+      const double y = yref[j];
+      const float yh = float(y), yl = float(y - double(yh));
+      pbar[j] = exp_f32_core(std::max(yh, -87.0f)) * (1.0f + yl) * u[j];
+      nlow += y < -87.0 ? 1 : 0;
+    }
+    if (nlow == 0) {
+#pragma omp simd reduction(+ : MI, RMI)
+      for (int j = 0; j < len; ++j) {
+        const bool live = amax[j] > -kInf;  // else p̄_v = 0: nothing (xlogy)
+        MI += live ? double(pbar[j]) * double(cphi[j]) : 0.0;
+        RMI += live ? (cpsi[j] == kInf ? kInf : double(pbar[j]) * double(cpsi[j])) : 0.0;
+      }
+      continue;
+    }
+    int ntiny = 0;
+#pragma omp simd reduction(+ : MI, RMI, ntiny)
+    for (int j = 0; j < len; ++j) {
+      const bool live = amax[j] > -kInf;
+      const double pb = exp_nonpos_f64(yref[j]) * double(u[j]);
+      const bool tiny = live && !(pb >= kTiny);
+      MI += live && !tiny ? pb * double(cphi[j]) : 0.0;
+      RMI += live ? (cpsi[j] == kInf ? kInf : (tiny ? 0.0 : pb * double(cpsi[j]))) : 0.0;
+      ntiny += tiny ? 1 : 0;
+    }
+    for (int j = 0; ntiny > 0 && j < len; ++j) {  // in column order, after the block's sums
+      if (!(amax[j] > -kInf) || exp_nonpos_f64(yref[j]) * double(u[j]) >= kTiny) continue;
+      const MixturePart t = tiny_column(mb, inv_temp, c0 + j, series);
       MI += t.MI;
       RMI = cpsi[j] == kInf ? RMI : RMI + t.RMI;  // an infinite ψ is in RMI already
     }
@@ -321,6 +499,7 @@ void run(const EnsembleStatsArgs& a) {
   const int64_t nch = (V + kSplit - 1) / kSplit;
   const int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
   const Series series;
+  const Series32 series32;
   auto position = [&](int64_t p) { return x + (p / a.n1) * a.s0 + (p % a.n1) * a.s1; };
   auto end = [&](int64_t c) { return std::min(V, (c + 1) * kSplit); };  // chunk c: [c * kSplit, end(c))
 
@@ -330,7 +509,9 @@ void run(const EnsembleStatsArgs& a) {
       std::vector<double> buf(kBlock);
       std::vector<MemberAcc> acc(M);
       Members<In> mb(M);
+      std::vector<float> w32(M);
       Scratch sc(M);
+      Scratch32 sc32(M);
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < P; ++p) {
         const In* pos = position(p);
@@ -341,8 +522,12 @@ void run(const EnsembleStatsArgs& a) {
         }
         double AU = 0.0, MI = 0.0, RMI = 0.0;
         const bool valid = finish_pass1(a, p, pos, acc.data(), mb, &AU);
+        const bool f32 = valid && weights_f32(mb, w32);
         for (int64_t c = 0; c < nch && valid; ++c) {
-          const MixturePart part = mixture_chunk(mb, a.inv_temp, series, c * kSplit, end(c), sc);
+          const int64_t lo = c * kSplit;
+          const MixturePart part = f32 ? mixture_chunk_f32(mb, w32.data(), a.inv_temp, series32, series, lo, end(c),
+                                                           sc32)
+                                       : mixture_chunk(mb, a.inv_temp, series, lo, end(c), sc);
           MI += part.MI;
           RMI += part.RMI;
         }
@@ -356,12 +541,14 @@ void run(const EnsembleStatsArgs& a) {
   std::vector<MemberAcc> parts1(size_t(P * M * nch));
   std::vector<MixturePart> parts2(size_t(P * nch));
   std::vector<Members<In>> mbs(static_cast<size_t>(P), Members<In>{M});
+  std::vector<std::vector<float>> w32s(static_cast<size_t>(P), std::vector<float>(M));
   std::vector<double> AU(P);
-  std::vector<char> valid(P);
+  std::vector<char> valid(P), f32(P);
 #pragma omp parallel num_threads(nt)
   {
     std::vector<double> buf(kBlock);
     Scratch sc(M);
+    Scratch32 sc32(M);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < P * M * nch; ++i) {
       const int64_t p = i / (M * nch), m = (i / nch) % M, c = i % nch;
@@ -373,11 +560,15 @@ void run(const EnsembleStatsArgs& a) {
       for (int64_t m = 0; m < M; ++m)
         for (int64_t c = 0; c < nch; ++c) merge_into(acc[m], parts1[(p * M + m) * nch + c], a.inv_temp);
       valid[p] = finish_pass1(a, p, position(p), acc.data(), mbs[p], &AU[p]);
+      f32[p] = valid[p] && weights_f32(mbs[p], w32s[p]);
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < P * nch; ++i) {
       const int64_t p = i / nch, c = i % nch;
-      if (valid[p]) parts2[i] = mixture_chunk(mbs[p], a.inv_temp, series, c * kSplit, end(c), sc);
+      if (!valid[p]) continue;
+      const int64_t lo = c * kSplit;
+      parts2[i] = f32[p] ? mixture_chunk_f32(mbs[p], w32s[p].data(), a.inv_temp, series32, series, lo, end(c), sc32)
+                         : mixture_chunk(mbs[p], a.inv_temp, series, lo, end(c), sc);
     }
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < P; ++p) {

@@ -167,6 +167,66 @@ def test_fp32_first_pass_keeps_the_epistemic_digits(dtype):
         np.testing.assert_allclose(got.aleatoric.numpy(), want["aleatoric"], rtol=2e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fp32_second_pass_keeps_the_epistemic_digits(dtype):
+    # Pass 2 of fp32, bf16 and fp16 logits runs in fp32 relative to a reference member per column
+    # (docs/numerics.md#ensemble-numerics): nearly agreeing members keep MI's and RMI's digits with
+    # unequal weights (mode "ep") and with logits offset per member by large constants (which the
+    # normalisers absorb, and which an fp32 difference of log-probabilities would turn into noise).
+    g = torch.Generator().manual_seed(8)
+    base = torch.randn(1, 3, 3000, generator=g, dtype=torch.float64) * 2
+    x = base + 1e-3 * torch.randn(4, 3, 3000, generator=g, dtype=torch.float64)
+    x = (x + torch.tensor([0.0, 37.0, -55.0, 120.0], dtype=torch.float64).view(4, 1, 1)).to(dtype)
+    ll = torch.tensor([0.0, -0.4, -1.1, 0.3], dtype=torch.float64).view(4, 1).expand(4, 3)
+    for kwargs in ({}, {"mode": "ep", "member_ll": ll}):
+        got = fuq.ensemble_stats(x, **kwargs)
+        want = numpy_stats(x.double().numpy(), member_ll=ll.numpy() if kwargs else None)
+        assert bool((got.epistemic > 0).all())
+        np.testing.assert_allclose(got.epistemic.numpy(), want["epistemic"], rtol=1e-5)
+        np.testing.assert_allclose(got.rmi.numpy(), want["rmi"], rtol=1e-5)
+
+
+def test_reference_member_with_a_small_weight():
+    # mode "ep", member 2 with weight ~1e-4 but sure of columns 0..19 where members 0 and 1 (which
+    # nearly agree) are not: there it is each column's reference member and p̄_v / P_ref,v ~ 1e-4, a
+    # sum that 1 + (its difference to 1) would round to noise in fp32
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(1, 4, 600, generator=g, dtype=torch.float64) * 2
+    x = base + 1e-3 * torch.randn(3, 4, 600, generator=g, dtype=torch.float64)
+    x[:2, :, :20] -= 12.0
+    x = x.float()
+    ll = torch.tensor([0.0, 0.0, -9.0]).view(3, 1).expand(3, 4)
+    got = fuq.ensemble_stats(x, mode="ep", member_ll=ll)
+    want = numpy_stats(x.double().numpy(), member_ll=ll.double().numpy())
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, err_msg=f)
+
+
+@pytest.mark.parametrize("span", [60.0, 80.0])
+def test_weights_spanning_beyond_the_fp32_pass(span):
+    # mode "ep" weights spanning e^60 (fp32 pass 2: e^δ up to w_max / w_min fits a float) and e^80
+    # (beyond e^69: the fp64 pass), with members that disagree strongly where the light one is sure
+    x = make(M=3, lead=(4,), V=400, dtype=torch.float32, scale=6.0, seed=4)
+    ll = torch.tensor([0.0, -span, -2.0]).view(3, 1).expand(3, 4)
+    got = fuq.ensemble_stats(x, mode="ep", member_ll=ll)
+    want = numpy_stats(x.double().numpy(), member_ll=ll.double().numpy())
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, atol=1e-30, err_msg=f)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_a_mixture_below_the_float_range_still_counts(dtype):
+    # column 1: P ~ e^-3e38 under member 0 and e^-100 under member 1, so p̄ ~ 2e-44 (below fp32's
+    # range, where the fp32 pass takes fp64 exponentials) while ψ ~ 1.5e38 for member 0: RMI ~ 3e-6
+    # comes from that column alone
+    x = torch.tensor([[[0.0, -3e38]], [[0.0, -100.0]]], dtype=torch.float64).to(dtype)
+    got = fuq.ensemble_stats(x)
+    want = numpy_stats(x.double().numpy())
+    assert want["rmi"][0] > 1e-6
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, atol=1e-30, err_msg=f)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_columns_whose_mixture_underflows(dtype):
     # p̄_v below the smallest normal double in columns 40..79 (every member's logit ~800 under the
@@ -454,6 +514,24 @@ def test_every_build_matches_the_reference(level, dtype):
     assert_close(got, reference(x), rtol=rtol, atol=1e-14)
     assert_close(got_ep, reference(x, mode="ep", member_ll=ll), rtol=rtol, atol=1e-14)
     assert got.epkl[0].item() == float("inf") and got.rmi[0].item() == float("inf")
+
+
+def test_expm1_exp_f32_error_bound():
+    """The fp32 pass 2's e^x - 1 and e^x (flashuq/cpu_math.h): within 3 ulp (relative), e^x - 1
+    relative to itself for small |x|, and -1 and 0 below -87."""
+    from flashuq import _ext
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.uniform(-87, 88, 200_000), rng.uniform(-1, 1, 100_000) * 10.0 ** rng.integers(-30, 1, 100_000),
+                        [0.0, -0.0, -86.99, 88.0, 0.34657, -0.34657, 1e-40]]).astype(np.float32)
+    em1, e = torch.empty(len(x)), torch.empty(len(x))
+    _ext._C._expm1_exp_f32(torch.from_numpy(x), em1, e)
+    want1, want = np.expm1(x.astype(np.float64)), np.exp(x.astype(np.float64))
+    assert (np.abs(em1.numpy() - want1) <= 3 * 2.0 ** -24 * np.abs(want1)).all()
+    assert (np.abs(e.numpy() - want) <= 3 * 2.0 ** -24 * want).all()
+    low = torch.tensor([-87.5, -1e30, -math.inf])
+    em1, e = torch.empty(3), torch.empty(3)
+    _ext._C._expm1_exp_f32(low, em1, e)
+    assert em1.tolist() == [-1.0] * 3 and e.tolist() == [0.0] * 3
 
 
 def test_exp_f64_within_two_ulp():

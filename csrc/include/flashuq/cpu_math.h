@@ -1,4 +1,4 @@
-// Branch-free scalar math that compilers vectorise: exp for fp32 and fp64, log for fp32 and fp64, and
+// Branch-free scalar math that compilers vectorise: exp for fp32 and fp64, expm1 for fp32, log for fp32 and fp64, and
 // fp16/bf16 -> fp32 loads.
 #pragma once
 
@@ -174,6 +174,29 @@ inline float exp_f32_core(float x) {
   const float s1 = bits_to_float(uint32_t(n1 + 127) << 23);
   const float s2 = bits_to_float(uint32_t(n2 + 127) << 23);
   return p * s1 * s2;
+}
+
+// e^d - 1 and e^d for d <= 88 in fp32 from one reduction d = n ln2 + t (exp_f32_core's polynomial,
+// whose t + t² P(t) is e^t - 1 itself): e^d - 1 keeps its relative digits for small |d| (n = 0), and
+// each is within about 2 ulp. d < -87 (2^n no longer normal) gives -1 and 0; -inf included.
+struct Expm1ExpF32 {
+  float em1, e;
+};
+inline Expm1ExpF32 expm1_exp_f32(float d) {
+  const float dc = d > -87.0f ? d : -87.0f;
+  const float t = dc * 1.44269504088896341f + 12582912.0f;  // round-to-nearest via 1.5 * 2^23
+  const float n = t - 12582912.0f;
+  float r = dc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float pm1 = p * (r * r) + r;                               // e^r - 1
+  const float s = bits_to_float(uint32_t(int32_t(n) + 127) << 23);  // 2^n, n in [-126, 127]
+  return {s * pm1 + (s - 1.0f), d > -87.0f ? s * pm1 + s : 0.0f};
 }
 
 // e^x for finite x (the kernels call it with x <= 0), about 1-2 ulp, written without branches so
