@@ -340,6 +340,10 @@ def test_plain_cpu_calls_skip_the_dispatch_and_agree_with_the_op():
     want = torch.ops.flashuq.token_stats(x, t, 1.0, 3, True)
     for g, w in zip(got, want):
         assert torch.equal(g, w)
+    # the plain call's float fields are rows of one buffer (one allocation): still separate tensors
+    lse = got.lse.clone()
+    got.entropy.fill_(-1.0)
+    assert torch.equal(got.lse, lse) and got.entropy.is_contiguous() and got.lse.shape == (5,)
     seen = SeenOps()
     with seen:
         fuq.token_stats(x, t)
