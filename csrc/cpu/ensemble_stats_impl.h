@@ -58,6 +58,7 @@ constexpr int kCols = 256;    // pass-2 block (columns of all members)
 constexpr int64_t kSplit = 16384;
 constexpr double kSmall = 0.25;
 constexpr double kTiny = 2.2250738585072014e-308;  // the smallest normal double
+constexpr float kFloatMin = 1.17549435e-38f;        // the smallest normal float
 constexpr int kSeries = 12;   // the series' degree: truncation < 1e-18 relative at |r| = 1/4
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -193,12 +194,13 @@ struct Scratch {
   explicit Scratch(int64_t M) : lp(size_t(kCols) * size_t(M)), sp(size_t(kCols) * size_t(M)) {}
 };
 
-// A column whose p̄_v is below 2^-1022 while some member with weight has P_mv > 0 (every member's
-// log-probability there below about -708): pass 2's sums drop it, but ψ grows like |r|, so its share
-// p̄_v Σ w ψ need not be negligible. Rare; computed alone from the logits with the shifted sum and
-// exp_f64's subnormal results.
+// One column's share of MI and RMI, computed alone from the logits in fp64 with the shifted sum and
+// exp_f64's subnormal results. For the rare columns the block loops cannot hold: p̄_v below 2^-1022
+// while some member with weight has P_mv > 0 (every member's log-probability there below about
+// -708), whose share p̄_v Σ w ψ need not be negligible since ψ grows like |r|; and, in the fp32 pass,
+// a log-probability difference beyond the float range.
 template <typename In>
-MixturePart tiny_column(const Members<In>& mb, double inv_temp, int64_t col, const Series& series) {
+MixturePart column_alone(const Members<In>& mb, double inv_temp, int64_t col, const Series& series) {
   auto logp = [&](int t) {
     const double z = load(mb.row[t], col);
     return z > -kInf ? (z - mb.mx[t]) * inv_temp - mb.l1p[t] : -kInf;
@@ -227,7 +229,7 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
     const int len = int(std::min<int64_t>(kCols, hi - c0));
     // log P_mv, s_mv = w_m P_mv and p̄_v = Σ_m s_mv, without a shift: every exponent is <= 0 and a
     // term below 2^-1022 is 0, so p̄_v needs no exponential of its own; a column where that sum is
-    // below 2^-1022 is left to tiny_column. A column with p̄_v = 0 (amax = -inf: no member with
+    // below 2^-1022 is left to column_alone. A column with p̄_v = 0 (amax = -inf: no member with
     // weight has P_mv > 0) adds nothing (xlogy).
     for (int j = 0; j < len; ++j) amax[j] = -kInf;
     for (int j = 0; j < len; ++j) S[j] = 0.0;
@@ -274,7 +276,7 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
     }
     for (int j = 0; ntiny > 0 && j < len; ++j) {  // in column order, after the block's sums
       if (!(amax[j] > -kInf) || S[j] >= kTiny) continue;
-      const MixturePart t = tiny_column(mb, inv_temp, c0 + j, series);
+      const MixturePart t = column_alone(mb, inv_temp, c0 + j, series);
       MI += t.MI;
       RMI = cpsi[j] == kInf ? RMI : RMI + t.RMI;  // an infinite ψ is in RMI already
     }
@@ -296,13 +298,20 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
 // the first-order correction of that sum's rounding, so it keeps the relative digits of u - 1 (the
 // members nearly agree there); elsewhere it is log_f32 of the direct sum (u >= w_ref may be far
 // below 1, where 1 + (u - 1) would have lost its digits). The weights rounded to fp32 no longer sum
-// to 1, but the 1 in u is exact: their rounding moves u - 1 by a relative 2^-24 only. Nothing cancels beyond a few ulp of the
-// larger of |δ| and |r|, which bounds MI's and RMI's error by about 1e-6 relative (they are at least
-// of the order min_m w_m max|δ|²), against 2^-53 in the fp64 pass; the outputs are fp32 anyway.
-// The series runs to |r| < 1 (degree 9), where the closed forms cancel at most ~4×. e^δ <= w_ref / w_m
-// must fit fp32: positions whose weights span more than e^69 take the fp64 pass. P_ref,v = e^{y} is
-// formed in fp32 from y in two parts; a block with some y < -87 takes fp64 exponentials (and its
-// columns with p̄_v < 2^-1022 tiny_column, as in the fp64 pass).
+// to 1, but the 1 in u is exact: their rounding moves u - 1 by a relative 2^-24 only. The series
+// runs to |r| < 1 (degree 9), where the closed forms cancel at most ~4×. Nothing then cancels beyond
+// a few ulp of the larger of |δ| and |r|, except that δ's rounding costs e^δ a relative |δ| 2^-24:
+// harmless for δ <= 0 (e^δ is then a small term), but δ reaches ln(w_ref / w_m) > 0 when the
+// weights differ, so where they span more than e^4 δ is kept in two floats (the low part corrects
+// e^δ and e^δ - 1 to first order). MI and RMI keep about 5e-7 relative accuracy (docs), against
+// 2^-53 in the fp64 pass; the outputs are fp32 anyway.
+//
+// What fp32 cannot hold goes to fp64. e^δ <= w_ref / w_m must fit a float: positions whose weights
+// span more than e^69 take the fp64 pass. A column with a finite log-probability difference beyond
+// the float range (logits masked with the float minimum, at T < 1) is computed alone in fp64
+// (column_alone). P_ref,v = e^{y} is formed in fp32 from y in two parts; a block where some y < -87
+// or some p̄_v = P_ref,v u_v falls below the smallest normal float takes fp64 exponentials for p̄,
+// and its columns with p̄_v < 2^-1022 are computed alone, as in the fp64 pass.
 constexpr int kSeries32 = 9;  // truncation below 6e-9 relative at |r| = 1
 constexpr float kSmall32 = 1.0f;
 
@@ -329,10 +338,18 @@ inline void add_phi_psi_f32(float r, float q, float wm, const Series32& series, 
   cpsi += small ? wr2 * spsi : (q - wm) - wm * r;
 }
 
+// A position's weights for the fp32 pass 2, and whether δ needs its low part (weights spanning more
+// than e^4: δ up to that span, whose rounding would cost e^δ a relative 4 · 2^-24).
+struct Weights32 {
+  std::vector<float> w;
+  bool two_part = false;
+  explicit Weights32(int64_t M) : w(M) {}
+};
+
 // Whether a position's pass 2 may run in fp32 (In is not double, the weights span at most e^69), and
-// its weights in fp32.
+// its Weights32.
 template <typename In>
-bool weights_f32(const Members<In>& mb, std::vector<float>& w32) {
+bool weights_f32(const Members<In>& mb, Weights32& wt) {
   if (std::is_same<In, double>::value || mb.n == 0) return false;
   double lo = kInf, hi = -kInf;
   for (int t = 0; t < mb.n; ++t) {
@@ -340,8 +357,35 @@ bool weights_f32(const Members<In>& mb, std::vector<float>& w32) {
     hi = std::max(hi, mb.lw[t]);
   }
   if (!(hi - lo <= 69.0)) return false;
-  for (int t = 0; t < mb.n; ++t) w32[t] = float(mb.w[t]);
+  for (int t = 0; t < mb.n; ++t) wt.w[t] = float(mb.w[t]);
+  wt.two_part = hi - lo > 4.0;
   return true;
+}
+
+// Pass 2's fp32 step over one member's entries of a block: δ (its low part if TwoPart), e^δ, and
+// u - 1 and u accumulated; the count of entries whose finite δ lies beyond the float range.
+template <bool TwoPart, typename In>
+int member_deltas_f32(const In* row, int64_t c0, int len, double mxm, double l1, double inv_temp, float wm,
+                      const double* yref, float* dm, float* em, float* um1, float* u) {
+  int nbig = 0;
+#pragma omp simd reduction(+ : nbig)
+  for (int j = 0; j < len; ++j) {
+    const double y = (load(row, c0 + j) - mxm) * inv_temp - l1;  // -inf for a -inf logit
+    const double dd = y - yref[j];
+    const float d = float(dd);
+    Expm1ExpF32 x = expm1_exp_f32(d);
+    if (TwoPart) {  // e^{d + lo} = e^d (1 + lo) to first order, |lo| <= 2^-24 |d|
+      const float lo = float(dd - double(d));
+      x.em1 += x.e * lo;
+      x.e += x.e * lo;
+    }
+    dm[j] = d;
+    em[j] = x.e;
+    um1[j] += wm * x.em1;
+    u[j] += wm * x.e;
+    nbig += d == -std::numeric_limits<float>::infinity() && y > -kInf ? 1 : 0;
+  }
+  return nbig;
 }
 
 // Pass 2's fp32 scratch, one per thread: δ_mv and e^{δ_mv} of a block of every member.
@@ -352,7 +396,7 @@ struct Scratch32 {
 
 // mixture_chunk in fp32 (see above); the blocks' sums in fp64, in order.
 template <typename In>
-MixturePart mixture_chunk_f32(const Members<In>& mb, const float* w32, double inv_temp, const Series32& series32,
+MixturePart mixture_chunk_f32(const Members<In>& mb, const Weights32& wt, double inv_temp, const Series32& series32,
                               const Series& series, int64_t lo, int64_t hi, Scratch32& sc) {
   double MI = 0.0, RMI = 0.0;
   // The running maximum and the reference's log P alternate between two buffers: a select stored in
@@ -380,23 +424,16 @@ MixturePart mixture_chunk_f32(const Members<In>& mb, const float* w32, double in
     }
     const double* amax = amax2[cur];
     const double* yref = yref2[cur];
-    for (int j = 0; j < len; ++j) u[j] = 0.0f;
-    for (int j = 0; j < len; ++j) sum[j] = 0.0f;
+    for (int j = 0; j < len; ++j) u[j] = 0.0f;    // u - 1
+    for (int j = 0; j < len; ++j) sum[j] = 0.0f;  // u
+    int nbig = 0;
     for (int t = 0; t < mb.n; ++t) {
-      const In* row = mb.row[t];
-      const double mxm = mb.mx[t], l1 = mb.l1p[t];
-      const float wm = w32[t];
       float* dm = &sc.d[size_t(t) * kCols];
       float* em = &sc.e[size_t(t) * kCols];
-#pragma omp simd
-      for (int j = 0; j < len; ++j) {
-        const float d = float((load(row, c0 + j) - mxm) * inv_temp - l1 - yref[j]);
-        const Expm1ExpF32 x = expm1_exp_f32(d);
-        dm[j] = d;
-        em[j] = x.e;
-        u[j] += wm * x.em1;  // u - 1
-        sum[j] += wm * x.e;  // u
-      }
+      nbig += wt.two_part ? member_deltas_f32<true>(mb.row[t], c0, len, mb.mx[t], mb.l1p[t], inv_temp, wt.w[t], yref,
+                                                    dm, em, u, sum)
+                          : member_deltas_f32<false>(mb.row[t], c0, len, mb.mx[t], mb.l1p[t], inv_temp, wt.w[t],
+                                                     yref, dm, em, u, sum);
     }
 #pragma omp simd
     for (int j = 0; j < len; ++j) {
@@ -412,7 +449,7 @@ MixturePart mixture_chunk_f32(const Members<In>& mb, const float* w32, double in
     for (int t = 0; t < mb.n; ++t) {
       const float* dm = &sc.d[size_t(t) * kCols];
       const float* em = &sc.e[size_t(t) * kCols];
-      const float wm = w32[t];
+      const float wm = wt.w[t];
 #pragma omp simd
       for (int j = 0; j < len; ++j)
         add_phi_psi_f32(dm[j] - lnu[j], wm * em[j] * inv[j], wm, series32, cphi[j], cpsi[j]);
@@ -423,9 +460,9 @@ MixturePart mixture_chunk_f32(const Members<In>& mb, const float* w32, double in
       const double y = yref[j];
       const float yh = float(y), yl = float(y - double(yh));
       pbar[j] = exp_f32_core(std::max(yh, -87.0f)) * (1.0f + yl) * u[j];
-      nlow += y < -87.0 ? 1 : 0;
+      nlow += amax[j] > -kInf && (y < -87.0 || !(pbar[j] >= kFloatMin)) ? 1 : 0;
     }
-    if (nlow == 0) {
+    if (nlow == 0 && nbig == 0) {
 #pragma omp simd reduction(+ : MI, RMI)
       for (int j = 0; j < len; ++j) {
         const bool live = amax[j] > -kInf;  // else p̄_v = 0: nothing (xlogy)
@@ -434,21 +471,30 @@ MixturePart mixture_chunk_f32(const Members<In>& mb, const float* w32, double in
       }
       continue;
     }
-    int ntiny = 0;
-#pragma omp simd reduction(+ : MI, RMI, ntiny)
+    // p̄ in fp64; the columns fp32 could not hold (a δ beyond the float range, or p̄ < 2^-1022)
+    // computed alone, in column order after the block's sums
+    unsigned char alone[kCols];
+    for (int j = 0; j < len; ++j) alone[j] = 0;
+    for (int t = 0; nbig > 0 && t < mb.n; ++t)
+      for (int j = 0; j < len; ++j)
+        if (sc.d[size_t(t) * kCols + j] == -std::numeric_limits<float>::infinity() && load(mb.row[t], c0 + j) > -kInf)
+          alone[j] = 1;
+    int nalone = 0;
+#pragma omp simd reduction(+ : MI, RMI, nalone)
     for (int j = 0; j < len; ++j) {
       const bool live = amax[j] > -kInf;
       const double pb = exp_nonpos_f64(yref[j]) * double(u[j]);
-      const bool tiny = live && !(pb >= kTiny);
-      MI += live && !tiny ? pb * double(cphi[j]) : 0.0;
-      RMI += live ? (cpsi[j] == kInf ? kInf : (tiny ? 0.0 : pb * double(cpsi[j]))) : 0.0;
-      ntiny += tiny ? 1 : 0;
+      const bool sep = live && (alone[j] != 0 || !(pb >= kTiny));
+      alone[j] = sep ? 1 : 0;
+      MI += live && !sep ? pb * double(cphi[j]) : 0.0;
+      RMI += live && !sep ? (cpsi[j] == kInf ? kInf : pb * double(cpsi[j])) : 0.0;
+      nalone += sep ? 1 : 0;
     }
-    for (int j = 0; ntiny > 0 && j < len; ++j) {  // in column order, after the block's sums
-      if (!(amax[j] > -kInf) || exp_nonpos_f64(yref[j]) * double(u[j]) >= kTiny) continue;
-      const MixturePart t = tiny_column(mb, inv_temp, c0 + j, series);
+    for (int j = 0; nalone > 0 && j < len; ++j) {
+      if (!alone[j]) continue;
+      const MixturePart t = column_alone(mb, inv_temp, c0 + j, series);
       MI += t.MI;
-      RMI = cpsi[j] == kInf ? RMI : RMI + t.RMI;  // an infinite ψ is in RMI already
+      RMI += t.RMI;
     }
   }
   return MixturePart{MI, RMI};
@@ -509,7 +555,7 @@ void run(const EnsembleStatsArgs& a) {
       std::vector<double> buf(kBlock);
       std::vector<MemberAcc> acc(M);
       Members<In> mb(M);
-      std::vector<float> w32(M);
+      Weights32 wt(M);
       Scratch sc(M);
       Scratch32 sc32(M);
 #pragma omp for schedule(static)
@@ -522,11 +568,10 @@ void run(const EnsembleStatsArgs& a) {
         }
         double AU = 0.0, MI = 0.0, RMI = 0.0;
         const bool valid = finish_pass1(a, p, pos, acc.data(), mb, &AU);
-        const bool f32 = valid && weights_f32(mb, w32);
+        const bool f32 = valid && weights_f32(mb, wt);
         for (int64_t c = 0; c < nch && valid; ++c) {
           const int64_t lo = c * kSplit;
-          const MixturePart part = f32 ? mixture_chunk_f32(mb, w32.data(), a.inv_temp, series32, series, lo, end(c),
-                                                           sc32)
+          const MixturePart part = f32 ? mixture_chunk_f32(mb, wt, a.inv_temp, series32, series, lo, end(c), sc32)
                                        : mixture_chunk(mb, a.inv_temp, series, lo, end(c), sc);
           MI += part.MI;
           RMI += part.RMI;
@@ -541,7 +586,7 @@ void run(const EnsembleStatsArgs& a) {
   std::vector<MemberAcc> parts1(size_t(P * M * nch));
   std::vector<MixturePart> parts2(size_t(P * nch));
   std::vector<Members<In>> mbs(static_cast<size_t>(P), Members<In>{M});
-  std::vector<std::vector<float>> w32s(static_cast<size_t>(P), std::vector<float>(M));
+  std::vector<Weights32> wts(static_cast<size_t>(P), Weights32{M});
   std::vector<double> AU(P);
   std::vector<char> valid(P), f32(P);
 #pragma omp parallel num_threads(nt)
@@ -560,14 +605,14 @@ void run(const EnsembleStatsArgs& a) {
       for (int64_t m = 0; m < M; ++m)
         for (int64_t c = 0; c < nch; ++c) merge_into(acc[m], parts1[(p * M + m) * nch + c], a.inv_temp);
       valid[p] = finish_pass1(a, p, position(p), acc.data(), mbs[p], &AU[p]);
-      f32[p] = valid[p] && weights_f32(mbs[p], w32s[p]);
+      f32[p] = valid[p] && weights_f32(mbs[p], wts[p]);
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < P * nch; ++i) {
       const int64_t p = i / nch, c = i % nch;
       if (!valid[p]) continue;
       const int64_t lo = c * kSplit;
-      parts2[i] = f32[p] ? mixture_chunk_f32(mbs[p], w32s[p].data(), a.inv_temp, series32, series, lo, end(c), sc32)
+      parts2[i] = f32[p] ? mixture_chunk_f32(mbs[p], wts[p], a.inv_temp, series32, series, lo, end(c), sc32)
                          : mixture_chunk(mbs[p], a.inv_temp, series, lo, end(c), sc);
     }
 #pragma omp for schedule(static)

@@ -202,9 +202,62 @@ def test_reference_member_with_a_small_weight():
         np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, err_msg=f)
 
 
-@pytest.mark.parametrize("span", [60.0, 80.0])
+def numpy_kl(logits, member_ll, temperature=1.0):
+    """MI = Σ_m w_m KL(P_m ‖ p̄) and RMI = Σ_m w_m KL(p̄ ‖ P_m) summed as KL divergences (numpy, finite
+    logits): no TU - AU cancellation, for ensembles whose MI is far below the total."""
+    x = np.asarray(logits, dtype=np.float64) / temperature
+    ll = np.asarray(member_ll, dtype=np.float64)
+    lw = (ll - np_logsumexp(ll, axis=0, keepdims=True))[..., None]
+    lp = np_log_softmax(x, axis=-1)
+    lpbar = np_logsumexp(lw + lp, axis=0)
+    w, p, pbar = np.exp(lw), np.exp(lp), np.exp(lpbar)
+    return dict(epistemic=(w * p * (lp - lpbar)).sum((0, -1)), rmi=(w * pbar * (lpbar - lp)).sum((0, -1)))
+
+
+def test_light_member_far_above_the_reference_keeps_its_digits():
+    # mode "ep": member 1 with weight e^-68 puts its mass where member 0 puts e^-66 (T = 1), so there
+    # δ = ln(P_1 / P_0) ~ 66 > 0 and e^δ carries it: δ rounded to one float would cost e^δ a
+    # relative 66 · 2^-24 (MI off by up to 3e-6); weights spanning more than e^4 keep δ in two floats
+    x = torch.tensor([[[0.0, -66.0]], [[-80.0, 0.0]]])
+    ll = torch.tensor([[0.0], [-68.0]])
+    for t in (0.97, 0.9825, 0.985, 1.0):
+        got = fuq.ensemble_stats(x, mode="ep", member_ll=ll, temperature=t)
+        want = numpy_kl(x.numpy(), ll.numpy(), t)
+        for f in ("epistemic", "rmi"):
+            np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=5e-7, err_msg=f"{f} at T={t}")
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_logits_masked_with_the_float_minimum(temperature):
+    # member 0 masks ten tokens with torch.finfo(float32).min (as Hugging Face does), member 1 does
+    # not: at T = 0.7 their log-probability difference lies beyond the float range, so those columns
+    # are computed alone in fp64 (RMI ~ 2.6e33, finite, not inf)
+    x = (torch.randn(2, 1, 1000, generator=torch.Generator().manual_seed(0)) * 3).float()
+    x[0, 0, :10] = torch.finfo(torch.float32).min
+    got = fuq.ensemble_stats(x, temperature=temperature)
+    want = numpy_stats(x.double().numpy(), temperature=temperature)
+    assert math.isfinite(got.rmi.item()) and got.rmi.item() > 1e33
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, err_msg=f)
+
+
+def test_mixture_below_the_smallest_normal_float_with_a_light_reference():
+    # column 1: member 1 (weight e^-69) gives P ~ e^-50 and is the column's reference (member 0 gives
+    # e^-3e38), so p̄ = P_ref u ~ e^-50 e^-69 falls below the smallest normal float although
+    # log P_ref > -87: p̄ is then taken in fp64, and member 0's ψ ~ 3e38 still counts (RMI ~ 6e-14;
+    # MI ~ 1e-50 is below the fp32 outputs' range)
+    x = torch.tensor([[[0.0, -3e38]], [[0.0, -50.0]]])
+    ll = torch.tensor([[0.0], [-69.0]])
+    got = fuq.ensemble_stats(x, mode="ep", member_ll=ll)
+    want = numpy_stats(x.double().numpy(), member_ll=ll.double().numpy())
+    assert want["rmi"][0] > 1e-14
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, atol=1e-44, err_msg=f)
+
+
+@pytest.mark.parametrize("span", [60.0, 90.0])
 def test_weights_spanning_beyond_the_fp32_pass(span):
-    # mode "ep" weights spanning e^60 (fp32 pass 2: e^δ up to w_max / w_min fits a float) and e^80
+    # mode "ep" weights spanning e^60 (fp32 pass 2: e^δ <= w_max / w_min fits a float) and e^90
     # (beyond e^69: the fp64 pass), with members that disagree strongly where the light one is sure
     x = make(M=3, lead=(4,), V=400, dtype=torch.float32, scale=6.0, seed=4)
     ll = torch.tensor([0.0, -span, -2.0]).view(3, 1).expand(3, 4)
@@ -212,6 +265,15 @@ def test_weights_spanning_beyond_the_fp32_pass(span):
     want = numpy_stats(x.double().numpy(), member_ll=ll.double().numpy())
     for f in FIELDS:
         np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, atol=1e-30, err_msg=f)
+    # the light member sure of a token the heavy one gives e^-(span - 1): δ = span - 1 there (e^89
+    # would overflow a float; MI and RMI come from that column alone)
+    x = torch.tensor([[[0.0, 1.0 - span]], [[1.0 - span, 0.0]]])
+    ll = torch.tensor([[0.0], [-span]])
+    got = fuq.ensemble_stats(x, mode="ep", member_ll=ll)
+    want = numpy_kl(x.numpy(), ll.numpy())
+    assert want["epistemic"][0] > 1e-38 if span > 69 else want["epistemic"][0] > 1e-25
+    for f in ("epistemic", "rmi"):
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, err_msg=f)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -178,7 +178,7 @@ inline float exp_f32_core(float x) {
 
 // e^d - 1 and e^d for d <= 88 in fp32 from one reduction d = n ln2 + t (exp_f32_core's polynomial,
 // whose t + t² P(t) is e^t - 1 itself): e^d - 1 keeps its relative digits for small |d| (n = 0), and
-// each is within about 2 ulp. d < -87 (2^n no longer normal) gives -1 and 0; -inf included.
+// each is within about 2 ulp. d <= -87 (2^n no longer normal) gives -1 and 0; -inf included.
 struct Expm1ExpF32 {
   float em1, e;
 };
