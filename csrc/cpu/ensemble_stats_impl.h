@@ -303,7 +303,7 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
 // a few ulp of the larger of |δ| and |r|, except that δ's rounding costs e^δ a relative |δ| 2^-24:
 // harmless for δ <= 0 (e^δ is then a small term), but δ reaches ln(w_ref / w_m) > 0 when the
 // weights differ, so where they span more than e^4 δ is kept in two floats (the low part corrects
-// e^δ and e^δ - 1 to first order). MI and RMI keep about 5e-7 relative accuracy (docs), against
+// e^δ and e^δ - 1 to first order). MI and RMI keep about 6e-7 relative accuracy (docs), against
 // 2^-53 in the fp64 pass; the outputs are fp32 anyway.
 //
 // What fp32 cannot hold goes to fp64. e^δ <= w_ref / w_m must fit a float: positions whose weights
