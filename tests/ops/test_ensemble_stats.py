@@ -178,9 +178,11 @@ def test_fp32_second_pass_keeps_the_epistemic_digits(dtype):
     x = base + 1e-3 * torch.randn(4, 3, 3000, generator=g, dtype=torch.float64)
     x = (x + torch.tensor([0.0, 37.0, -55.0, 120.0], dtype=torch.float64).view(4, 1, 1)).to(dtype)
     ll = torch.tensor([0.0, -0.4, -1.1, 0.3], dtype=torch.float64).view(4, 1).expand(4, 3)
-    for kwargs in ({}, {"mode": "ep", "member_ll": ll}):
+    spread = torch.tensor([0.0, -0.4, -5.1, 0.3], dtype=torch.float64).view(4, 1).expand(4, 3)  # δ in two floats
+    for w in (None, ll, spread):
+        kwargs = {} if w is None else {"mode": "ep", "member_ll": w}
         got = fuq.ensemble_stats(x, **kwargs)
-        want = numpy_stats(x.double().numpy(), member_ll=ll.numpy() if kwargs else None)
+        want = numpy_stats(x.double().numpy(), member_ll=None if w is None else w.numpy())
         assert bool((got.epistemic > 0).all())
         np.testing.assert_allclose(got.epistemic.numpy(), want["epistemic"], rtol=1e-5)
         np.testing.assert_allclose(got.rmi.numpy(), want["rmi"], rtol=1e-5)
