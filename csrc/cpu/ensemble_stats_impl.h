@@ -56,10 +56,8 @@ constexpr int kCols = 256;    // pass-2 block (columns of all members)
 // Fixed column chunk (a multiple of both blocks): results do not depend on the thread count or on
 // whether a position was split.
 constexpr int64_t kSplit = 16384;
-constexpr double kSmall = 0.25;
 constexpr double kTiny = 2.2250738585072014e-308;  // the smallest normal double
 constexpr float kFloatMin = 1.17549435e-38f;        // the smallest normal float
-constexpr int kSeries = 12;   // the series' degree: truncation < 1e-18 relative at |r| = 1/4
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -127,18 +125,25 @@ MemberAcc block_partial(const In* row, int64_t base, int len, double inv_temp, d
   return acc;
 }
 
-// Coefficients of ψ(r)/r² = Σ_k b_k r^k, b_k = 1/(k+2)!, k = 0..kSeries (Horner, one multiply-add
-// per term). φ follows from ψ: e^r = 1 + r + ψ(r) gives φ(r) = r² + ψ(r)(r - 1), i.e.
-// φ/r² = 1 + (ψ/r²)(r - 1), which lies in [0.37, 0.63] for |r| < 1/4 (no cancellation to speak of).
-struct Series {
-  double b[kSeries + 1];
-  Series() {
+// Coefficients of ψ(r)/r² = Σ_k b_k r^k, b_k = 1/(k+2)!, k = 0..Deg (Horner, one multiply-add per
+// term), used where |r| < small; clamp keeps r = -inf out of 0 * inf. φ follows from ψ:
+// e^r = 1 + r + ψ(r) gives φ(r) = r² + ψ(r)(r - 1), i.e. φ/r² = 1 + (ψ/r²)(r - 1), which lies in
+// [0.37, 0.63] for |r| < 1/4 and in [0.26, 1] for |r| < 1 (cancelling by a factor of ~4 at most).
+template <typename T, int Deg>
+struct PsiSeries {
+  T b[Deg + 1];
+  T small, clamp;
+  PsiSeries(T small_, T clamp_) : small(small_), clamp(clamp_) {
     double f = 2.0;  // (k+2)!
-    for (int k = 0; k <= kSeries; ++k) {
+    for (int k = 0; k <= Deg; ++k) {
       if (k > 0) f *= double(k + 2);
-      b[k] = 1.0 / f;
+      b[k] = T(1.0 / f);
     }
   }
+};
+// fp64: |r| < 1/4 to degree 12 (truncation < 1e-18 relative)
+struct Series : PsiSeries<double, 12> {
+  Series() : PsiSeries(0.25, -1e300) {}
 };
 
 struct MixturePart {
@@ -146,16 +151,17 @@ struct MixturePart {
 };
 
 // Adds w_m φ(r) and w_m ψ(r) of one member entry to cphi and cpsi, with q = w_m e^r = w_m P_mv / p̄_v.
-// Both sides of |r| < kSmall are computed and one is selected (the loops calling it vectorise). For
-// P_mv = 0 < p̄_v (r = -inf, q = 0): φ = w_m (r clamped, so that 0 * inf stays out), ψ = +inf.
-inline void add_phi_psi(double r, double q, double wm, const Series& series, double& cphi, double& cpsi) {
-  double spsi = series.b[kSeries];  // ψ/r², then φ/r², where |r| < kSmall
-  for (int k = kSeries - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
-  const double sphi = 1.0 + spsi * (r - 1.0);
-  const double wr2 = wm * r * r;
-  const bool small = std::fabs(r) < kSmall;
-  const double rc = std::max(r, -1e300);
-  cphi += small ? wr2 * sphi : wm + q * (rc - 1.0);
+// Both sides of |r| < series.small are computed and one is selected (the loops calling it
+// vectorise). For P_mv = 0 < p̄_v (r = -inf, q = 0): φ = w_m (r clamped), ψ = +inf.
+template <typename T, int Deg>
+inline void add_phi_psi(T r, T q, T wm, const PsiSeries<T, Deg>& series, T& cphi, T& cpsi) {
+  T spsi = series.b[Deg];  // ψ/r², then φ/r², where |r| < small
+  for (int k = Deg - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
+  const T sphi = T(1) + spsi * (r - T(1));
+  const T wr2 = wm * r * r;
+  const bool small = std::fabs(r) < series.small;
+  const T rc = std::max(r, series.clamp);
+  cphi += small ? wr2 * sphi : wm + q * (rc - T(1));
   cpsi += small ? wr2 * spsi : (q - wm) - wm * r;
 }
 
@@ -312,31 +318,10 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
 // (column_alone). P_ref,v = e^{y} is formed in fp32 from y in two parts; a block where some y < -87
 // or some p̄_v = P_ref,v u_v falls below the smallest normal float takes fp64 exponentials for p̄,
 // and its columns with p̄_v < 2^-1022 are computed alone, as in the fp64 pass.
-constexpr int kSeries32 = 9;  // truncation below 6e-9 relative at |r| = 1
-constexpr float kSmall32 = 1.0f;
-
-struct Series32 {
-  float b[kSeries32 + 1];  // 1/(k+2)!
-  Series32() {
-    double f = 2.0;
-    for (int k = 0; k <= kSeries32; ++k) {
-      if (k > 0) f *= double(k + 2);
-      b[k] = float(1.0 / f);
-    }
-  }
+// fp32: |r| < 1 to degree 9 (truncation below 6e-9 relative at |r| = 1)
+struct Series32 : PsiSeries<float, 9> {
+  Series32() : PsiSeries(1.0f, -3e38f) {}
 };
-
-// add_phi_psi in fp32, with the series to |r| < 1. For r = -inf: φ = w_m, ψ = +inf.
-inline void add_phi_psi_f32(float r, float q, float wm, const Series32& series, float& cphi, float& cpsi) {
-  float spsi = series.b[kSeries32];
-  for (int k = kSeries32 - 1; k >= 0; --k) spsi = spsi * r + series.b[k];
-  const float sphi = 1.0f + spsi * (r - 1.0f);
-  const float wr2 = wm * r * r;
-  const bool small = std::fabs(r) < kSmall32;
-  const float rc = std::max(r, -3e38f);
-  cphi += small ? wr2 * sphi : wm + q * (rc - 1.0f);
-  cpsi += small ? wr2 * spsi : (q - wm) - wm * r;
-}
 
 // A position's weights for the fp32 pass 2, and whether δ needs its low part (weights spanning more
 // than e^4: δ up to that span, whose rounding would cost e^δ a relative 4 · 2^-24).
@@ -452,7 +437,7 @@ MixturePart mixture_chunk_f32(const Members<In>& mb, const Weights32& wt, double
       const float wm = wt.w[t];
 #pragma omp simd
       for (int j = 0; j < len; ++j)
-        add_phi_psi_f32(dm[j] - lnu[j], wm * em[j] * inv[j], wm, series32, cphi[j], cpsi[j]);
+        add_phi_psi<float>(dm[j] - lnu[j], wm * em[j] * inv[j], wm, series32, cphi[j], cpsi[j]);
     }
     int nlow = 0;
 #pragma omp simd reduction(+ : nlow)

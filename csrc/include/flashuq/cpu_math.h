@@ -153,10 +153,14 @@ inline float log_f32(float x) {
 // (for loops whose arguments are known to be in range).
 inline float log_f32_normal(float x) { return log_f32_reduced(float_to_bits(x), 0.0f); }
 
-// e^x for -104 <= x <= 88, about 1-2 ulp, without branches or selects. Cody-Waite reduction
-// x = n ln2 + r, a degree-6 polynomial on |r| <= ln2/2, and 2^n applied as two factors so that
-// results fall gradually into the subnormal range instead of flushing.
-inline float exp_f32_core(float x) {
+// The core of exp_f32_core and expm1_exp_f32: Cody-Waite reduction x = n ln2 + r with
+// n = round(x / ln2) by the 1.5·2^23 rounding trick and ln 2 in two parts (n·0.693359375 is exact),
+// then e^r - 1 = r + r² P(r) with a degree-5 P on |r| <= ln2/2 (relative for small r).
+struct ExpF32Parts {
+  float pm1;  // e^r - 1
+  float n;    // an integer
+};
+inline ExpF32Parts exp_f32_parts(float x) {
   const float t = x * 1.44269504088896341f + 12582912.0f;  // round-to-nearest via 1.5 * 2^23
   const float n = t - 12582912.0f;
   float r = x - n * 0.693359375f;
@@ -167,8 +171,15 @@ inline float exp_f32_core(float x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t ni = int32_t(n);  // exact: n is an integer in [-150, 127]
+  return {p * (r * r) + r, n};
+}
+
+// e^x for -104 <= x <= 88, about 1-2 ulp, without branches or selects: exp_f32_parts, then 2^n
+// applied as two factors so that results fall gradually into the subnormal range instead of flushing.
+inline float exp_f32_core(float x) {
+  const ExpF32Parts e = exp_f32_parts(x);
+  const float p = e.pm1 + 1.0f;
+  const int32_t ni = int32_t(e.n);  // exact: n is an integer in [-150, 127]
   const int32_t n1 = ni >> 1;
   const int32_t n2 = ni - n1;
   const float s1 = bits_to_float(uint32_t(n1 + 127) << 23);
@@ -176,27 +187,16 @@ inline float exp_f32_core(float x) {
   return p * s1 * s2;
 }
 
-// e^d - 1 and e^d for d <= 88 in fp32 from one reduction d = n ln2 + t (exp_f32_core's polynomial,
-// whose t + t² P(t) is e^t - 1 itself): e^d - 1 keeps its relative digits for small |d| (n = 0), and
-// each is within about 2 ulp. d <= -87 (2^n no longer normal) gives -1 and 0; -inf included.
+// e^d - 1 and e^d for d <= 88 in fp32 from one exp_f32_parts (whose e^r - 1 is relative for small
+// r): e^d - 1 keeps its relative digits for small |d| (n = 0), and each is within about 2 ulp.
+// d <= -87 (2^n no longer normal) gives -1 and 0; -inf included.
 struct Expm1ExpF32 {
   float em1, e;
 };
 inline Expm1ExpF32 expm1_exp_f32(float d) {
-  const float dc = d > -87.0f ? d : -87.0f;
-  const float t = dc * 1.44269504088896341f + 12582912.0f;  // round-to-nearest via 1.5 * 2^23
-  const float n = t - 12582912.0f;
-  float r = dc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float pm1 = p * (r * r) + r;                               // e^r - 1
-  const float s = bits_to_float(uint32_t(int32_t(n) + 127) << 23);  // 2^n, n in [-126, 127]
-  return {s * pm1 + (s - 1.0f), d > -87.0f ? s * pm1 + s : 0.0f};
+  const ExpF32Parts x = exp_f32_parts(d > -87.0f ? d : -87.0f);
+  const float s = bits_to_float(uint32_t(int32_t(x.n) + 127) << 23);  // 2^n, n in [-126, 127]
+  return {s * x.pm1 + (s - 1.0f), d > -87.0f ? s * x.pm1 + s : 0.0f};
 }
 
 // e^x for finite x (the kernels call it with x <= 0), about 1-2 ulp, written without branches so
