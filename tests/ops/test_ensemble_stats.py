@@ -597,6 +597,14 @@ def test_expm1_exp_f32_error_bound():
     em1, e = torch.empty(3), torch.empty(3)
     _ext._C._expm1_exp_f32(low, em1, e)
     assert em1.tolist() == [-1.0] * 3 and e.tolist() == [0.0] * 3
+    with pytest.raises(TypeError):
+        _ext._C._expm1_exp_f32(torch.ones(4, dtype=torch.float64), torch.empty(4), torch.empty(4))  # not fp32
+    with pytest.raises(ValueError, match="^em1: expected 4"):
+        _ext._C._expm1_exp_f32(torch.ones(4), torch.empty(3), torch.empty(4))
+    with pytest.raises(ValueError, match="^e: expected 4"):
+        _ext._C._expm1_exp_f32(torch.ones(4), torch.empty(4), torch.empty(3))
+    with pytest.raises(ValueError, match="^x: expected a contiguous"):
+        _ext._C._expm1_exp_f32(torch.ones(8)[::2], torch.empty(4), torch.empty(4))
 
 
 def test_exp_f64_within_two_ulp():

@@ -344,6 +344,9 @@ def test_plain_cpu_calls_skip_the_dispatch_and_agree_with_the_op():
     lse = got.lse.clone()
     got.entropy.fill_(-1.0)
     assert torch.equal(got.lse, lse) and got.entropy.is_contiguous() and got.lse.shape == (5,)
+    from flashuq.ops import token_stats as ts_op
+    with pytest.raises(ValueError, match="pooled"):  # pooled outputs are the CPU path's only
+        ts_op.compute(x, t, 1.0, 0, backend="triton", pooled=True)
     seen = SeenOps()
     with seen:
         fuq.token_stats(x, t)
