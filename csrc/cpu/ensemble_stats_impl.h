@@ -58,6 +58,13 @@ constexpr int kCols = 256;    // pass-2 block (columns of all members)
 constexpr int64_t kSplit = 16384;
 constexpr double kTiny = 2.2250738585072014e-308;  // the smallest normal double
 constexpr float kFloatMin = 1.17549435e-38f;        // the smallest normal float
+// In the fp32 pass 2, a member's finite log-probability more than this below the reference's (logits
+// masked with the float minimum) can overflow the column's Σ_m w_m ψ(r_m) ~ Σ_m w_m |r_m| (the weights
+// rounded to fp32 may sum to more than 1): where that sum came out +inf, the column is computed alone.
+constexpr float kDeltaAlone = 0x1p127f;
+// A column where every member's log(w_m P_mv) lies below this minus log M has p̄_v < e^-750, whose
+// share of MI and RMI rounds to 0 (exp_f64 gives 0 below -745.2) unless some member gives P = 0.
+constexpr double kNegligibleLogP = -750.0;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -204,7 +211,7 @@ struct Scratch {
 // exp_f64's subnormal results. For the rare columns the block loops cannot hold: p̄_v below 2^-1022
 // while some member with weight has P_mv > 0 (every member's log-probability there below about
 // -708), whose share p̄_v Σ w ψ need not be negligible since ψ grows like |r|; and, in the fp32 pass,
-// a log-probability difference beyond the float range.
+// a log-probability difference beyond kDeltaAlone.
 template <typename In>
 MixturePart column_alone(const Members<In>& mb, double inv_temp, int64_t col, const Series& series) {
   auto logp = [&](int t) {
@@ -212,7 +219,15 @@ MixturePart column_alone(const Members<In>& mb, double inv_temp, int64_t col, co
     return z > -kInf ? (z - mb.mx[t]) * inv_temp - mb.l1p[t] : -kInf;
   };
   double am = -kInf, Ssh = 0.0;
-  for (int t = 0; t < mb.n; ++t) am = std::max(am, mb.lw[t] + logp(t));
+  bool zero = false;  // a member with weight gives the token P = 0
+  for (int t = 0; t < mb.n; ++t) {
+    const double l = logp(t);
+    am = std::max(am, mb.lw[t] + l);
+    zero = zero || !(l > -kInf);
+  }
+  // p̄_v <= M e^am below e^-750 (every member masked the token with a finite minimum, say): pb below
+  // rounds to 0, and so does its share, as computed below; ψ = +inf where a member gives P = 0
+  if (am + std::log(double(mb.n)) < kNegligibleLogP) return MixturePart{0.0, zero ? kInf : 0.0};
   for (int t = 0; t < mb.n; ++t) Ssh += exp_f64(mb.lw[t] + logp(t) - am);
   const double lpb = am + std::log(Ssh), pb = exp_f64(lpb);
   double cphi = 0.0, cpsi = 0.0;
@@ -348,7 +363,8 @@ bool weights_f32(const Members<In>& mb, Weights32& wt) {
 }
 
 // Pass 2's fp32 step over one member's entries of a block: δ (its low part if TwoPart), e^δ, and
-// u - 1 and u accumulated; the count of entries whose finite δ lies beyond the float range.
+// u - 1 and u accumulated; the count of entries with a finite log-probability whose δ lies below
+// -kDeltaAlone (-inf where beyond the float range).
 template <bool TwoPart, typename In>
 int member_deltas_f32(const In* row, int64_t c0, int len, double mxm, double l1, double inv_temp, float wm,
                       const double* yref, float* dm, float* em, float* um1, float* u) {
@@ -360,7 +376,7 @@ int member_deltas_f32(const In* row, int64_t c0, int len, double mxm, double l1,
     const float d = float(dd);
     Expm1ExpF32 x = expm1_exp_f32(d);
     if (TwoPart) {  // e^{d + lo} = e^d (1 + lo) to first order, |lo| <= 2^-24 |d|
-      const float lo = float(dd - double(d));
+      const float lo = d > -std::numeric_limits<float>::infinity() ? float(dd - double(d)) : 0.0f;  // not -inf - -inf
       x.em1 += x.e * lo;
       x.e += x.e * lo;
     }
@@ -368,7 +384,7 @@ int member_deltas_f32(const In* row, int64_t c0, int len, double mxm, double l1,
     em[j] = x.e;
     um1[j] += wm * x.em1;
     u[j] += wm * x.e;
-    nbig += d == -std::numeric_limits<float>::infinity() && y > -kInf ? 1 : 0;
+    nbig += d < -kDeltaAlone && y > -kInf ? 1 : 0;
   }
   return nbig;
 }
@@ -384,6 +400,7 @@ template <typename In>
 MixturePart mixture_chunk_f32(const Members<In>& mb, const Weights32& wt, double inv_temp, const Series32& series32,
                               const Series& series, int64_t lo, int64_t hi, Scratch32& sc) {
   double MI = 0.0, RMI = 0.0;
+  const double negligible = kNegligibleLogP - std::log(double(mb.n));  // column_alone's early exit
   // The running maximum and the reference's log P alternate between two buffers: a select stored in
   // place compiles to a masked store behind a branch per vector, which mispredicts.
   double amax2[2][kCols], yref2[2][kCols];
@@ -447,7 +464,10 @@ MixturePart mixture_chunk_f32(const Members<In>& mb, const Weights32& wt, double
       pbar[j] = exp_f32_core(std::max(yh, -87.0f)) * (1.0f + yl) * u[j];
       nlow += amax[j] > -kInf && (y < -87.0 || !(pbar[j] >= kFloatMin)) ? 1 : 0;
     }
-    if (nlow == 0 && nbig == 0) {
+    int nover = 0;  // columns whose Σ w ψ came out +inf (a member without mass, or an overflow)
+    if (nbig > 0)
+      for (int j = 0; j < len; ++j) nover += cpsi[j] == kInf ? 1 : 0;
+    if (nlow == 0 && nover == 0) {
 #pragma omp simd reduction(+ : MI, RMI)
       for (int j = 0; j < len; ++j) {
         const bool live = amax[j] > -kInf;  // else p̄_v = 0: nothing (xlogy)
@@ -456,13 +476,14 @@ MixturePart mixture_chunk_f32(const Members<In>& mb, const Weights32& wt, double
       }
       continue;
     }
-    // p̄ in fp64; the columns fp32 could not hold (a δ beyond the float range, or p̄ < 2^-1022)
+    // p̄ in fp64; the columns fp32 could not hold (a Σ w ψ overflowed by a δ below -kDeltaAlone, -inf
+    // included where δ lies beyond the float range, or p̄ < 2^-1022)
     // computed alone, in column order after the block's sums
-    unsigned char alone[kCols];
+    int64_t alone[kCols];  // 64-bit flags: the loop below mixes them with doubles (vectorises only then)
     for (int j = 0; j < len; ++j) alone[j] = 0;
-    for (int t = 0; nbig > 0 && t < mb.n; ++t)
+    for (int t = 0; nover > 0 && t < mb.n; ++t)
       for (int j = 0; j < len; ++j)
-        if (sc.d[size_t(t) * kCols + j] == -std::numeric_limits<float>::infinity() && load(mb.row[t], c0 + j) > -kInf)
+        if (sc.d[size_t(t) * kCols + j] < -kDeltaAlone && load(mb.row[t], c0 + j) > -kInf && cpsi[j] == kInf)
           alone[j] = 1;
     int nalone = 0;
 #pragma omp simd reduction(+ : MI, RMI, nalone)
@@ -477,6 +498,9 @@ MixturePart mixture_chunk_f32(const Members<In>& mb, const Weights32& wt, double
     }
     for (int j = 0; nalone > 0 && j < len; ++j) {
       if (!alone[j]) continue;
+      // column_alone's early exit, without its loads (p̄_v < e^-750 and every member gives the token
+      // mass, as Σ w ψ < inf shows: a share of 0)
+      if (amax[j] < negligible && cpsi[j] != kInf) continue;
       const MixturePart t = column_alone(mb, inv_temp, c0 + j, series);
       MI += t.MI;
       RMI += t.RMI;

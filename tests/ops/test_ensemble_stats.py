@@ -243,6 +243,51 @@ def test_logits_masked_with_the_float_minimum(temperature):
         np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, err_msg=f)
 
 
+def test_float_minimum_masks_of_the_heavy_members_keep_rmi_finite():
+    # the heavy members mask token 0 with the float minimum, the light one (weight ~e^-40) does not:
+    # their δ ~ -3.4e38 rounds to -FLT_MAX, not -inf, and Σ w |r| over the heavy members (weights
+    # summing to 1 + 3e-8 in fp32) would overflow a float, so the column is computed alone
+    # (RMI = EPKL ~ 2.03e20, finite; it came out +inf)
+    x = torch.zeros(5, 1, 2)
+    x[:4, 0, 0] = torch.finfo(torch.float32).min
+    ll = torch.tensor([0.0, 0.0, -0.25, -0.25, -40.0]).view(5, 1)
+    got = fuq.ensemble_stats(x, mode="ep", member_ll=ll)
+    want = numpy_stats(x.double().numpy(), member_ll=ll.double().numpy())
+    assert 2e20 < want["rmi"][0] < 2.1e20
+    for f in FIELDS:  # the other fields are ~1e-17 (the light member's share): fp32's absolute floor
+        np.testing.assert_allclose(getattr(got, f).numpy(), want[f], rtol=2e-6, atol=1e-18, err_msg=f)
+    assert_close(got, fuq.ensemble_stats(x.double(), mode="ep", member_ll=ll), rtol=2e-6, atol=1e-18)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_float_minimum_masks_shared_by_all_members(dtype):
+    # every member masks the same tokens with the float minimum (fp32's in an fp64 tensor): p̄ there
+    # is e^-3.4e38, whose share rounds to 0, so the result is that of the vocabulary without them
+    x = make(M=4, lead=(3,), V=300, dtype=dtype)
+    x[:, :, ::7] = torch.finfo(torch.float32 if dtype == torch.float64 else dtype).min
+    keep = torch.ones(300, dtype=torch.bool)
+    keep[::7] = False
+    for mode, ll in (("pe", None), ("ep", torch.tensor([0.0, -1.0, -6.0, -30.0]).view(4, 1).expand(4, 3))):
+        got = fuq.ensemble_stats(x, mode=mode, member_ll=ll)
+        assert all(bool(torch.isfinite(getattr(got, f)).all()) for f in FIELDS)
+        assert_close(got, fuq.ensemble_stats(x[..., keep].contiguous(), mode=mode, member_ll=ll), rtol=1e-6,
+                     atol=1e-12)
+        assert_close(got, reference(x.double(), mode=mode, member_ll=ll), rtol=2e-6, atol=1e-12)
+
+
+def test_token_impossible_under_one_member_with_weights_spanning_beyond_e4():
+    # weights spanning e^6 keep δ in two floats; a -inf logit in one member where the others give
+    # the token mass has δ = -inf (its low part is 0, not -inf - -inf): EPKL and RMI are +inf, the
+    # rest finite and as the reference's
+    x = make(M=3, lead=(4,), V=500, dtype=torch.float32, seed=7)
+    x[1, :, ::10] = -math.inf
+    ll = torch.tensor([0.0, -6.0, -2.0]).view(3, 1).expand(3, 4)
+    got = fuq.ensemble_stats(x, mode="ep", member_ll=ll)
+    want = reference(x.double(), mode="ep", member_ll=ll)
+    assert bool((got.rmi == math.inf).all()) and bool((got.epkl == math.inf).all())
+    assert_close(got, want, rtol=2e-6, atol=1e-12)
+
+
 def test_mixture_below_the_smallest_normal_float_with_a_light_reference():
     # column 1: member 1 (weight e^-69) gives P ~ e^-50 and is the column's reference (member 0 gives
     # e^-3e38), so p̄ = P_ref u ~ e^-50 e^-69 falls below the smallest normal float although

@@ -70,7 +70,10 @@ def ensemble_stats(logits, *, dim: int = 0, mode: str = "pe", member_ll=None,
     and ``ψ(r) = e^r - 1 - r >= 0`` (Taylor series near 0), then ``total = aleatoric +
     epistemic`` and ``epkl = epistemic + rmi``. Every term is non-negative, so nothing cancels:
     ``epistemic`` keeps its relative accuracy when the members nearly agree (where ``TU - AU``
-    would be a difference of two nearly equal numbers) and is never negative. The member
+    would be a difference of two nearly equal numbers) and is never negative. On the CPU, with
+    fp32/bf16/fp16 logits, it does so down to about 1e-10 nats: below, the members' normalisers,
+    summed in fp32, leave an absolute error of about 1e-14 (fp64 logits keep 1e-6 relative down
+    to 1e-22 nats). The member
     entropies use the shifted accumulator of docs/numerics.md#accumulator (``log1p(R) - T/(1 + R)``).
 
     Special values: ``-inf`` logits are masked vocabulary. Where a member gives a token
