@@ -678,6 +678,13 @@ struct GraphLanes {
     for (int c = 0; c < NC; ++c) ch[c].load(op, n, Wq + c * W, Cq + c * W, ld);
   }
 
+  // QLIteration::split_point's tolerance of a row from its two diagonal entries (symeig.h): e is
+  // negligible where e² <= tol².
+  static V split_tol(V da, V db) {
+    const V sd = vabs(da) + vabs(db), fl = splat(QLIteration<double>::kSplitFloor);
+    return std::numeric_limits<double>::epsilon() * sel(sd < fl, fl, sd);
+  }
+
   // Deflation of chunk h for one QL round, step_rootfree's per question (l, iter: its first
   // unconverged row and its sweeps there; bit w of live: question w is not done): while the
   // first negligible row mm from l (bits: neg's bits | row n - 1) is l, row l has converged
@@ -773,12 +780,21 @@ struct GraphLanes {
     }
   }
   // e[l] = s p, d[l] = sigma + g: each sweep closed at its first row
-  void close_sweeps(int h, const long long* lq, const long long* mq, V e_l, V d_l) {
+  void close_sweeps(int h, const long long* lq, const long long* mq, V e_l, V d_l, M& neg) {
     const __m512i lk = _mm512_load_si512(lq);
     const __mmask8 sweep = _mm512_cmpge_epi64_mask(_mm512_load_si512(mq), _mm512_setzero_si512());
     const __m512i i0 = _mm512_add_epi64(_mm512_slli_epi64(lk, 3), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
     _mm512_mask_i64scatter_pd(reinterpret_cast<double*>(ch[h].qe), sweep, i0, (__m512d)e_l, 8);
     _mm512_mask_i64scatter_pd(reinterpret_cast<double*>(ch[h].qd), sweep, i0, (__m512d)d_l, 8);
+    // retest row l (its e and d are new; d[l + 1] was written by the sweep)
+    const __m512d d1 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), sweep, _mm512_add_epi64(i0, _mm512_set1_epi64(8)),
+                                                reinterpret_cast<const double*>(ch[h].qd), 8);
+    const V tol = split_tol(d_l, (V)d1);
+    const __mmask8 t = sweep & _mm512_cmp_pd_mask((__m512d)e_l, (__m512d)(tol * tol), _CMP_LE_OQ);
+    const __m512i bit = _mm512_sllv_epi64(_mm512_set1_epi64(1), lk);
+    __m512i nb = _mm512_mask_andnot_epi64((__m512i)neg, sweep, bit, (__m512i)neg);
+    nb = _mm512_mask_or_epi64(nb, t, nb, bit);
+    neg = (M)nb;
   }
 #else
   void deflate(int h, M negh, long long* lq, long long* mq, long long* iq, unsigned& live, V& el, V& dl, V& dl1,
@@ -834,12 +850,20 @@ struct GraphLanes {
       }
     }
   }
-  void close_sweeps(int h, const long long* lq, const long long* mq, V e_l, V d_l) {
+  void close_sweeps(int h, const long long* lq, const long long* mq, V e_l, V d_l, M& neg) {
+    V d1 = zero();
+    M bit = (M)zero();
     for (int w = 0; w < W; ++w)
       if (mq[w] >= 0) {
-        ch[h].qe[lq[w]][w] = e_l[w];
-        ch[h].qd[lq[w]][w] = d_l[w];
+        const int j = int(lq[w]);
+        ch[h].qe[j][w] = e_l[w];
+        ch[h].qd[j][w] = d_l[w];
+        d1[w] = ch[h].qd[j + 1][w];
+        bit[w] = (long long)(1ull << j);
       }
+    // retest row l (its e and d are new; d[l + 1] was written by the sweep)
+    const V tol = split_tol(d_l, d1);
+    neg = (neg & ~bit) | ((e_l <= tol * tol) & bit);
   }
 #endif
 
@@ -848,7 +872,6 @@ struct GraphLanes {
   // the tests of step_rootfree) until it needs a sweep, then all the sweeps run in one pass
   // down the rows, each question active in its own range of rows.
   void ql() {
-    const double eps = std::numeric_limits<double>::epsilon();
     for (int c = 0; c < NC; ++c)
       for (int i = 0; i < n; ++i) {
         ch[c].qd[i] = ch[c].d[i];
@@ -867,24 +890,21 @@ struct GraphLanes {
     // g = d[m] and the rows l, m; a question without a sweep keeps placeholders (finite, and
     // never used: its rows are never active)
     V el[NC], dl[NC], dl1[NC], lv[NC], mv[NC];
-    for (;;) {
-      // step_rootfree's test of row j (e[j] negligible), for every row at or after the first
-      // unconverged one, as one bit per row and question: bit j of neg[h][w]. Row n - 1 is
-      // where the scalar scan stops. Deflation below changes no row it has yet to look at.
-      int lmin = n;
-      for (int k = 0; k < L; ++k)
-        if ((live[k / W] >> (k % W) & 1) && l[k] < lmin) lmin = int(l[k]);
-      M neg[NC];
-      for (int h = 0; h < NC; ++h) neg[h] = (M)zero();
-      const V veps = splat(eps);
-      for (int j = lmin; j < n - 1; ++j) {
-        M bit;
-        for (int w = 0; w < W; ++w) bit[w] = (long long)(1ull << j);
-        for (int h = 0; h < NC; ++h) {
-          const V tol = veps * (vabs(ch[h].qd[j]) + vabs(ch[h].qd[j + 1]));
-          neg[h] |= (ch[h].qe[j] <= tol * tol) & bit;
-        }
+    // step_rootfree's test of row j (e[j] negligible) as one bit per row and question: bit j of
+    // neg[h][w] (row n - 1, where the scalar scan stops, is added by deflate). Every row once;
+    // then each round's sweeps retest the rows they change as they write them, and the close
+    // each sweep's first row, so that the bits always describe the current rows.
+    M neg[NC];
+    for (int h = 0; h < NC; ++h) neg[h] = (M)zero();
+    for (int j = 0; j < n - 1; ++j) {
+      M bit;
+      for (int w = 0; w < W; ++w) bit[w] = (long long)(1ull << j);
+      for (int h = 0; h < NC; ++h) {
+        const V tol = split_tol(ch[h].qd[j], ch[h].qd[j + 1]);
+        neg[h] |= (ch[h].qe[j] <= tol * tol) & bit;
       }
+    }
+    for (;;) {
       int lo = n, hi = -1;
       for (int h = 0; h < NC; ++h) deflate(h, neg[h], l + h * W, m + h * W, iter + h * W, live[h], el[h], dl[h],
                                            dl1[h], g[h], lv[h], mv[h], lo, hi);
@@ -911,6 +931,8 @@ struct GraphLanes {
       // NC chunks, so that the instruction stream interleaves their independent chains (an
       // out-of-order window cannot overlap chains this long if they come one after another).
       V iv = splat(double(hi - 1));
+      M rbit;  // bit i + 1
+      for (int w = 0; w < W; ++w) rbit[w] = (long long)(1ull << hi);
       for (int i = hi - 1; i >= lo; --i, iv -= 1.0) {
         M act[NC], acte[NC];
         V bb[NC], alpha[NC], rr[NC], inv[NC], sr[NC], cn[NC], sn[NC], gn[NC], dn[NC], pn[NC];
@@ -939,9 +961,15 @@ struct GraphLanes {
           g[h] = sel(act[h], gn[h], g[h]);
           pp[h] = sel(act[h], pn[h], pp[h]);
         }
+        if (i + 1 < n - 1)  // retest row i + 1: e[i + 1], d[i + 1] written now, d[i + 2] before
+          FUQ_CHUNKS {
+            const V tol = split_tol(ch[h].qd[i + 1], ch[h].qd[i + 2]);
+            neg[h] = (neg[h] & ~rbit) | ((ch[h].qe[i + 1] <= tol * tol) & rbit);
+          }
+        rbit = (M)((unsigned long long __attribute__((vector_size(FUQ_VECTOR_BYTES))))rbit >> 1);
 #undef FUQ_CHUNKS
       }
-      for (int h = 0; h < NC; ++h) close_sweeps(h, l + h * W, m + h * W, s[h] * pp[h], sigma[h] + g[h]);
+      for (int h = 0; h < NC; ++h) close_sweeps(h, l + h * W, m + h * W, s[h] * pp[h], sigma[h] + g[h], neg[h]);
     }
   }
 };

@@ -88,6 +88,16 @@ inline bool any_negative(const V8& lo) {
   return r;
 }
 inline void mark_zero(I8& bad, const V8& x) { FUQ_PARTS bad.v[h] |= (IN)(x.v[h] == 0); }
+inline void mark_subnormal(I8& small, const V8& x) {  // 0 < x < DBL_MIN (NaN: no)
+  FUQ_PARTS small.v[h] |= (IN)(x.v[h] > 0) & (IN)(x.v[h] < std::numeric_limits<double>::min());
+}
+inline bool any_lane(const I8& m) {
+  long long b[8];
+  std::memcpy(b, &m, sizeof b);
+  long long any = 0;
+  for (int t = 0; t < 8; ++t) any |= b[t];
+  return any != 0;
+}
 inline I8 lanes8(bool on) {
   I8 r;
   FUQ_PARTS r.v[h] = on ? ~IN{} : IN{};
@@ -180,17 +190,19 @@ inline void store_transposed8(V8* r, double* out, int ld) {
 // than one running sum's, and the same order in every build. Rows go eight at a time (the last
 // eight rows last, some of them twice, to the same bits), so that their sums, reciprocals and
 // quotients are vector operations. Negative entries are rare: the passes keep a running minimum
-// and only a question with one counts them (into `negative`). A zero row sum gives NaN.
+// and only a question with one counts them (into `negative`). A zero row sum gives NaN; a
+// subnormal one (its reciprocal overflows, its quotients lose digits) sets `tiny` and returns
+// before counting anything: the caller then runs inv_entropy_question, which divides such rows.
 // 8 <= N <= kInvEntropyMaxN.
 template <typename S>
-double inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, int N, int64_t& negative) {
+double inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, int N, int64_t& negative, bool& tiny) {
   double xt[kInvEntropyMaxN * kInvEntropyMaxN], ux[kInvEntropyMaxN], p[kInvEntropyMaxN];
   const int nfull = N / 8 * 8;
   long long tl[8];  // the last block's lanes not in a full block
   for (int t = 0; t < 8; ++t) tl[t] = t >= 8 - (N - nfull) ? -1 : 0;
   I8 tail;
   std::memcpy(&tail, tl, sizeof tail);
-  I8 bad = lanes8(false);
+  I8 bad = lanes8(false), small = lanes8(false);
   V8 lo = zero8();  // running minimum of every entry read (a row read twice changes nothing)
   V8 acc[8], acc2[8], blk[8];
   for (int g = 0; g < N; g += 8) {
@@ -207,6 +219,7 @@ double inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, in
     }
     const V8 sk = sum8x8(acc);
     mark_zero(bad, sk);
+    mark_subnormal(small, sk);
     V8 one;
     for (auto& x : one.v) x = VN{} + 1.0;
     store8(ux + k0, one / sk);
@@ -235,18 +248,17 @@ double inv_entropy_single(const S* __restrict__ sx, const S* __restrict__ sy, in
     }
     const V8 ryv = sum8x8(acc);
     mark_zero(bad, ryv);
+    mark_subnormal(small, ryv);
     store8(p + i0, sum8x8(acc2) / ryv);
   }
+  tiny = any_lane(small);
+  if (tiny) return 0;
   for (int i = 0; i < N; ++i) p[i] = xlogx(p[i]);
   double inv = 0;
   for (int i = 0; i < N; ++i) inv -= p[i];
   if (any_negative(lo))
     for (int i = 0; i < N * N; ++i) negative += int64_t(sx[i] < 0) + int64_t(sy[i] < 0);
-  long long bb[8];
-  std::memcpy(bb, &bad, sizeof bb);
-  long long any = 0;
-  for (int t = 0; t < 8; ++t) any |= bb[t];
-  return any ? std::numeric_limits<double>::quiet_NaN() : inv;
+  return any_lane(bad) ? std::numeric_limits<double>::quiet_NaN() : inv;
 }
 
 template <typename S>
@@ -262,8 +274,12 @@ int64_t run(const InvEntropyArgs& a) {
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : negative)
   for (int64_t q = 0; q < a.Q; ++q) {
     if (!a.all && !a.keep && a.Mx == a.N && a.M == a.N && N >= 8) {  // one draw of Inv-Entropy alone
-      out[q] = S(inv_entropy_single(sx + q * N * N, sy + q * N * N, N, negative));
-      continue;
+      bool tiny = false;
+      const double v = inv_entropy_single(sx + q * N * N, sy + q * N * N, N, negative, tiny);
+      if (!tiny) {
+        out[q] = S(v);
+        continue;
+      }
     }
     double o5[5], mx[kInvEntropyMaxN], my[kInvEntropyMaxN];
     negative += inv_entropy_question<double>(sx + q * a.Mx * a.Mx, int(a.Mx), sy + q * a.M * a.M, int(a.M),

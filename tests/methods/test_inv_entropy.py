@@ -509,6 +509,31 @@ def test_cpu_single_draw_every_isa_and_bad_rows(N):
             sy[10, twice] = row
 
 
+@pytest.mark.parametrize("N", [5, 8, 13])
+def test_cpu_kernel_rows_with_subnormal_sums(N):
+    """A row whose similarities sum to a subnormal number (~1e-310) is still a valid row: its walk
+    is the row divided by its sum. 1 / sum overflows there, and the C++ kernel gave -inf (Inv-Entropy)
+    and inf (p_y) before dividing such rows; the batched torch path divides and is the reference."""
+    from flashuq.methods.inv_entropy import _compute
+    g = torch.Generator().manual_seed(N)
+    Q = 4
+    sx = torch.rand(Q, N, N, generator=g, dtype=torch.float64) * 0.9 + 0.1
+    sy = torch.rand(Q, N, N, generator=g, dtype=torch.float64) * 0.9 + 0.1
+    sx[1, 3] *= 1e-310
+    sy[2, N - 1] *= 1e-310
+    sx[3, 0] *= 1e-310
+    sy[3, 2] *= 1e-310
+    ref = _compute(sx, sy, None, N, "reference", backend="torch")
+    assert torch.isfinite(ref.inv_entropy).all()
+    for level in (0, 1, 2):
+        with limited_isa(level):
+            got = inv_entropy(sx, sy)  # one draw (the fast path from N = 8)
+            torch.testing.assert_close(got, ref.inv_entropy, rtol=1e-12, atol=1e-14)
+            m = _compute(sx, sy, None, N, "reference", backend="cpu")  # the general per-draw path, every measure
+            for f, x, y in zip(m._fields, m, ref):
+                torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14, msg=f)
+
+
 def test_cpu_binding_rejects_misuse():
     from flashuq import _ext
     sy = torch.rand(2, 6, 6, dtype=torch.float64)

@@ -174,6 +174,80 @@ def test_sym_eig_scale(scale):
     torch.testing.assert_close(vals / scale, v1, rtol=1e-12, atol=1e-12)
 
 
+def _permuted_blocks_of_ones(rng, sizes):
+    """A permuted block-diagonal matrix of ones: exact clusters of identical answers (rank = the
+    number of blocks). Its Householder reduction leaves a trailing block that shrinks by ~eps at
+    every step, down to columns whose 2 / (vᵀv) overflowed (all NaN before the rescaled reflector)
+    and a tridiagonal whose squared rows underflow (NaN in the root-free QL before the floor of
+    its negligibility test), docs/numerics.md#small-eigenproblems."""
+    A = scipy.linalg.block_diag(*[np.ones((b, b)) for b in sizes])
+    p = rng.permutation(len(A))
+    return A[p][:, p]
+
+
+@pytest.mark.parametrize("sizes", [(52, 7, 3, 1, 1, 1), (12, 5, 1, 1), (30, 20, 10, 4), (100, 20, 8)])
+def test_sym_eig_of_clusters_of_identical_answers(sizes):
+    rng = np.random.default_rng(len(sizes))
+    A = np.stack([_permuted_blocks_of_ones(rng, sizes) for _ in range(12)])
+    vals, vecs = fuq.sym_eig(t(A), eigenvectors=True)
+    vals_only, _ = fuq.sym_eig(t(A))
+    want = np.sort(np.concatenate([[float(b)] + [0.0] * (b - 1) for b in sizes]))
+    for q in range(len(A)):
+        check_eig(A[q], vals[q].numpy(), vecs[q].numpy())
+        assert np.abs(vals_only[q].numpy() - want).max() <= 1e-12 * max(sizes)
+    # EigV of the same graphs (the Laplacian path): one per cluster, as LM-Polygraph's numpy code gives
+    eigv = fuq.laplacian_spectrum(t(A), eccentricity=False).eigv
+    np.testing.assert_allclose(eigv.numpy(), [eigv_ref(a) for a in A], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(eigv.numpy(), float(len(sizes)), rtol=1e-9)
+
+
+def test_sym_eig_cluster_near_zero_beside_a_large_eigenvalue():
+    """ones(64) plus symmetric noise of 1e-13: 63 eigenvalues within ~1e-13 of 0 beside 64. With
+    eigenvectors, QL's relative test (e below eps |d|) asked for more than rounding allows and
+    gave up after 64 sweeps (all NaN); it now falls back to eps ‖T‖ there."""
+    rng = np.random.default_rng(3)
+    A = np.empty((6, 64, 64))
+    for q in range(6):
+        N = rng.uniform(0, 1e-13, (64, 64))
+        A[q] = np.ones((64, 64)) + (N + N.T) / 2
+    vals, vecs = fuq.sym_eig(t(A), eigenvectors=True)
+    vals_only, _ = fuq.sym_eig(t(A))
+    for q in range(6):
+        check_eig(A[q], vals[q].numpy(), vecs[q].numpy())
+        check_eig(A[q], vals_only[q].numpy(), None)
+
+
+def test_sym_eig_entries_near_the_largest_double():
+    """Finite entries up to DBL_MAX: (a + b)/2 and the row sums overflowed (NaN); the kernel now
+    retries on W·2^-128 (exact) and scales the eigenvalues back."""
+    W = np.array([[1.0, 0.5], [0.5, 1.0]])
+    for sc in (1e300, 1e307, 1e308, 1.7e308):
+        for K in (2, 5, 20):  # the scalar path and the lanes (which hand such a question to it)
+            A = np.tile(scipy.linalg.block_diag(W, np.eye(K - 2) * 0.25) * sc, (6, 1, 1))
+            vals, vecs = fuq.sym_eig(t(A), eigenvectors=True)
+            vals_only, _ = fuq.sym_eig(t(A))
+            want = np.sort(np.concatenate([[0.5 * sc, 1.5 * sc], np.full(K - 2, 0.25 * sc)]))
+            np.testing.assert_allclose(vals.numpy(), np.tile(want, (6, 1)), rtol=1e-14)
+            np.testing.assert_allclose(vals_only.numpy(), np.tile(want, (6, 1)), rtol=1e-14)
+            for q in range(6):
+                np.testing.assert_allclose(np.abs(vecs[q].numpy().T @ vecs[q].numpy()), np.eye(K), atol=1e-14)
+
+
+def test_laplacian_of_subnormal_degrees():
+    """The normalised Laplacian does not depend on W's scale; degrees below ~1e-154 overflowed
+    p_i p_j = 1/√(d_i d_j) (NaN), they now take (W_ij p_i) p_j."""
+    rng = np.random.default_rng(9)
+    for K in (3, 20, 70):
+        W = rand_graph(rng, 6, K)
+        ref = fuq.laplacian_spectrum(t(W), eccentricity=True)
+        for sc in (1e-300, 1e-310, 1e-318):
+            got = fuq.laplacian_spectrum(t(W * sc), eccentricity=True)
+            # subnormal weights keep fewer digits: the input itself differs from W by up to 2^-1074 / (W sc)
+            tol = 1e-12 if sc > 1e-308 else 1e-6 if sc > 1e-316 else 1e-3
+            for x, y in zip(got, ref):
+                np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=tol, atol=tol)
+
+
 def test_sym_eig_nonsymmetric_input_is_symmetrised():
     rng = np.random.default_rng(4)
     A = rng.standard_normal((12, 7, 7))
@@ -473,6 +547,25 @@ def test_heat_kernel_entropy_vs_reference(tt):
         assert (h.numpy() <= np.log(K) + 1e-9).all()
 
 
+@pytest.mark.parametrize("K", [2, 20, 64, 70])
+def test_heat_kernel_entropy_of_many_or_tiny_weights(K):
+    """Graphs the scalar path's eigenvector QL could not finish (NaN before): KLE's two clusters of
+    answers at t = 1 and identical answers (W = 2 everywhere) with up to 70 samples, and weights
+    of 1e-200 (the root-free QL's squares underflowed)."""
+    lab = np.arange(K) % 2
+    same = lab[:, None] == lab[None, :]
+    E, C = np.where(same, 0.9, 0.05), np.where(same, 0.05, 0.9)
+    W = np.stack([_kle_weights(t(E[None]), t(C[None]))[0].numpy(), np.full((K, K), 2.0), rand_graph(np.random.default_rng(K), 1, K)[0] * 1e-200])
+    for tt in (0.3, 1.0):
+        h = fuq.heat_kernel_entropy(t(W), t=tt).numpy()
+        assert np.isfinite(h).all(), (K, tt, h)
+        np.testing.assert_allclose(h[:2], [heat_entropy_ref(w, tt) for w in W[:2]], rtol=1e-9, atol=1e-11)
+        # weights of 1e-200: L is ~0, the heat kernel I, the entropy ln K (less the normaliser's 1e-12)
+        assert h[2] == pytest.approx(math.log(K), abs=1e-10)
+    kle = fuq.methods.kernel_language_entropy(t(E[None]), t(C[None]), t=1.0)
+    assert torch.isfinite(kle).all()
+
+
 def test_heat_kernel_entropy_masked_and_limits():
     rng = np.random.default_rng(14)
     Q, K = 20, 10
@@ -650,6 +743,8 @@ def _hard_questions(rng, K):
     qs.append(np.zeros((K, K)))                   # sym_eig of the zero matrix; no degree at all
     tri = np.diag(np.full(K, 2.0)) + np.diag(np.full(K - 1, -1.0), 1) + np.diag(np.full(K - 1, -1.0), -1)
     qs.append(tri)                                # already tridiagonal, signed entries
+    sizes = [K - K // 2 - 2, K // 2, 1, 1] if K >= 5 else [K]
+    qs.append(_permuted_blocks_of_ones(rng, [b for b in sizes if b > 0]))  # tiny columns and rows
     return np.stack(qs)
 
 

@@ -40,18 +40,19 @@ FUQ_HD S nli_weight(const S* E, const S* C, int ld, int i, int j) {
 template <class T>
 FUQ_HD T graph_nan() { return std::numeric_limits<T>::quiet_NaN(); }
 
-// w.a <- (W + Wᵀ)/2 (rows owned by member i % size); w.v[i] <- the row sums (degrees). With C,
+// w.a <- (W + Wᵀ)/2 (rows owned by member i % size), W times `pre` (1, or a power of two: exact);
+// w.v[i] <- the row sums (degrees). With C,
 // W holds E and the matrix is nli_weight's (symmetrised all the same, which keeps it: the bits
 // are those of passing that matrix as W). Returns whether every entry is finite (identical on
 // every member; ends synchronised).
 template <class T, class S, class Team>
-FUQ_HD bool load_symmetric(const Team& tm, const S* W, const S* C, int ld, int n, EigWork<T>& w) {
+FUQ_HD bool load_symmetric(const Team& tm, const S* W, const S* C, int ld, int n, EigWork<T>& w, T pre = T(1)) {
   const int r0 = tm.rank(), nt = tm.size();
   for (int i = r0; i < n; i += nt) {
     T deg = 0;
     for (int j = 0; j < n; ++j) {
-      const T wij = C ? T(nli_weight(W, C, ld, i, j)) : T(W[i * ld + j]);
-      const T wji = C ? wij : T(W[j * ld + i]);
+      const T wij = (C ? T(nli_weight(W, C, ld, i, j)) : T(W[i * ld + j])) * pre;
+      const T wji = C ? wij : T(W[j * ld + i]) * pre;
       const T x = (wij + wji) * T(0.5);
       w.a[i * n + j] = x;
       deg += x;
@@ -77,7 +78,7 @@ struct GraphTask {
   // state
   EigWork<T> w;
   QLIteration<T> ql;
-  T scale;
+  T scale, pre;
   int stage;
 
   // Load, reduce and start the first QL; false when the question is finished already.
@@ -88,7 +89,15 @@ struct GraphTask {
       fail(tm);
       return false;
     }
-    if (!load_symmetric(tm, W, C, K, n, w)) return fail(tm);
+    pre = T(1);
+    if (!load_symmetric(tm, W, C, K, n, w)) {
+      // sym_eig of finite entries near the largest double, where (a + b)/2 or a row sum overflowed:
+      // the same on W 2^-128 (exact), the eigenvalues scaled back at the end
+      if (op != kGraphEigvalues) return fail(tm);
+      pre = T(0x1p-128);
+      tm.sync();  // every member is done with w before it is written again
+      if (!load_symmetric(tm, W, C, K, n, w, pre)) return fail(tm);
+    }
     if (op == kGraphEigvalues) {
       scale = 0;  // work on a / max|a|, so that QL's squares cannot overflow whatever the input
       for (int i = 0; i < n * n; ++i) scale = std::fmax(scale, std::fabs(w.a[i]));
@@ -105,7 +114,13 @@ struct GraphTask {
       tm.sync();  // n square roots and divisions, not n²
       // W_ij (p_i p_j): bitwise symmetric, as W is (the CPU lanes reduce its lower triangle alone)
       for (int i = tm.rank(); i < n; i += tm.size())
-        for (int j = 0; j < n; ++j) w.a[i * n + j] = (i == j ? T(1) : T(0)) - w.a[i * n + j] * (w.p[i] * w.p[j]);
+        for (int j = 0; j < n; ++j) {
+          const T pp = w.p[i] * w.p[j];
+          // two degrees below ~1e-154 overflow p_i p_j: then (W_ij p_lo) p_hi, still symmetric
+          const T x = pp <= std::numeric_limits<T>::max() ? w.a[i * n + j] * pp
+                                                          : (w.a[i * n + j] * w.p[i < j ? i : j]) * w.p[i < j ? j : i];
+          w.a[i * n + j] = (i == j ? T(1) : T(0)) - x;
+        }
     } else {  // L = diag(row sums) - W
       for (int i = tm.rank(); i < n; i += tm.size())
         for (int j = 0; j < n; ++j) w.a[i * n + j] = (i == j ? w.v[i] : T(0)) - w.a[i * n + j];
@@ -122,7 +137,7 @@ struct GraphTask {
     const bool lead = tm.rank() == 0;
     if (op == kGraphEigvalues) {
       if (lead)
-        for (int i = 0; i < n; ++i) o0[i] = R(w.dl[i] * scale);
+        for (int i = 0; i < n; ++i) o0[i] = R(w.dl[i] * scale / pre);
       if (o1)
         for (int i = tm.rank(); i < n; i += tm.size())
           for (int j = 0; j < n; ++j) o1[i * K + j] = R(w.zt[j * n + i]);
@@ -257,6 +272,7 @@ FUQ_HD GraphTask<T, S, S> graph_task(int op, const S* W, const S* C, int64_t q, 
   g.threshold = threshold; g.t = t;
   g.w = w;
   g.scale = T(1);
+  g.pre = T(1);
   g.stage = 0;
   if (op == kGraphEigvalues) {
     g.o0 = o0 + q * K;

@@ -10,7 +10,8 @@
 //   b_i = d_i pY_i / pX_i                             P(y_i | x_i) by Bayes (0 where the joint is 0)
 //   inv = -Σ d ln d, ni = -Σ b ln b (0 ln 0 = 0), wd = mean |sort pX - sort pY|,
 //   max_py = max pY, max_b = max b
-// A zero row sum makes the draw NaN. Every field is averaged over the S draws.
+// A zero row sum makes the draw NaN; a subnormal one divides its row (1 / sum overflows). Every
+// field is averaged over the S draws.
 #pragma once
 
 #include <cmath>
@@ -84,7 +85,10 @@ FUQ_HD int64_t inv_entropy_question(const S* sx, int Mx, const S* sy, int M, con
       const T ry = row_sum(py, N, negative);
       bad = bad || ry == 0;
       const T uy = ry == 0 ? T(1) : T(1) / ry;
-      for (int k = 0; k < N; ++k) py[k] *= uy;
+      if (uy <= std::numeric_limits<T>::max())
+        for (int k = 0; k < N; ++k) py[k] *= uy;
+      else  // a subnormal row sum: 1 / ry overflowed
+        for (int k = 0; k < N; ++k) py[k] /= ry;
     }
     // Px is kept transposed (PxT[i][k] = Px[k][i]): every product below then reads two rows
     for (int i = 0; i < N; ++i) {  // row i of Px = column i of PxT
@@ -93,7 +97,10 @@ FUQ_HD int64_t inv_entropy_question(const S* sx, int Mx, const S* sy, int M, con
       const T rx = row_sum(a, N, negative);
       bad = bad || rx == 0;
       const T ux = rx == 0 ? T(1) : T(1) / rx;
-      for (int k = 0; k < N; ++k) PxT[k * N + i] = a[k] * ux;
+      if (ux <= std::numeric_limits<T>::max())
+        for (int k = 0; k < N; ++k) PxT[k * N + i] = a[k] * ux;
+      else
+        for (int k = 0; k < N; ++k) PxT[k * N + i] = a[k] / rx;
     }
     if (!all) {
       for (int i = 0; i < N; ++i) a[i] = dot(Py + i * N, PxT + i * N, 0, N);

@@ -64,18 +64,33 @@ FUQ_HD void tridiagonalize(const Team& tm, T* a, int n, T* d, T* e, T* beta, T* 
     T sigma = 0;  // |x|^2 below the first entry, x = a[k+1.., k]
     for (int i = k + 2; i < n; ++i) sigma += a[i * n + k] * a[i * n + k];
     const T x0 = a[(k + 1) * n + k];
-    T alpha = x0, b = 0;
+    T alpha = x0, b = 0, v1 = 0, vs = 1;  // v = vs (x - alpha e_1); vs = 1 but for a tiny column
     if (sigma > 0) {  // reflect x onto alpha e_1, alpha = -sign(x0) |x|; v = x - alpha e_1
       const T norm = std::sqrt(x0 * x0 + sigma);
       alpha = x0 > 0 ? -norm : norm;
       b = T(1) / (norm * norm + std::fabs(x0) * norm);  // 2 / (vᵀv), without cancellation
+      v1 = x0 - alpha;
+      if (!(b <= std::numeric_limits<T>::max())) {
+        // vᵀv underflowed (|x| below ~1e-154 in fp64: the trailing block of a matrix of low
+        // rank shrinks by ~eps at every step): the same reflector from x scaled by a power of
+        // two (exact), v kept at that scale (any multiple of v with b = 2 / (vᵀv) is H)
+        T amax = std::fabs(x0);
+        for (int i = k + 2; i < n; ++i) amax = std::fmax(amax, std::fabs(a[i * n + k]));
+        vs = std::ldexp(T(1), -std::ilogb(amax));
+        T ss = 0;
+        for (int i = k + 2; i < n; ++i) ss += (a[i * n + k] * vs) * (a[i * n + k] * vs);
+        const T xs = x0 * vs, ns = std::sqrt(xs * xs + ss), as = xs > 0 ? -ns : ns;
+        b = T(1) / (ns * ns + std::fabs(xs) * ns);
+        v1 = xs - as;
+        alpha = as / vs;
+      }
     }
     if (r0 == 0) {
       e[k] = alpha;
       beta[k] = b;
     }
     if (b == 0) continue;  // uniform across the team: every member computed the same sigma
-    for (int i = k + 1 + r0; i < n; i += nt) v[i] = i == k + 1 ? x0 - alpha : a[i * n + k];
+    for (int i = k + 1 + r0; i < n; i += nt) v[i] = i == k + 1 ? v1 : a[i * n + k] * vs;
     tm.sync();
     for (int i = k + 1 + r0; i < n; i += nt) p[i] = b * dot(a + i * n, v, k + 1, n);  // p = beta A v
     tm.sync();
@@ -144,17 +159,19 @@ FUQ_HD void accumulate_reflectors(const Team& tm, const T* a, const T* beta, int
 // d and e must be the calling member's private copies.
 template <class T>
 struct QLIteration {
+  static constexpr T kSplitFloor = T(0x1p-428);  // see split_point (the CPU lanes use it too)
   T *d, *e, *zt;
   int n, l, m, i, iter;
   T s, c, p, g;      // rotation state (with vectors); root-free: s, c, p and g = gamma
   T sigma;           // root-free: the shift
+  T atol;            // 0, or once an eigenvalue has taken 64 sweeps: eps ‖T‖ (see split_point)
   bool rotating;
-  bool ok;  // false if an eigenvalue did not converge in 64 sweeps (never seen on finite input)
+  bool ok;  // false if an eigenvalue did not converge in 64 more sweeps after that
 
   FUQ_HD void start(T* d_, T* e_, int n_, T* zt_) {
     d = d_; e = e_; zt = zt_; n = n_;
     l = 0; m = 0; i = 0; iter = 0;
-    s = c = p = g = sigma = T(0);
+    s = c = p = g = sigma = atol = T(0);
     rotating = false;
     ok = true;
     if (!zt)
@@ -170,15 +187,39 @@ struct QLIteration {
 
  private:
   // First negligible off-diagonal at or after l, so that (l..mm) is an unreduced block; `sq`:
-  // e holds squares.
+  // e holds squares. Negligible: below eps times its two diagonal entries, as LAPACK's dsterf,
+  // but never less than eps 2^-428 (T is double: the squares of smaller rows underflow, and the
+  // root-free rotation's 1 / (p + e²) overflowed; callers keep entries O(1), so such rows are
+  // far below rounding), or, once atol is set, below eps ‖T‖ (the accuracy a backward-stable
+  // solver promises). A NaN tol stays NaN: nothing is negligible there.
   FUQ_HD int split_point(bool sq) const {
     const T eps = std::numeric_limits<T>::epsilon();
     int mm = l;
     for (; mm < n - 1; ++mm) {
-      const T tol = eps * (std::fabs(d[mm]) + std::fabs(d[mm + 1]));
+      const T sd = std::fabs(d[mm]) + std::fabs(d[mm + 1]);
+      T tol = eps * (sd < kSplitFloor ? kSplitFloor : sd);
+      if (atol > tol) tol = atol;
       if (sq ? e[mm] <= tol * tol : std::fabs(e[mm]) <= tol) break;
     }
     return mm;
+  }
+
+  // After 64 sweeps at one l: the relative test can ask for more than rounding allows (an
+  // eigenvalue cluster near 0 beside large ones: e stalls near eps ‖T‖, above eps |d|). From
+  // then on rows below eps ‖T‖ count as negligible too (Gershgorin's bound on ‖T‖, from the
+  // current d and e: the same spectrum), and the count starts again; false if already so.
+  FUQ_HD bool loosen(bool sq) {
+    if (atol != 0) return false;
+    T nrm = 0;
+    for (int k = 0; k < n; ++k) {
+      const T lo = k > 0 ? (sq ? std::sqrt(e[k - 1]) : std::fabs(e[k - 1])) : T(0);
+      const T hi = k + 1 < n ? (sq ? std::sqrt(e[k]) : std::fabs(e[k])) : T(0);
+      nrm = std::fmax(nrm, std::fabs(d[k]) + lo + hi);
+    }
+    atol = std::numeric_limits<T>::epsilon() * nrm;
+    if (!(atol > 0)) return false;  // a zero or non-finite matrix gains nothing
+    iter = 0;
+    return true;
   }
 
   FUQ_HD void step_rootfree() {
@@ -204,8 +245,10 @@ struct QLIteration {
         return;
       }
       if (iter++ == 64) {
-        ok = false;
-        l = n;
+        if (!loosen(true)) {
+          ok = false;
+          l = n;
+        }
         return;
       }
       m = mm;
@@ -248,8 +291,10 @@ struct QLIteration {
         return;
       }
       if (iter++ == 64) {
-        ok = false;
-        l = n;
+        if (!loosen(false)) {
+          ok = false;
+          l = n;
+        }
         return;
       }
       m = mm;
