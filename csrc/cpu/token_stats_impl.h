@@ -278,13 +278,31 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   return a;
 }
 
+// A block's sd = Σ d over its finite columns, in fp64. The lanes' sum overflows where logits are
+// masked with the float minimum (two such columns at T = 1, one at T < 1: Hugging Face's masks),
+// although the block's share of self-certainty is finite; only a finite column enters sd, so a
+// non-finite sd in a row without NaN or +inf is always such an overflow.
+template <typename In, typename A>
+M block_sd_f64(const In* x, int len, M bm, M inv_temp) {
+  M sd = 0;
+  for (int i = 0; i < len; ++i) {
+    const M v = M(load<In, A>(x, i));
+    if (v > -std::numeric_limits<M>::infinity() && v < std::numeric_limits<M>::infinity())
+      sd += (v - bm) * inv_temp;
+  }
+  return sd;
+}
+
 template <typename In, typename A, bool Frac>
 Acc<M> chunk_partial(const In* row, int64_t lo, int64_t hi, A inv_temp, M inv_temp_m, TopK<A>* tk, int k) {
   A buf[kBlock];
   Acc<M> acc = acc_empty<M>();
   for (int64_t b = lo; b < hi; b += kBlock) {
     const int len = int(std::min<int64_t>(kBlock, hi - b));
-    acc = merge_acc(acc, widen(block_partial<In, A, Frac>(row, b, len, inv_temp, buf, tk, k)), inv_temp_m, Frac);
+    Acc<M> p = widen(block_partial<In, A, Frac>(row, b, len, inv_temp, buf, tk, k));
+    if (!(p.sd > -std::numeric_limits<M>::infinity()) && !p.bad && p.m > -std::numeric_limits<M>::infinity())
+      p.sd = block_sd_f64<In, A>(row + b, len, p.m, inv_temp_m);
+    acc = merge_acc(acc, p, inv_temp_m, Frac);
   }
   return acc;
 }

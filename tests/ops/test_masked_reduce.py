@@ -67,6 +67,25 @@ def test_weights(op):
     np.testing.assert_allclose(fuq.masked_reduce(packed, op=op, weights=wp, cu_seqlens=cu).numpy(), want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp64_weights_keep_their_range_with_lower_precision_values(dtype):
+    """fp64 weights beside fp32/bf16 values were rounded to fp32 first: 1e-50 became 0 (logsumexp
+    -inf, mean NaN) and 1e-44 lost digits. They are used in fp64; the result keeps the values'
+    accumulation dtype (fp32)."""
+    v = torch.tensor([[0.0, 1.0, 2.0, 5.0], [100.0, 100.0, 0.0, 3.0]]).to(dtype)
+    w = torch.tensor([[1e-50, 1e-50, 1e-50, 0.0], [1e-44, 3e-44, 1.0, 2.0]], dtype=torch.float64)
+    rows, wrows = [r.double().numpy() for r in v], [r.numpy() for r in w]
+    for op in ("sum", "mean", "logsumexp"):
+        got = fuq.masked_reduce(v, op=op, weights=w)
+        assert got.dtype == torch.float32
+        # the fp64 result rounded to fp32 once (a sum of 3e-50 is 0 there)
+        np.testing.assert_allclose(got.numpy(), numpy_reduce(rows, op, wrows).astype(np.float32), rtol=1e-6, atol=0)
+        mask = torch.tensor([[True, True, False, True], [True, False, True, True]])
+        want = numpy_reduce([r[m.numpy()] for r, m in zip(rows, mask)], op, [r[m.numpy()] for r, m in zip(wrows, mask)])
+        np.testing.assert_allclose(fuq.masked_reduce(v, mask, op=op, weights=w).numpy(), want.astype(np.float32),
+                                   rtol=1e-6, atol=0)
+
+
 def test_nan_and_infinities():
     v = torch.tensor([[1.0, float("nan"), 2.0], [float("-inf"), float("-inf"), 0.0], [3.0, float("inf"), 1.0]])
     m = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]])

@@ -255,6 +255,26 @@ def test_row_result_does_not_depend_on_batch_or_threads():
         assert torch.equal(a[0], b[5]) or (torch.isnan(a[0]).all() and torch.isnan(b[5]).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_self_certainty_with_float_minimum_masks(dtype):
+    """Hugging Face masks logits with the dtype's minimum. Self-certainty, the mean of d = (z - max)/T
+    over the finite entries, is then finite but huge; the fp32 lanes' block sum of d overflowed to
+    -inf (two such entries at T = 1) and gave +inf. Such a block's sum is redone in fp64."""
+    x = torch.randn(5, 3000, generator=torch.Generator().manual_seed(4))
+    lo = torch.finfo(dtype).min
+    x[0, :2] = lo                # two in the first block
+    x[1, 1500:1700] = lo         # a run inside the second block
+    x[2, ::7] = lo               # every block
+    x[3, 5] = -math.inf          # a true -inf is not a finite entry: it stays out of the mean
+    x[3, 9] = lo
+    x = x.to(dtype)
+    for tt in (1.0, 0.5):
+        ref = reference(x.double(), temperature=tt).self_certainty
+        assert torch.isfinite(ref).all()
+        got = fuq.token_stats(x, temperature=tt).self_certainty  # on each build: the module's ISA fixture
+        torch.testing.assert_close(got.double(), ref, rtol=2e-6, atol=1e-9)
+
+
 def test_deterministic():
     x = make_logits("masked", 8, 70000, dtype=torch.bfloat16)
     a, b = fuq.token_stats(x, topk=4, renyi=True), fuq.token_stats(x, topk=4, renyi=True)

@@ -31,6 +31,7 @@ def masked_reduce(values, mask=None, *, op: str = "mean", weights=None, cu_seqle
         op: ``"sum"`` (Σ w·v), ``"mean"`` (Σ w·v / Σ w), ``"max"``, ``"min"`` or ``"logsumexp"``
             (log Σ w·e^v).
         weights: optional non-negative weights with the layout of ``values`` (sum, mean, logsumexp).
+            fp64 weights are used in fp64 whatever the values' dtype (the result is rounded once).
         cu_seqlens: ``int32/int64 [B+1]`` offsets of packed sequences (then ``mask`` must be None).
 
     Returns:
@@ -38,6 +39,11 @@ def masked_reduce(values, mask=None, *, op: str = "mean", weights=None, cu_seqle
         gives NaN, except ``"sum"``, which gives 0; a NaN among the real tokens gives NaN.
     """
     values, mask, weights, cu, opi = _validate(values, mask, op, weights, cu_seqlens)
+    out_dtype = acc_dtype(values.dtype)
+    if weights is not None and weights.dtype == torch.float64 and out_dtype != torch.float64:
+        # fp64 weights keep their range and digits (1e-50 is 0 in fp32, 1e40 is inf): the reduction
+        # runs in fp64 and only its result is rounded to the values' accumulation dtype
+        return torch.ops.flashuq.masked_reduce(values.double(), mask, weights, cu, opi).to(out_dtype)
     return torch.ops.flashuq.masked_reduce(values, mask, weights, cu, opi)
 
 
