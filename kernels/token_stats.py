@@ -19,6 +19,11 @@ from triton.language.extra import libdevice
 WS_FIELDS = 16
 _WS_FIELDS = tl.constexpr(WS_FIELDS)
 _BIG = tl.constexpr(2**62)  # index sentinel: worse than any real column on ties
+# sd (Σ d over the finite entries, for self-certainty) is carried times 2^-32: a logit masked with
+# the float minimum has d ~ -3.4e38, and two of them overflowed the fp32 sum (+inf self-certainty
+# where the value is ~1e37). A power of two changes no rounding, so other rows keep their bits.
+_SD_SCALE = tl.constexpr(2.0**-32)
+_SD_UNSCALE = tl.constexpr(2.0**32)
 
 
 # The once-per-row functions. On a GPU (PRECISE) they come from libdevice; the interpreter has no
@@ -133,7 +138,7 @@ def _merge(am, am2, aidx, aR, aT, aQ2, aQh, aQq, asd, anf, an, amean, aM2, aM3, 
     if FRAC:
         Qh = XQh + tl.where(y_has, tl.exp(delta * 0.5) * (1.0 + YQh), 0.0)
         Qq = XQq + tl.where(y_has, tl.exp(delta * 0.25) * (1.0 + YQq), 0.0)
-    sd = Xsd + Ysd + Ynf * delta
+    sd = Xsd + Ysd + Ynf * (delta * _SD_SCALE)
     nf = Xnf + Ynf
     m2 = tl.maximum(Xm2, Ym)
     n, mean, M2, M3, M4 = _moments_merge(Xn, Xmean, XM2, XM3, XM4, Yn, Ymean * c, YM2 * c2, YM3 * c2 * c,
@@ -206,7 +211,7 @@ def _block_partial(row_ptr, cols0, hi, scale, BLOCK: tl.constexpr, ACC: tl.const
     if FRAC:
         Qq = tl.sum(tl.where(is_max, 0.0, e4))
         Qh = tl.sum(tl.where(is_max, 0.0, eh))
-    sd = tl.sum(d)
+    sd = tl.sum(tl.where(fin, (x - bm) * (scale * _SD_SCALE), 0.0))  # d itself overflows at T < 1
     nf = tl.sum(fin.to(ACC))
     m2 = tl.max(tl.where(is_max, float("-inf"), x))
     n = tl.minimum(hi - cols0, BLOCK).to(ACC)  # columns of this block inside [lo, hi)
@@ -264,7 +269,7 @@ def _finalize(row, row_ptr, m, m2, idx, R, T, Q2, Qh, Qq, sd, nf, n, M2, M4, bad
     tl.store(kurt_ptr + row, tl.where(valid, n * M4 / (M2 * M2) - 3.0, nan))
     nfs = tl.where(nf > 0, nf, 1.0)
     # KL(U || p) over finite entries as log(S / nf) - sd / nf: terms of the row's scale, not log V
-    tl.store(sc_ptr + row, tl.where(valid, _log(S / nfs, PRECISE) - sd / nfs, nan))
+    tl.store(sc_ptr + row, tl.where(valid, _log(S / nfs, PRECISE) - (sd / nfs) * _SD_UNSCALE, nan))
     tl.store(argmax_ptr + row, tl.where(valid, idx, -1))
     if FRAC:
         # q = softmax(z / 2T) against uniform over all n = V columns (accumulator.h, docs/numerics.md#closed-forms)

@@ -14,7 +14,7 @@ emitted token's logit are not computed here (the Python side falls back / gather
 import triton
 import triton.language as tl
 
-from .token_stats import _BIG, _WS_FIELDS, _merge
+from .token_stats import _BIG, _SD_SCALE, _WS_FIELDS, _merge
 
 
 @triton.jit
@@ -45,7 +45,8 @@ def _tile_partial(x, cols, inb, scale, ACC: tl.constexpr, FRAC: tl.constexpr):
     if not FRAC:
         Qh = Qh * 0.0
         Qq = Qq * 0.0
-    sd = tl.sum(d, axis=1)
+    # carried times 2^-32, as in token_stats (float-minimum masks; d itself overflows at T < 1)
+    sd = tl.sum(tl.where(fin, (x - bm[:, None]) * (scale * _SD_SCALE), 0.0), axis=1)
     nf = tl.sum(fin.to(ACC), axis=1)
     m2 = tl.max(tl.where(is_max, float("-inf"), x), axis=1)
     n = tl.sum(inb.to(ACC), axis=1)

@@ -44,6 +44,26 @@ def test_matches_reference_split_and_rows(kind, dtype):
     assert_bitwise_equal(rows, split)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_self_certainty_with_float_minimum_masks(dtype):
+    """Logits masked with the dtype's minimum (Hugging Face): d ~ -3.4e38 each, and two of them
+    overflowed the fp32 sum of d (+inf self-certainty where the value is ~1e35-1e37). The kernel
+    carries that sum times 2^-32."""
+    V = 2 * SMALL["chunk"] + 5
+    x = torch.randn(4, V, generator=torch.Generator().manual_seed(3))
+    lo = torch.finfo(dtype).min
+    x[0, :2] = lo
+    x[1, 1500:1700] = lo
+    x[2, ::7] = lo
+    x[3, 9] = lo
+    x = x.to(dtype)
+    for tt in (1.0, 0.5):
+        ref = reference(x.double(), temperature=tt).self_certainty
+        for split in (False, True):
+            got = run(x, temperature=tt, split=split, **SMALL).self_certainty
+            torch.testing.assert_close(got.double().cpu(), ref, rtol=2e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("kind", ROW_KINDS)
 def test_renyi_fields_split_and_rows(kind, dtype):
