@@ -525,6 +525,9 @@ def test_cpu_kernel_rows_with_subnormal_sums(N):
     sy[3, 2] *= 1e-310
     ref = _compute(sx, sy, None, N, "reference", backend="torch")
     assert torch.isfinite(ref.inv_entropy).all()
+    # and the numpy transcription of the repository's code, which divides each row by its sum
+    want = [ref_one(sx[q].numpy(), sy[q].numpy())["inv_entropy"] for q in range(Q)]
+    np.testing.assert_allclose(ref.inv_entropy.numpy(), want, rtol=1e-12, atol=1e-14)
     for level in (0, 1, 2):
         with limited_isa(level):
             got = inv_entropy(sx, sy)  # one draw (the fast path from N = 8)

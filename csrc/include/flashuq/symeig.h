@@ -51,6 +51,15 @@ FUQ_HD T dot(const T* __restrict__ x, const T* __restrict__ y, int lo, int hi) {
   return (s0 + s1) + (s2 + s3);
 }
 
+// The Householder reflector of x = (x0, x1, ...) with sigma = Σ_{i>0} x_i² > 0: alpha = -sign(x0) |x|
+// and b = 2 / (vᵀv) for v = x - alpha e_1, written without cancellation.
+template <class T>
+FUQ_HD void householder_of(T x0, T sigma, T& alpha, T& b) {
+  const T norm = std::sqrt(x0 * x0 + sigma);
+  alpha = x0 > 0 ? -norm : norm;
+  b = T(1) / (norm * norm + std::fabs(x0) * norm);
+}
+
 // Reduce the symmetric n x n matrix `a` (both triangles stored) to tridiagonal form
 // T = Qᵀ a Q, Q = H_0 H_1 ... H_{n-3}, H_k = I - beta_k v_k v_kᵀ.
 // On return d[0..n) is T's diagonal and e[0..n-1) its sub-diagonal (e[k] = T[k+1][k]), e[n-1] = 0
@@ -65,10 +74,8 @@ FUQ_HD void tridiagonalize(const Team& tm, T* a, int n, T* d, T* e, T* beta, T* 
     for (int i = k + 2; i < n; ++i) sigma += a[i * n + k] * a[i * n + k];
     const T x0 = a[(k + 1) * n + k];
     T alpha = x0, b = 0, v1 = 0, vs = 1;  // v = vs (x - alpha e_1); vs = 1 but for a tiny column
-    if (sigma > 0) {  // reflect x onto alpha e_1, alpha = -sign(x0) |x|; v = x - alpha e_1
-      const T norm = std::sqrt(x0 * x0 + sigma);
-      alpha = x0 > 0 ? -norm : norm;
-      b = T(1) / (norm * norm + std::fabs(x0) * norm);  // 2 / (vᵀv), without cancellation
+    if (sigma > 0) {  // reflect x onto alpha e_1; v = x - alpha e_1
+      householder_of(x0, sigma, alpha, b);
       v1 = x0 - alpha;
       if (!(b <= std::numeric_limits<T>::max())) {
         // vᵀv underflowed (|x| below ~1e-154 in fp64: the trailing block of a matrix of low
@@ -79,8 +86,9 @@ FUQ_HD void tridiagonalize(const Team& tm, T* a, int n, T* d, T* e, T* beta, T* 
         vs = std::ldexp(T(1), -std::ilogb(amax));
         T ss = 0;
         for (int i = k + 2; i < n; ++i) ss += (a[i * n + k] * vs) * (a[i * n + k] * vs);
-        const T xs = x0 * vs, ns = std::sqrt(xs * xs + ss), as = xs > 0 ? -ns : ns;
-        b = T(1) / (ns * ns + std::fabs(xs) * ns);
+        const T xs = x0 * vs;
+        T as;
+        householder_of(xs, ss, as, b);
         v1 = xs - as;
         alpha = as / vs;
       }

@@ -39,11 +39,6 @@ def masked_reduce(values, mask=None, *, op: str = "mean", weights=None, cu_seqle
         gives NaN, except ``"sum"``, which gives 0; a NaN among the real tokens gives NaN.
     """
     values, mask, weights, cu, opi = _validate(values, mask, op, weights, cu_seqlens)
-    out_dtype = acc_dtype(values.dtype)
-    if weights is not None and weights.dtype == torch.float64 and out_dtype != torch.float64:
-        # fp64 weights keep their range and digits (1e-50 is 0 in fp32, 1e40 is inf): the reduction
-        # runs in fp64 and only its result is rounded to the values' accumulation dtype
-        return torch.ops.flashuq.masked_reduce(values.double(), mask, weights, cu, opi).to(out_dtype)
     return torch.ops.flashuq.masked_reduce(values, mask, weights, cu, opi)
 
 
@@ -112,19 +107,24 @@ def _masked_reduce_op(values: Tensor, mask: Optional[Tensor], weights: Optional[
     if B == 0:
         return out
     T = values.shape[-1] if cu_seqlens is None else 0
-    acc = out.dtype
+    # fp64 weights keep their range and digits beside fp32/bf16/fp16 values (1e-50 is 0 in fp32):
+    # the reduction then runs in fp64 and only its result is rounded to out's dtype
+    acc = torch.float64 if weights is not None and weights.dtype == torch.float64 else out.dtype
+    res = out if acc == out.dtype else torch.empty(out.shape, dtype=acc, device=out.device)
     # the CPU logsumexp without weights reads fp16 and bf16 as they are (no fp32 copy)
     keep16 = not values.is_cuda and op == OPS["logsumexp"] and weights is None
     v = values.detach().contiguous() if keep16 else values.detach().to(acc).contiguous()
     w = None if weights is None else weights.detach().to(acc).contiguous()
     m = None if mask is None else mask.contiguous()
     if values.is_cuda:
-        _launch_triton(v, m, w, cu_seqlens, out, B, T, op)
+        _launch_triton(v, m, w, cu_seqlens, res, B, T, op)
     else:
         _ext._C.masked_reduce(v.reshape(-1), None if m is None else m.reshape(-1),
                               None if w is None else w.reshape(-1),
-                              None if cu_seqlens is None else cu_seqlens.contiguous(), B, T, op, out.reshape(-1),
+                              None if cu_seqlens is None else cu_seqlens.contiguous(), B, T, op, res.reshape(-1),
                               torch.get_num_threads())
+    if res is not out:
+        out.copy_(res)
     return out
 
 
