@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "dispatch.h"
@@ -113,6 +114,14 @@ void similarity_run(const UqacSimilarityArgs& a) {
         for (int64_t d = 0; d < D; ++d) { const T v = T(Cvt::get(u[d])); s += v * v; }
         return s;
       };
+      auto cosine_f64 = [&](const S* x, const S* y) {
+        double dot = 0, nx = 0, ny = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const double u = Cvt::get(x[d]), v = Cvt::get(y[d]);
+          dot += u * v; nx += u * u; ny += v * v;
+        }
+        return uqac_cosine(dot, nx, ny);
+      };
       for (int64_t i = 0; i < A; ++i) na[size_t(i)] = sq(hb + (ans[i] + 1) * D);
       for (int64_t i = 0; i < nc; ++i) {
         const int64_t c = a.chain[b * a.C + i] + 1;
@@ -127,7 +136,11 @@ void similarity_run(const UqacSimilarityArgs& a) {
           const S* x = hb + (ans[k] + 1) * D;
           T dot = 0;
           for (int64_t d = 0; d < D; ++d) dot += T(Cvt::get(x[d])) * T(Cvt::get(y[d]));
-          total += uqac_cosine(dot, na[size_t(k)], ny);
+          T c = uqac_cosine(dot, na[size_t(k)], ny);
+          // fp32 sums overflow for norms above ~1.8e19: such a pair is summed again in fp64
+          if constexpr (!std::is_same_v<T, double>)
+            if (!(std::isfinite(dot) && std::isfinite(na[size_t(k)]) && std::isfinite(ny))) c = T(cosine_f64(x, y));
+          total += c;
         }
         sim[size_t(i)] = float(total / T(A));
       }

@@ -9,6 +9,7 @@
 
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "flashuq/uqac.h"
 #include "uqac.cuh"
@@ -207,7 +208,20 @@ __global__ void __launch_bounds__(kThreads) similarity_kernel(UqacSimilarityArgs
       }
       dot = warp_sum(dot);
       nx = warp_sum(nx);
-      total += uqac_cosine(dot, nx, ny);
+      T c = uqac_cosine(dot, nx, ny);
+      // fp32 sums overflow for norms above ~1.8e19: such a pair is summed again in fp64 (the
+      // sums are the warp's, so every lane takes the same branch)
+      if constexpr (!std::is_same_v<T, double>) {
+        if (!(isfinite(dot) && isfinite(nx) && isfinite(ny))) {
+          double dd = 0, dx = 0, dy = 0;
+          for (int64_t d = lane; d < D; d += 32) {
+            const double u = load_f(x + d), v = load_f(y + d);
+            dd += u * v; dx += u * u; dy += v * v;
+          }
+          c = T(uqac_cosine(warp_sum(dd), warp_sum(dx), warp_sum(dy)));
+        }
+      }
+      total += c;
     }
     if (lane == 0) sim[i] = float(total / T(A));
   }

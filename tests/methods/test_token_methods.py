@@ -177,6 +177,19 @@ def test_sentence_level_scores(left):
                 assert got[b].item() == pytest.approx(want, rel=1e-12), name
 
 
+@pytest.mark.parametrize("op", ["sum", "mean", "max", "min"])
+def test_segment_reduce_fp32_near_the_maximum(op):
+    # segments are reduced in fp64: a segment sum past the fp32 maximum (6e38) with a finite mean over
+    # the row's segments gives that mean, rounded once
+    v = torch.tensor([[3e38, 3e38, 1.0, -2e38], [3e38, 3e38, -3e38, -3e38]], dtype=torch.float32)
+    seg = torch.tensor([[0, 0, 1, 2], [0, 0, 1, 1]])
+    red = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}[op]
+    got = fuq.segment_reduce(v, seg, op=op)
+    assert got.dtype == torch.float32
+    want = [lbyl_numpy(v[b].double().numpy(), seg[b].numpy(), red) for b in range(2)]
+    np.testing.assert_array_equal(got.numpy(), np.float32(want))
+
+
 def test_segment_reduce_bad_input():
     with pytest.raises(ValueError, match="seg_ids"):
         fuq.segment_reduce(torch.ones(2, 3), torch.ones(2, 4, dtype=torch.long))

@@ -72,6 +72,24 @@ def test_max_then_mean_matches_alignscore():
     assert fuq.max_then_mean(S.float()).dtype == torch.float32
 
 
+def test_fp32_values_near_the_maximum():
+    # sums run in fp64: fp32 inputs near 3.4e38 whose results are finite stay finite, equal to the fp64
+    # value of the same inputs rounded once
+    v = torch.tensor([[3e38, 3e38, 1.0, -3e38], [3e38, -3e38, 3e38, 3e38]], dtype=torch.float32)
+    x = v.double().numpy()
+    windows = lambda r, w: convolve(r, np.ones(w), mode="valid").max() / w
+    above = lambda r, t: r[r >= t].mean()
+    for got, want in (
+            (fuq.max_window_mean(v, window=2), [windows(r, 2) for r in x]),
+            (fuq.max_window_mean(v, window=3), [windows(r, 3) for r in x]),
+            (fuq.thresholded_mean(v, threshold=0.5), [above(r, 0.5) for r in x]),
+            (fuq.thresholded_mean(v, threshold=-1e39), [r.mean() for r in x]),
+            (fuq.max_then_mean(v[:, None, :]), [r.mean() for r in x])):
+        assert got.dtype == torch.float32
+        assert np.isfinite(want).all()
+        np.testing.assert_array_equal(got.numpy(), np.float32(want))
+
+
 def test_empty_axes_give_nan():
     assert fuq.max_then_mean(torch.zeros(2, 0, 3)).isnan().all()
     assert fuq.max_window_mean(torch.zeros(3, 0)).isnan().all() and fuq.max_window_mean(torch.zeros(0, 4)).shape == (0,)

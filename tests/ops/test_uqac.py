@@ -340,6 +340,24 @@ def test_similarity_matches_reference(dtype):
         np.testing.assert_array_equal(got.numpy(), want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_similarity_huge_norms(dtype):
+    # norms above ~1.8e19 overflow fp32 squared norms and dots: those pairs are summed again in fp64
+    rng = np.random.default_rng(21)
+    for scale in (1e20, 1e30, 3e37):
+        R, D = 12, 9
+        h = torch.from_numpy(rng.standard_normal((R, D)) * scale).to(dtype)
+        h[3] = torch.from_numpy(rng.standard_normal(D)).to(dtype)  # one ordinary row beside them
+        ans = np.array([8, 9, 10], dtype=np.int64)
+        chain = np.concatenate([np.arange(-1, 8), ans]).astype(np.int64)
+        for k, thr in ((10, 0.0), (3, -0.3), (20, -0.9)):
+            got = fuq.uqac_similarity_filter(h, torch.from_numpy(chain), torch.from_numpy(ans), k=k, threshold=thr)
+            want = ref.uqac_similarity_filter_ref(h.double().numpy(), chain, ans, k=k, threshold=thr)
+            np.testing.assert_array_equal(got.numpy(), want)
+    h = torch.tensor([[1e20], [2e20], [3e20]], dtype=dtype)  # cos = 1: member -1 is kept
+    assert fuq.uqac_similarity_filter(h, torch.tensor([-1, 1]), torch.tensor([1])).tolist() == [-1]
+
+
 def test_similarity_details():
     # zero vectors (cosine 0 with torch's clamped norms), the threshold inclusive, ties -> the earlier member
     h = torch.zeros(6, 3, dtype=F64)

@@ -2,7 +2,8 @@
 padding-proof: ``max_then_mean`` (AlignScore: best-aligned chunk per claim sentence, then the mean),
 ``max_window_mean`` (ValUES patch level: the largest sum or mean over a sliding window) and
 ``thresholded_mean`` (ValUES threshold level: the mean or sum of the values at or above a threshold).
-Plain torch (CPU and CUDA): each is one masked pass over small inputs."""
+Plain torch (CPU and CUDA): each is one masked pass over small inputs. Sums run in fp64 and the result
+is rounded once to the values' dtype (fp32 or fp64), so values near the fp32 maximum cannot overflow them."""
 
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def max_then_mean(scores, chunk_mask=None, sentence_mask=None) -> Tensor:
     best = torch.where(cm[..., :, None], s, -torch.inf).amax(-2)          # [..., J]
     best = torch.where(cm.any(-1, keepdim=True), best, torch.nan)
     n = sm.sum(-1)
-    total = torch.where(sm, best, 0.0).sum(-1)
-    return torch.where(n > 0, total / n.clamp(min=1), torch.nan)
+    total = torch.where(sm, best, 0.0).sum(-1, dtype=torch.float64)  # fp64: fp32 sums overflow near 3.4e38
+    return torch.where(n > 0, total / n.clamp(min=1), torch.nan).to(s.dtype)
 
 
 def max_window_mean(values, mask=None, *, window: int = 10, mean: bool = True) -> Tensor:
@@ -87,14 +88,14 @@ def max_window_mean(values, mask=None, *, window: int = 10, mean: bool = True) -
     n = m2.sum(-1)
     width = max(T, w)
     packed = torch.nn.functional.pad(packed, (0, width - T))
-    sums = packed.unfold(-1, w, 1).sum(-1)                                # [R, width - w + 1]
+    sums = packed.unfold(-1, w, 1).sum(-1, dtype=torch.float64)           # [R, width - w + 1]; fp64, as above
     start = torch.arange(sums.shape[-1], device=v.device)
     ok = (start[None, :] <= (n - w).clamp(min=0)[:, None])
     best = torch.where(ok, sums, -torch.inf).amax(-1)
     if mean:
         best = best / w
     best = torch.where(n > 0, best, torch.nan)
-    return best.reshape(lead)
+    return best.to(v.dtype).reshape(lead)
 
 
 def thresholded_mean(values, mask=None, *, threshold: float, mean: bool = True) -> Tensor:
@@ -105,11 +106,11 @@ def thresholded_mean(values, mask=None, *, threshold: float, mean: bool = True) 
     tau = check_real(threshold, "threshold")
     v, m = _values_and_mask(values, mask)
     keep = m & (v >= tau)
-    total = torch.where(keep, v, 0.0).sum(-1)
+    total = torch.where(keep, v, 0.0).sum(-1, dtype=torch.float64)  # fp64, as above
     if not mean:
-        return total
+        return total.to(v.dtype)
     n = keep.sum(-1)
-    return torch.where(n > 0, total / n.clamp(min=1), total)
+    return torch.where(n > 0, total / n.clamp(min=1), total).to(v.dtype)
 
 
 __all__ = ["max_then_mean", "max_window_mean", "thresholded_mean"]

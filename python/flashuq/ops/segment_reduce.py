@@ -27,7 +27,7 @@ def segment_reduce(values, seg_ids, mask=None, *, op: str = "mean") -> Tensor:
         mask: ``[B, T]``, nonzero = real token (None: all real).
         op: reduction inside a segment, ``"max"``, ``"mean"``, ``"sum"`` or ``"min"``.
 
-    Returns ``[B]``; a row without real tokens gives NaN.
+    Returns ``[B]``, fp32 (fp64 for fp64 values), computed in fp64; a row without real tokens gives NaN.
     """
     values = as_tensor(values, "values")
     seg_ids = as_tensor(seg_ids, "seg_ids")
@@ -49,7 +49,10 @@ def segment_reduce(values, seg_ids, mask=None, *, op: str = "mean") -> Tensor:
             raise ValueError(f"mask must have the shape of values {tuple(values.shape)}, got {tuple(mask.shape)}")
         real = mask.to(values.device) != 0
     seg_ids = seg_ids.to(values.device)
-    v = values[real]
+    # segments reduced in fp64 (a segment's sum of fp32 values may pass the fp32 maximum while the mean
+    # over segments does not), the result rounded once
+    out_dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    v = values[real].to(torch.float64)
     row = torch.arange(B, device=values.device)[:, None].expand(B, T)[real]
     sid = seg_ids[real]
     new = torch.ones_like(row, dtype=torch.bool)
@@ -60,4 +63,4 @@ def segment_reduce(values, seg_ids, mask=None, *, op: str = "mean") -> Tensor:
     per_segment = masked_reduce(v, op=op, cu_seqlens=cu_seg)
     per_row = torch.bincount(row[starts], minlength=B)
     cu_row = torch.cat([torch.zeros(1, dtype=torch.int64, device=values.device), torch.cumsum(per_row, 0)])
-    return masked_reduce(per_segment, op="mean", cu_seqlens=cu_row)
+    return masked_reduce(per_segment, op="mean", cu_seqlens=cu_row).to(out_dtype)
