@@ -17,7 +17,8 @@ compilers and build backend. Ops are raw binding calls on bench/graph.py's input
 samples, float64): eigv, eccentricity (with the per-sample norms), kernel_language_entropy,
 eigenvalues (``sym_eig`` without vectors) and inv_entropy (one draw); ensemble_stats runs on
 bench/token_stats.py's ensemble shape instead (4 members × 64 positions × 128,256 fp32 logits; its
-builds may differ by rounding, so compare it with ``--rtol``). Both builds need the same binding
+builds may differ by rounding, so compare it with ``--rtol``), and token_stats on its target shape
+(256 × 128,256 logits: fp32, bf16, and fp32 with the top 5; every field). Both builds need the same binding
 signatures.
 
 Exits 1 when a pair of results differs by more than ``--rtol``/``--atol`` (0 and 0 by default:
@@ -52,7 +53,9 @@ from token_stats import machine_info  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "flashuq", "ab")
-OPS = ("eigv", "eccentricity", "kernel_language_entropy", "eigenvalues", "inv_entropy", "ensemble_stats")
+OPS = ("eigv", "eccentricity", "kernel_language_entropy", "eigenvalues", "inv_entropy", "ensemble_stats",
+       "token_stats", "token_stats_bf16", "token_stats_top5")
+TOKEN_STATS_SHAPE = (256, 128256)  # bench/token_stats.py's target shape
 OP_EIG, OP_LAPLACIAN, OP_NLI_HEAT = 0, 1, 3  # flashuq.ops.graph's op codes
 
 
@@ -151,7 +154,22 @@ def calls(C, d: dict, threads: int) -> dict:
         lw = torch.full((M,), -float(np.log(M)), dtype=torch.float64)
         o = [torch.full((P,), float("nan")) for _ in range(5)]
         out["ensemble_stats"] = (lambda o=o: C.ensemble_stats(x, P, M, V, P, 0, V, P * V, lw, 0, 1.0, *o, threads), o)
+    for op, x, k in d.get("ts", ()):
+        from flashuq.ops.token_stats import _DTYPE_CODE, _alloc  # the output layout of the op
+        o = list(_alloc(x, k, False))
+        ptr = [t.data_ptr() if t.numel() else 0 for t in o]
+        rows, V = x.shape
+        tok = d["ts_tokens"]
+        out[op] = (lambda o=o, x=x, k=k, ptr=ptr: C._token_stats_ptrs(
+            _DTYPE_CODE[x.dtype], x.data_ptr(), rows, V, 1, V, 0, tok.data_ptr(), 1.0, k, *ptr[:11], threads,
+            *ptr[11:]), o)
     return out
+
+
+def token_stats_logits(seed: int = 0) -> torch.Tensor:
+    """bench/token_stats.py's logits: N(0, 3²), [256, 128256] fp32."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*TOKEN_STATS_SHAPE, generator=g) * 3
 
 
 def ensemble_logits(seed: int = 0) -> torch.Tensor:
@@ -181,6 +199,11 @@ def run(C_a, C_b, ops, Q: int, K: int, threads: int, rounds: int, rtol: float, a
     d = make_data(Q, K, seed)
     if "ensemble_stats" in ops:
         d["ens"] = ensemble_logits(seed)
+    if any(op.startswith("token_stats") for op in ops):
+        x = token_stats_logits(seed)
+        d["ts_tokens"] = torch.randint(0, x.shape[1], (x.shape[0],), generator=torch.Generator().manual_seed(seed))
+        d["ts"] = [(op, xx, k) for op, xx, k in (("token_stats", x, 0), ("token_stats_bf16", x.bfloat16(), 0),
+                                                  ("token_stats_top5", x, 5)) if op in ops]
     ca, cb = calls(C_a, d, threads), calls(C_b, d, threads)
     results = []
     for op in ops:

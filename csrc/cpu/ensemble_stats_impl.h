@@ -248,6 +248,7 @@ MixturePart mixture_chunk(const Members<In>& mb, double inv_temp, const Series& 
   double amax[kCols], S[kCols], lpbar[kCols], pbar[kCols], invS[kCols], cphi[kCols], cpsi[kCols];
   for (int64_t c0 = lo; c0 < hi; c0 += kCols) {
     const int len = int(std::min<int64_t>(kCols, hi - c0));
+    for (int t = 0; t < mb.n; ++t) prefetch_elements(mb.row[t] + c0 + len, std::min<int64_t>(kCols, hi - c0 - len));
     // log P_mv, s_mv = w_m P_mv and p̄_v = Σ_m s_mv, without a shift: every exponent is <= 0 and a
     // term below 2^-1022 is 0, so p̄_v needs no exponential of its own; a column where that sum is
     // below 2^-1022 is left to column_alone. A column with p̄_v = 0 (amax = -inf: no member with
@@ -407,6 +408,7 @@ MixturePart mixture_chunk_f32(const Members<In>& mb, const Weights32& wt, double
   float u[kCols], sum[kCols], inv[kCols], lnu[kCols], cphi[kCols], cpsi[kCols], pbar[kCols];
   for (int64_t c0 = lo; c0 < hi; c0 += kCols) {
     const int len = int(std::min<int64_t>(kCols, hi - c0));
+    for (int t = 0; t < mb.n; ++t) prefetch_elements(mb.row[t] + c0 + len, std::min<int64_t>(kCols, hi - c0 - len));
     for (int j = 0; j < len; ++j) amax2[0][j] = -kInf;
     for (int j = 0; j < len; ++j) yref2[0][j] = 0.0;  // stays 0 where every member has -inf
     int cur = 0;

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include <omp.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -207,6 +207,34 @@ struct MomentPass {
 
 // The first index of v in buf[0..len) (which holds it): a vectorised test per run of kFind
 // columns, then a scalar search in the first run that holds it (on average half the block is scanned).
+// The x86 builds test one vector at a time and take the first set bit of the compare's mask: GCC's
+// code for the loop below reduces each run's flags across the lanes, which cost as much as a sixth
+// of the kernel (fp32 on Intel).
+#if defined(__AVX512F__)
+inline int first_index_of(const float* buf, int len, float v) {
+  const __m512 vv = _mm512_set1_ps(v);
+  int i = 0;
+  for (; i + 16 <= len; i += 16) {
+    const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(buf + i), vv, _CMP_EQ_OQ);
+    if (hit) return i + __builtin_ctz(unsigned(hit));
+  }
+  for (; i < len; ++i)
+    if (buf[i] == v) return i;
+  return 0;
+}
+#elif defined(__AVX2__)
+inline int first_index_of(const float* buf, int len, float v) {
+  const __m256 vv = _mm256_set1_ps(v);
+  int i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + i), vv, _CMP_EQ_OQ));
+    if (hit) return i + __builtin_ctz(unsigned(hit));
+  }
+  for (; i < len; ++i)
+    if (buf[i] == v) return i;
+  return 0;
+}
+#endif
 template <typename A>
 int first_index_of(const A* buf, int len, A v) {
   for (int s = 0; s < len; s += kFind) {
@@ -223,6 +251,54 @@ int first_index_of(const A* buf, int len, A v) {
   return 0;
 }
 
+// Offers buf[0..len) (columns base.., no NaN) to the top-k list in column order: once the list is
+// full, only a value above its last can enter (columns arrive in increasing order, so an equal value
+// never wins). Generic: runs of kTopkRun columns, a run skipped when its vectorised max cannot enter.
+template <typename A>
+void topk_scan(const A* buf, int len, int64_t base, TopK<A>* tk, int k) {
+  for (int s = 0; s < len; s += kTopkRun) {
+    const int e = std::min(len, s + kTopkRun);
+    if (tk->cnt == k) {
+      A rm = neg_inf<A>();
+#pragma omp simd reduction(max : rm)
+      for (int i = s; i < e; ++i) rm = buf[i] > rm ? buf[i] : rm;
+      if (!(rm > tk->v[k - 1])) continue;
+    }
+    for (int i = s; i < e; ++i) {
+      if (tk->cnt == k && !(buf[i] > tk->v[k - 1])) continue;
+      topk_insert(tk->v, tk->i, &tk->cnt, k, buf[i], base + i);
+    }
+  }
+}
+// The x86 builds compare a vector with the list's last value and offer only the lanes above it, in
+// order (a run's max costs a reduction across the lanes; the compare's mask costs none).
+#if defined(__AVX512F__) || defined(__AVX2__)
+inline void topk_scan(const float* buf, int len, int64_t base, TopK<float>* tk, int k) {
+  int i = 0;
+  for (; i < len && tk->cnt < k; ++i) topk_insert(tk->v, tk->i, &tk->cnt, k, buf[i], base + i);
+#if defined(__AVX512F__)
+  constexpr int kW = 16;
+  const auto above = [&](int at) {
+    return unsigned(_mm512_cmp_ps_mask(_mm512_loadu_ps(buf + at), _mm512_set1_ps(tk->v[k - 1]), _CMP_GT_OQ));
+  };
+#else
+  constexpr int kW = 8;
+  const auto above = [&](int at) {
+    return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + at), _mm256_set1_ps(tk->v[k - 1]),
+                                                     _CMP_GT_OQ)));
+  };
+#endif
+  for (; i + kW <= len; i += kW) {
+    for (unsigned hit = above(i); hit != 0; hit &= hit - 1) {
+      const int j = i + __builtin_ctz(hit);
+      if (buf[j] > tk->v[k - 1]) topk_insert(tk->v, tk->i, &tk->cnt, k, buf[j], base + j);
+    }
+  }
+  for (; i < len; ++i)
+    if (buf[i] > tk->v[k - 1]) topk_insert(tk->v, tk->i, &tk->cnt, k, buf[i], base + i);
+}
+#endif
+
 // Partial of columns [base, base + len) of one row; buf holds kBlock scratch values. Frac also
 // accumulates the tempered sums Qh, Qq: e^{d/4} is then the one exponential per column and e^{d/2},
 // e^d are its squares (a few ulp more error in e^d than a direct exp; no extra exp per column).
@@ -231,23 +307,7 @@ Acc<A> block_partial(const In* row, int64_t base, int len, A inv_temp, A* buf, T
   const A ninf = neg_inf<A>();
   int nbad = 0;
   const A bm = LoadPass<In, A>::run(row + base, len, buf, &nbad);
-  if (k > 0 && (tk->cnt < k || bm > tk->v[k - 1])) {
-    // Scan in short runs and skip a run whose max cannot enter the list: most runs are skipped
-    // with one vectorised max. Columns arrive in increasing order, so an equal value never wins.
-    for (int s = 0; s < len; s += kTopkRun) {
-      const int e = std::min(len, s + kTopkRun);
-      if (tk->cnt == k) {
-        A rm = ninf;
-#pragma omp simd reduction(max : rm)
-        for (int i = s; i < e; ++i) rm = buf[i] > rm ? buf[i] : rm;
-        if (!(rm > tk->v[k - 1])) continue;
-      }
-      for (int i = s; i < e; ++i) {
-        if (tk->cnt == k && !(buf[i] > tk->v[k - 1])) continue;
-        topk_insert(tk->v, tk->i, &tk->cnt, k, buf[i], base + i);
-      }
-    }
-  }
+  if (k > 0 && (tk->cnt < k || bm > tk->v[k - 1])) topk_scan(buf, len, base, tk, k);
   Acc<A> a = acc_empty<A>();
   a.bad = nbad > 0;
   a.n = A(len);
@@ -299,6 +359,7 @@ Acc<M> chunk_partial(const In* row, int64_t lo, int64_t hi, A inv_temp, M inv_te
   Acc<M> acc = acc_empty<M>();
   for (int64_t b = lo; b < hi; b += kBlock) {
     const int len = int(std::min<int64_t>(kBlock, hi - b));
+    prefetch_elements(row + b + len, std::min<int64_t>(kBlock, hi - b - len));
     Acc<M> p = widen(block_partial<In, A, Frac>(row, b, len, inv_temp, buf, tk, k));
     if (!(p.sd > -std::numeric_limits<M>::infinity()) && !p.bad && p.m > -std::numeric_limits<M>::infinity())
       p.sd = block_sd_f64<In, A>(row + b, len, p.m, inv_temp_m);
@@ -315,6 +376,7 @@ RowEntropySums row_entropy_sums_t(const In* row, int64_t V, float inv_temp, M in
   Acc<M> acc = acc_empty<M>();
   for (int64_t b = 0; b < V; b += kBlock) {
     const int len = int(std::min<int64_t>(kBlock, V - b));
+    prefetch_elements(row + b + len, std::min<int64_t>(kBlock, V - b - len));
     int nbad = 0;
     const float bm = LoadPass<In, float>::run(row + b, len, buf, &nbad);
     Acc<float> p = acc_empty<float>();
@@ -471,6 +533,8 @@ void masked_logsumexp_rows(const In* values, const uint8_t* mask, const int64_t*
       for (int64_t c = lo; c < hi && !bad; c += kBlock) {
         const int len = int(std::min<int64_t>(kBlock, hi - c));
         const In* x = values + c;
+        prefetch_elements(x + len, std::min<int64_t>(kBlock, hi - c - len));
+        if (mask) prefetch_elements(mask + c + len, std::min<int64_t>(kBlock, hi - c - len));
         const uint8_t* mk = mask ? mask + c : nullptr;
         int nreal = len, nbad = 0;  // NaN or +inf
         float bm;

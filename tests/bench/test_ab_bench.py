@@ -72,6 +72,17 @@ def test_the_calls_compute_the_methods(tmp_path):
     want = fuq.ensemble_stats(x)
     for got, field in zip(o, fuq.EnsembleStats._fields):
         torch.testing.assert_close(got, getattr(want, field), rtol=0, atol=0, msg=field)
+    # token_stats: every field of the public op (top-k included), fp32 and bf16
+    x = ab.token_stats_logits(2)[:5, :3000].contiguous()
+    tok = torch.tensor([0, 7, 2999, 1500, 3])
+    ts = [("token_stats", x, 0), ("token_stats_bf16", x.bfloat16(), 0), ("token_stats_top5", x, 5)]
+    got = ab.calls(_ext._C, {**d, "ts": ts, "ts_tokens": tok}, 1)
+    for op, xx, k in ts:
+        f, o = got[op]
+        f()
+        want = fuq.token_stats(xx, tok, topk=k)
+        for g, field in zip(o[:11], fuq.TokenStats._fields):
+            torch.testing.assert_close(g, getattr(want, field), rtol=0, atol=0, equal_nan=True, msg=f"{op} {field}")
 
 
 def test_compare_finds_every_difference():

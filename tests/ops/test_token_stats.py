@@ -158,6 +158,25 @@ def test_ties_first_index_and_zero_margin():
     assert got.entropy[1].item() == pytest.approx(math.log(4), rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_ties_in_long_rows_keep_the_id_order(dtype):
+    # many equal logits over several blocks and vectors: the first maximum's index and the top k (ties:
+    # smaller id first) are numpy's stable order, whatever vector or block a tied value falls in
+    g = torch.Generator().manual_seed(5)
+    V = 40000
+    x = torch.randint(-6, 3, (3, V), generator=g).to(dtype)
+    x[1, 20000:] = 5.0                     # the maximum first seen in a later chunk, tied to the end
+    x[2, :] = -math.inf
+    x[2, [70, 3, 33000, 1025, 16400]] = 1.0  # fewer finite entries than k past them: -inf fills, in id order
+    for k in (1, 7, 64):
+        got = fuq.token_stats(x, topk=k)
+        xd = x.double().numpy()
+        order = np.argsort(-xd, axis=1, kind="stable")[:, :k]
+        assert got.argmax.tolist() == order[:, 0].tolist()
+        assert got.topk_ids.tolist() == order.tolist(), k
+        assert_close_stats(got, reference(x, topk=k))
+
+
 def test_invalid_rows_are_nan_and_only_those():
     V = 9
     x = torch.randn(5, V)

@@ -1,5 +1,5 @@
 // Branch-free scalar math that compilers vectorise: exp for fp32 and fp64, expm1 for fp32, log for fp32 and fp64, and
-// fp16/bf16 -> fp32 loads.
+// fp16/bf16 -> fp32 loads; a prefetch of the next block.
 #pragma once
 
 #include <cmath>
@@ -25,6 +25,15 @@ inline float bits_to_float(uint32_t u) { return bits_as<float>(u); }
 inline uint32_t float_to_bits(float f) { return bits_as<uint32_t>(f); }
 inline double bits_to_double(uint64_t u) { return bits_as<double>(u); }
 inline uint64_t double_to_bits(double f) { return bits_as<uint64_t>(f); }
+
+// Asks the caches for the n elements at p (n may be 0) while the caller works on what it read before:
+// the kernels read rows in blocks of a 4 KiB page or less, and the hardware's stream prefetchers stop
+// at a page's end, so without this each new page began with a wait on memory.
+template <class T>
+inline void prefetch_elements(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t o = 0; o < n * int64_t(sizeof(T)); o += 64) __builtin_prefetch(c + o, 0, 3);
+}
 
 // bf16 is the top half of an fp32: exact.
 inline float bf16_to_float(uint16_t h) { return bits_to_float(uint32_t(h) << 16); }
