@@ -18,7 +18,8 @@ samples, float64): eigv, eccentricity (with the per-sample norms), kernel_langua
 eigenvalues (``sym_eig`` without vectors) and inv_entropy (one draw); ensemble_stats runs on
 bench/token_stats.py's ensemble shape instead (4 members × 64 positions × 128,256 fp32 logits; its
 builds may differ by rounding, so compare it with ``--rtol``), and token_stats on its target shape
-(256 × 128,256 logits: fp32, bf16, and fp32 with the top 5; every field). Both builds need the same binding
+(256 × 128,256 logits: fp32, bf16, and fp32 with the top 5; every field; builds that have
+``_C._token_stats_ptrs``). Both builds need the same binding
 signatures.
 
 Exits 1 when a pair of results differs by more than ``--rtol``/``--atol`` (0 and 0 by default:
@@ -56,6 +57,7 @@ CACHE = os.path.join(os.path.expanduser("~"), ".cache", "flashuq", "ab")
 OPS = ("eigv", "eccentricity", "kernel_language_entropy", "eigenvalues", "inv_entropy", "ensemble_stats",
        "token_stats", "token_stats_bf16", "token_stats_top5")
 TOKEN_STATS_SHAPE = (256, 128256)  # bench/token_stats.py's target shape
+ENSEMBLE_SHAPE = (4, 64, 128256)   # its ensemble shape
 OP_EIG, OP_LAPLACIAN, OP_NLI_HEAT = 0, 1, 3  # flashuq.ops.graph's op codes
 
 
@@ -175,8 +177,9 @@ def token_stats_logits(seed: int = 0) -> torch.Tensor:
 def ensemble_logits(seed: int = 0) -> torch.Tensor:
     """Four members that disagree by about half a logit, [4, 64, 128256] fp32."""
     g = torch.Generator().manual_seed(seed)
-    base = 3.0 * torch.randn(1, 64, 128256, generator=g)
-    return (base + 0.5 * torch.randn(4, 64, 128256, generator=g)).contiguous()
+    M, P, V = ENSEMBLE_SHAPE
+    base = 3.0 * torch.randn(1, P, V, generator=g)
+    return (base + 0.5 * torch.randn(M, P, V, generator=g)).contiguous()
 
 
 def compare(outs_a, outs_b, rtol: float, atol: float) -> dict:
@@ -267,6 +270,7 @@ def main(argv=None) -> int:
     machine["isa_a"], machine["isa_b"] = mods[0].isa(), mods[1].isa()
     doc = {"benchmark": "ab", "a": {"source": sides[0][1], "module": sides[0][0]},
            "b": {"source": sides[1][1], "module": sides[1][0]}, "shape": {"Q": args.Q, "K": args.K},
+           "token_stats_shape": list(TOKEN_STATS_SHAPE), "ensemble_shape": list(ENSEMBLE_SHAPE),
            "rounds": args.rounds, "tolerance": {"rtol": args.rtol, "atol": args.atol}, "machine": machine,
            "sha256_a": _sha256(sides[0][0]), "sha256_b": _sha256(sides[1][0]), "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

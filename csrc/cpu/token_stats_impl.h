@@ -207,7 +207,8 @@ struct MomentPass {
 
 // The first index of v in buf[0..len) (which holds it): a vectorised test per run of kFind
 // columns, then a scalar search in the first run that holds it (on average half the block is scanned).
-// The x86 builds test one vector at a time and take the first set bit of the compare's mask: GCC's
+// The x86 builds test one vector at a time and take the first set bit of the compare's mask (fp32
+// buffers: fp32, fp16 and bf16 logits; fp64 keeps the loop below): GCC's
 // code for the loop below reduces each run's flags across the lanes, which cost as much as a sixth
 // of the kernel (fp32 on Intel).
 #if defined(__AVX512F__)

@@ -34,6 +34,7 @@ def test_two_loaded_copies_agree_and_are_timed(tmp_path, capsys):
     printed = capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["benchmark"] == "ab" and res["shape"] == {"Q": 40, "K": 20} and res["rounds"] == 3
+    assert res["token_stats_shape"] == [256, 128256] and res["ensemble_shape"] == [4, 64, 128256]
     assert res["a"]["module"] == a and res["b"]["module"] == b and res["sha256_a"] == res["sha256_b"]
     assert [r["op"] for r in res["results"]] == list(ab.OPS)
     for r in res["results"]:

@@ -91,6 +91,24 @@ def test_single_sequence_ops_and_batch_invariance():
     assert torch.equal(full.chain[b, :n].cpu(), c_cpu)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_similarity_huge_norms_on_cuda(dtype):
+    # norms above ~1.8e19 overflow the fp32 warp sums: those pairs are summed again in fp64, as on the CPU
+    from flashuq import reference as ref
+    rng = np.random.default_rng(21)
+    ans = np.array([8, 9, 10], dtype=np.int64)
+    chain = np.concatenate([np.arange(-1, 8), ans]).astype(np.int64)
+    for scale in (1e20, 1e30, 3e37):
+        h = torch.from_numpy(rng.standard_normal((12, 70)) * scale).to(dtype)
+        h[3] = torch.from_numpy(rng.standard_normal(70)).to(dtype)
+        for k, thr in ((10, 0.0), (3, -0.3)):
+            args = (torch.from_numpy(chain), torch.from_numpy(ans))
+            got = fuq.uqac_similarity_filter(h.cuda(), *(x.cuda() for x in args), k=k, threshold=thr).cpu()
+            want = ref.uqac_similarity_filter_ref(h.double().numpy(), chain, ans, k=k, threshold=thr)
+            np.testing.assert_array_equal(got.numpy(), want)
+            assert torch.equal(got, fuq.uqac_similarity_filter(h, *args, k=k, threshold=thr))
+
+
 def test_long_rows_and_errors_on_cuda():
     rng = np.random.default_rng(3)
     a = torch.from_numpy(causal_attn(rng, 1, 1, 300, 3800)[0, 0])  # Ntok = 4100: a 8192-slot sort

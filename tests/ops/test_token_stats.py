@@ -168,13 +168,17 @@ def test_ties_in_long_rows_keep_the_id_order(dtype):
     x[1, 20000:] = 5.0                     # the maximum first seen in a later chunk, tied to the end
     x[2, :] = -math.inf
     x[2, [70, 3, 33000, 1025, 16400]] = 1.0  # fewer finite entries than k past them: -inf fills, in id order
-    for k in (1, 7, 64):
-        got = fuq.token_stats(x, topk=k)
-        xd = x.double().numpy()
-        order = np.argsort(-xd, axis=1, kind="stable")[:, :k]
-        assert got.argmax.tolist() == order[:, 0].tolist()
-        assert got.topk_ids.tolist() == order.tolist(), k
-        assert_close_stats(got, reference(x, topk=k))
+    # a row length that is no multiple of a vector, the tied maximum in the last block's tail
+    y = torch.randint(-6, 3, (2, 40013), generator=g).to(dtype)
+    y[:, -3:] = 4.0
+    y[1, 39990:40010] = -math.inf
+    for z in (x, y):
+        for k in (1, 7, 64):
+            got = fuq.token_stats(z, topk=k)
+            order = np.argsort(-z.double().numpy(), axis=1, kind="stable")[:, :k]
+            assert got.argmax.tolist() == order[:, 0].tolist()
+            assert got.topk_ids.tolist() == order.tolist(), k
+            assert_close_stats(got, reference(z, topk=k))
 
 
 def test_invalid_rows_are_nan_and_only_those():

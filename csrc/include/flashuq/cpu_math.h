@@ -27,7 +27,7 @@ inline double bits_to_double(uint64_t u) { return bits_as<double>(u); }
 inline uint64_t double_to_bits(double f) { return bits_as<uint64_t>(f); }
 
 // Asks the caches for the n elements at p (n may be 0) while the caller works on what it read before:
-// the kernels read rows in blocks of a 4 KiB page or less, and the hardware's stream prefetchers stop
+// the kernels read rows in blocks of about a 4 KiB page (8 KiB for fp64), and the hardware's stream prefetchers stop
 // at a page's end, so without this each new page began with a wait on memory.
 template <class T>
 inline void prefetch_elements(const T* p, int64_t n) {
