@@ -211,26 +211,25 @@ struct MomentPass {
 // buffers: fp32, fp16 and bf16 logits; fp64 keeps the loop below): GCC's
 // code for the loop below reduces each run's flags across the lanes, which cost as much as a sixth
 // of the kernel (fp32 on Intel).
+#if defined(__AVX512F__) || defined(__AVX2__)
+// Bit j set where p[j] compares Cmp (_CMP_EQ_OQ, _CMP_GT_OQ) with v, for the kVecF lanes at p.
 #if defined(__AVX512F__)
-inline int first_index_of(const float* buf, int len, float v) {
-  const __m512 vv = _mm512_set1_ps(v);
-  int i = 0;
-  for (; i + 16 <= len; i += 16) {
-    const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(buf + i), vv, _CMP_EQ_OQ);
-    if (hit) return i + __builtin_ctz(unsigned(hit));
-  }
-  for (; i < len; ++i)
-    if (buf[i] == v) return i;
-  return 0;
+constexpr int kVecF = 16;
+template <int Cmp>
+inline unsigned lanes_where(const float* p, float v) {
+  return unsigned(_mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_set1_ps(v), Cmp));
 }
-#elif defined(__AVX2__)
+#else
+constexpr int kVecF = 8;
+template <int Cmp>
+inline unsigned lanes_where(const float* p, float v) {
+  return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_set1_ps(v), Cmp)));
+}
+#endif
 inline int first_index_of(const float* buf, int len, float v) {
-  const __m256 vv = _mm256_set1_ps(v);
   int i = 0;
-  for (; i + 8 <= len; i += 8) {
-    const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + i), vv, _CMP_EQ_OQ));
-    if (hit) return i + __builtin_ctz(unsigned(hit));
-  }
+  for (; i + kVecF <= len; i += kVecF)
+    if (const unsigned hit = lanes_where<_CMP_EQ_OQ>(buf + i, v)) return i + __builtin_ctz(hit);
   for (; i < len; ++i)
     if (buf[i] == v) return i;
   return 0;
@@ -277,24 +276,11 @@ void topk_scan(const A* buf, int len, int64_t base, TopK<A>* tk, int k) {
 inline void topk_scan(const float* buf, int len, int64_t base, TopK<float>* tk, int k) {
   int i = 0;
   for (; i < len && tk->cnt < k; ++i) topk_insert(tk->v, tk->i, &tk->cnt, k, buf[i], base + i);
-#if defined(__AVX512F__)
-  constexpr int kW = 16;
-  const auto above = [&](int at) {
-    return unsigned(_mm512_cmp_ps_mask(_mm512_loadu_ps(buf + at), _mm512_set1_ps(tk->v[k - 1]), _CMP_GT_OQ));
-  };
-#else
-  constexpr int kW = 8;
-  const auto above = [&](int at) {
-    return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + at), _mm256_set1_ps(tk->v[k - 1]),
-                                                     _CMP_GT_OQ)));
-  };
-#endif
-  for (; i + kW <= len; i += kW) {
-    for (unsigned hit = above(i); hit != 0; hit &= hit - 1) {
-      const int j = i + __builtin_ctz(hit);
+  for (; i + kVecF <= len; i += kVecF)
+    for (unsigned hit = lanes_where<_CMP_GT_OQ>(buf + i, tk->v[k - 1]); hit != 0; hit &= hit - 1) {
+      const int j = i + __builtin_ctz(hit);  // the list's last value may have risen since the compare
       if (buf[j] > tk->v[k - 1]) topk_insert(tk->v, tk->i, &tk->cnt, k, buf[j], base + j);
     }
-  }
   for (; i < len; ++i)
     if (buf[i] > tk->v[k - 1]) topk_insert(tk->v, tk->i, &tk->cnt, k, buf[i], base + i);
 }

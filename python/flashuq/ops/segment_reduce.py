@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import as_tensor
+from ._common import acc_dtype, as_tensor
 from .masked_reduce import masked_reduce
 
 _SEGMENT_OPS = ("sum", "mean", "max", "min")
@@ -51,7 +51,6 @@ def segment_reduce(values, seg_ids, mask=None, *, op: str = "mean") -> Tensor:
     seg_ids = seg_ids.to(values.device)
     # segments reduced in fp64 (a segment's sum of fp32 values may pass the fp32 maximum while the mean
     # over segments does not), the result rounded once
-    out_dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
     v = values[real].to(torch.float64)
     row = torch.arange(B, device=values.device)[:, None].expand(B, T)[real]
     sid = seg_ids[real]
@@ -63,4 +62,4 @@ def segment_reduce(values, seg_ids, mask=None, *, op: str = "mean") -> Tensor:
     per_segment = masked_reduce(v, op=op, cu_seqlens=cu_seg)
     per_row = torch.bincount(row[starts], minlength=B)
     cu_row = torch.cat([torch.zeros(1, dtype=torch.int64, device=values.device), torch.cumsum(per_row, 0)])
-    return masked_reduce(per_segment, op="mean", cu_seqlens=cu_row).to(out_dtype)
+    return masked_reduce(per_segment, op="mean", cu_seqlens=cu_row).to(acc_dtype(values.dtype))
